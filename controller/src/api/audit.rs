@@ -1,0 +1,157 @@
+//! The audit trail: a middleware that records every mutation (who, what, target, when,
+//! outcome) after its handler ran, and `GET /api/audit` to page through it.
+
+use super::openapi::{array, integer, nullable, obj, string};
+use super::{Access, ApiResult, Doc, Registry};
+use crate::auth::Role;
+use crate::state::AppState;
+use crate::store::NewAudit;
+use axum::extract::{Query, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Who acted; set by `authorize` from the session, or by a handler (login) that knows
+/// better. Travels in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub id: Option<i64>,
+    pub name: String,
+}
+
+/// What was acted on, when a handler can name it better than the URL does.
+#[derive(Debug, Clone)]
+pub struct Target(pub String);
+
+pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let Some(template) = super::matched(req.extensions()) else {
+        return next.run(req).await;
+    };
+    let action = format!("{} {}", req.method(), template);
+    let path = req.uri().path().to_owned();
+    let ip = super::client_ip(req.extensions());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status == axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        // No handler ran: nothing was attempted on the resource.
+        return resp;
+    }
+    let actor = resp.extensions().get::<Actor>();
+    let target = resp
+        .extensions()
+        .get::<Target>()
+        .map(|t| t.0.clone())
+        .or_else(|| (path != template).then_some(path));
+    let outcome = if status.is_success() {
+        "success"
+    } else if status.as_u16() == 401 || status.as_u16() == 403 {
+        "denied"
+    } else {
+        "failure"
+    };
+    let rec = NewAudit {
+        actor_id: actor.and_then(|a| a.id),
+        actor: actor.map(|a| a.name.clone()),
+        action,
+        target,
+        outcome,
+        status: status.as_u16(),
+        ip,
+    };
+    tracing::info!(
+        action = %rec.action,
+        actor = rec.actor.as_deref().unwrap_or("-"),
+        target = rec.target.as_deref().unwrap_or("-"),
+        status = rec.status,
+        "audit"
+    );
+    if let Err(e) = state.store().audit(&rec, crate::time::now_ms()).await {
+        tracing::error!(error = %e, action = %rec.action, "could not write audit record");
+    }
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
+    let page = q.page.unwrap_or(1);
+    let per_page = q.per_page.unwrap_or(50);
+    if page < 1 {
+        return Err(super::ApiError::BadRequest("page must be 1 or more".into()));
+    }
+    if !(1..=500).contains(&per_page) {
+        return Err(super::ApiError::BadRequest(
+            "per_page must be 1 to 500".into(),
+        ));
+    }
+    let offset = (page - 1).saturating_mul(per_page);
+    let (items, total) = state.store().audit_page(offset, per_page).await?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "at": crate::time::rfc3339_ms(r.at_ms),
+                "actor_id": r.actor_id,
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "outcome": r.outcome,
+                "status": r.status,
+                "ip": r.ip,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "items": items, "page": page, "per_page": per_page, "total": total }),
+    ))
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let entry = obj(
+        &[
+            ("id", integer()),
+            ("at", string()),
+            ("actor_id", nullable(integer())),
+            ("actor", nullable(string())),
+            ("action", string()),
+            ("target", nullable(string())),
+            (
+                "outcome",
+                json!({ "enum": ["success", "denied", "failure"] }),
+            ),
+            ("status", integer()),
+            ("ip", nullable(string())),
+        ],
+        &["id", "at", "action", "outcome", "status"],
+    );
+    reg.add(
+        Method::GET,
+        "/api/audit",
+        Access::Role(Role::Admin),
+        Doc {
+            summary: "Page through the audit log, newest first (?page=1&per_page=50)",
+            request: None,
+            response: obj(
+                &[
+                    ("items", array(entry)),
+                    ("page", integer()),
+                    ("per_page", integer()),
+                    ("total", integer()),
+                ],
+                &["items", "page", "per_page", "total"],
+            ),
+        },
+        list,
+    );
+}

@@ -1,0 +1,516 @@
+//! `/api/auth/*`: first-run setup, login and logout, password change and TOTP enrolment.
+
+use super::audit::{Actor, Target};
+use super::openapi::{boolean, nullable, obj, ok_with, string, user as user_schema};
+use super::session::{clear_cookie, set_cookie};
+use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use crate::auth::{password, totp, validate_username, Role};
+use crate::state::AppState;
+use crate::store::User;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+const BAD_CREDENTIALS: &str = "invalid username or password";
+const TOTP_ISSUER: &str = "Mezzanine";
+
+pub fn user_json(u: &User) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "role": u.role.as_str(),
+        "totp_enabled": u.totp_enabled,
+    })
+}
+
+async fn state_handler(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> ApiResult<Json<Value>> {
+    let needs_setup = match &session.0 {
+        Some(_) => false,
+        None => !state.setup_done().await?,
+    };
+    Ok(Json(json!({
+        "needs_setup": needs_setup,
+        "authenticated": session.0.is_some(),
+        "user": session.0.as_ref().map(|s| user_json(&s.user)),
+    })))
+}
+
+#[derive(Deserialize)]
+struct SetupBody {
+    username: String,
+    password: String,
+}
+
+/// Creates a session row and the response carrying its cookie.
+async fn start_session(
+    state: &AppState,
+    user: &User,
+    ip: &str,
+    headers: &HeaderMap,
+    status: axum::http::StatusCode,
+) -> ApiResult<Response> {
+    let (token, hash) = crate::auth::new_session_token()?;
+    let now = crate::time::now_secs();
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect::<String>());
+    state
+        .store()
+        .create_session(
+            &hash,
+            user.id,
+            now,
+            now + state.config().session_max_secs,
+            Some(ip),
+            agent.as_deref(),
+        )
+        .await?;
+    let mut resp = (status, ok(json!({ "user": user_json(user) }))).into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(state, &token));
+    resp.extensions_mut().insert(Actor {
+        id: Some(user.id),
+        name: user.username.clone(),
+    });
+    Ok(resp)
+}
+
+async fn setup(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<SetupBody>,
+) -> ApiResult<Response> {
+    if state.setup_done().await? {
+        return Err(ApiError::Conflict(
+            "setup is already complete; log in instead".into(),
+        ));
+    }
+    validate_username(&body.username).map_err(ApiError::BadRequest)?;
+    password::validate(&body.password).map_err(ApiError::BadRequest)?;
+    let hash = state.hasher().hash(&body.password).await?;
+    let now = crate::time::now_secs();
+    let Some(user) = state
+        .store()
+        .create_first_admin(&body.username, &hash, now)
+        .await?
+    else {
+        return Err(ApiError::Conflict(
+            "setup is already complete; log in instead".into(),
+        ));
+    };
+    state.mark_setup_done();
+    tracing::info!(user_id = user.id, username = %user.username, "first admin created");
+    start_session(
+        &state,
+        &user,
+        &peer.ip().to_string(),
+        &headers,
+        axum::http::StatusCode::CREATED,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+    totp: Option<String>,
+}
+
+fn locked(wait: std::time::Duration) -> ApiError {
+    ApiError::TooManyRequests {
+        retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginBody>,
+) -> ApiResult<Response> {
+    let ip = peer.ip().to_string();
+    let user_key = body.username.to_lowercase();
+    let now = Instant::now();
+    let limits = state.limits();
+    if let Some(wait) = limits
+        .by_ip
+        .check(&ip, now)
+        .max(limits.by_user.check(&user_key, now))
+    {
+        return Err(locked(wait));
+    }
+    if body.password.chars().count() > password::MAX_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "password is too long: at most {} characters are allowed",
+            password::MAX_LEN
+        )));
+    }
+    let failed = |reason: ApiError| {
+        limits.by_ip.fail(&ip, now);
+        limits.by_user.fail(&user_key, now);
+        reason
+    };
+    let creds = if validate_username(&body.username).is_ok() {
+        state.store().credentials_by_name(&body.username).await?
+    } else {
+        None
+    };
+    let verified = state
+        .hasher()
+        .verify(
+            &body.password,
+            creds.as_ref().map(|c| c.password_hash.as_str()),
+        )
+        .await?;
+    let creds = match creds {
+        Some(c) if verified => c,
+        _ => {
+            let mut resp = failed(ApiError::Unauthorized(BAD_CREDENTIALS.into())).into_response();
+            resp.extensions_mut().insert(Actor {
+                id: None,
+                name: body.username.chars().take(64).collect(),
+            });
+            return Ok(resp);
+        }
+    };
+    if let Some(sealed) = &creds.totp_secret {
+        let code = body.totp.as_deref().map(str::trim).unwrap_or_default();
+        if code.is_empty() {
+            return Err(ApiError::Unauthorized("TOTP_REQUIRED".into()));
+        }
+        let secret = state
+            .key()
+            .open(&totp_context(creds.user.id), sealed)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let unix = u64::try_from(crate::time::now_secs()).unwrap_or(0);
+        let Some(step) = totp::matching_step(&secret, code, unix) else {
+            return Err(failed(ApiError::Unauthorized("invalid TOTP code".into())));
+        };
+        if !state
+            .store()
+            .consume_totp_step(creds.user.id, step as i64)
+            .await?
+        {
+            return Err(failed(ApiError::Unauthorized(
+                "TOTP code already used; wait for the next one".into(),
+            )));
+        }
+    }
+    limits.by_user.succeed(&user_key);
+    start_session(
+        &state,
+        &creds.user,
+        &ip,
+        &headers,
+        axum::http::StatusCode::OK,
+    )
+    .await
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> ApiResult<Response> {
+    let s = session.require()?;
+    state.store().delete_session(&s.hash).await?;
+    let mut resp = ok(json!({})).into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(&state));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct ChangePasswordBody {
+    current: String,
+    next: String,
+}
+
+/// Verifies the caller's own password, throttled like logins.
+async fn verify_own_password(
+    state: &AppState,
+    user_id: i64,
+    username: &str,
+    password: &str,
+) -> ApiResult<()> {
+    let key = username.to_lowercase();
+    let now = Instant::now();
+    if let Some(wait) = state.limits().by_user.check(&key, now) {
+        return Err(locked(wait));
+    }
+    let creds = state
+        .store()
+        .credentials_by_id(user_id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("authentication required".into()))?;
+    if password.chars().count() > password::MAX_LEN
+        || !state
+            .hasher()
+            .verify(password, Some(&creds.password_hash))
+            .await?
+    {
+        state.limits().by_user.fail(&key, now);
+        return Err(ApiError::Forbidden("current password is incorrect".into()));
+    }
+    Ok(())
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Json(body): Json<ChangePasswordBody>,
+) -> ApiResult<Json<Value>> {
+    let s = session.require()?;
+    password::validate(&body.next).map_err(|m| ApiError::BadRequest(format!("next: {m}")))?;
+    verify_own_password(&state, s.user.id, &s.user.username, &body.current).await?;
+    let hash = state.hasher().hash(&body.next).await?;
+    state
+        .store()
+        .set_password(s.user.id, &hash, crate::time::now_secs())
+        .await?;
+    let revoked = state
+        .store()
+        .delete_user_sessions(s.user.id, Some(&s.hash))
+        .await?;
+    Ok(ok(json!({ "revoked_sessions": revoked })))
+}
+
+fn totp_context(user_id: i64) -> String {
+    format!("users.totp:{user_id}")
+}
+
+async fn totp_setup(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> ApiResult<Response> {
+    let s = session.require()?;
+    if s.user.totp_enabled {
+        return Err(ApiError::Conflict(
+            "TOTP is already enabled; disable it before enrolling a new secret".into(),
+        ));
+    }
+    let secret: [u8; 20] = crate::crypto::random_bytes()?;
+    let sealed = state.key().seal(&totp_context(s.user.id), &secret)?;
+    state
+        .store()
+        .set_totp_pending(s.user.id, &sealed, crate::time::now_secs())
+        .await?;
+    let b32 = totp::base32_encode(&secret);
+    let url = totp::otpauth_url(TOTP_ISSUER, &s.user.username, &b32);
+    let mut resp = ok(json!({ "secret": b32, "otpauth_url": url })).into_response();
+    resp.extensions_mut()
+        .insert(Target(s.user.username.clone()));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn totp_enable(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult<Json<Value>> {
+    let s = session.require()?;
+    if s.user.totp_enabled {
+        return Err(ApiError::Conflict("TOTP is already enabled".into()));
+    }
+    let Some(sealed) = state.store().totp_pending(s.user.id).await? else {
+        return Err(ApiError::Conflict(
+            "no TOTP secret is pending; call POST /api/auth/totp/setup first".into(),
+        ));
+    };
+    let secret = state
+        .key()
+        .open(&totp_context(s.user.id), &sealed)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let unix = u64::try_from(crate::time::now_secs()).unwrap_or(0);
+    let Some(step) = totp::matching_step(&secret, &body.code, unix) else {
+        return Err(ApiError::BadRequest(
+            "code: does not match the pending secret (check the authenticator's clock)".into(),
+        ));
+    };
+    if !state
+        .store()
+        .enable_totp(s.user.id, step as i64, crate::time::now_secs())
+        .await?
+    {
+        return Err(ApiError::Conflict(
+            "TOTP state changed; run setup again".into(),
+        ));
+    }
+    Ok(ok(json!({ "totp_enabled": true })))
+}
+
+#[derive(Deserialize)]
+struct DisableBody {
+    password: String,
+    code: String,
+}
+
+async fn totp_disable(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Json(body): Json<DisableBody>,
+) -> ApiResult<Json<Value>> {
+    let s = session.require()?;
+    verify_own_password(&state, s.user.id, &s.user.username, &body.password).await?;
+    let creds = state
+        .store()
+        .credentials_by_id(s.user.id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("authentication required".into()))?;
+    let Some(sealed) = creds.totp_secret else {
+        return Err(ApiError::Conflict("TOTP is not enabled".into()));
+    };
+    let secret = state
+        .key()
+        .open(&totp_context(s.user.id), &sealed)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let unix = u64::try_from(crate::time::now_secs()).unwrap_or(0);
+    let step = totp::matching_step(&secret, &body.code, unix)
+        .ok_or_else(|| ApiError::Forbidden("invalid TOTP code".into()))?;
+    if !state
+        .store()
+        .consume_totp_step(s.user.id, step as i64)
+        .await?
+    {
+        return Err(ApiError::Forbidden(
+            "TOTP code already used; wait for the next one".into(),
+        ));
+    }
+    state
+        .store()
+        .disable_totp(s.user.id, crate::time::now_secs())
+        .await?;
+    Ok(ok(json!({ "totp_enabled": false })))
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let any = Access::Role(Role::Viewer);
+    let credentials = obj(
+        &[("username", string()), ("password", string())],
+        &["username", "password"],
+    );
+    let with_user = ok_with(&[("user", user_schema())]);
+    reg.add(
+        Method::GET,
+        "/api/auth/state",
+        Access::Public,
+        Doc {
+            summary: "Whether setup is needed and who is logged in",
+            request: None,
+            response: obj(
+                &[
+                    ("needs_setup", boolean()),
+                    ("authenticated", boolean()),
+                    ("user", nullable(user_schema())),
+                ],
+                &["needs_setup", "authenticated", "user"],
+            ),
+        },
+        state_handler,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/setup",
+        Access::Public,
+        Doc {
+            summary: "Create the first admin (only while needs_setup; 409 afterwards) and log in",
+            request: Some(credentials),
+            response: with_user.clone(),
+        },
+        setup,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/login",
+        Access::Public,
+        Doc {
+            summary: "Log in; sets the cp_session cookie. 401 TOTP_REQUIRED when a code is needed",
+            request: Some(obj(
+                &[
+                    ("username", string()),
+                    ("password", string()),
+                    ("totp", string()),
+                ],
+                &["username", "password"],
+            )),
+            response: with_user,
+        },
+        login,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/logout",
+        any,
+        Doc {
+            summary: "Revoke the current session",
+            request: None,
+            response: ok_with(&[]),
+        },
+        logout,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/change-password",
+        any,
+        Doc {
+            summary: "Change one's own password; revokes one's other sessions",
+            request: Some(obj(
+                &[("current", string()), ("next", string())],
+                &["current", "next"],
+            )),
+            response: ok_with(&[("revoked_sessions", super::openapi::integer())]),
+        },
+        change_password,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/totp/setup",
+        any,
+        Doc {
+            summary: "Start TOTP enrolment: a new secret and its otpauth:// URL",
+            request: None,
+            response: ok_with(&[("secret", string()), ("otpauth_url", string())]),
+        },
+        totp_setup,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/totp/enable",
+        any,
+        Doc {
+            summary: "Finish TOTP enrolment with a current code",
+            request: Some(obj(&[("code", string())], &["code"])),
+            response: ok_with(&[("totp_enabled", boolean())]),
+        },
+        totp_enable,
+    )
+    .add(
+        Method::POST,
+        "/api/auth/totp/disable",
+        any,
+        Doc {
+            summary: "Turn TOTP off (password and a current code)",
+            request: Some(obj(
+                &[("password", string()), ("code", string())],
+                &["password", "code"],
+            )),
+            response: ok_with(&[("totp_enabled", boolean())]),
+        },
+        totp_disable,
+    );
+}

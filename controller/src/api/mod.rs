@@ -1,0 +1,269 @@
+//! The HTTP layer: the route registry (each route declared once with its role and its
+//! OpenAPI description), the cross-cutting middleware, and the handlers per `/api/<resource>`.
+//! Handlers parse, authorize, call the store or domain, and shape JSON; they build no SQL.
+
+mod audit;
+mod auth;
+pub mod error;
+mod meta;
+pub mod openapi;
+mod session;
+mod users;
+
+use crate::auth::Role;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+pub use error::{ApiError, ApiResult};
+pub use session::{Session, SessionCtx};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No session needed (login, setup, state, OpenAPI, webhooks).
+    Public,
+    /// A session whose role is at least this one.
+    Role(Role),
+}
+
+impl Access {
+    pub fn label(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Role(r) => r.as_str(),
+        }
+    }
+}
+
+/// The OpenAPI description of one route.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub summary: &'static str,
+    pub request: Option<Value>,
+    pub response: Value,
+}
+
+/// One registered route, as listed in the OpenAPI document and walked by the role test.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub tag: &'static str,
+    pub doc: Doc,
+}
+
+/// Builds the API router; the only way to add an `/api` route is `add`, which requires
+/// an access rule and a description.
+pub struct Registry {
+    state: AppState,
+    router: Router<AppState>,
+    routes: Vec<RouteInfo>,
+    tag: &'static str,
+}
+
+impl Registry {
+    fn new(state: AppState) -> Self {
+        Self {
+            state,
+            router: Router::new(),
+            routes: Vec::new(),
+            tag: "",
+        }
+    }
+
+    fn tag(&mut self, tag: &'static str) -> &mut Self {
+        self.tag = tag;
+        self
+    }
+
+    fn add<H, T>(
+        &mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        doc: Doc,
+        handler: H,
+    ) -> &mut Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|_| panic!("route {method} {path}: unsupported method"));
+        let endpoint = on(filter, handler).route_layer(from_fn_with_state(
+            (self.state.clone(), access),
+            session::authorize,
+        ));
+        let router = std::mem::take(&mut self.router);
+        self.router = router.route(path, endpoint);
+        self.routes.push(RouteInfo {
+            method,
+            path,
+            access,
+            tag: self.tag,
+            doc,
+        });
+        self
+    }
+}
+
+/// Assembles the whole HTTP application for `state`.
+pub fn router(state: AppState) -> Router {
+    let mut reg = Registry::new(state.clone());
+    auth::routes(reg.tag("auth"));
+    users::routes(reg.tag("users"));
+    audit::routes(reg.tag("audit"));
+    meta::routes(reg.tag("meta"));
+    let Registry { router, routes, .. } = reg;
+    state.set_routes(routes);
+
+    let api = router.layer(from_fn_with_state(state.clone(), audit::record));
+    Router::new()
+        .merge(api)
+        .route("/healthz", axum::routing::get(meta::healthz))
+        .merge(crate::panel::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .layer(from_fn(json_errors))
+        .layer(from_fn(catch_panic))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api") {
+        return ApiError::NotFound(format!("no route for {method} {}", uri.path())).into_response();
+    }
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Cross-site protection for mutations: a JSON content type is required and a present
+/// `Origin` must be the public URL's. Webhooks are exempt (they carry an HMAC instead).
+pub(crate) fn check_mutation(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    if is_safe(req.method()) || req.uri().path().starts_with("/api/webhooks/") {
+        return Ok(());
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let expected = &state.config().public_origin;
+        if origin.as_bytes() != expected.as_bytes() {
+            let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+            return Err(ApiError::Forbidden(format!(
+                "cross-origin request refused: Origin {shown:?} is not {expected:?}"
+            )));
+        }
+    }
+    let json_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType(
+            "mutations require the header Content-Type: application/json".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives every error under `/api` and `/healthz` the `{ "error": … }` shape, including
+/// axum's own rejections (malformed JSON, 405, 413) which come as plain text.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let mut status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    if !(path.starts_with("/api") || path == "/healthz") {
+        return resp;
+    }
+    // serde's "missing field" and type errors arrive as 422; the API calls all malformed
+    // bodies 400.
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        status = StatusCode::BAD_REQUEST;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => format!("method {method} is not allowed on {path}"),
+        StatusCode::PAYLOAD_TOO_LARGE => "request body is too large".to_owned(),
+        _ if !text.is_empty() => text,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_ascii_lowercase(),
+    };
+    let mut out = (status, Json(json!({ "error": message }))).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
+/// Turns a panic in any handler into a logged 500 with the usual JSON shape, so one bad
+/// request never takes a connection task down silently.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(%path, "handler panicked");
+            let mut resp = Response::new(Body::from(r#"{"error":"internal error"}"#));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+    }
+}
+
+/// The peer address of the connection (no proxy headers are trusted).
+pub fn client_ip(req_ext: &axum::http::Extensions) -> Option<String> {
+    req_ext
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+/// The route template a request matched, for audit records.
+pub fn matched(req_ext: &axum::http::Extensions) -> Option<String> {
+    req_ext.get::<MatchedPath>().map(|m| m.as_str().to_owned())
+}
+
+/// `{ "ok": true, ...fields }`.
+pub fn ok(fields: Value) -> Json<Value> {
+    let mut body = json!({ "ok": true });
+    if let (Some(out), Value::Object(extra)) = (body.as_object_mut(), fields) {
+        out.extend(extra);
+    }
+    Json(body)
+}

@@ -1,0 +1,195 @@
+//! Command-line and environment configuration, validated into a `Config` before anything
+//! starts. Invalid configuration is reported with a message and exit code 64.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Mezzanine: a self-hosted control plane for a fleet of Linux servers.
+#[derive(Parser, Debug)]
+#[command(name = "mezzanine", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller: REST API under /api, the browser panel, and (later) the agent gateway.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address the HTTP API and panel listen on.
+    #[arg(long, env = "MEZZANINE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the database, the master key and other state. Created on first start.
+    #[arg(long, env = "MEZZANINE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL. Default: the SQLite file `mezzanine.db` in the data dir.
+    #[arg(long, env = "MEZZANINE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// The URL users open (e.g. https://panel.example.com). Decides the cookie's Secure flag,
+    /// the Origin accepted on mutations, and links such as webhook URLs.
+    /// Default: http://<listen>.
+    #[arg(long, env = "MEZZANINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// File holding the 32-byte master key that seals secrets at rest. Default: `master.key`
+    /// in the data dir, created with mode 0600 on first start. Refused if group/world-readable.
+    #[arg(long, env = "MEZZANINE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "MEZZANINE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// A session ends after this many seconds without a request.
+    #[arg(long, env = "MEZZANINE_SESSION_IDLE_SECS", default_value_t = 12 * 3600)]
+    pub session_idle_secs: u64,
+
+    /// A session ends this many seconds after login, however active.
+    #[arg(long, env = "MEZZANINE_SESSION_MAX_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_max_secs: u64,
+
+    /// Password hashes computed at once (each takes about 19 MiB). Default: the CPU count.
+    #[arg(long, env = "MEZZANINE_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub public_url: String,
+    /// `scheme://host[:port]` of the public URL, compared with `Origin` headers.
+    pub public_origin: String,
+    pub secure_cookies: bool,
+    pub master_key_file: PathBuf,
+    pub max_body_bytes: usize,
+    pub session_idle_secs: i64,
+    pub session_max_secs: i64,
+    pub hash_concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Splits `scheme://authority/...` and returns `(scheme, authority)` when it is a plain
+/// http(s) URL without user info, query or fragment.
+fn parse_public_url(url: &str) -> Result<(String, String), ConfigError> {
+    let bad = |why: &str| ConfigError(format!("--public-url {url:?}: {why}"));
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected http://host[:port] or https://host[:port]"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad("scheme must be http or https"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad("host is missing"));
+    }
+    if authority.contains('@') || rest.contains('?') || rest.contains('#') {
+        return Err(bad("user info, query and fragment are not allowed"));
+    }
+    if !authority
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return Err(bad("host contains characters that are not allowed"));
+    }
+    let authority = authority.to_ascii_lowercase();
+    // Browsers omit default ports from Origin.
+    let authority = match (scheme.as_str(), authority.rsplit_once(':')) {
+        ("http", Some((h, "80"))) | ("https", Some((h, "443"))) => h.to_owned(),
+        _ => authority,
+    };
+    Ok((scheme, authority))
+}
+
+impl ServeArgs {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let (scheme, authority) = parse_public_url(&public_url)?;
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let database_url = match &self.database_url {
+            Some(url) if url.starts_with("sqlite:") => url.clone(),
+            Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+                return Err(ConfigError(
+                    "--database-url: PostgreSQL support is not built yet; use sqlite://PATH or omit the flag".into(),
+                ))
+            }
+            Some(url) => {
+                return Err(ConfigError(format!(
+                    "--database-url {url:?}: expected sqlite://PATH"
+                )))
+            }
+            None => crate::store::Store::sqlite_url(&self.data_dir.join("mezzanine.db")),
+        };
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
+        }
+        if self.session_idle_secs == 0 || self.session_max_secs == 0 {
+            return Err(ConfigError(
+                "session lifetimes must be at least 1 second".into(),
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hash_concurrency = self.hash_concurrency.unwrap_or(cores);
+        if hash_concurrency == 0 || hash_concurrency > 256 {
+            return Err(ConfigError("--hash-concurrency must be 1 to 256".into()));
+        }
+        let clamp = |v: u64| {
+            i64::try_from(v)
+                .unwrap_or(i64::MAX / 4)
+                .min(10 * 365 * 86400)
+        };
+        Ok(Config {
+            listen: self.listen,
+            master_key_file: self
+                .master_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("master.key")),
+            data_dir: self.data_dir,
+            database_url,
+            secure_cookies: scheme == "https",
+            public_origin: format!("{scheme}://{authority}"),
+            public_url,
+            max_body_bytes: self.max_body_bytes,
+            session_idle_secs: clamp(self.session_idle_secs),
+            session_max_secs: clamp(self.session_max_secs),
+            hash_concurrency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_origin_drops_default_port_and_path() {
+        assert_eq!(
+            parse_public_url("https://Panel.example.com:443/x").expect("ok"),
+            ("https".into(), "panel.example.com".into())
+        );
+        assert_eq!(
+            parse_public_url("http://127.0.0.1:8080").expect("ok"),
+            ("http".into(), "127.0.0.1:8080".into())
+        );
+        assert!(parse_public_url("ftp://x").is_err());
+        assert!(parse_public_url("http://a@b").is_err());
+        assert!(parse_public_url("example.com").is_err());
+    }
+}

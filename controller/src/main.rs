@@ -1,0 +1,116 @@
+//! The `mezzanine` binary: parse flags, set up logging, and hand over to the library.
+
+use clap::Parser;
+use mezzanine::{Cli, Command};
+use std::process::ExitCode;
+
+/// sysexits' EX_USAGE: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn init_logging() {
+    let spec = std::env::var("MEZZANINE_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("MEZZANINE_LOG={spec:?} is not a valid filter ({e}); using \"info\"");
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let json = std::env::var("MEZZANINE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    let Command::Serve(args) = cli.command;
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mezzanine: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mezzanine: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let public_url = config.public_url.clone();
+        let state = match mezzanine::prepare(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mezzanine: {e}");
+                return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mezzanine: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener.local_addr().map_or(listen, |a| a);
+        tracing::info!(listen = %local, url = %public_url, "Mezzanine is ready: open {public_url}");
+        match mezzanine::serve(listener, state, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mezzanine: server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,117 @@
+//! The shared application state handed to every handler: configuration, the store, the
+//! master key, the password hasher and the login limiters.
+
+use crate::api::{openapi, RouteInfo};
+use crate::auth::limiter::{Limiter, Policy};
+use crate::auth::password::Hasher;
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Limits {
+    pub by_user: Limiter,
+    pub by_ip: Limiter,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    store: Store,
+    key: MasterKey,
+    hasher: Hasher,
+    limits: Limits,
+    setup_done: AtomicBool,
+    routes: OnceLock<Vec<RouteInfo>>,
+    openapi: OnceLock<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(config: Config, store: Store, key: MasterKey) -> Self {
+        let limits = Limits {
+            by_user: Limiter::new(
+                Policy {
+                    max_failures: 5,
+                    window: Duration::from_secs(15 * 60),
+                    base_lockout: Duration::from_secs(30),
+                    max_lockout: Duration::from_secs(15 * 60),
+                },
+                100_000,
+            ),
+            by_ip: Limiter::new(
+                Policy {
+                    max_failures: 30,
+                    window: Duration::from_secs(15 * 60),
+                    base_lockout: Duration::from_secs(60),
+                    max_lockout: Duration::from_secs(15 * 60),
+                },
+                100_000,
+            ),
+        };
+        let hasher = Hasher::new(config.hash_concurrency);
+        AppState(Arc::new(Inner {
+            config,
+            store,
+            key,
+            hasher,
+            limits,
+            setup_done: AtomicBool::new(false),
+            routes: OnceLock::new(),
+            openapi: OnceLock::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+    pub fn key(&self) -> &MasterKey {
+        &self.0.key
+    }
+    pub fn hasher(&self) -> &Hasher {
+        &self.0.hasher
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    /// True once any user exists. Users never drop back to zero (the last admin cannot
+    /// be deleted), so the answer is cached once true.
+    pub async fn setup_done(&self) -> Result<bool, crate::store::StoreError> {
+        if self.0.setup_done.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let done = self.store().user_count().await? > 0;
+        if done {
+            self.mark_setup_done();
+        }
+        Ok(done)
+    }
+
+    pub fn mark_setup_done(&self) {
+        self.0.setup_done.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_routes(&self, routes: Vec<RouteInfo>) {
+        let doc = openapi::document(&routes).to_string();
+        let _ = self.0.openapi.set(doc);
+        let _ = self.0.routes.set(routes);
+    }
+
+    /// Every registered `/api` route (empty before the router is built).
+    pub fn routes(&self) -> &[RouteInfo] {
+        self.0.routes.get().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn openapi_json(&self) -> String {
+        self.0.openapi.get().cloned().unwrap_or_default()
+    }
+}

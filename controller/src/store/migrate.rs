@@ -1,0 +1,68 @@
+//! A small migration runner over the SQL files in `migrations/`, embedded at build time.
+//! Each migration runs in its own transaction; a checksum catches edited history.
+
+use super::{Result, StoreError};
+use sqlx::{Row, SqlitePool};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+}];
+
+fn checksum(sql: &str) -> String {
+    hex::encode(crate::crypto::sha256(sql.as_bytes()))
+}
+
+pub(super) async fn run(pool: &SqlitePool) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+             checksum TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let applied = sqlx::query("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await?;
+    for row in &applied {
+        let version: i64 = row.try_get("version")?;
+        let sum: String = row.try_get("checksum")?;
+        match MIGRATIONS.iter().find(|m| m.version == version) {
+            None => return Err(StoreError::MigrationUnknown(version)),
+            Some(m) if checksum(m.sql) != sum => {
+                return Err(StoreError::MigrationChanged {
+                    version,
+                    name: m.name.to_owned(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    for m in MIGRATIONS.iter().filter(|m| {
+        !applied
+            .iter()
+            .any(|r| r.get::<i64, _>("version") == m.version)
+    }) {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+             VALUES (?, ?, ?, unixepoch())",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(checksum(m.sql))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,476 @@
+//! The storage layer: every SQL statement of the controller lives under this module.
+//! SQLite (WAL) backs it today; handlers see only these methods and plain structs, so a
+//! PostgreSQL backend can slot in here without touching them.
+
+mod migrate;
+
+use crate::auth::Role;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration {version} ({name}) was changed after it was applied; applied migrations never change")]
+    MigrationChanged { version: i64, name: String },
+    #[error("database holds migration {0}, which this build does not know; refusing to run an older controller on a newer database")]
+    MigrationUnknown(i64),
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH (PostgreSQL support is not built yet)"
+    )]
+    Unsupported(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub totp_enabled: bool,
+    pub created_at: i64,
+}
+
+/// What a valid session resolves to.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub user: User,
+    pub last_seen: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+    pub totp_secret: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor_id: Option<i64>,
+    pub actor: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub status: i64,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit {
+    pub actor_id: Option<i64>,
+    pub actor: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: &'static str,
+    pub status: u16,
+    pub ip: Option<String>,
+}
+
+/// Outcome of a guarded change to an admin account.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Guarded {
+    Done,
+    NotFound,
+    LastAdmin,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+const USER_COLS: &str = "id, username, role, totp_secret IS NOT NULL AS totp_enabled, created_at";
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        totp_enabled: row.try_get("totp_enabled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn credentials_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Credentials> {
+    Ok(Credentials {
+        user: user_from_row(row)?,
+        password_hash: row.try_get("password_hash")?,
+        totp_secret: row.try_get("totp_secret")?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database named by `url` and applies migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Unsupported(url.to_owned()));
+        }
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
+        migrate::run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub fn sqlite_url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- users -------------------------------------------------------------------
+
+    pub async fn user_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Creates the first admin only while there are no users; `None` when one exists.
+    pub async fn create_first_admin(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<User>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, role, created_at, updated_at)
+             SELECT ?1, ?2, 'admin', ?3, ?3 WHERE NOT EXISTS (SELECT 1 FROM users)
+             RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.user(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// `None` when the username is taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: Role,
+        now: i64,
+    ) -> Result<Option<User>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, role, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (username) DO NOTHING RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.user(id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn user(&self, id: i64) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLS} FROM users ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    pub async fn credentials_by_name(&self, username: &str) -> Result<Option<Credentials>> {
+        let sql =
+            format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE username = ?");
+        let row = sqlx::query(&sql)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credentials_from_row).transpose()
+    }
+
+    pub async fn credentials_by_id(&self, id: i64) -> Result<Option<Credentials>> {
+        let sql = format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credentials_from_row).transpose()
+    }
+
+    pub async fn set_password(&self, id: i64, password_hash: &str, now: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Changes a role in one statement that refuses to demote the last admin.
+    pub async fn set_role(&self, id: i64, role: Role, now: i64) -> Result<Guarded> {
+        let r = sqlx::query(
+            "UPDATE users SET role = ?2, updated_at = ?3 WHERE id = ?1
+               AND (role <> 'admin' OR ?2 = 'admin'
+                    OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.guarded(id, r.rows_affected()).await
+    }
+
+    /// Deletes a user (and, by cascade, its sessions) unless it is the last admin.
+    pub async fn delete_user(&self, id: i64) -> Result<Guarded> {
+        let r = sqlx::query(
+            "DELETE FROM users WHERE id = ?1
+               AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.guarded(id, r.rows_affected()).await
+    }
+
+    async fn guarded(&self, id: i64, affected: u64) -> Result<Guarded> {
+        if affected == 1 {
+            return Ok(Guarded::Done);
+        }
+        Ok(match self.user(id).await? {
+            Some(_) => Guarded::LastAdmin,
+            None => Guarded::NotFound,
+        })
+    }
+
+    pub async fn set_totp_pending(&self, id: i64, sealed: &[u8], now: i64) -> Result<()> {
+        sqlx::query("UPDATE users SET totp_pending = ?, updated_at = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn totp_pending(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT totp_pending FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// Moves the pending secret into place. The step of the code that proved it is
+    /// recorded so that code cannot be replayed at the next login.
+    pub async fn enable_totp(&self, id: i64, step: i64, now: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL,
+                 totp_last_step = ?2, updated_at = ?3
+             WHERE id = ?1 AND totp_pending IS NOT NULL AND totp_secret IS NULL",
+        )
+        .bind(id)
+        .bind(step)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn disable_totp(&self, id: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = 0,
+                 updated_at = ? WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records use of a TOTP step; false when that step (or a later one) was used already.
+    pub async fn consume_totp_step(&self, id: i64, step: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE users SET totp_last_step = ?2 WHERE id = ?1 AND totp_last_step < ?2",
+        )
+        .bind(id)
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- sessions ----------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        hash: &[u8],
+        user_id: i64,
+        now: i64,
+        expires_at: i64,
+        ip: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, created_at, last_seen, expires_at, ip, user_agent)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(user_id)
+        .bind(now)
+        .bind(now)
+        .bind(expires_at)
+        .bind(ip)
+        .bind(user_agent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, hash: &[u8]) -> Result<Option<SessionUser>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.role, u.totp_secret IS NOT NULL AS totp_enabled,
+                    u.created_at, s.last_seen, s.expires_at
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(SessionUser {
+            user: user_from_row(&row)?,
+            last_seen: row.try_get("last_seen")?,
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    pub async fn touch_session(&self, hash: &[u8], now: i64) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id_hash = ?")
+            .bind(now)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, hash: &[u8]) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes every session of a user except `keep`.
+    pub async fn delete_user_sessions(&self, user_id: i64, keep: Option<&[u8]>) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id_hash IS NOT ?")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Removes sessions past their absolute expiry or idle for longer than `idle_secs`.
+    pub async fn purge_sessions(&self, now: i64, idle_secs: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?")
+            .bind(now)
+            .bind(now - idle_secs)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    // ---- audit -------------------------------------------------------------------
+
+    pub async fn audit(&self, rec: &NewAudit, at_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at_ms, actor_id, actor, action, target, outcome, status, ip)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(at_ms)
+        .bind(rec.actor_id)
+        .bind(&rec.actor)
+        .bind(&rec.action)
+        .bind(&rec.target)
+        .bind(rec.outcome)
+        .bind(i64::from(rec.status))
+        .bind(&rec.ip)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A page of the audit log, newest first, and the total count.
+    pub async fn audit_page(&self, offset: i64, limit: i64) -> Result<(Vec<AuditRecord>, i64)> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, at_ms, actor_id, actor, action, target, outcome, status, ip
+             FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    id: r.try_get("id")?,
+                    at_ms: r.try_get("at_ms")?,
+                    actor_id: r.try_get("actor_id")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    outcome: r.try_get("outcome")?,
+                    status: r.try_get("status")?,
+                    ip: r.try_get("ip")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((items, total))
+    }
+}

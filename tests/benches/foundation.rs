@@ -1,0 +1,198 @@
+//! Foundation benchmark (issue: controller foundation). Runs the release `mezzanine`
+//! binary and measures:
+//! - start-to-first-healthy time (spawn → first 200 from /healthz), on a fresh data dir
+//!   (migrations + key creation) and on an existing one;
+//! - idle RSS a second after start;
+//! - authenticated `GET /api/auth/state` throughput and latency with `wrk` (Debian's
+//!   package), 64 connections, on loopback.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench foundation`.
+
+use mezzanine_tests::{binary, Process, ADMIN_PASSWORD};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn http(addr: SocketAddr, request: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn healthy(addr: SocketAddr) -> bool {
+    http(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Spawns the server on a known free port and times spawn → first healthy answer.
+fn start(bin: &std::path::Path, data: &std::path::Path) -> (Process, SocketAddr, Duration) {
+    let addr = free_port();
+    let listen = addr.to_string();
+    let p = Process::spawn(
+        bin,
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthy(addr) {
+        assert!(Instant::now() < deadline, "not healthy:\n{}", p.output());
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let took = p.started.elapsed();
+    (p, addr, took)
+}
+
+fn wrk(addr: SocketAddr, cookie: &str, secs: u32) -> (f64, f64, f64) {
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            "-c64",
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+            &format!("Cookie: cp_session={cookie}"),
+            &format!("http://{addr}/api/auth/state"),
+        ])
+        .output()
+        .expect("wrk is missing: apt-get install wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Requests/sec");
+    let pct = |label: &str| -> f64 {
+        let raw = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .expect("latency line")
+            .trim();
+        let (num, unit): (String, String) =
+            raw.chars().partition(|c| c.is_ascii_digit() || *c == '.');
+        let n: f64 = num.parse().expect("number");
+        match unit.as_str() {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            other => panic!("unit {other}"),
+        }
+    };
+    (rps, pct("50%"), pct("99%"))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let bin = binary("mezzanine", true);
+    let runs = 15;
+
+    let mut fresh = Vec::new();
+    let mut warm = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("data");
+        let (mut p, _, t) = start(&bin, &data);
+        fresh.push(t.as_secs_f64() * 1000.0);
+        p.terminate(Duration::from_secs(10));
+        let (mut p, _, t) = start(&bin, &data);
+        warm.push(t.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(rss_kib(p.child.id()) as f64 / 1024.0);
+        p.terminate(Duration::from_secs(10));
+    }
+    println!(
+        "start-to-healthy, fresh data dir: median {:.1} ms, p90 {:.1} ms ({runs} runs)",
+        median(&mut fresh),
+        percentile(&mut fresh, 0.9)
+    );
+    println!(
+        "start-to-healthy, existing data dir: median {:.1} ms, p90 {:.1} ms ({runs} runs)",
+        median(&mut warm),
+        percentile(&mut warm, 0.9)
+    );
+    println!(
+        "idle RSS 1 s after start: median {:.1} MiB, max {:.1} MiB",
+        median(&mut rss),
+        percentile(&mut rss, 1.0)
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut p, addr, _) = start(&bin, &dir.path().join("data"));
+    let body = format!(r#"{{"username":"admin","password":"{ADMIN_PASSWORD}"}}"#);
+    let resp = http(
+        addr,
+        &format!(
+            "POST /api/auth/setup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("setup");
+    let cookie = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: cp_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_owned();
+    wrk(addr, &cookie, 2); // warm-up
+    let mut rps = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for _ in 0..5 {
+        let (r, a, b) = wrk(addr, &cookie, 10);
+        rps.push(r);
+        p50.push(a);
+        p99.push(b);
+    }
+    println!(
+        "GET /api/auth/state (authenticated), 64 connections, 5 x 10 s: median {:.0} req/s (min {:.0}, max {:.0}); latency p50 median {:.2} ms, p99 median {:.2} ms (worst {:.2} ms)",
+        median(&mut rps),
+        percentile(&mut rps, 0.0),
+        percentile(&mut rps, 1.0),
+        median(&mut p50),
+        median(&mut p99),
+        percentile(&mut p99, 1.0),
+    );
+    println!(
+        "RSS after load: {:.1} MiB",
+        rss_kib(p.child.id()) as f64 / 1024.0
+    );
+    p.terminate(Duration::from_secs(10));
+}

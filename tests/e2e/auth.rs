@@ -1,0 +1,332 @@
+//! Setup, login, logout, password change, sessions, TOTP and brute-force throttling.
+
+use mezzanine_tests::{totp_code, Controller, ADMIN_PASSWORD};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn first_setup_creates_admin_once() {
+    let ctl = Controller::start().await;
+    let mut anon = ctl.client();
+    let s = anon.get("/api/auth/state").await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.body,
+        json!({ "needs_setup": true, "authenticated": false, "user": null })
+    );
+
+    let r = anon
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": "short" }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("too short"), "{}", r.body);
+    let r = anon
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": "x".repeat(300) }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("too long"), "{}", r.body);
+    let r = anon
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "bad name!", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    let mut admin = ctl.admin().await;
+    let s = admin.get("/api/auth/state").await;
+    assert_eq!(s.body["authenticated"], true);
+    assert_eq!(s.body["needs_setup"], false);
+    assert_eq!(s.body["user"]["username"], "admin");
+    assert_eq!(s.body["user"]["role"], "admin");
+    assert_eq!(s.body["user"]["totp_enabled"], false);
+
+    let r = anon
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "other", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let s = anon.get("/api/auth/state").await;
+    assert_eq!(s.body["needs_setup"], false);
+    assert_eq!(s.body["authenticated"], false);
+}
+
+#[tokio::test]
+async fn login_sets_a_strict_cookie_and_hides_which_part_was_wrong() {
+    let ctl = Controller::start().await;
+    ctl.admin().await;
+    let mut c = ctl.client();
+    let wrong_user = c.login("nobody", ADMIN_PASSWORD, None).await;
+    let wrong_pass = c.login("admin", "not-the-password", None).await;
+    assert_eq!(wrong_user.status, 401);
+    assert_eq!(wrong_pass.status, 401);
+    assert_eq!(wrong_user.body, wrong_pass.body);
+    assert!(c.cookie.is_none());
+
+    let ok = c.login("ADMIN", ADMIN_PASSWORD, None).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.body["ok"], true);
+    assert_eq!(ok.body["user"]["username"], "admin");
+    let cookie = ok.header("set-cookie").expect("cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "http public URL must not set Secure: {cookie}"
+    );
+    let token = c.cookie.clone().expect("token");
+    assert_eq!(token.len(), 64, "256-bit id, hex");
+}
+
+#[tokio::test]
+async fn https_public_url_sets_secure_cookie() {
+    let ctl = Controller::start_with(&["--public-url", "https://panel.example.test"]).await;
+    let mut c = ctl.client();
+    let r = c
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(r.header("set-cookie").expect("cookie").contains("; Secure"));
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_server_side() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let stolen = admin.cookie.clone();
+    let r = admin.post("/api/auth/logout", json!({})).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("set-cookie")
+        .expect("cleared")
+        .contains("Max-Age=0"));
+    let mut replay = ctl.client();
+    replay.cookie = stolen;
+    let r = replay.get("/api/users").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        replay.get("/api/auth/state").await.body["authenticated"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn change_password_revokes_other_sessions() {
+    let ctl = Controller::start().await;
+    let mut a = ctl.admin().await;
+    let mut b = ctl.client();
+    assert_eq!(b.login("admin", ADMIN_PASSWORD, None).await.status, 200);
+
+    let r = a
+        .post(
+            "/api/auth/change-password",
+            json!({ "current": "wrong-password", "next": "new-password-22" }),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = a
+        .post(
+            "/api/auth/change-password",
+            json!({ "current": ADMIN_PASSWORD, "next": "short" }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("too short"));
+    let r = a
+        .post(
+            "/api/auth/change-password",
+            json!({ "current": ADMIN_PASSWORD, "next": "new-password-22" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["revoked_sessions"], 1);
+
+    assert_eq!(
+        a.get("/api/users").await.status,
+        200,
+        "own session survives"
+    );
+    assert_eq!(
+        b.get("/api/users").await.status,
+        401,
+        "other session revoked"
+    );
+    let mut c = ctl.client();
+    assert_eq!(c.login("admin", ADMIN_PASSWORD, None).await.status, 401);
+    assert_eq!(c.login("admin", "new-password-22", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let ctl = Controller::start_with(&["--session-idle-secs", "1"]).await;
+    let mut admin = ctl.admin().await;
+    assert_eq!(admin.get("/api/users").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(admin.get("/api/users").await.status, 401);
+}
+
+#[tokio::test]
+async fn absolute_session_lifetime_is_enforced() {
+    let ctl = Controller::start_with(&["--session-max-secs", "1"]).await;
+    let mut admin = ctl.admin().await;
+    assert!(admin.cookie.is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        admin.get("/api/auth/state").await.body["authenticated"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn totp_enrolment_login_replay_and_disable() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+
+    let r = admin
+        .post("/api/auth/totp/enable", json!({ "code": "123456" }))
+        .await;
+    assert_eq!(r.status, 409, "enable before setup: {}", r.body);
+
+    let r = admin.post("/api/auth/totp/setup", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    let url = r.body["otpauth_url"].as_str().expect("url");
+    assert!(
+        url.starts_with("otpauth://totp/Mezzanine:admin?secret="),
+        "{url}"
+    );
+    assert!(url.contains(&secret));
+
+    let wrong = if totp_code(&secret, 0) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let r = admin
+        .post("/api/auth/totp/enable", json!({ "code": wrong }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin
+        .post(
+            "/api/auth/totp/enable",
+            json!({ "code": totp_code(&secret, -1) }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin.get("/api/auth/state").await.body["user"]["totp_enabled"],
+        true
+    );
+    let r = admin.post("/api/auth/totp/setup", json!({})).await;
+    assert_eq!(r.status, 409);
+
+    let mut c = ctl.client();
+    let r = c.login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, json!({ "error": "TOTP_REQUIRED" }));
+    assert!(c.cookie.is_none());
+    let r = c.login("admin", ADMIN_PASSWORD, Some(wrong)).await;
+    assert_eq!(r.status, 401);
+    let code = totp_code(&secret, 0);
+    let r = c.login("admin", ADMIN_PASSWORD, Some(&code)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let mut replay = ctl.client();
+    let r = replay.login("admin", ADMIN_PASSWORD, Some(&code)).await;
+    assert_eq!(r.status, 401, "a code is accepted once: {}", r.body);
+    assert!(r.error().contains("already used"), "{}", r.body);
+
+    let r = c
+        .post(
+            "/api/auth/totp/disable",
+            json!({ "password": "wrong-password", "code": totp_code(&secret, 1) }),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .post(
+            "/api/auth/totp/disable",
+            json!({ "password": ADMIN_PASSWORD, "code": totp_code(&secret, 1) }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut d = ctl.client();
+    assert_eq!(d.login("admin", ADMIN_PASSWORD, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn repeated_failures_for_a_username_are_throttled() {
+    let ctl = Controller::start().await;
+    ctl.admin().await;
+    let mut c = ctl.client();
+    for _ in 0..5 {
+        assert_eq!(c.login("admin", "wrong-password", None).await.status, 401);
+    }
+    let r = c.login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(
+        r.status, 429,
+        "locked even with the right password: {}",
+        r.body
+    );
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("secs");
+    assert!((1..=900).contains(&wait), "{wait}");
+    assert!(r.error().contains("retry"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn repeated_failures_from_an_address_are_throttled() {
+    let ctl = Controller::start().await;
+    ctl.admin().await;
+    let mut c = ctl.client();
+    for i in 0..30 {
+        let r = c.login(&format!("user{i}"), "wrong-password", None).await;
+        assert_eq!(r.status, 401);
+    }
+    let r = c.login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_burst_of_logins_is_bounded_not_fatal() {
+    let ctl = Controller::start_with(&["--hash-concurrency", "2"]).await;
+    ctl.admin().await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut c = ctl.client();
+        tasks.push(tokio::spawn(async move {
+            let pw = if i % 2 == 0 {
+                ADMIN_PASSWORD
+            } else {
+                "wrong-password-x"
+            };
+            c.login("admin", pw, None).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join"));
+    }
+    assert!(
+        statuses.iter().all(|s| [200, 401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200));
+    assert_eq!(ctl.client().get("/healthz").await.status, 200);
+}

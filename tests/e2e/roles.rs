@@ -1,0 +1,260 @@
+//! Every registered route, walked as anonymous, viewer, moderator and admin. The expected
+//! rule of each route is written here, so a route added without a decided rule fails.
+
+use mezzanine_tests::{Client, Controller, Method};
+use serde_json::{json, Value};
+
+/// (method, path template, least role) for every route the controller registers.
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("GET", "/api/auth/state", "public"),
+    ("POST", "/api/auth/setup", "public"),
+    ("POST", "/api/auth/login", "public"),
+    ("POST", "/api/auth/logout", "viewer"),
+    ("POST", "/api/auth/change-password", "viewer"),
+    ("POST", "/api/auth/totp/setup", "viewer"),
+    ("POST", "/api/auth/totp/enable", "viewer"),
+    ("POST", "/api/auth/totp/disable", "viewer"),
+    ("GET", "/api/users", "admin"),
+    ("POST", "/api/users", "admin"),
+    ("PATCH", "/api/users/{id}", "admin"),
+    ("DELETE", "/api/users/{id}", "admin"),
+    ("GET", "/api/audit", "admin"),
+    ("GET", "/api/openapi.json", "public"),
+];
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "public" => 0,
+        "viewer" => 1,
+        "moderator" => 2,
+        "admin" => 3,
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn registered(doc: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("ops") {
+            let role = op["x-mezzanine-role"].as_str().expect("role").to_owned();
+            out.push((method.to_ascii_uppercase(), path.clone(), role));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_route_has_the_expected_rule_and_enforces_it() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let viewer = ctl.user(&mut admin, "vera", "viewer").await;
+    let moderator = ctl.user(&mut admin, "moritz", "moderator").await;
+    let doc = admin.get("/api/openapi.json").await.body;
+
+    let mut routes = registered(&doc);
+    for (m, p, role) in &routes {
+        let expected = EXPECTED
+            .iter()
+            .find(|(em, ep, _)| em == m && ep == p)
+            .unwrap_or_else(|| {
+                panic!("{m} {p} is registered but has no expected rule in this test")
+            });
+        assert_eq!(expected.2, role, "{m} {p}");
+    }
+    for (m, p, _) in EXPECTED {
+        assert!(
+            routes.iter().any(|(rm, rp, _)| rm == m && rp == p),
+            "{m} {p} is expected but not registered"
+        );
+    }
+    // Logging out revokes the caller's session: walk it last.
+    routes.sort_by_key(|(_, p, _)| p == "/api/auth/logout");
+
+    let callers: Vec<(&str, Client)> = vec![
+        ("anonymous", ctl.client()),
+        ("viewer", viewer),
+        ("moderator", moderator),
+        ("admin", admin),
+    ];
+    for (who, mut client) in callers {
+        for (method, path, role) in &routes {
+            if role == "public" {
+                continue;
+            }
+            let concrete = path.replace("{id}", "999999");
+            let m = Method::from_bytes(method.as_bytes()).expect("method");
+            let body = (method != "GET").then(|| json!({}));
+            let r = client.send(m, &concrete, body).await;
+            let label = format!("{who} {method} {path}");
+            assert_ne!(r.status, 500, "{label}: {}", r.body);
+            if who == "anonymous" {
+                assert_eq!(r.status, 401, "{label}: {}", r.body);
+                assert!(r.body["error"].is_string(), "{label}");
+            } else if rank(who) < rank(role) {
+                assert_eq!(r.status, 403, "{label}: {}", r.body);
+                assert_eq!(
+                    r.body,
+                    json!({ "error": "INSUFFICIENT_ROLE", "required": role, "role": who }),
+                    "{label}"
+                );
+            } else {
+                assert!(
+                    r.status != 401 && r.status != 403,
+                    "{label} should be allowed: {} {}",
+                    r.status,
+                    r.body
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn user_management_and_the_last_admin() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let me = admin.get("/api/auth/state").await.body["user"]["id"]
+        .as_i64()
+        .expect("id");
+
+    let r = admin
+        .patch(&format!("/api/users/{me}"), json!({ "role": "viewer" }))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.error().contains("last admin"));
+    let r = admin.delete(&format!("/api/users/{me}")).await;
+    assert_eq!(r.status, 409);
+
+    let r = admin
+        .post(
+            "/api/users",
+            json!({ "username": "Admin", "password": "whatever-123", "role": "viewer" }),
+        )
+        .await;
+    assert_eq!(r.status, 409, "usernames are case-insensitive: {}", r.body);
+    let r = admin
+        .post(
+            "/api/users",
+            json!({ "username": "eve", "password": "whatever-123", "role": "root" }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("role"));
+    let r = admin
+        .patch("/api/users/abc", json!({ "role": "viewer" }))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = admin.patch(&format!("/api/users/{me}"), json!({})).await;
+    assert_eq!(r.status, 400);
+
+    let mut second = ctl.user(&mut admin, "second", "admin").await;
+    let listed = admin.get("/api/users").await.body;
+    assert_eq!(listed.as_array().expect("list").len(), 2);
+    let second_id = listed[1]["id"].as_i64().expect("id");
+
+    // Demoting takes effect on the next request of that user.
+    let r = admin
+        .patch(
+            &format!("/api/users/{second_id}"),
+            json!({ "role": "moderator" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user"]["role"], "moderator");
+    let r = second.get("/api/users").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["role"], "moderator");
+
+    // A password reset by an admin signs that user out everywhere.
+    let r = admin
+        .patch(
+            &format!("/api/users/{second_id}"),
+            json!({ "password": "reset-password-1" }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        second.get("/api/auth/state").await.body["authenticated"],
+        false
+    );
+    assert_eq!(
+        second
+            .login("second", "reset-password-1", None)
+            .await
+            .status,
+        200
+    );
+
+    // With two admins, one may go.
+    let r = admin
+        .patch(
+            &format!("/api/users/{second_id}"),
+            json!({ "role": "admin" }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = admin
+        .patch(&format!("/api/users/{me}"), json!({ "role": "moderator" }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = second.delete(&format!("/api/users/{me}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin.get("/api/auth/state").await.body["authenticated"],
+        false
+    );
+    let r = second.delete(&format!("/api/users/{me}")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("not found"));
+}
+
+#[tokio::test]
+async fn mutations_are_audited_with_actor_target_and_outcome() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let mut viewer = ctl.user(&mut admin, "vera", "viewer").await;
+    let r = viewer
+        .post(
+            "/api/users",
+            json!({ "username": "x1", "password": "whatever-123", "role": "viewer" }),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let mut anon = ctl.client();
+    assert_eq!(
+        anon.login("admin", "wrong-password", None).await.status,
+        401
+    );
+
+    let page = admin.get("/api/audit?per_page=2").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.body["items"].as_array().expect("items").len(), 2);
+    assert_eq!(page.body["per_page"], 2);
+    let total = page.body["total"].as_i64().expect("total");
+    assert!(total >= 4, "{}", page.body);
+
+    let all = admin.get("/api/audit?per_page=500").await.body;
+    let items = all["items"].as_array().expect("items");
+    let find = |action: &str, actor: &str, outcome: &str| {
+        items
+            .iter()
+            .any(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome)
+    };
+    assert!(find("POST /api/auth/setup", "admin", "success"), "{all}");
+    assert!(find("POST /api/users", "admin", "success"), "{all}");
+    assert!(find("POST /api/users", "vera", "denied"), "{all}");
+    assert!(find("POST /api/auth/login", "admin", "denied"), "{all}");
+    let created = items
+        .iter()
+        .find(|e| e["action"] == "POST /api/users" && e["outcome"] == "success")
+        .expect("create record");
+    assert_eq!(created["target"], "user vera");
+    assert!(created["at"].as_str().expect("at").ends_with('Z'));
+    assert!(items
+        .iter()
+        .all(|e| e["action"].as_str().is_some_and(|a| !a.starts_with("GET"))));
+
+    assert_eq!(admin.get("/api/audit?page=0").await.status, 400);
+    assert_eq!(admin.get("/api/audit?per_page=100000").await.status, 400);
+    assert_eq!(admin.get("/api/audit?page=abc").await.status, 400);
+}

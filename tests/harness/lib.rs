@@ -1,0 +1,367 @@
+//! Shared helpers for the end-to-end suite: controllers started in-process on
+//! `127.0.0.1:0` or as real `mezzanine` processes, an HTTP client that keeps the session
+//! cookie, and `eventually` for waiting on conditions instead of sleeping.
+
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use reqwest::Method;
+
+/// A controller running inside the test process on its own port and data dir.
+pub struct Controller {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Controller {
+    pub async fn start() -> Controller {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `serve` flags, e.g. `&["--session-idle-secs", "1"]`.
+    pub async fn start_with(extra: &[&str]) -> Controller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Controller {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let data = dir.path().join("data");
+        let mut argv = vec![
+            "mezzanine".to_owned(),
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            addr.to_string(),
+            "--data-dir".to_owned(),
+            data.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        let cli = <mezzanine::Cli as clap::Parser>::try_parse_from(argv).expect("flags");
+        let mezzanine::Command::Serve(args) = cli.command;
+        let config = args.validate().expect("config");
+        let state = mezzanine::prepare(config).await.expect("prepare");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(mezzanine::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Controller {
+            base: format!("http://{addr}"),
+            addr,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    /// Stops gracefully and hands back the data dir (for restart tests).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("serve");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Creates the first admin and returns a client logged in as it.
+    pub async fn admin(&self) -> Client {
+        let mut c = self.client();
+        let r = c
+            .post(
+                "/api/auth/setup",
+                json!({ "username": "admin", "password": ADMIN_PASSWORD }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "setup: {}", r.body);
+        c
+    }
+
+    /// Creates a user with `role` through `admin` and returns a client logged in as it.
+    pub async fn user(&self, admin: &mut Client, username: &str, role: &str) -> Client {
+        let password = format!("{username}-password-1");
+        let r = admin
+            .post(
+                "/api/users",
+                json!({ "username": username, "password": password, "role": role }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create {username}: {}", r.body);
+        let mut c = self.client();
+        let r = c.login(username, &password, None).await;
+        assert_eq!(r.status, 200, "login {username}: {}", r.body);
+        c
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// The answer to one request.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Resp {
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An HTTP client that remembers the `cp_session` cookie like a browser would.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub base: String,
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            base: base.to_owned(),
+            cookie: None,
+        }
+    }
+
+    /// Sends a request; `body` goes as JSON with the JSON content type.
+    pub async fn send(&mut self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.raw(req).await
+    }
+
+    /// Sends a prepared request with the session cookie and records any new cookie.
+    pub async fn raw(&mut self, mut req: reqwest::RequestBuilder) -> Resp {
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("cp_session={c}"));
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        for v in headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap_or("");
+            if let Some(rest) = v.strip_prefix("cp_session=") {
+                let value = rest.split(';').next().unwrap_or("");
+                self.cookie = (!value.is_empty()).then(|| value.to_owned());
+            }
+        }
+        let bytes = resp.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.send(Method::GET, path, None).await
+    }
+    pub async fn post(&mut self, path: &str, body: Value) -> Resp {
+        self.send(Method::POST, path, Some(body)).await
+    }
+    pub async fn patch(&mut self, path: &str, body: Value) -> Resp {
+        self.send(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&mut self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, Some(json!({}))).await
+    }
+
+    pub async fn login(&mut self, username: &str, password: &str, totp: Option<&str>) -> Resp {
+        let mut body = json!({ "username": username, "password": password });
+        if let Some(code) = totp {
+            body["totp"] = json!(code);
+        }
+        self.post("/api/auth/login", body).await
+    }
+}
+
+/// The TOTP code for now plus `offset` steps, for a base32 secret.
+pub fn totp_code(secret_b32: &str, offset: i64) -> String {
+    use mezzanine::auth::totp;
+    let secret = totp::base32_decode(secret_b32).expect("base32");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let step = (totp::step_at(now) as i64 + offset) as u64;
+    format!("{:06}", totp::hotp(&secret, step))
+}
+
+/// Polls `check` until it returns `Some` or `within` passes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Path of a workspace binary built by `cargo build` (debug, or release when asked).
+pub fn binary(name: &str, release: bool) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build{} --bins`; the README test command does)",
+        path.display(),
+        if release { " --release" } else { "" }
+    );
+    path
+}
+
+/// A `mezzanine serve` process with its stderr collected line by line.
+pub struct Process {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub started: Instant,
+}
+
+impl Process {
+    /// Spawns `mezzanine` with `args` (JSON logs, so the harness can read fields).
+    pub fn spawn(bin: &Path, args: &[&str]) -> Process {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(bin)
+            .args(args)
+            .env("MEZZANINE_LOG_FORMAT", "json")
+            .env_remove("MEZZANINE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mezzanine");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Process {
+            child,
+            lines,
+            started,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits for the "ready" log line and returns the address it says it listens on.
+    pub fn wait_ready(&mut self, within: Duration) -> std::net::SocketAddr {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.lines.lock().expect("lines").iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                v["fields"]["listen"].as_str()?.parse().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "mezzanine exited with {status} before it was ready:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready in {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
