@@ -2,6 +2,7 @@
 //! SQLite (WAL) backs it today; handlers see only these methods and plain structs, so a
 //! PostgreSQL backend can slot in here without touching them.
 
+mod cache;
 mod migrate;
 
 use crate::auth::Role;
@@ -88,6 +89,14 @@ pub enum Guarded {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    sessions: std::sync::Arc<cache::SessionCache>,
+}
+
+fn key(hash: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    let n = hash.len().min(32);
+    k[..n].copy_from_slice(&hash[..n]);
+    k
 }
 
 const USER_COLS: &str = "id, username, role, totp_secret IS NOT NULL AS totp_enabled, created_at";
@@ -124,12 +133,15 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .min_connections(1)
             .connect_with(opts)
             .await?;
         migrate::run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            sessions: Default::default(),
+        })
     }
 
     pub fn sqlite_url(path: &Path) -> String {
@@ -241,6 +253,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.sessions.remove_user(id);
         Ok(r.rows_affected() == 1)
     }
 
@@ -256,6 +269,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.sessions.remove_user(id);
         self.guarded(id, r.rows_affected()).await
     }
 
@@ -268,6 +282,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.sessions.remove_user(id);
         self.guarded(id, r.rows_affected()).await
     }
 
@@ -314,6 +329,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.sessions.remove_user(id);
         Ok(r.rows_affected() == 1)
     }
 
@@ -326,6 +342,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.sessions.remove_user(id);
         Ok(())
     }
 
@@ -369,6 +386,10 @@ impl Store {
     }
 
     pub async fn session(&self, hash: &[u8]) -> Result<Option<SessionUser>> {
+        if let Some(hit) = self.sessions.get(&key(hash)) {
+            return Ok(Some(hit));
+        }
+        let seen = self.sessions.generation();
         let row = sqlx::query(
             "SELECT u.id, u.username, u.role, u.totp_secret IS NOT NULL AS totp_enabled,
                     u.created_at, s.last_seen, s.expires_at
@@ -378,14 +399,17 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(SessionUser {
+        let found = SessionUser {
             user: user_from_row(&row)?,
             last_seen: row.try_get("last_seen")?,
             expires_at: row.try_get("expires_at")?,
-        }))
+        };
+        self.sessions.put(key(hash), found.clone(), seen);
+        Ok(Some(found))
     }
 
     pub async fn touch_session(&self, hash: &[u8], now: i64) -> Result<()> {
+        self.sessions.touch(&key(hash), now);
         sqlx::query("UPDATE sessions SET last_seen = ? WHERE id_hash = ?")
             .bind(now)
             .bind(hash)
@@ -399,6 +423,7 @@ impl Store {
             .bind(hash)
             .execute(&self.pool)
             .await?;
+        self.sessions.remove(&key(hash));
         Ok(())
     }
 
@@ -409,6 +434,7 @@ impl Store {
             .bind(keep)
             .execute(&self.pool)
             .await?;
+        self.sessions.remove_user(user_id);
         Ok(r.rows_affected())
     }
 
@@ -419,6 +445,7 @@ impl Store {
             .bind(now - idle_secs)
             .execute(&self.pool)
             .await?;
+        self.sessions.clear();
         Ok(r.rows_affected())
     }
 
