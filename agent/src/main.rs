@@ -1,21 +1,205 @@
-//! `mezzanine-agent`: the daemon that runs on each managed server.
-//!
-//! Enrollment and the controller session arrive with the agent issue; today the binary
-//! only identifies itself, so that packaging and the workspace are in place.
+//! `mezzanine-agent`: the daemon on each managed server. It enrolls once with a join
+//! token, then keeps a mutually-authenticated gRPC session to the controller.
 
-use clap::Parser;
+mod facts;
+mod identity;
+mod session;
+mod tls;
 
-/// The Mezzanine agent. It will dial the controller over mutually-authenticated TLS,
-/// drive the local Docker engine and run deploy steps.
+use clap::{Parser, Subcommand};
+use identity::StateDir;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/mezzanine-agent";
+
+/// The Mezzanine agent: enrolls with a controller and keeps a mutually-authenticated
+/// session to it.
 #[derive(Parser, Debug)]
 #[command(name = "mezzanine-agent", version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "mezzanine-agent {}: no subcommand is available in this build yet; see --help",
-        env!("CARGO_PKG_VERSION")
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Enroll this server with a join token (generates the key locally; only a CSR is sent).
+    Enroll {
+        /// The join token from the controller (MZ1.…).
+        token: String,
+        #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Attach to the controller and stay attached (reconnecting as needed).
+    Run {
+        #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Seconds between heartbeats.
+        #[arg(long, env = "MEZZANINE_AGENT_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        heartbeat_secs: u64,
+        /// The Docker engine's socket.
+        #[arg(long, env = "MEZZANINE_AGENT_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+        docker_socket: String,
+    },
+    /// Print identity, controller, certificate expiry and connection state.
+    Status {
+        #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// An error with its causes, for messages a person can act on.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn init_logging() {
+    let spec = std::env::var("MEZZANINE_AGENT_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+fn status(state: &StateDir) -> ExitCode {
+    let id = match state.load() {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("mezzanine-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let left = id.not_after - now_secs();
+    println!("server id:    {}", id.server_id);
+    println!("identity:     spiffe://mezzanine/server/{}", id.server_id);
+    println!("controller:   {}", id.endpoint);
+    println!(
+        "certificate:  expires at unix {} ({})",
+        id.not_after,
+        if left > 0 { format!("in {left} s") } else { "EXPIRED".into() }
     );
-    std::process::exit(64);
+    if let Some(reason) = state.removed() {
+        println!("connection:   removed: {reason}");
+        return ExitCode::SUCCESS;
+    }
+    let run = state.run_state().unwrap_or_default();
+    let field = |k: &str| {
+        run.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let pid = field("pid");
+    let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if alive {
+        println!("connection:   {} since unix {} ({}) [pid {pid}]", field("state"), field("since"), field("detail"));
+    } else {
+        println!("connection:   agent not running");
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mezzanine-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Cmd::Enroll { token, state_dir } => {
+            let state = StateDir::new(&state_dir);
+            match runtime.block_on(session::enroll(&state, &token)) {
+                Ok(id) => {
+                    println!(
+                        "enrolled as server {} with {}; certificate valid until unix {}",
+                        id.server_id, id.endpoint, id.not_after
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mezzanine-agent: enrollment failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run {
+            state_dir,
+            heartbeat_secs,
+            docker_socket,
+        } => {
+            let state = StateDir::new(&state_dir);
+            let run = session::run(&state, Duration::from_secs(heartbeat_secs), &docker_socket);
+            let result = runtime.block_on(async {
+                tokio::select! {
+                    r = run => Some(r),
+                    () = terminate() => None,
+                }
+            });
+            match result {
+                None => {
+                    state.set_run_state("stopped", "terminated by signal");
+                    ExitCode::SUCCESS
+                }
+                Some(Ok(reason)) => {
+                    eprintln!("mezzanine-agent: {reason}; stopping and not reconnecting (re-enroll to come back)");
+                    ExitCode::from(session::EXIT_REMOVED)
+                }
+                Some(Err(e)) => {
+                    eprintln!("mezzanine-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { state_dir } => status(&StateDir::new(&state_dir)),
+    }
+}
+
+async fn terminate() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
 }

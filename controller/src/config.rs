@@ -59,6 +59,28 @@ pub struct ServeArgs {
     /// Password hashes computed at once (each takes about 19 MiB). Default: the CPU count.
     #[arg(long, env = "MEZZANINE_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
+
+    /// Address the agent gateway (gRPC over mutually-authenticated TLS) listens on.
+    #[arg(long, env = "MEZZANINE_AGENT_LISTEN", default_value = "0.0.0.0:7443")]
+    pub agent_listen: SocketAddr,
+
+    /// The URL agents dial, https://HOST[:PORT]; HOST goes into the gateway certificate.
+    /// Default: the public URL's host and the agent listen port.
+    #[arg(long, env = "MEZZANINE_AGENT_ENDPOINT")]
+    pub agent_endpoint: Option<String>,
+
+    /// Lifetime of agent client certificates in seconds; agents renew at about 70%.
+    #[arg(long, env = "MEZZANINE_AGENT_CERT_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub agent_cert_ttl_secs: u64,
+
+    /// Lifetime of join tokens (install commands) in seconds.
+    #[arg(long, env = "MEZZANINE_JOIN_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub join_token_ttl_secs: u64,
+
+    /// The agent binary served to install scripts. Default: `mezzanine-agent` next to
+    /// this executable.
+    #[arg(long, env = "MEZZANINE_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// Validated configuration.
@@ -76,6 +98,14 @@ pub struct Config {
     pub session_idle_secs: i64,
     pub session_max_secs: i64,
     pub hash_concurrency: usize,
+    pub agent_listen: SocketAddr,
+    /// Host (DNS name or IP) agents dial; the gateway certificate is issued for it.
+    pub agent_endpoint_host: String,
+    /// Port agents dial; `None` means the port the agent listener is bound to.
+    pub agent_endpoint_port: Option<u16>,
+    pub agent_cert_ttl_secs: u64,
+    pub join_token_ttl_secs: i64,
+    pub agent_binary: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +124,13 @@ fn parse_public_url(url: &str) -> Result<(String, String), ConfigError> {
         return Err(bad("scheme must be http or https"));
     }
     let authority = rest.split('/').next().unwrap_or_default();
+    let path = &rest[authority.len()..];
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b))
+    {
+        return Err(bad("path may contain only letters, digits and / . _ ~ -"));
+    }
     if authority.is_empty() {
         return Err(bad("host is missing"));
     }
@@ -113,6 +150,38 @@ fn parse_public_url(url: &str) -> Result<(String, String), ConfigError> {
         _ => authority,
     };
     Ok((scheme, authority))
+}
+
+/// The host part of an authority (`host`, `host:port`, `[v6]:port`), without brackets.
+fn host_of(authority: &str) -> String {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    authority.split(':').next().unwrap_or_default().to_owned()
+}
+
+fn parse_agent_endpoint(url: &str) -> Result<(String, Option<u16>), ConfigError> {
+    let bad = |why: &str| ConfigError(format!("--agent-endpoint {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("expected https://HOST[:PORT]"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+        return Err(bad("expected https://HOST[:PORT] with no path"));
+    }
+    let host = host_of(authority);
+    let port_part = if authority.starts_with('[') {
+        authority.split("]:").nth(1)
+    } else {
+        authority.split_once(':').map(|(_, p)| p)
+    };
+    let port = port_part
+        .map(|p| p.parse::<u16>().map_err(|_| bad("port must be 1-65535")))
+        .transpose()?;
+    if crate::validate::host(&host).is_err() {
+        return Err(bad("host is not a valid hostname or IP address"));
+    }
+    Ok((host, port))
 }
 
 impl ServeArgs {
@@ -150,6 +219,25 @@ impl ServeArgs {
         if hash_concurrency == 0 || hash_concurrency > 256 {
             return Err(ConfigError("--hash-concurrency must be 1 to 256".into()));
         }
+        let (agent_endpoint_host, agent_endpoint_port) = match &self.agent_endpoint {
+            Some(url) => parse_agent_endpoint(url)?,
+            None => (host_of(&authority), None),
+        };
+        if !(2..=366 * 86_400).contains(&self.agent_cert_ttl_secs) {
+            return Err(ConfigError(
+                "--agent-cert-ttl-secs must be 2 to 31622400 (366 days)".into(),
+            ));
+        }
+        if self.join_token_ttl_secs == 0 {
+            return Err(ConfigError("--join-token-ttl-secs must be at least 1".into()));
+        }
+        let agent_binary = match &self.agent_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("mezzanine-agent")))
+                .unwrap_or_else(|| PathBuf::from("mezzanine-agent")),
+        };
         let clamp = |v: u64| {
             i64::try_from(v)
                 .unwrap_or(i64::MAX / 4)
@@ -170,6 +258,12 @@ impl ServeArgs {
             session_idle_secs: clamp(self.session_idle_secs),
             session_max_secs: clamp(self.session_max_secs),
             hash_concurrency,
+            agent_listen: self.agent_listen,
+            agent_endpoint_host,
+            agent_endpoint_port,
+            agent_cert_ttl_secs: self.agent_cert_ttl_secs,
+            join_token_ttl_secs: clamp(self.join_token_ttl_secs),
+            agent_binary,
         })
     }
 }

@@ -7,10 +7,13 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod gateway;
+pub mod install;
 mod panel;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +34,10 @@ pub enum StartError {
     Key(#[from] crypto::KeyError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] gateway::ca::CaError),
+    #[error("{0}")]
+    Serve(String),
 }
 
 impl StartError {
@@ -58,27 +65,37 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
     let create_key = config.master_key_file == config.data_dir.join("master.key");
     let key = crypto::MasterKey::load_or_create(&config.master_key_file, create_key)?;
     let store = store::Store::open(&config.database_url).await?;
-    Ok(AppState::new(config, store, key))
+    store.mark_online_servers_offline(time::now_secs()).await?;
+    let gateway = gateway::Gateway::load(&store, &key).await?;
+    Ok(AppState::new(config, store, key, gateway))
 }
 
-/// Serves until `shutdown` resolves, then finishes in-flight requests and closes the
-/// database.
+/// Serves the HTTP API and panel on `http` and the agent gateway on `agents` until
+/// `shutdown` resolves; then ends agent sessions, finishes in-flight requests and closes
+/// the database.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    agents: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
+    use futures_util::FutureExt;
+    let agent_port = agents.local_addr().map_err(|e| StartError::Serve(e.to_string()))?.port();
+    state.set_agent_port(agent_port);
+    let shutdown = shutdown.shared();
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
-    let result = axum::serve(
-        listener,
+    let web = axum::serve(
+        http,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    .with_graceful_shutdown(shutdown.clone());
+    let grpc = gateway::serve(agents, state.clone(), shutdown);
+    let (web, grpc) = tokio::join!(web, grpc);
     janitor.abort();
     state.store().close().await;
-    result
+    web.map_err(|e| StartError::Serve(format!("HTTP server: {e}")))?;
+    grpc.map_err(StartError::Serve)
 }
 
 /// Deletes expired sessions every ten minutes.

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let listen = config.listen;
+        let agent_listen = config.agent_listen;
         let public_url = config.public_url.clone();
         let state = match mezzanine::prepare(config).await {
             Ok(s) => s,
@@ -103,9 +104,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let agents = match tokio::net::TcpListener::bind(agent_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mezzanine: cannot listen for agents on {agent_listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let local = listener.local_addr().map_or(listen, |a| a);
-        tracing::info!(listen = %local, url = %public_url, "Mezzanine is ready: open {public_url}");
-        match mezzanine::serve(listener, state, shutdown_signal()).await {
+        let agent_local = agents.local_addr().map_or(agent_listen, |a| a);
+        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, "Mezzanine is ready: open {public_url}");
+        match mezzanine::serve(listener, agents, state, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mezzanine: server error: {e}");

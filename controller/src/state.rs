@@ -6,6 +6,7 @@ use crate::auth::limiter::{Limiter, Policy};
 use crate::auth::password::Hasher;
 use crate::config::Config;
 use crate::crypto::MasterKey;
+use crate::gateway::Gateway;
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,13 +28,16 @@ struct Inner {
     setup_done: AtomicBool,
     routes: OnceLock<Vec<RouteInfo>>,
     openapi: OnceLock<String>,
+    gateway: Arc<Gateway>,
+    agent_endpoint: OnceLock<String>,
+    agent_digest: crate::install::AgentDigest,
 }
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(config: Config, store: Store, key: MasterKey) -> Self {
+    pub fn new(config: Config, store: Store, key: MasterKey, gateway: Gateway) -> Self {
         let limits = Limits {
             by_user: Limiter::new(
                 Policy {
@@ -64,6 +68,9 @@ impl AppState {
             setup_done: AtomicBool::new(false),
             routes: OnceLock::new(),
             openapi: OnceLock::new(),
+            gateway: Arc::new(gateway),
+            agent_endpoint: OnceLock::new(),
+            agent_digest: Default::default(),
         }))
     }
 
@@ -81,6 +88,30 @@ impl AppState {
     }
     pub fn limits(&self) -> &Limits {
         &self.0.limits
+    }
+    pub fn agent_digest(&self) -> &crate::install::AgentDigest {
+        &self.0.agent_digest
+    }
+    pub fn gateway(&self) -> &Gateway {
+        &self.0.gateway
+    }
+
+    /// Host agents dial (and the gateway certificate names).
+    pub fn agent_endpoint_host(&self) -> &str {
+        &self.0.config.agent_endpoint_host
+    }
+
+    /// Fixes the endpoint once the agent listener is bound.
+    pub(crate) fn set_agent_port(&self, bound: u16) {
+        let port = self.0.config.agent_endpoint_port.unwrap_or(bound);
+        let host = &self.0.config.agent_endpoint_host;
+        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let _ = self.0.agent_endpoint.set(format!("https://{host}:{port}"));
+    }
+
+    /// `https://host:port` agents dial.
+    pub fn agent_endpoint(&self) -> &str {
+        self.0.agent_endpoint.get().map_or("", String::as_str)
     }
 
     /// True once any user exists. Users never drop back to zero (the last admin cannot

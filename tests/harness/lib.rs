@@ -17,9 +17,10 @@ pub use reqwest::Method;
 pub struct Controller {
     pub base: String,
     pub addr: std::net::SocketAddr,
+    pub agent_addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), mezzanine::StartError>>>,
 }
 
 impl Controller {
@@ -34,10 +35,15 @@ impl Controller {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Controller {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::start_on(dir, "127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    /// Starts on given addresses (a restart reuses the ports of the previous run).
+    pub async fn start_on(dir: tempfile::TempDir, http: &str, agents: &str, extra: &[&str]) -> Controller {
+        let listener = tokio::net::TcpListener::bind(http).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let agent_listener = tokio::net::TcpListener::bind(agents).await.expect("bind agents");
+        let agent_addr = agent_listener.local_addr().expect("agent addr");
         let data = dir.path().join("data");
         let mut argv = vec![
             "mezzanine".to_owned(),
@@ -46,6 +52,8 @@ impl Controller {
             addr.to_string(),
             "--data-dir".to_owned(),
             data.display().to_string(),
+            "--agent-binary".to_owned(),
+            binary("mezzanine-agent", false).display().to_string(),
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let cli = <mezzanine::Cli as clap::Parser>::try_parse_from(argv).expect("flags");
@@ -53,12 +61,13 @@ impl Controller {
         let config = args.validate().expect("config");
         let state = mezzanine::prepare(config).await.expect("prepare");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(mezzanine::serve(listener, state, async move {
+        let task = tokio::spawn(mezzanine::serve(listener, agent_listener, state, async move {
             let _ = rx.await;
         }));
         Controller {
             base: format!("http://{addr}"),
             addr,
+            agent_addr,
             dir,
             stop: Some(tx),
             task: Some(task),

@@ -7,6 +7,7 @@ mod auth;
 pub mod error;
 mod meta;
 pub mod openapi;
+mod servers;
 mod session;
 mod users;
 
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
     auth::routes(reg.tag("auth"));
     users::routes(reg.tag("users"));
     audit::routes(reg.tag("audit"));
+    servers::routes(reg.tag("servers"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     state.set_routes(routes);
@@ -133,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", axum::routing::get(meta::healthz))
         .merge(crate::panel::routes())
+        .merge(crate::install::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(from_fn(json_errors))

@@ -10,11 +10,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "servers",
+        sql: include_str!("../../../migrations/sqlite/0002_servers.sql"),
+    },
+];
 
 fn checksum(sql: &str) -> String {
     hex::encode(crate::crypto::sha256(sql.as_bytes()))

@@ -3,6 +3,7 @@
 //! PostgreSQL backend can slot in here without touching them.
 
 mod cache;
+mod servers;
 mod migrate;
 
 use crate::auth::Role;
@@ -27,6 +28,8 @@ pub enum StoreError {
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
+
+pub use servers::{JoinTokenRow, NewServer, ServerPatch, ServerRow, Written};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

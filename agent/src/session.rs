@@ -1,0 +1,291 @@
+//! Enrollment and the long-lived session: attach, hello, heartbeats, commands,
+//! certificate renewal at about 70% of its life, and reconnects with jittered
+//! exponential backoff.
+
+use crate::identity::{Identity, StateDir};
+use crate::{error_chain, now_secs, tls};
+use mezzanine_proto::v1::{
+    agent_message, command, controller_message, enrollment_client::EnrollmentClient, reply,
+    session_client::SessionClient, AgentMessage, Command, CommandError, EnrollRequest, Hello, Pong,
+    RenewRequest, Reply,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Exit status meaning "this server was removed from Mezzanine; do not restart me".
+pub const EXIT_REMOVED: u8 = 78;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Token(String),
+    #[error("{0}")]
+    State(#[from] crate::identity::StateError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot reach the controller at {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+}
+
+/// `(endpoint, pin)` carried by a join token `MZ1.<endpoint>.<pin>.<id>.<secret>`.
+pub fn parse_token(token: &str) -> Result<(String, [u8; 32]), EnrollError> {
+    use base64::Engine;
+    let bad = || EnrollError::Token("malformed join token: expected MZ1.<endpoint>.<pin>.<id>.<secret>".into());
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    if parts.len() != 5 || parts[0] != "MZ1" {
+        return Err(bad());
+    }
+    let endpoint = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let pin: [u8; 32] = hex::decode(parts[2])
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    tls::split_endpoint(&endpoint).map_err(EnrollError::Token)?;
+    Ok((endpoint, pin))
+}
+
+pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollError> {
+    let (endpoint, pin) = parse_token(token)?;
+    state.create()?;
+    let key = state.key()?;
+    let csr = StateDir::csr(&key)?;
+    let verifier = Arc::new(tls::PinnedCa::new(pin));
+    let config = tls::enroll_config(verifier.clone()).map_err(|e| EnrollError::Refused(e.to_string()))?;
+    let channel = tls::connect(&endpoint, config).await.map_err(|detail| EnrollError::Connect {
+        endpoint: endpoint.clone(),
+        detail,
+    })?;
+    let mut client = EnrollmentClient::new(channel);
+    let resp = client
+        .enroll(EnrollRequest {
+            token: token.trim().to_owned(),
+            csr_der: csr,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await
+        .map_err(|s| {
+            if s.code() == tonic::Code::PermissionDenied || s.code() == tonic::Code::InvalidArgument {
+                EnrollError::Refused(s.message().to_owned())
+            } else {
+                EnrollError::Connect {
+                    endpoint: endpoint.clone(),
+                    detail: error_chain(&s),
+                }
+            }
+        })?
+        .into_inner();
+    let pinned = verifier
+        .found
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| EnrollError::Refused("the controller's CA was not seen".into()))?;
+    if pinned.as_ref() != resp.ca_certificate_der.as_slice() {
+        return Err(EnrollError::Refused(
+            "the controller returned a CA other than the pinned one".into(),
+        ));
+    }
+    let id = Identity {
+        server_id: resp.server_id,
+        endpoint,
+        cert: resp.certificate_der.into(),
+        ca: pinned,
+        issued_at: now_secs(),
+        not_after: resp.not_after_unix,
+    };
+    state.save(&id)?;
+    let _ = std::fs::remove_file(state.path("removed"));
+    Ok(id)
+}
+
+/// How a session ended.
+enum End {
+    Removed(String),
+    Closed,
+}
+
+/// Runs until the server is removed (returns the reason) — reconnecting forever otherwise.
+pub async fn run(state: &StateDir, heartbeat: Duration, docker_socket: &str) -> Result<String, String> {
+    if let Some(reason) = state.removed() {
+        return Ok(reason);
+    }
+    let key = state.key().map_err(|e| e.to_string())?;
+    let mut id = state.load().map_err(|e| e.to_string())?;
+    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut failures = 0u32;
+    loop {
+        state.set_run_state("connecting", &id.endpoint);
+        let started = Instant::now();
+        let result = session(state, &key, &mut id, heartbeat, docker_socket, running.clone()).await;
+        let detail = match result {
+            Ok(End::Removed(reason)) => {
+                state.mark_removed(&reason);
+                state.set_run_state("removed", &reason);
+                return Ok(reason);
+            }
+            Ok(End::Closed) => "the controller closed the session".to_owned(),
+            Err(e) if is_revoked(&e) => {
+                let reason = "this server was removed from Mezzanine (certificate revoked)".to_owned();
+                state.mark_removed(&reason);
+                state.set_run_state("removed", &reason);
+                return Ok(reason);
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let wait = backoff(failures);
+        tracing::warn!(endpoint = %id.endpoint, retry_in_ms = wait.as_millis() as u64, "{detail}");
+        state.set_run_state("disconnected", &detail);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Jittered exponential backoff: 250 ms doubling to a 5 s cap, each wait drawn
+/// uniformly from half to all of the step, so a fleet does not reconnect in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let step = Duration::from_millis(250).saturating_mul(1 << failures.min(5).saturating_sub(1));
+    let step = step.min(Duration::from_secs(5));
+    let mut r = [0u8; 2];
+    let _ = getrandom::fill(&mut r);
+    let frac = 0.5 + f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) / 2.0;
+    step.mul_f64(frac)
+}
+
+fn is_revoked(detail: &str) -> bool {
+    detail.contains("CertificateRevoked") || detail.contains("was removed from Mezzanine")
+}
+
+fn renew_at(id: &Identity) -> Instant {
+    let life = (id.not_after - id.issued_at).max(1) as f64;
+    let at = id.issued_at as f64 + life * 0.7;
+    let wait = (at - now_secs() as f64).max(0.0);
+    Instant::now() + Duration::from_secs_f64(wait)
+}
+
+async fn session(
+    state: &StateDir,
+    key: &rcgen::KeyPair,
+    id: &mut Identity,
+    heartbeat: Duration,
+    docker_socket: &str,
+    running: Arc<Mutex<HashSet<u64>>>,
+) -> Result<End, String> {
+    let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key)).map_err(|e| e.to_string())?;
+    let channel = tls::connect(&id.endpoint, config).await?;
+    let mut client = SessionClient::new(channel);
+    let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
+    let hello = Hello {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        facts: Some(crate::facts::facts(docker_socket).await),
+        heartbeat_secs: heartbeat.as_secs().max(1) as u32,
+        running: running.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
+    };
+    out_tx
+        .send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| error_chain(&s))?
+        .into_inner();
+    tracing::info!(endpoint = %id.endpoint, server_id = id.server_id, "attached");
+    state.set_run_state("connected", &id.endpoint);
+
+    let beats = out_tx.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let hb = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(crate::facts::heartbeat())) };
+            if beats.send(hb).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _ticker = AbortOnDrop(ticker);
+    let mut renew = renew_at(id);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => match m.kind {
+                    Some(controller_message::Kind::Command(cmd)) => {
+                        running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
+                        tokio::spawn(execute(cmd, out_tx.clone(), running.clone()));
+                    }
+                    Some(controller_message::Kind::Removed(r)) => return Ok(End::Removed(r.reason)),
+                    None => {}
+                },
+                Ok(None) => return Ok(End::Closed),
+                Err(status) => return Err(error_chain(&status)),
+            },
+            () = tokio::time::sleep_until(renew.into()) => {
+                match renew_cert(&mut client, key, id, state).await {
+                    Ok(()) => {
+                        tracing::info!(not_after = id.not_after, "certificate renewed");
+                        renew = renew_at(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying in 5 s");
+                        renew = Instant::now() + Duration::from_secs(5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn renew_cert(
+    client: &mut SessionClient<tonic::transport::Channel>,
+    key: &rcgen::KeyPair,
+    id: &mut Identity,
+    state: &StateDir,
+) -> Result<(), String> {
+    let csr = StateDir::csr(key).map_err(|e| e.to_string())?;
+    let resp = client
+        .renew(RenewRequest { csr_der: csr })
+        .await
+        .map_err(|s| error_chain(&s))?
+        .into_inner();
+    id.cert = resp.certificate_der.into();
+    id.issued_at = now_secs();
+    id.not_after = resp.not_after_unix;
+    state.save(id).map_err(|e| e.to_string())
+}
+
+/// Runs one command and sends its reply. Commands are idempotent where they can be.
+async fn execute(cmd: Command, out: mpsc::Sender<AgentMessage>, running: Arc<Mutex<HashSet<u64>>>) {
+    let body = match cmd.body {
+        Some(command::Body::Ping(p)) => reply::Body::Pong(Pong { payload: p.payload }),
+        None => reply::Body::Error(CommandError {
+            message: "this agent does not know that command; upgrade it".into(),
+        }),
+    };
+    running.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.request_id);
+    let _ = out
+        .send(AgentMessage {
+            kind: Some(agent_message::Kind::Reply(Reply {
+                request_id: cmd.request_id,
+                body: Some(body),
+            })),
+        })
+        .await;
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,411 @@
+//! `/api/servers`: the fleet. Adding a server without SSH returns a join token and the
+//! install one-liner; live status comes from the agent gateway's registry.
+
+use super::audit::Target;
+use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
+use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
+use crate::auth::Role;
+use crate::gateway::{token, CallError};
+use crate::state::AppState;
+use crate::store::{NewServer, ServerPatch, ServerRow, Written};
+use crate::validate;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mezzanine_proto::v1::{command, reply, Ping};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn parse_id(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("id: {raw:?} is not a server id")))
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::NotFound(format!("server {id} not found"))
+}
+
+fn opt_rfc3339(secs: Option<i64>) -> Value {
+    secs.map_or(Value::Null, |s| json!(crate::time::rfc3339(s)))
+}
+
+/// The list shape; `detail` adds facts, metrics and connection data.
+fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
+    let live = state.gateway().registry.view(s.id);
+    let (status, last_seen) = match &live {
+        Some(l) => ("online", Some(l.last_seen_ms / 1000)),
+        None if s.status == "online" => ("offline", s.last_seen),
+        None => (s.status.as_str(), s.last_seen),
+    };
+    let mut v = json!({
+        "id": s.id,
+        "name": s.name,
+        "host": s.host,
+        "status": status,
+        "last_seen": opt_rfc3339(last_seen),
+        "agent_version": s.agent_version,
+        "tags": s.tags,
+    });
+    if detail {
+        let metrics = live
+            .as_ref()
+            .and_then(|l| l.metrics.clone())
+            .or_else(|| s.metrics.clone());
+        v["status_detail"] = json!(if live.is_some() { None } else { s.status_detail.clone() });
+        v["port"] = json!(s.port);
+        v["username"] = json!(s.username);
+        v["auth_type"] = json!(s.auth_type);
+        v["facts"] = s.facts.clone().unwrap_or(Value::Null);
+        v["metrics"] = metrics.unwrap_or(Value::Null);
+        v["connected_since"] = live
+            .as_ref()
+            .map_or(Value::Null, |l| json!(crate::time::rfc3339_ms(l.connected_at_ms)));
+        v["enrolled_at"] = opt_rfc3339(s.enrolled_at);
+        v["cert_expires_at"] = opt_rfc3339(s.cert_not_after);
+        v["created_at"] = json!(crate::time::rfc3339(s.created_at));
+    }
+    v
+}
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let servers = state.store().servers().await?;
+    Ok(Json(Value::Array(
+        servers.iter().map(|s| server_json(&state, s, false)).collect(),
+    )))
+}
+
+async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    let s = state.store().server(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(server_json(&state, &s, true)))
+}
+
+/// Mints a join token for `server_id` and the install one-liner that carries it.
+async fn mint(state: &AppState, server_id: i64) -> ApiResult<(String, String, String)> {
+    let (script, sha) = crate::install::script(state)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    drop(script);
+    let id = hex::encode(crate::crypto::random_bytes::<16>()?);
+    let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
+    let now = crate::time::now_secs();
+    let expires = now + state.config().join_token_ttl_secs;
+    state
+        .store()
+        .create_join_token(server_id, &id, &crate::crypto::sha256(secret.as_bytes()), now, expires)
+        .await?;
+    let tok = token::format(state.agent_endpoint(), &state.gateway().ca.pin_hex(), &id, &secret);
+    let cmd = crate::install::command(&state.config().public_url, &sha, &tok);
+    Ok((tok, cmd, crate::time::rfc3339(expires)))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    host: String,
+    auth_type: String,
+    tags: Option<Vec<String>>,
+    port: Option<i64>,
+    username: Option<String>,
+}
+
+fn check_fields(name: Option<&str>, host: Option<&str>, port: Option<i64>, username: Option<&str>, tags: Option<&[String]>) -> ApiResult<()> {
+    let field = |f: &str, r: Result<(), String>| r.map_err(|m| ApiError::BadRequest(format!("{f}: {m}")));
+    if let Some(n) = name {
+        field("name", validate::name(n))?;
+    }
+    if let Some(h) = host {
+        field("host", validate::host(h))?;
+    }
+    if let Some(p) = port {
+        if !(1..=65535).contains(&p) {
+            return Err(ApiError::BadRequest(format!("port: {p} is not in 1-65535")));
+        }
+    }
+    if let Some(u) = username {
+        field("username", validate::username(u))?;
+    }
+    if let Some(t) = tags {
+        field("tags", validate::tags(t))?;
+    }
+    Ok(())
+}
+
+async fn create(State(state): State<AppState>, Json(body): Json<CreateBody>) -> ApiResult<Response> {
+    check_fields(
+        Some(&body.name),
+        Some(&body.host),
+        body.port,
+        body.username.as_deref(),
+        body.tags.as_deref(),
+    )?;
+    match body.auth_type.as_str() {
+        "manual" => {}
+        "password" | "key" => {
+            return Err(ApiError::BadRequest(format!(
+                "auth_type: {:?} (adoption over SSH) is not available in this build; use \"manual\" and paste the install command on the server",
+                body.auth_type
+            )))
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "auth_type: {other:?} is not one of manual, password, key"
+            )))
+        }
+    }
+    // Fail before creating anything if no agent binary can be served.
+    crate::install::script(&state)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let tags = body.tags.clone().unwrap_or_default();
+    let new = NewServer {
+        name: &body.name,
+        host: &body.host,
+        port: body.port.unwrap_or(22),
+        username: body.username.as_deref(),
+        auth_type: &body.auth_type,
+        tags: &tags,
+    };
+    let server = state
+        .store()
+        .create_server(&new, crate::time::now_secs())
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", body.name)))?;
+    let (tok, cmd, expires) = mint(&state, server.id).await?;
+    let mut resp = (
+        StatusCode::CREATED,
+        ok(json!({ "id": server.id, "token": tok, "install_command": cmd, "token_expires_at": expires })),
+    )
+        .into_response();
+    resp.extensions_mut().insert(Target(format!("server {}", server.name)));
+    Ok(resp)
+}
+
+async fn install_command(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    if !state.store().server_exists(id).await? {
+        return Err(not_found(id));
+    }
+    let (tok, cmd, expires) = mint(&state, id).await?;
+    Ok(ok(json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires })))
+}
+
+#[derive(Deserialize)]
+struct PatchBody {
+    name: Option<String>,
+    host: Option<String>,
+    port: Option<i64>,
+    username: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(body): Json<PatchBody>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    if body.name.is_none() && body.host.is_none() && body.port.is_none() && body.username.is_none() && body.tags.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give name, host, port, username and/or tags".into(),
+        ));
+    }
+    check_fields(
+        body.name.as_deref(),
+        body.host.as_deref(),
+        body.port,
+        body.username.as_deref(),
+        body.tags.as_deref(),
+    )?;
+    let patch = ServerPatch {
+        name: body.name.clone(),
+        host: body.host,
+        port: body.port,
+        username: body.username,
+        tags: body.tags,
+    };
+    match state.store().update_server(id, &patch, crate::time::now_secs()).await? {
+        Written::Done(s) => Ok(ok(json!({ "server": server_json(&state, &s, true) }))),
+        Written::NotFound => Err(not_found(id)),
+        Written::NameTaken => Err(ApiError::Conflict(format!(
+            "name: a server named {:?} exists",
+            body.name.unwrap_or_default()
+        ))),
+    }
+}
+
+async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    let serials = state
+        .store()
+        .delete_server(id, crate::time::now_secs())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let registry = &state.gateway().registry;
+    registry.revoke(serials);
+    registry.remove(id, "this server was deleted from Mezzanine");
+    Ok(ok(json!({})))
+}
+
+/// Maps a failed agent command to the API's errors.
+pub fn call_error(e: CallError) -> ApiError {
+    match e {
+        CallError::Offline => ApiError::Unavailable("server offline".into()),
+        CallError::Timeout(_) | CallError::Disconnected | CallError::Busy => ApiError::Timeout(e.to_string()),
+        CallError::Agent(m) => ApiError::BadGateway(m),
+    }
+}
+
+async fn ping(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    if !state.store().server_exists(id).await? {
+        return Err(not_found(id));
+    }
+    let started = Instant::now();
+    let payload = crate::crypto::random_bytes::<16>()?.to_vec();
+    let body = state
+        .gateway()
+        .registry
+        .call(id, command::Body::Ping(Ping { payload: payload.clone() }), Duration::from_secs(10))
+        .await
+        .map_err(call_error)?;
+    match body {
+        reply::Body::Pong(p) if p.payload == payload => Ok(ok(json!({
+            "rtt_ms": started.elapsed().as_secs_f64() * 1000.0,
+        }))),
+        _ => Err(ApiError::BadGateway("the agent answered with something other than the ping".into())),
+    }
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    let tags = array(string());
+    let summary = obj(
+        &[
+            ("id", integer()),
+            ("name", string()),
+            ("host", string()),
+            ("status", json!({ "enum": ["pending", "enrolling", "online", "offline", "failed"] })),
+            ("last_seen", nullable(string())),
+            ("agent_version", nullable(string())),
+            ("tags", tags.clone()),
+        ],
+        &["id", "name", "host", "status", "last_seen", "agent_version", "tags"],
+    );
+    let mut detailed = summary.clone();
+    for (k, v) in [
+        ("status_detail", nullable(string())),
+        ("port", integer()),
+        ("username", nullable(string())),
+        ("auth_type", string()),
+        ("facts", json!({ "type": ["object", "null"] })),
+        ("metrics", json!({ "type": ["object", "null"] })),
+        ("connected_since", nullable(string())),
+        ("enrolled_at", nullable(string())),
+        ("cert_expires_at", nullable(string())),
+        ("created_at", string()),
+    ] {
+        detailed["properties"][k] = v;
+    }
+    let minted = ok_with(&[
+        ("id", integer()),
+        ("token", string()),
+        ("install_command", string()),
+        ("token_expires_at", string()),
+    ]);
+    reg.add(
+        Method::GET,
+        "/api/servers",
+        viewer,
+        Doc { summary: "List servers with live status", request: None, response: array(summary) },
+        list,
+    )
+    .add(
+        Method::POST,
+        "/api/servers",
+        moderator,
+        Doc {
+            summary: "Add a server. auth_type \"manual\" returns a join token and the install one-liner to paste on it as root",
+            request: Some(obj(
+                &[
+                    ("name", string()),
+                    ("host", string()),
+                    ("auth_type", json!({ "enum": ["manual", "password", "key"] })),
+                    ("tags", tags.clone()),
+                    ("port", integer()),
+                    ("username", string()),
+                ],
+                &["name", "host", "auth_type"],
+            )),
+            response: minted.clone(),
+        },
+        create,
+    )
+    .add(
+        Method::GET,
+        "/api/servers/{id}",
+        viewer,
+        Doc { summary: "Server detail: facts, latest metrics, connection", request: None, response: detailed.clone() },
+        detail,
+    )
+    .add(
+        Method::PATCH,
+        "/api/servers/{id}",
+        moderator,
+        Doc {
+            summary: "Update name, host, port, username or tags",
+            request: Some(obj(
+                &[
+                    ("name", string()),
+                    ("host", string()),
+                    ("port", integer()),
+                    ("username", string()),
+                    ("tags", tags),
+                ],
+                &[],
+            )),
+            response: ok_with(&[("server", detailed)]),
+        },
+        update,
+    )
+    .add(
+        Method::DELETE,
+        "/api/servers/{id}",
+        admin,
+        Doc {
+            summary: "Remove a server: its agent session closes and its certificate is refused from then on",
+            request: None,
+            response: ok_with(&[]),
+        },
+        remove,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/{id}/install-command",
+        moderator,
+        Doc {
+            summary: "Mint a fresh join token and install one-liner (older unused tokens stop working)",
+            request: None,
+            response: minted,
+        },
+        install_command,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/{id}/ping",
+        moderator,
+        Doc {
+            summary: "Round-trip a command through the agent session (503 when offline)",
+            request: None,
+            response: ok_with(&[("rtt_ms", json!({ "type": "number" }))]),
+        },
+        ping,
+    );
+    let _ = boolean;
+}

@@ -1,0 +1,139 @@
+//! The agent gateway: a tonic gRPC server behind our own TLS acceptor. `Enroll` trades a
+//! join token and CSR for a client certificate; `Attach` is the long-lived session;
+//! `Renew` re-issues the caller's certificate. Proto types never leave this module tree:
+//! the rest of the controller sees `Registry`, `CallError` and JSON values.
+
+pub mod ca;
+pub mod registry;
+mod service;
+mod tls;
+
+use crate::state::AppState;
+use mezzanine_proto::v1::enrollment_server::EnrollmentServer;
+use mezzanine_proto::v1::session_server::SessionServer;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub use registry::{CallError, LiveView, Registry};
+
+/// Join tokens: `MZ1.<endpoint, base64url>.<CA pin, hex>.<id, hex>.<secret, hex>`.
+pub mod token {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    pub const PREFIX: &str = "MZ1";
+
+    pub fn format(endpoint: &str, pin_hex: &str, id: &str, secret: &str) -> String {
+        format!(
+            "{PREFIX}.{}.{pin_hex}.{id}.{secret}",
+            URL_SAFE_NO_PAD.encode(endpoint)
+        )
+    }
+
+    /// `(id, secret)` of a well-formed token.
+    pub fn parse(token: &str) -> Option<(&str, &str)> {
+        let mut parts = token.trim().split('.');
+        if parts.next()? != PREFIX {
+            return None;
+        }
+        let _endpoint = parts.next()?;
+        let _pin = parts.next()?;
+        let id = parts.next()?;
+        let secret = parts.next()?;
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (parts.next().is_none() && hex(id, 32) && hex(secret, 64)).then_some((id, secret))
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown`, then ends every session.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let gw = state.gateway();
+    let names = vec![state.agent_endpoint_host().to_owned(), "localhost".to_owned()];
+    let (chain, key) = gw.ca.server_cert(&names).map_err(|e| e.to_string())?;
+    let config = tls::server_config(gw.ca.cert_der(), chain, key, gw.registry.clone())
+        .map_err(|e| format!("agent gateway TLS: {e}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let flusher = tokio::spawn(flush_heartbeats(state.clone()));
+    let registry = gw.registry.clone();
+    let svc = service::Gateway::new(state.clone());
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_service(EnrollmentServer::new(svc.clone()))
+        .add_service(SessionServer::new(svc))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), async move {
+            shutdown.await;
+            registry.close_all();
+        })
+        .await
+        .map_err(|e| format!("agent gateway: {e}"));
+    accept.abort();
+    flusher.abort();
+    // Keep what the last heartbeats said.
+    let beats = gw.registry.take_dirty();
+    if let Err(e) = state.store().flush_heartbeats(&beats).await {
+        tracing::warn!(error = %e, "could not save final heartbeats");
+    }
+    result
+}
+
+/// Writes heartbeats to the database in batches, so 10,000 agents cost one
+/// transaction every few seconds instead of a write per heartbeat.
+async fn flush_heartbeats(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let beats = state.gateway().registry.take_dirty();
+        if let Err(e) = state.store().flush_heartbeats(&beats).await {
+            tracing::warn!(error = %e, count = beats.len(), "could not save heartbeats");
+        }
+    }
+}
+
+/// The gateway's long-lived parts, shared with the API.
+#[derive(Debug)]
+pub struct Gateway {
+    pub ca: ca::Ca,
+    pub registry: Arc<Registry>,
+}
+
+impl Gateway {
+    pub async fn load(store: &crate::store::Store, key: &crate::crypto::MasterKey) -> Result<Gateway, ca::CaError> {
+        let ca = ca::Ca::load_or_create(store, key).await?;
+        let registry = Arc::new(Registry::default());
+        registry.revoke(store.revoked_serials(crate::time::now_secs()).await?);
+        Ok(Gateway { ca, registry })
+    }
+}

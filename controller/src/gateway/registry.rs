@@ -1,0 +1,242 @@
+//! Live agent sessions on this controller: who is attached, their latest heartbeat, the
+//! request/reply command path with ids and timeouts, and the set of revoked certificate
+//! serials the TLS layer consults at every handshake.
+
+use mezzanine_proto::v1::{command, reply, Command, ControllerMessage, Removed};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub type Outbound = mpsc::Sender<Result<ControllerMessage, tonic::Status>>;
+
+/// Why a command did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("server offline")]
+    Offline,
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the agent disconnected before answering")]
+    Disconnected,
+    #[error("the agent's command queue is full; retry shortly")]
+    Busy,
+    #[error("agent error: {0}")]
+    Agent(String),
+}
+
+#[derive(Debug)]
+struct Beat {
+    last_seen_ms: i64,
+    metrics: Option<Value>,
+    dirty: bool,
+}
+
+/// One attached agent.
+#[derive(Debug)]
+pub struct Live {
+    pub conn_id: u64,
+    pub connected_at_ms: i64,
+    pub heartbeat: Duration,
+    tx: Outbound,
+    pending: Mutex<HashMap<u64, oneshot::Sender<reply::Body>>>,
+    beat: Mutex<Beat>,
+    /// Wakes the session's reader task to end the session.
+    pub stop: Notify,
+}
+
+/// A plain view of a live session for the API.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub connected_at_ms: i64,
+    pub last_seen_ms: i64,
+    pub metrics: Option<Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every map here stays consistent between statements; a panic elsewhere does not
+    // leave half-written entries, so continuing with the data is safe.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<i64, Arc<Live>>>,
+    revoked: RwLock<HashSet<String>>,
+    next_conn: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Registry {
+    /// Registers a new session for `server_id`, replacing (and stopping) any older one.
+    pub fn attach(&self, server_id: i64, tx: Outbound, heartbeat: Duration) -> Arc<Live> {
+        let now = crate::time::now_ms();
+        let live = Arc::new(Live {
+            conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed) + 1,
+            connected_at_ms: now,
+            heartbeat,
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            beat: Mutex::new(Beat {
+                last_seen_ms: now,
+                metrics: None,
+                dirty: false,
+            }),
+            stop: Notify::new(),
+        });
+        if let Some(old) = lock(&self.sessions).insert(server_id, live.clone()) {
+            old.stop.notify_one();
+        }
+        live
+    }
+
+    /// Removes the session if it is still the current one for `server_id`.
+    pub fn detach(&self, server_id: i64, conn_id: u64) -> bool {
+        let mut map = lock(&self.sessions);
+        match map.get(&server_id) {
+            Some(l) if l.conn_id == conn_id => {
+                map.remove(&server_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_attached(&self, server_id: i64) -> bool {
+        lock(&self.sessions).contains_key(&server_id)
+    }
+
+    pub fn attached_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn view(&self, server_id: i64) -> Option<LiveView> {
+        let live = lock(&self.sessions).get(&server_id).cloned()?;
+        let beat = lock(&live.beat);
+        Some(LiveView {
+            connected_at_ms: live.connected_at_ms,
+            last_seen_ms: beat.last_seen_ms,
+            metrics: beat.metrics.clone(),
+        })
+    }
+
+    /// Notes that the agent spoke (any message counts as a sign of life).
+    pub fn seen(live: &Live, metrics: Option<Value>) {
+        let mut beat = lock(&live.beat);
+        beat.last_seen_ms = crate::time::now_ms();
+        if let Some(m) = metrics {
+            beat.metrics = Some(m);
+        }
+        beat.dirty = true;
+    }
+
+    /// Heartbeats received since the last call: `(server_id, last_seen_secs, metrics)`.
+    pub fn take_dirty(&self) -> Vec<(i64, i64, Value)> {
+        let sessions: Vec<(i64, Arc<Live>)> =
+            lock(&self.sessions).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out = Vec::new();
+        for (id, live) in sessions {
+            let mut beat = lock(&live.beat);
+            if beat.dirty {
+                beat.dirty = false;
+                out.push((
+                    id,
+                    beat.last_seen_ms / 1000,
+                    beat.metrics.clone().unwrap_or(Value::Null),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The unsaved heartbeat of a session that just ended: `(last_seen_secs, metrics)`.
+    pub fn last_beat(live: &Live) -> Option<(i64, Value)> {
+        let beat = lock(&live.beat);
+        beat.dirty.then(|| {
+            (
+                beat.last_seen_ms / 1000,
+                beat.metrics.clone().unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    /// Completes a pending command with the agent's reply.
+    pub fn complete(live: &Live, request_id: u64, body: reply::Body) {
+        if let Some(tx) = lock(&live.pending).remove(&request_id) {
+            let _ = tx.send(body);
+        }
+    }
+
+    /// Sends one command and waits for its reply.
+    pub async fn call(
+        &self,
+        server_id: i64,
+        body: command::Body,
+        timeout: Duration,
+    ) -> Result<reply::Body, CallError> {
+        let live = lock(&self.sessions)
+            .get(&server_id)
+            .cloned()
+            .ok_or(CallError::Offline)?;
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        lock(&live.pending).insert(request_id, tx);
+        let msg = ControllerMessage {
+            kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(Command {
+                request_id,
+                body: Some(body),
+            })),
+        };
+        if let Err(e) = live.tx.try_send(Ok(msg)) {
+            lock(&live.pending).remove(&request_id);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => CallError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CallError::Offline,
+            });
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, rx).await;
+        lock(&live.pending).remove(&request_id);
+        match result {
+            Err(_) => Err(CallError::Timeout(started.elapsed())),
+            Ok(Err(_)) => Err(CallError::Disconnected),
+            Ok(Ok(reply::Body::Error(e))) => Err(CallError::Agent(e.message)),
+            Ok(Ok(body)) => Ok(body),
+        }
+    }
+
+    /// Tells the agent it was removed and ends its session.
+    pub fn remove(&self, server_id: i64, reason: &str) {
+        if let Some(live) = lock(&self.sessions).remove(&server_id) {
+            let msg = ControllerMessage {
+                kind: Some(mezzanine_proto::v1::controller_message::Kind::Removed(Removed {
+                    reason: reason.to_owned(),
+                })),
+            };
+            let _ = live.tx.try_send(Ok(msg));
+            live.stop.notify_one();
+        }
+    }
+
+    /// Ends every session (controller shutdown); agents will reconnect elsewhere or later.
+    pub fn close_all(&self) {
+        let all: Vec<Arc<Live>> = lock(&self.sessions).drain().map(|(_, v)| v).collect();
+        for live in all {
+            live.stop.notify_one();
+        }
+    }
+
+    pub fn revoke<I: IntoIterator<Item = String>>(&self, serials: I) {
+        let mut set = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        set.extend(serials);
+    }
+
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(serial)
+    }
+}

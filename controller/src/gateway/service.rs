@@ -1,0 +1,250 @@
+//! The gRPC services. Each RPC but `Enroll` starts by reading the caller's identity from
+//! its verified client certificate and refuses callers without one.
+
+use super::registry::{Live, Registry};
+use super::token;
+use crate::state::AppState;
+use mezzanine_proto::v1::{
+    agent_message, enrollment_server::Enrollment, session_server::Session,
+    AgentMessage, ControllerMessage, EnrollRequest, EnrollResponse, Facts, Heartbeat,
+    RenewRequest, RenewResponse,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    state: AppState,
+}
+
+impl Gateway {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "agent gateway error");
+    Status::internal("internal error")
+}
+
+/// `(server_id, serial)` from the verified client certificate.
+fn identity<T>(req: &Request<T>) -> Result<(i64, String), Status> {
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+    super::ca::agent_identity(leaf)
+        .ok_or_else(|| Status::unauthenticated("client certificate carries no Mezzanine identity"))
+}
+
+fn facts_json(f: &Facts) -> Value {
+    json!({
+        "hostname": f.hostname,
+        "os": f.os,
+        "kernel": f.kernel,
+        "arch": f.arch,
+        "cpus": f.cpus,
+        "memory_bytes": f.memory_bytes,
+        "disk_bytes": f.disk_bytes,
+        "docker_version": (!f.docker_version.is_empty()).then_some(&f.docker_version),
+    })
+}
+
+fn metrics_json(h: &Heartbeat) -> Value {
+    json!({
+        "load": [h.load1, h.load5, h.load15],
+        "memory_used_bytes": h.memory_used_bytes,
+        "memory_total_bytes": h.memory_total_bytes,
+        "disk_used_bytes": h.disk_used_bytes,
+        "disk_total_bytes": h.disk_total_bytes,
+        "uptime_secs": h.uptime_secs,
+        "at": crate::time::rfc3339(crate::time::now_secs()),
+    })
+}
+
+#[tonic::async_trait]
+impl Enrollment for Gateway {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let peer = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.get_ref().remote_addr());
+        let body = req.into_inner();
+        let store = self.state.store();
+        let (id, secret) = token::parse(&body.token)
+            .ok_or_else(|| Status::invalid_argument("malformed join token (expected MZ1.…)"))?;
+        let row = store.join_token(id).await.map_err(internal)?;
+        let unknown = || Status::permission_denied("join token is not valid for this controller");
+        let row = row.ok_or_else(unknown)?;
+        if !crate::crypto::ct_eq(&crate::crypto::sha256(secret.as_bytes()), &row.secret_hash) {
+            return Err(unknown());
+        }
+        if row.used_at.is_some() {
+            return Err(Status::permission_denied(format!(
+                "join token was already used; mint a new one with POST /api/servers/{}/install-command",
+                row.server_id
+            )));
+        }
+        let now = crate::time::now_secs();
+        if row.expires_at <= now {
+            return Err(Status::permission_denied(format!(
+                "join token expired; mint a new one with POST /api/servers/{}/install-command",
+                row.server_id
+            )));
+        }
+        let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
+        let issued = self
+            .state
+            .gateway()
+            .ca
+            .issue_agent_cert(row.server_id, &body.csr_der, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !store.use_join_token(id, now).await.map_err(internal)? {
+            return Err(Status::permission_denied("join token was already used or expired"));
+        }
+        let replaced = store
+            .record_cert(&issued.serial_hex, row.server_id, issued.issued_at, issued.not_after, true)
+            .await
+            .map_err(internal)?;
+        let registry = &self.state.gateway().registry;
+        registry.revoke(replaced);
+        registry.remove(row.server_id, "replaced by a new enrollment of this server");
+        store
+            .set_server_status(
+                row.server_id,
+                "enrolling",
+                Some("certificate issued; waiting for the agent to attach"),
+                now,
+            )
+            .await
+            .map_err(internal)?;
+        tracing::info!(server_id = row.server_id, ?peer, agent_version = %body.agent_version, "agent enrolled");
+        Ok(Response::new(EnrollResponse {
+            server_id: row.server_id as u64,
+            certificate_der: issued.der,
+            ca_certificate_der: self.state.gateway().ca.cert_der().to_vec(),
+            not_after_unix: issued.not_after,
+        }))
+    }
+}
+
+type AttachStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+#[tonic::async_trait]
+impl Session for Gateway {
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let (server_id, serial) = identity(&req)?;
+        let store = self.state.store();
+        if !store.cert_active(&serial, server_id).await.map_err(internal)? {
+            return Err(Status::permission_denied("this server was removed from Mezzanine"));
+        }
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(AgentMessage {
+            kind: Some(agent_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be a hello"));
+        };
+        let heartbeat = Duration::from_secs(u64::from(hello.heartbeat_secs.clamp(1, 300)));
+        let facts = hello.facts.as_ref().map(facts_json).unwrap_or(Value::Null);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let registry = self.state.gateway().registry.clone();
+        let live = registry.attach(server_id, tx, heartbeat);
+        let now = crate::time::now_secs();
+        store
+            .set_server_online(server_id, &hello.agent_version, &facts, now)
+            .await
+            .map_err(internal)?;
+        tracing::info!(server_id, agent_version = %hello.agent_version, running = hello.running.len(), "agent attached");
+        tokio::spawn(read_session(self.state.clone(), registry, live, server_id, inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let (server_id, serial) = identity(&req)?;
+        let store = self.state.store();
+        if !store.cert_active(&serial, server_id).await.map_err(internal)? {
+            return Err(Status::permission_denied("this server was removed from Mezzanine"));
+        }
+        let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
+        let issued = self
+            .state
+            .gateway()
+            .ca
+            .issue_agent_cert(server_id, &req.get_ref().csr_der, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        store
+            .record_cert(&issued.serial_hex, server_id, issued.issued_at, issued.not_after, false)
+            .await
+            .map_err(internal)?;
+        tracing::info!(server_id, not_after = issued.not_after, "agent certificate renewed");
+        Ok(Response::new(RenewResponse {
+            certificate_der: issued.der,
+            not_after_unix: issued.not_after,
+        }))
+    }
+}
+
+/// Reads the agent's messages until the stream ends, the agent falls silent for three
+/// heartbeat intervals, or the session is stopped; then records the server offline.
+async fn read_session(
+    state: AppState,
+    registry: Arc<Registry>,
+    live: Arc<Live>,
+    server_id: i64,
+    mut inbound: Streaming<AgentMessage>,
+) {
+    let silence = live.heartbeat * 3;
+    let reason = loop {
+        tokio::select! {
+            () = live.stop.notified() => break "session closed by the controller",
+            msg = tokio::time::timeout(silence, inbound.message()) => match msg {
+                Err(_) => break "missed three heartbeats",
+                Ok(Err(_)) => break "connection lost",
+                Ok(Ok(None)) => break "agent closed the session",
+                Ok(Ok(Some(m))) => match m.kind {
+                    Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(metrics_json(&h))),
+                    Some(agent_message::Kind::Reply(r)) => {
+                        Registry::seen(&live, None);
+                        if let Some(body) = r.body {
+                            Registry::complete(&live, r.request_id, body);
+                        }
+                    }
+                    Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
+                },
+            },
+        }
+    };
+    if registry.detach(server_id, live.conn_id) {
+        tracing::info!(server_id, reason, "agent offline");
+        let store = state.store();
+        if let Some(beat) = Registry::last_beat(&live) {
+            if let Err(e) = store.flush_heartbeats(&[(server_id, beat.0, beat.1)]).await {
+                tracing::warn!(server_id, error = %e, "could not save the last heartbeat");
+            }
+        }
+        if let Err(e) = store
+            .set_server_status(server_id, "offline", Some(reason), crate::time::now_secs())
+            .await
+        {
+            tracing::warn!(server_id, error = %e, "could not record agent offline");
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Servers, join tokens, agent certificates and controller settings.
+
+use super::{Result, Store, StoreError};
+use serde_json::Value;
+use sqlx::{Row, SqlitePool};
+
+#[derive(Debug, Clone)]
+pub struct ServerRow {
+    pub id: i64,
+    pub name: String,
+    pub host: String,
+    pub port: i64,
+    pub username: Option<String>,
+    pub auth_type: String,
+    pub tags: Vec<String>,
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub last_seen: Option<i64>,
+    pub agent_version: Option<String>,
+    pub facts: Option<Value>,
+    pub metrics: Option<Value>,
+    pub enrolled_at: Option<i64>,
+    pub cert_not_after: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewServer<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub port: i64,
+    pub username: Option<&'a str>,
+    pub auth_type: &'a str,
+    pub tags: &'a [String],
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServerPatch {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub username: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinTokenRow {
+    pub server_id: i64,
+    pub secret_hash: Vec<u8>,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// Result of a write that may collide with another server's name.
+#[derive(Debug)]
+pub enum Written<T> {
+    Done(T),
+    NotFound,
+    NameTaken,
+}
+
+const SERVER_COLS: &str = "id, name, host, port, username, auth_type, tags, status, status_detail,
+    last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at";
+
+fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Option<Value>> {
+    let raw: Option<String> = row.try_get(col)?;
+    raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}
+
+fn server_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ServerRow> {
+    let tags: String = row.try_get("tags")?;
+    Ok(ServerRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        host: row.try_get("host")?,
+        port: row.try_get("port")?,
+        username: row.try_get("username")?,
+        auth_type: row.try_get("auth_type")?,
+        tags: serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
+        status: row.try_get("status")?,
+        status_detail: row.try_get("status_detail")?,
+        last_seen: row.try_get("last_seen")?,
+        agent_version: row.try_get("agent_version")?,
+        facts: json_col(row, "facts")?,
+        metrics: json_col(row, "metrics")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        cert_not_after: row.try_get("cert_not_after")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn tags_json(tags: &[String]) -> String {
+    Value::from(tags.to_vec()).to_string()
+}
+
+impl Store {
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn create_server(&self, new: &NewServer<'_>, now: i64) -> Result<Option<ServerRow>> {
+        let r = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO servers (name, host, port, username, auth_type, tags, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(new.name)
+        .bind(new.host)
+        .bind(new.port)
+        .bind(new.username)
+        .bind(new.auth_type)
+        .bind(tags_json(new.tags))
+        .bind(now)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await;
+        match r {
+            Ok(id) => self.server(id).await,
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn server(&self, id: i64) -> Result<Option<ServerRow>> {
+        let row = sqlx::query(&format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(server_from_row).transpose()
+    }
+
+    pub async fn servers(&self) -> Result<Vec<ServerRow>> {
+        let rows = sqlx::query(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY id"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(server_from_row).collect()
+    }
+
+    pub async fn server_exists(&self, id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM servers WHERE id = ?")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?
+            > 0)
+    }
+
+    pub async fn update_server(&self, id: i64, patch: &ServerPatch, now: i64) -> Result<Written<ServerRow>> {
+        let r = sqlx::query(
+            "UPDATE servers SET
+                 name = COALESCE(?2, name), host = COALESCE(?3, host), port = COALESCE(?4, port),
+                 username = COALESCE(?5, username), tags = COALESCE(?6, tags), updated_at = ?7
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(&patch.name)
+        .bind(&patch.host)
+        .bind(patch.port)
+        .bind(&patch.username)
+        .bind(patch.tags.as_deref().map(tags_json))
+        .bind(now)
+        .execute(self.pool())
+        .await;
+        match r {
+            Ok(r) if r.rows_affected() == 0 => Ok(Written::NotFound),
+            Ok(_) => Ok(match self.server(id).await? {
+                Some(s) => Written::Done(s),
+                None => Written::NotFound,
+            }),
+            Err(e) if is_unique_violation(&e) => Ok(Written::NameTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a server and revokes every certificate issued to it, in one transaction.
+    /// Returns the revoked serials, or `None` when there was no such server.
+    pub async fn delete_server(&self, id: i64, now: i64) -> Result<Option<Vec<String>>> {
+        let mut tx = self.pool().begin().await?;
+        let serials: Vec<String> = sqlx::query_scalar(
+            "UPDATE agent_certs SET revoked_at = ?2
+             WHERE server_id = ?1 AND revoked_at IS NULL RETURNING serial",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let gone = sqlx::query("DELETE FROM servers WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(serials))
+    }
+
+    /// Stores a new join token for a server; its older unused tokens stop working.
+    pub async fn create_join_token(
+        &self,
+        server_id: i64,
+        token_id: &str,
+        secret_hash: &[u8],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM join_tokens WHERE server_id = ? AND used_at IS NULL")
+            .bind(server_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (id, server_id, secret_hash, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(token_id)
+        .bind(server_id)
+        .bind(secret_hash)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn join_token(&self, token_id: &str) -> Result<Option<JoinTokenRow>> {
+        let row = sqlx::query(
+            "SELECT server_id, secret_hash, expires_at, used_at FROM join_tokens WHERE id = ?",
+        )
+        .bind(token_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(JoinTokenRow {
+            server_id: row.try_get("server_id")?,
+            secret_hash: row.try_get("secret_hash")?,
+            expires_at: row.try_get("expires_at")?,
+            used_at: row.try_get("used_at")?,
+        }))
+    }
+
+    /// Marks a token used; false if it was used or expired in the meantime.
+    pub async fn use_join_token(&self, token_id: &str, now: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE join_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL AND expires_at > ?2",
+        )
+        .bind(token_id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records an issued certificate. With `replace`, the server's earlier certificates
+    /// are revoked (a fresh enrollment replaces the old identity); their serials return.
+    pub async fn record_cert(
+        &self,
+        serial: &str,
+        server_id: i64,
+        issued_at: i64,
+        not_after: i64,
+        replace: bool,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool().begin().await?;
+        let revoked: Vec<String> = if replace {
+            sqlx::query_scalar(
+                "UPDATE agent_certs SET revoked_at = ?2
+                 WHERE server_id = ?1 AND revoked_at IS NULL RETURNING serial",
+            )
+            .bind(server_id)
+            .bind(issued_at)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+        sqlx::query(
+            "INSERT INTO agent_certs (serial, server_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        )
+        .bind(serial)
+        .bind(server_id)
+        .bind(issued_at)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE servers SET cert_not_after = ?2, enrolled_at = COALESCE(?3, enrolled_at),
+                 updated_at = ?4 WHERE id = ?1",
+        )
+        .bind(server_id)
+        .bind(not_after)
+        .bind(replace.then_some(issued_at))
+        .bind(issued_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// Serials revoked and not yet expired (expired ones fail validation anyway).
+    pub async fn revoked_serials(&self, now: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT serial FROM agent_certs WHERE revoked_at IS NOT NULL AND not_after > ?",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// True while `serial` belongs to an existing server and is not revoked.
+    pub async fn cert_active(&self, serial: &str, server_id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM agent_certs c JOIN servers s ON s.id = c.server_id
+             WHERE c.serial = ? AND c.server_id = ? AND c.revoked_at IS NULL",
+        )
+        .bind(serial)
+        .bind(server_id)
+        .fetch_one(self.pool())
+        .await?
+            > 0)
+    }
+
+    pub async fn set_server_online(
+        &self,
+        id: i64,
+        agent_version: &str,
+        facts: &Value,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE servers SET status = 'online', status_detail = NULL, agent_version = ?2,
+                 facts = ?3, last_seen = ?4, updated_at = ?4 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(agent_version)
+        .bind(facts.to_string())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_server_status(&self, id: i64, status: &str, detail: Option<&str>, now: i64) -> Result<()> {
+        sqlx::query("UPDATE servers SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1")
+            .bind(id)
+            .bind(status)
+            .bind(detail)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the latest heartbeat of many servers in one transaction.
+    pub async fn flush_heartbeats(&self, beats: &[(i64, i64, Value)]) -> Result<()> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool().begin().await?;
+        for (id, last_seen, metrics) in beats {
+            sqlx::query("UPDATE servers SET last_seen = ?2, metrics = ?3 WHERE id = ?1")
+                .bind(id)
+                .bind(last_seen)
+                .bind(metrics.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// At start no agent is attached to this controller yet.
+    pub async fn mark_online_servers_offline(&self, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE servers SET status = 'offline', status_detail = 'controller restarted', updated_at = ?
+             WHERE status = 'online'",
+        )
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Inserts `key` only if absent; returns the value now stored (first writer wins).
+    pub async fn setting_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(self.pool())
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_one(self.pool())
+            .await?)
+    }
+}
