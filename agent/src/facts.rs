@@ -13,7 +13,13 @@ fn meminfo(key: &str) -> u64 {
     read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse::<u64>().ok())
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kib| kib * 1024)
 }
 
@@ -41,7 +47,9 @@ fn os_name() -> String {
 async fn docker_version(socket: &str) -> String {
     let probe = async {
         let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
-        s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n").await.ok()?;
+        s.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await
+            .ok()?;
         let mut buf = Vec::new();
         s.take(64 * 1024).read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf);
@@ -71,7 +79,9 @@ pub async fn facts(docker_socket: &str) -> Facts {
 
 pub fn heartbeat() -> Heartbeat {
     let load = read("/proc/loadavg");
-    let mut parts = load.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+    let mut parts = load
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0));
     let total = meminfo("MemTotal");
     let available = meminfo("MemAvailable");
     let (disk_total, disk_used) = disk();

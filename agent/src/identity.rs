@@ -100,7 +100,10 @@ impl StateDir {
             write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)?;
             return Ok(key);
         }
-        let mode = std::fs::metadata(&path).map_err(io_err(&path))?.permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .map_err(io_err(&path))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(StateError::Invalid(format!(
                 "{} is readable by group or others (mode {:o}); run `chmod 600` on it",
@@ -109,7 +112,8 @@ impl StateDir {
             )));
         }
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        KeyPair::from_pem(&text).map_err(|e| StateError::Invalid(format!("{}: {e}", path.display())))
+        KeyPair::from_pem(&text)
+            .map_err(|e| StateError::Invalid(format!("{}: {e}", path.display())))
     }
 
     pub fn rustls_key(key: &KeyPair) -> PrivateKeyDer<'static> {
@@ -126,8 +130,16 @@ impl StateDir {
     }
 
     pub fn save(&self, id: &Identity) -> Result<(), StateError> {
-        write_atomic(&self.path("ca.pem"), pem("CERTIFICATE", &id.ca).as_bytes(), 0o644)?;
-        write_atomic(&self.path("cert.pem"), pem("CERTIFICATE", &id.cert).as_bytes(), 0o644)?;
+        write_atomic(
+            &self.path("ca.pem"),
+            pem("CERTIFICATE", &id.ca).as_bytes(),
+            0o644,
+        )?;
+        write_atomic(
+            &self.path("cert.pem"),
+            pem("CERTIFICATE", &id.cert).as_bytes(),
+            0o644,
+        )?;
         let meta = format!(
             "server_id={}\nendpoint={}\nissued_at={}\nnot_after={}\n",
             id.server_id, id.endpoint, id.issued_at, id.not_after

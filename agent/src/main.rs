@@ -1,13 +1,9 @@
 //! `mezzanine-agent`: the daemon on each managed server. It enrolls once with a join
 //! token, then keeps a mutually-authenticated gRPC session to the controller.
 
-mod facts;
-mod identity;
-mod session;
-mod tls;
-
 use clap::{Parser, Subcommand};
-use identity::StateDir;
+use mezzanine_agent::identity::StateDir;
+use mezzanine_agent::{now_secs, session};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -40,7 +36,11 @@ enum Cmd {
         #[arg(long, env = "MEZZANINE_AGENT_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
         heartbeat_secs: u64,
         /// The Docker engine's socket.
-        #[arg(long, env = "MEZZANINE_AGENT_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+        #[arg(
+            long,
+            env = "MEZZANINE_AGENT_DOCKER_SOCKET",
+            default_value = "/var/run/docker.sock"
+        )]
         docker_socket: String,
     },
     /// Print identity, controller, certificate expiry and connection state.
@@ -48,27 +48,6 @@ enum Cmd {
         #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-}
-
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// An error with its causes, for messages a person can act on.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 fn init_logging() {
@@ -100,7 +79,11 @@ fn status(state: &StateDir) -> ExitCode {
     println!(
         "certificate:  expires at unix {} ({})",
         id.not_after,
-        if left > 0 { format!("in {left} s") } else { "EXPIRED".into() }
+        if left > 0 {
+            format!("in {left} s")
+        } else {
+            "EXPIRED".into()
+        }
     );
     if let Some(reason) = state.removed() {
         println!("connection:   removed: {reason}");
@@ -116,7 +99,12 @@ fn status(state: &StateDir) -> ExitCode {
     let pid = field("pid");
     let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
     if alive {
-        println!("connection:   {} since unix {} ({}) [pid {pid}]", field("state"), field("since"), field("detail"));
+        println!(
+            "connection:   {} since unix {} ({}) [pid {pid}]",
+            field("state"),
+            field("since"),
+            field("detail")
+        );
     } else {
         println!("connection:   agent not running");
     }
@@ -133,7 +121,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mezzanine-agent: cannot start the runtime: {e}");

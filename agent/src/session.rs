@@ -32,7 +32,11 @@ pub enum EnrollError {
 /// `(endpoint, pin)` carried by a join token `MZ1.<endpoint>.<pin>.<id>.<secret>`.
 pub fn parse_token(token: &str) -> Result<(String, [u8; 32]), EnrollError> {
     use base64::Engine;
-    let bad = || EnrollError::Token("malformed join token: expected MZ1.<endpoint>.<pin>.<id>.<secret>".into());
+    let bad = || {
+        EnrollError::Token(
+            "malformed join token: expected MZ1.<endpoint>.<pin>.<id>.<secret>".into(),
+        )
+    };
     let parts: Vec<&str> = token.trim().split('.').collect();
     if parts.len() != 5 || parts[0] != "MZ1" {
         return Err(bad());
@@ -56,11 +60,14 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
     let key = state.key()?;
     let csr = StateDir::csr(&key)?;
     let verifier = Arc::new(tls::PinnedCa::new(pin));
-    let config = tls::enroll_config(verifier.clone()).map_err(|e| EnrollError::Refused(e.to_string()))?;
-    let channel = tls::connect(&endpoint, config).await.map_err(|detail| EnrollError::Connect {
-        endpoint: endpoint.clone(),
-        detail,
-    })?;
+    let config =
+        tls::enroll_config(verifier.clone()).map_err(|e| EnrollError::Refused(e.to_string()))?;
+    let channel = tls::connect(&endpoint, config)
+        .await
+        .map_err(|detail| EnrollError::Connect {
+            endpoint: endpoint.clone(),
+            detail,
+        })?;
     let mut client = EnrollmentClient::new(channel);
     let resp = client
         .enroll(EnrollRequest {
@@ -70,7 +77,8 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
         })
         .await
         .map_err(|s| {
-            if s.code() == tonic::Code::PermissionDenied || s.code() == tonic::Code::InvalidArgument {
+            if s.code() == tonic::Code::PermissionDenied || s.code() == tonic::Code::InvalidArgument
+            {
                 EnrollError::Refused(s.message().to_owned())
             } else {
                 EnrollError::Connect {
@@ -111,7 +119,11 @@ enum End {
 }
 
 /// Runs until the server is removed (returns the reason) — reconnecting forever otherwise.
-pub async fn run(state: &StateDir, heartbeat: Duration, docker_socket: &str) -> Result<String, String> {
+pub async fn run(
+    state: &StateDir,
+    heartbeat: Duration,
+    docker_socket: &str,
+) -> Result<String, String> {
     if let Some(reason) = state.removed() {
         return Ok(reason);
     }
@@ -122,7 +134,15 @@ pub async fn run(state: &StateDir, heartbeat: Duration, docker_socket: &str) -> 
     loop {
         state.set_run_state("connecting", &id.endpoint);
         let started = Instant::now();
-        let result = session(state, &key, &mut id, heartbeat, docker_socket, running.clone()).await;
+        let result = session(
+            state,
+            &key,
+            &mut id,
+            heartbeat,
+            docker_socket,
+            running.clone(),
+        )
+        .await;
         let detail = match result {
             Ok(End::Removed(reason)) => {
                 state.mark_removed(&reason);
@@ -131,7 +151,8 @@ pub async fn run(state: &StateDir, heartbeat: Duration, docker_socket: &str) -> 
             }
             Ok(End::Closed) => "the controller closed the session".to_owned(),
             Err(e) if is_revoked(&e) => {
-                let reason = "this server was removed from Mezzanine (certificate revoked)".to_owned();
+                let reason =
+                    "this server was removed from Mezzanine (certificate revoked)".to_owned();
                 state.mark_removed(&reason);
                 state.set_run_state("removed", &reason);
                 return Ok(reason);
@@ -179,7 +200,8 @@ async fn session(
     docker_socket: &str,
     running: Arc<Mutex<HashSet<u64>>>,
 ) -> Result<End, String> {
-    let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key)).map_err(|e| e.to_string())?;
+    let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key))
+        .map_err(|e| e.to_string())?;
     let channel = tls::connect(&id.endpoint, config).await?;
     let mut client = SessionClient::new(channel);
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
@@ -187,10 +209,17 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         facts: Some(crate::facts::facts(docker_socket).await),
         heartbeat_secs: heartbeat.as_secs().max(1) as u32,
-        running: running.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect(),
+        running: running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect(),
     };
     out_tx
-        .send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
+        .send(AgentMessage {
+            kind: Some(agent_message::Kind::Hello(hello)),
+        })
         .await
         .map_err(|e| e.to_string())?;
     let mut inbound = client
@@ -207,7 +236,9 @@ async fn session(
         tick.tick().await;
         loop {
             tick.tick().await;
-            let hb = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(crate::facts::heartbeat())) };
+            let hb = AgentMessage {
+                kind: Some(agent_message::Kind::Heartbeat(crate::facts::heartbeat())),
+            };
             if beats.send(hb).await.is_err() {
                 break;
             }
@@ -271,7 +302,10 @@ async fn execute(cmd: Command, out: mpsc::Sender<AgentMessage>, running: Arc<Mut
             message: "this agent does not know that command; upgrade it".into(),
         }),
     };
-    running.lock().unwrap_or_else(|p| p.into_inner()).remove(&cmd.request_id);
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&cmd.request_id);
     let _ = out
         .send(AgentMessage {
             kind: Some(agent_message::Kind::Reply(Reply {

@@ -51,9 +51,10 @@ impl ServerCertVerifier for PinnedCa {
             }
             let mut roots = RootCertStore::empty();
             roots.add(ca.clone().into_owned())?;
-            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| Error::General(e.to_string()))?;
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| Error::General(e.to_string()))?;
             verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
             *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone().into_owned());
             return Ok(ServerCertVerified::assertion());
@@ -69,7 +70,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -78,16 +84,24 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, Error> {
-    ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
 }
 
 /// Enrollment: pinned CA, no client certificate.
@@ -145,7 +159,11 @@ pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Channel, St
         .map_err(|e| format!("endpoint host {host:?}: {e}"))?
         .to_owned();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let uri = format!("http://{authority}");
     let endpoint_cfg = Endpoint::from_shared(uri)
         .map_err(|e| e.to_string())?

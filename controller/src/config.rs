@@ -229,7 +229,9 @@ impl ServeArgs {
             ));
         }
         if self.join_token_ttl_secs == 0 {
-            return Err(ConfigError("--join-token-ttl-secs must be at least 1".into()));
+            return Err(ConfigError(
+                "--join-token-ttl-secs must be at least 1".into(),
+            ));
         }
         let agent_binary = match &self.agent_binary {
             Some(p) => p.clone(),

@@ -19,7 +19,9 @@ const TEMPLATE: &str = include_str!("../../installer/install.sh");
 pub struct AgentDigest(Mutex<Option<(u64, Option<SystemTime>, String)>>);
 
 #[derive(Debug, thiserror::Error)]
-#[error("the agent binary {path} is not available on this controller ({reason}); set --agent-binary")]
+#[error(
+    "the agent binary {path} is not available on this controller ({reason}); set --agent-binary"
+)]
 pub struct MissingAgent {
     path: String,
     reason: String,
@@ -31,7 +33,9 @@ async fn agent_sha256(state: &AppState) -> Result<String, MissingAgent> {
         path: path.display().to_string(),
         reason,
     };
-    let meta = tokio::fs::metadata(&path).await.map_err(|e| missing(e.to_string()))?;
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| missing(e.to_string()))?;
     let key = (meta.len(), meta.modified().ok());
     let cache = state.agent_digest();
     {
@@ -42,7 +46,9 @@ async fn agent_sha256(state: &AppState) -> Result<String, MissingAgent> {
             }
         }
     }
-    let bytes = tokio::fs::read(&path).await.map_err(|e| missing(e.to_string()))?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| missing(e.to_string()))?;
     let sum = tokio::task::spawn_blocking(move || hex::encode(crate::crypto::sha256(&bytes)))
         .await
         .map_err(|e| missing(e.to_string()))?;
@@ -71,7 +77,11 @@ pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
 
 fn unavailable(e: MissingAgent) -> Response {
     tracing::warn!(error = %e, "install requested but the agent binary is missing");
-    (StatusCode::NOT_FOUND, Json(json!({ "error": e.to_string() }))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
 }
 
 async fn install_sh(State(state): State<AppState>) -> Response {
@@ -93,7 +103,10 @@ async fn agent_binary(State(state): State<AppState>) -> Response {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"mezzanine-agent\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"mezzanine-agent\"",
+                ),
             ],
             bytes,
         )

@@ -80,7 +80,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     use futures_util::FutureExt;
-    let agent_port = agents.local_addr().map_err(|e| StartError::Serve(e.to_string()))?.port();
+    let agent_port = agents
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?
+        .port();
     state.set_agent_port(agent_port);
     let shutdown = shutdown.shared();
     let app = api::router(state.clone());

@@ -105,7 +105,11 @@ impl AppState {
     pub(crate) fn set_agent_port(&self, bound: u16) {
         let port = self.0.config.agent_endpoint_port.unwrap_or(bound);
         let host = &self.0.config.agent_endpoint_host;
-        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
         let _ = self.0.agent_endpoint.set(format!("https://{host}:{port}"));
     }
 

@@ -14,7 +14,9 @@ pub fn host(value: &str) -> Result<(), String> {
     for label in value.trim_end_matches('.').split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -90,7 +92,15 @@ mod tests {
         for ok in ["example.com", "10.0.0.5", "::1", "node-1", "a.b-c.d."] {
             assert!(host(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a.com", "a..b", "a b", "x;rm -rf /", "a_b.com", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a.com",
+            "a..b",
+            "a b",
+            "x;rm -rf /",
+            "a_b.com",
+            &"a".repeat(64),
+        ] {
             assert!(host(bad).is_err(), "{bad}");
         }
     }

@@ -1,6 +1,7 @@
 //! The end-to-end suite: one test binary, real controllers (in-process on loopback or
 //! as `mezzanine` processes) driven only through the public API and CLI.
 
+mod agents;
 mod auth;
 mod cli;
 mod conventions;

@@ -20,6 +20,13 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/users/{id}", "admin"),
     ("GET", "/api/audit", "admin"),
     ("GET", "/api/openapi.json", "public"),
+    ("GET", "/api/servers", "viewer"),
+    ("POST", "/api/servers", "moderator"),
+    ("GET", "/api/servers/{id}", "viewer"),
+    ("PATCH", "/api/servers/{id}", "moderator"),
+    ("DELETE", "/api/servers/{id}", "admin"),
+    ("POST", "/api/servers/{id}/install-command", "moderator"),
+    ("POST", "/api/servers/{id}/ping", "moderator"),
 ];
 
 fn rank(role: &str) -> u8 {

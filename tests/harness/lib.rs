@@ -39,10 +39,17 @@ impl Controller {
     }
 
     /// Starts on given addresses (a restart reuses the ports of the previous run).
-    pub async fn start_on(dir: tempfile::TempDir, http: &str, agents: &str, extra: &[&str]) -> Controller {
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        http: &str,
+        agents: &str,
+        extra: &[&str],
+    ) -> Controller {
         let listener = tokio::net::TcpListener::bind(http).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let agent_listener = tokio::net::TcpListener::bind(agents).await.expect("bind agents");
+        let agent_listener = tokio::net::TcpListener::bind(agents)
+            .await
+            .expect("bind agents");
         let agent_addr = agent_listener.local_addr().expect("agent addr");
         let data = dir.path().join("data");
         let mut argv = vec![
@@ -61,9 +68,14 @@ impl Controller {
         let config = args.validate().expect("config");
         let state = mezzanine::prepare(config).await.expect("prepare");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(mezzanine::serve(listener, agent_listener, state, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(mezzanine::serve(
+            listener,
+            agent_listener,
+            state,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Controller {
             base: format!("http://{addr}"),
             addr,
@@ -348,6 +360,32 @@ impl Process {
         }
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`, …).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {pid}");
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -372,5 +410,116 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `mezzanine-agent` with its own state dir.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        Agent {
+            dir: tempfile::tempdir().expect("tempdir"),
+            bin: binary("mezzanine-agent", false),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.bin);
+        c.args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .env_remove("MEZZANINE_AGENT_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `enroll TOKEN`; returns (success, stdout + stderr).
+    pub fn enroll(&self, token: &str) -> (bool, String) {
+        let out = self
+            .command(&["enroll", token])
+            .output()
+            .expect("run agent");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn status(&self) -> String {
+        let out = self.command(&["status"]).output().expect("run agent");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `run` with a heartbeat every `heartbeat_secs`.
+    pub fn run(&self, heartbeat_secs: u64) -> Process {
+        let hb = heartbeat_secs.to_string();
+        let dir = self.state_dir();
+        let args = [
+            "run",
+            "--heartbeat-secs",
+            &hb,
+            "--state-dir",
+            dir.to_str().expect("utf8"),
+        ];
+        Process::spawn(&self.bin, &args)
+    }
+}
+
+/// Adds a server without SSH; returns `(id, token, install_command)`.
+pub async fn add_server(admin: &mut Client, name: &str) -> (i64, String, String) {
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": name, "host": "127.0.0.1", "auth_type": "manual" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "add server {name}: {}", r.body);
+    (
+        r.body["id"].as_i64().expect("id"),
+        r.body["token"].as_str().expect("token").to_owned(),
+        r.body["install_command"]
+            .as_str()
+            .expect("command")
+            .to_owned(),
+    )
+}
+
+/// Waits until `GET /api/servers/{id}` satisfies `pred`; returns that body.
+pub async fn wait_server(
+    admin: &mut Client,
+    id: i64,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = admin.get(&format!("/api/servers/{id}")).await;
+        if r.status == 200 && pred(&r.body) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {id}: timed out after {within:?} waiting for {what}; last: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

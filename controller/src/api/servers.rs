@@ -2,7 +2,7 @@
 //! install one-liner; live status comes from the agent gateway's registry.
 
 use super::audit::Target;
-use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
+use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::gateway::{token, CallError};
@@ -55,15 +55,19 @@ fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
             .as_ref()
             .and_then(|l| l.metrics.clone())
             .or_else(|| s.metrics.clone());
-        v["status_detail"] = json!(if live.is_some() { None } else { s.status_detail.clone() });
+        v["status_detail"] = json!(if live.is_some() {
+            None
+        } else {
+            s.status_detail.clone()
+        });
         v["port"] = json!(s.port);
         v["username"] = json!(s.username);
         v["auth_type"] = json!(s.auth_type);
         v["facts"] = s.facts.clone().unwrap_or(Value::Null);
         v["metrics"] = metrics.unwrap_or(Value::Null);
-        v["connected_since"] = live
-            .as_ref()
-            .map_or(Value::Null, |l| json!(crate::time::rfc3339_ms(l.connected_at_ms)));
+        v["connected_since"] = live.as_ref().map_or(Value::Null, |l| {
+            json!(crate::time::rfc3339_ms(l.connected_at_ms))
+        });
         v["enrolled_at"] = opt_rfc3339(s.enrolled_at);
         v["cert_expires_at"] = opt_rfc3339(s.cert_not_after);
         v["created_at"] = json!(crate::time::rfc3339(s.created_at));
@@ -74,13 +78,20 @@ fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let servers = state.store().servers().await?;
     Ok(Json(Value::Array(
-        servers.iter().map(|s| server_json(&state, s, false)).collect(),
+        servers
+            .iter()
+            .map(|s| server_json(&state, s, false))
+            .collect(),
     )))
 }
 
 async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let s = state.store().server(id).await?.ok_or_else(|| not_found(id))?;
+    let s = state
+        .store()
+        .server(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(server_json(&state, &s, true)))
 }
 
@@ -96,9 +107,20 @@ async fn mint(state: &AppState, server_id: i64) -> ApiResult<(String, String, St
     let expires = now + state.config().join_token_ttl_secs;
     state
         .store()
-        .create_join_token(server_id, &id, &crate::crypto::sha256(secret.as_bytes()), now, expires)
+        .create_join_token(
+            server_id,
+            &id,
+            &crate::crypto::sha256(secret.as_bytes()),
+            now,
+            expires,
+        )
         .await?;
-    let tok = token::format(state.agent_endpoint(), &state.gateway().ca.pin_hex(), &id, &secret);
+    let tok = token::format(
+        state.agent_endpoint(),
+        &state.gateway().ca.pin_hex(),
+        &id,
+        &secret,
+    );
     let cmd = crate::install::command(&state.config().public_url, &sha, &tok);
     Ok((tok, cmd, crate::time::rfc3339(expires)))
 }
@@ -113,8 +135,15 @@ struct CreateBody {
     username: Option<String>,
 }
 
-fn check_fields(name: Option<&str>, host: Option<&str>, port: Option<i64>, username: Option<&str>, tags: Option<&[String]>) -> ApiResult<()> {
-    let field = |f: &str, r: Result<(), String>| r.map_err(|m| ApiError::BadRequest(format!("{f}: {m}")));
+fn check_fields(
+    name: Option<&str>,
+    host: Option<&str>,
+    port: Option<i64>,
+    username: Option<&str>,
+    tags: Option<&[String]>,
+) -> ApiResult<()> {
+    let field =
+        |f: &str, r: Result<(), String>| r.map_err(|m| ApiError::BadRequest(format!("{f}: {m}")));
     if let Some(n) = name {
         field("name", validate::name(n))?;
     }
@@ -135,7 +164,10 @@ fn check_fields(name: Option<&str>, host: Option<&str>, port: Option<i64>, usern
     Ok(())
 }
 
-async fn create(State(state): State<AppState>, Json(body): Json<CreateBody>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateBody>,
+) -> ApiResult<Response> {
     check_fields(
         Some(&body.name),
         Some(&body.host),
@@ -181,17 +213,23 @@ async fn create(State(state): State<AppState>, Json(body): Json<CreateBody>) -> 
         ok(json!({ "id": server.id, "token": tok, "install_command": cmd, "token_expires_at": expires })),
     )
         .into_response();
-    resp.extensions_mut().insert(Target(format!("server {}", server.name)));
+    resp.extensions_mut()
+        .insert(Target(format!("server {}", server.name)));
     Ok(resp)
 }
 
-async fn install_command(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn install_command(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
     }
     let (tok, cmd, expires) = mint(&state, id).await?;
-    Ok(ok(json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires })))
+    Ok(ok(
+        json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -209,7 +247,12 @@ async fn update(
     Json(body): Json<PatchBody>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    if body.name.is_none() && body.host.is_none() && body.port.is_none() && body.username.is_none() && body.tags.is_none() {
+    if body.name.is_none()
+        && body.host.is_none()
+        && body.port.is_none()
+        && body.username.is_none()
+        && body.tags.is_none()
+    {
         return Err(ApiError::BadRequest(
             "nothing to change: give name, host, port, username and/or tags".into(),
         ));
@@ -228,7 +271,11 @@ async fn update(
         username: body.username,
         tags: body.tags,
     };
-    match state.store().update_server(id, &patch, crate::time::now_secs()).await? {
+    match state
+        .store()
+        .update_server(id, &patch, crate::time::now_secs())
+        .await?
+    {
         Written::Done(s) => Ok(ok(json!({ "server": server_json(&state, &s, true) }))),
         Written::NotFound => Err(not_found(id)),
         Written::NameTaken => Err(ApiError::Conflict(format!(
@@ -255,7 +302,9 @@ async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
 pub fn call_error(e: CallError) -> ApiError {
     match e {
         CallError::Offline => ApiError::Unavailable("server offline".into()),
-        CallError::Timeout(_) | CallError::Disconnected | CallError::Busy => ApiError::Timeout(e.to_string()),
+        CallError::Timeout(_) | CallError::Disconnected | CallError::Busy => {
+            ApiError::Timeout(e.to_string())
+        }
         CallError::Agent(m) => ApiError::BadGateway(m),
     }
 }
@@ -270,14 +319,22 @@ async fn ping(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResu
     let body = state
         .gateway()
         .registry
-        .call(id, command::Body::Ping(Ping { payload: payload.clone() }), Duration::from_secs(10))
+        .call(
+            id,
+            command::Body::Ping(Ping {
+                payload: payload.clone(),
+            }),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(call_error)?;
     match body {
         reply::Body::Pong(p) if p.payload == payload => Ok(ok(json!({
             "rtt_ms": started.elapsed().as_secs_f64() * 1000.0,
         }))),
-        _ => Err(ApiError::BadGateway("the agent answered with something other than the ping".into())),
+        _ => Err(ApiError::BadGateway(
+            "the agent answered with something other than the ping".into(),
+        )),
     }
 }
 
@@ -291,12 +348,23 @@ pub(super) fn routes(reg: &mut Registry) {
             ("id", integer()),
             ("name", string()),
             ("host", string()),
-            ("status", json!({ "enum": ["pending", "enrolling", "online", "offline", "failed"] })),
+            (
+                "status",
+                json!({ "enum": ["pending", "enrolling", "online", "offline", "failed"] }),
+            ),
             ("last_seen", nullable(string())),
             ("agent_version", nullable(string())),
             ("tags", tags.clone()),
         ],
-        &["id", "name", "host", "status", "last_seen", "agent_version", "tags"],
+        &[
+            "id",
+            "name",
+            "host",
+            "status",
+            "last_seen",
+            "agent_version",
+            "tags",
+        ],
     );
     let mut detailed = summary.clone();
     for (k, v) in [
@@ -407,5 +475,4 @@ pub(super) fn routes(reg: &mut Registry) {
         },
         ping,
     );
-    let _ = boolean;
 }

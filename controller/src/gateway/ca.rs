@@ -6,10 +6,11 @@ use crate::crypto::MasterKey;
 use crate::store::Store;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -47,7 +48,9 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("pin", &hex::encode(self.pin)).finish()
+        f.debug_struct("Ca")
+            .field("pin", &hex::encode(self.pin))
+            .finish()
     }
 }
 
@@ -104,7 +107,8 @@ impl Ca {
         let blob = key
             .open(SEAL_CONTEXT, &sealed)
             .map_err(|e| CaError::Invalid(format!("stored CA cannot be opened: {e}")))?;
-        let (cert, pkcs8) = decode(&blob).ok_or_else(|| CaError::Invalid("stored CA is truncated".into()))?;
+        let (cert, pkcs8) =
+            decode(&blob).ok_or_else(|| CaError::Invalid("stored CA is truncated".into()))?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
         let key_pair = KeyPair::try_from(&key_der)?;
         let cert_der = CertificateDer::from(cert.to_vec());
@@ -125,7 +129,11 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Mezzanine");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = crate::time::now_secs();
         params.not_before = datetime(now - BACKDATE.as_secs() as i64)?;
         params.not_after = datetime(now + 10 * 365 * 86_400)?;
@@ -166,18 +174,26 @@ impl Ca {
 
     /// Signs a client certificate for `server_id` over the public key of `csr_der`. The
     /// CSR's signature is checked; its subject and extensions are ignored.
-    pub fn issue_agent_cert(&self, server_id: i64, csr_der: &[u8], ttl: Duration) -> Result<Issued, CaError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| CaError::Invalid(format!("certificate request rejected: {e}")))?;
+    pub fn issue_agent_cert(
+        &self,
+        server_id: i64,
+        csr_der: &[u8],
+        ttl: Duration,
+    ) -> Result<Issued, CaError> {
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CaError::Invalid(format!("certificate request rejected: {e}")))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("mezzanine-agent server {server_id}"));
+        dn.push(
+            DnType::CommonName,
+            format!("mezzanine-agent server {server_id}"),
+        );
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            agent_uri(server_id)
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Invalid(e.to_string()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(agent_uri(server_id).try_into().map_err(
+                |e: rcgen::Error| CaError::Invalid(e.to_string()),
+            )?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -54,7 +54,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let gw = state.gateway();
-    let names = vec![state.agent_endpoint_host().to_owned(), "localhost".to_owned()];
+    let names = vec![
+        state.agent_endpoint_host().to_owned(),
+        "localhost".to_owned(),
+    ];
     let (chain, key) = gw.ca.server_cert(&names).map_err(|e| e.to_string())?;
     let config = tls::server_config(gw.ca.cert_der(), chain, key, gw.registry.clone())
         .map_err(|e| format!("agent gateway TLS: {e}"))?;
@@ -93,10 +96,13 @@ pub async fn serve(
         .tcp_nodelay(true)
         .add_service(EnrollmentServer::new(svc.clone()))
         .add_service(SessionServer::new(svc))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), async move {
-            shutdown.await;
-            registry.close_all();
-        })
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            async move {
+                shutdown.await;
+                registry.close_all();
+            },
+        )
         .await
         .map_err(|e| format!("agent gateway: {e}"));
     accept.abort();
@@ -130,7 +136,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn load(store: &crate::store::Store, key: &crate::crypto::MasterKey) -> Result<Gateway, ca::CaError> {
+    pub async fn load(
+        store: &crate::store::Store,
+        key: &crate::crypto::MasterKey,
+    ) -> Result<Gateway, ca::CaError> {
         let ca = ca::Ca::load_or_create(store, key).await?;
         let registry = Arc::new(Registry::default());
         registry.revoke(store.revoked_serials(crate::time::now_secs()).await?);

@@ -104,6 +104,12 @@ impl Registry {
         }
     }
 
+    pub fn is_current(&self, server_id: i64, conn_id: u64) -> bool {
+        lock(&self.sessions)
+            .get(&server_id)
+            .is_some_and(|l| l.conn_id == conn_id)
+    }
+
     pub fn is_attached(&self, server_id: i64) -> bool {
         lock(&self.sessions).contains_key(&server_id)
     }
@@ -134,8 +140,10 @@ impl Registry {
 
     /// Heartbeats received since the last call: `(server_id, last_seen_secs, metrics)`.
     pub fn take_dirty(&self) -> Vec<(i64, i64, Value)> {
-        let sessions: Vec<(i64, Arc<Live>)> =
-            lock(&self.sessions).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let sessions: Vec<(i64, Arc<Live>)> = lock(&self.sessions)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut out = Vec::new();
         for (id, live) in sessions {
             let mut beat = lock(&live.beat);
@@ -184,10 +192,12 @@ impl Registry {
         let (tx, rx) = oneshot::channel();
         lock(&live.pending).insert(request_id, tx);
         let msg = ControllerMessage {
-            kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(Command {
-                request_id,
-                body: Some(body),
-            })),
+            kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
+                Command {
+                    request_id,
+                    body: Some(body),
+                },
+            )),
         };
         if let Err(e) = live.tx.try_send(Ok(msg)) {
             lock(&live.pending).remove(&request_id);
@@ -211,9 +221,11 @@ impl Registry {
     pub fn remove(&self, server_id: i64, reason: &str) {
         if let Some(live) = lock(&self.sessions).remove(&server_id) {
             let msg = ControllerMessage {
-                kind: Some(mezzanine_proto::v1::controller_message::Kind::Removed(Removed {
-                    reason: reason.to_owned(),
-                })),
+                kind: Some(mezzanine_proto::v1::controller_message::Kind::Removed(
+                    Removed {
+                        reason: reason.to_owned(),
+                    },
+                )),
             };
             let _ = live.tx.try_send(Ok(msg));
             live.stop.notify_one();

@@ -5,9 +5,9 @@ use super::registry::{Live, Registry};
 use super::token;
 use crate::state::AppState;
 use mezzanine_proto::v1::{
-    agent_message, enrollment_server::Enrollment, session_server::Session,
-    AgentMessage, ControllerMessage, EnrollRequest, EnrollResponse, Facts, Heartbeat,
-    RenewRequest, RenewResponse,
+    agent_message, enrollment_server::Enrollment, session_server::Session, AgentMessage,
+    ControllerMessage, EnrollRequest, EnrollResponse, Facts, Heartbeat, RenewRequest,
+    RenewResponse,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -73,7 +73,10 @@ fn metrics_json(h: &Heartbeat) -> Value {
 
 #[tonic::async_trait]
 impl Enrollment for Gateway {
-    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let peer = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -109,10 +112,18 @@ impl Enrollment for Gateway {
             .issue_agent_cert(row.server_id, &body.csr_der, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !store.use_join_token(id, now).await.map_err(internal)? {
-            return Err(Status::permission_denied("join token was already used or expired"));
+            return Err(Status::permission_denied(
+                "join token was already used or expired",
+            ));
         }
         let replaced = store
-            .record_cert(&issued.serial_hex, row.server_id, issued.issued_at, issued.not_after, true)
+            .record_cert(
+                &issued.serial_hex,
+                row.server_id,
+                issued.issued_at,
+                issued.not_after,
+                true,
+            )
             .await
             .map_err(internal)?;
         let registry = &self.state.gateway().registry;
@@ -149,8 +160,14 @@ impl Session for Gateway {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let (server_id, serial) = identity(&req)?;
         let store = self.state.store();
-        if !store.cert_active(&serial, server_id).await.map_err(internal)? {
-            return Err(Status::permission_denied("this server was removed from Mezzanine"));
+        if !store
+            .cert_active(&serial, server_id)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::permission_denied(
+                "this server was removed from Mezzanine",
+            ));
         }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
@@ -160,28 +177,48 @@ impl Session for Gateway {
             kind: Some(agent_message::Kind::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument("the first message must be a hello"));
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
         };
         let heartbeat = Duration::from_secs(u64::from(hello.heartbeat_secs.clamp(1, 300)));
         let facts = hello.facts.as_ref().map(facts_json).unwrap_or(Value::Null);
+        // The database says online before the session is registered, so the session's
+        // own "offline" write can never be overtaken by this one.
+        store
+            .set_server_online(
+                server_id,
+                &hello.agent_version,
+                &facts,
+                crate::time::now_secs(),
+            )
+            .await
+            .map_err(internal)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let registry = self.state.gateway().registry.clone();
         let live = registry.attach(server_id, tx, heartbeat);
-        let now = crate::time::now_secs();
-        store
-            .set_server_online(server_id, &hello.agent_version, &facts, now)
-            .await
-            .map_err(internal)?;
         tracing::info!(server_id, agent_version = %hello.agent_version, running = hello.running.len(), "agent attached");
-        tokio::spawn(read_session(self.state.clone(), registry, live, server_id, inbound));
+        tokio::spawn(read_session(
+            self.state.clone(),
+            registry,
+            live,
+            server_id,
+            inbound,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let (server_id, serial) = identity(&req)?;
         let store = self.state.store();
-        if !store.cert_active(&serial, server_id).await.map_err(internal)? {
-            return Err(Status::permission_denied("this server was removed from Mezzanine"));
+        if !store
+            .cert_active(&serial, server_id)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::permission_denied(
+                "this server was removed from Mezzanine",
+            ));
         }
         let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
         let issued = self
@@ -191,10 +228,20 @@ impl Session for Gateway {
             .issue_agent_cert(server_id, &req.get_ref().csr_der, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         store
-            .record_cert(&issued.serial_hex, server_id, issued.issued_at, issued.not_after, false)
+            .record_cert(
+                &issued.serial_hex,
+                server_id,
+                issued.issued_at,
+                issued.not_after,
+                false,
+            )
             .await
             .map_err(internal)?;
-        tracing::info!(server_id, not_after = issued.not_after, "agent certificate renewed");
+        tracing::info!(
+            server_id,
+            not_after = issued.not_after,
+            "agent certificate renewed"
+        );
         Ok(Response::new(RenewResponse {
             certificate_der: issued.der,
             not_after_unix: issued.not_after,
@@ -232,7 +279,8 @@ async fn read_session(
             },
         }
     };
-    if registry.detach(server_id, live.conn_id) {
+    // Record the reason before leaving the registry, so nobody sees "offline" without it.
+    if registry.is_current(server_id, live.conn_id) {
         tracing::info!(server_id, reason, "agent offline");
         let store = state.store();
         if let Some(beat) = Registry::last_beat(&live) {
@@ -247,4 +295,5 @@ async fn read_session(
             tracing::warn!(server_id, error = %e, "could not record agent offline");
         }
     }
+    registry.detach(server_id, live.conn_id);
 }

@@ -3,8 +3,8 @@
 //! PostgreSQL backend can slot in here without touching them.
 
 mod cache;
-mod servers;
 mod migrate;
+mod servers;
 
 use crate::auth::Role;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -141,14 +141,21 @@ impl Store {
     }
 
     pub async fn server_exists(&self, id: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM servers WHERE id = ?")
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?
-            > 0)
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM servers WHERE id = ?")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?
+                > 0,
+        )
     }
 
-    pub async fn update_server(&self, id: i64, patch: &ServerPatch, now: i64) -> Result<Written<ServerRow>> {
+    pub async fn update_server(
+        &self,
+        id: i64,
+        patch: &ServerPatch,
+        now: i64,
+    ) -> Result<Written<ServerRow>> {
         let r = sqlx::query(
             "UPDATE servers SET
                  name = COALESCE(?2, name), host = COALESCE(?3, host), port = COALESCE(?4, port),
@@ -346,14 +353,22 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_server_status(&self, id: i64, status: &str, detail: Option<&str>, now: i64) -> Result<()> {
-        sqlx::query("UPDATE servers SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1")
-            .bind(id)
-            .bind(status)
-            .bind(detail)
-            .bind(now)
-            .execute(self.pool())
-            .await?;
+    pub async fn set_server_status(
+        &self,
+        id: i64,
+        status: &str,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE servers SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(detail)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -388,10 +403,12 @@ impl Store {
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await?,
+        )
     }
 
     /// Inserts `key` only if absent; returns the value now stored (first writer wins).
@@ -401,9 +418,11 @@ impl Store {
             .bind(value)
             .execute(self.pool())
             .await?;
-        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_one(self.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_one(self.pool())
+                .await?,
+        )
     }
 }

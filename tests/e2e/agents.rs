@@ -1,0 +1,615 @@
+//! The agent channel end to end: real `mezzanine-agent` processes enrolling against a
+//! controller on loopback, attaching over mutual TLS, heartbeating, renewing, being
+//! revoked, surviving controller restarts, and the install one-liner.
+
+use mezzanine_tests::{add_server, wait_server, Agent, Controller};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+fn online(v: &Value) -> bool {
+    v["status"] == "online"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_enroll_attach_report_facts_and_answer_commands() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let mut agents = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        let (id, token, _) = add_server(&mut admin, name).await;
+        let agent = Agent::new();
+        let (ok, out) = agent.enroll(&token);
+        assert!(ok, "enroll {name}: {out}");
+        assert!(out.contains(&format!("enrolled as server {id}")), "{out}");
+        let key = agent.state_dir().join("key.pem");
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "private key mode");
+        agents.push((id, agent));
+    }
+    let procs: Vec<_> = agents.iter().map(|(_, a)| a.run(1)).collect();
+    for (id, _) in &agents {
+        let s = wait_server(
+            &mut admin,
+            *id,
+            Duration::from_secs(10),
+            "online with metrics",
+            |v| online(v) && v["metrics"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0,
+        )
+        .await;
+        let facts = &s["facts"];
+        assert!(!facts["hostname"].as_str().unwrap_or("").is_empty(), "{s}");
+        assert!(facts["cpus"].as_u64().unwrap_or(0) >= 1, "{s}");
+        assert!(facts["memory_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(facts["disk_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert_eq!(facts["arch"], std::env::consts::ARCH);
+        assert!(
+            s["metrics"]["load"]
+                .as_array()
+                .is_some_and(|l| l.len() == 3),
+            "{s}"
+        );
+        assert_eq!(s["agent_version"], env!("CARGO_PKG_VERSION"));
+        assert!(s["cert_expires_at"].is_string());
+        let r = admin
+            .post(&format!("/api/servers/{id}/ping"), json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body["rtt_ms"].as_f64().is_some_and(|ms| ms < 1000.0),
+            "{}",
+            r.body
+        );
+    }
+    let listed = admin.get("/api/servers").await.body;
+    assert_eq!(listed.as_array().expect("list").len(), 3);
+    assert!(
+        listed.as_array().expect("list").iter().all(online),
+        "{listed}"
+    );
+    let first = listed[0]["last_seen"]
+        .as_str()
+        .expect("last_seen")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let again = admin
+        .get(&format!("/api/servers/{}", agents[0].0))
+        .await
+        .body;
+    assert_ne!(
+        again["last_seen"].as_str().expect("last_seen"),
+        first,
+        "heartbeats move last_seen"
+    );
+
+    let status = agents[0].1.status();
+    assert!(
+        status.contains(&format!("server id:    {}", agents[0].0)),
+        "{status}"
+    );
+    assert!(status.contains("connected"), "{status}");
+    assert!(status.contains("expires at"), "{status}");
+    drop(procs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_single_use_expiring_and_replaced() {
+    let ctl = Controller::start_with(&["--join-token-ttl-secs", "2"]).await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "one").await;
+
+    let (ok, out) = Agent::new().enroll("MZ1.garbage");
+    assert!(!ok);
+    assert!(out.contains("malformed join token"), "{out}");
+
+    let mut forged = token.clone();
+    let last = forged.pop().expect("char");
+    forged.push(if last == '0' { '1' } else { '0' });
+    let (ok, out) = Agent::new().enroll(&forged);
+    assert!(!ok);
+    assert!(out.contains("not valid"), "{out}");
+
+    let (ok, out) = Agent::new().enroll(&token);
+    assert!(ok, "{out}");
+    let cert_before =
+        admin.get(&format!("/api/servers/{id}")).await.body["cert_expires_at"].clone();
+    let (ok, out) = Agent::new().enroll(&token);
+    assert!(!ok, "a token works once");
+    assert!(out.contains("already used"), "{out}");
+    assert_eq!(
+        admin
+            .get("/api/servers")
+            .await
+            .body
+            .as_array()
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        admin.get(&format!("/api/servers/{id}")).await.body["cert_expires_at"],
+        cert_before
+    );
+
+    // A fresh install command makes the older unused one useless.
+    let r = admin
+        .post(&format!("/api/servers/{id}/install-command"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let older = r.body["token"].as_str().expect("token").to_owned();
+    let r = admin
+        .post(&format!("/api/servers/{id}/install-command"), json!({}))
+        .await;
+    let newer = r.body["token"].as_str().expect("token").to_owned();
+    let (ok, out) = Agent::new().enroll(&older);
+    assert!(!ok);
+    assert!(out.contains("not valid"), "{out}");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (ok, out) = Agent::new().enroll(&newer);
+    assert!(!ok);
+    assert!(out.contains("expired"), "{out}");
+
+    let r = admin
+        .post("/api/servers/999/install-command", json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_fails_before_anything_is_sent() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "pinned").await;
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[2] = "00".repeat(32);
+    let (ok, out) = Agent::new().enroll(&parts.join("."));
+    assert!(!ok);
+    assert!(out.contains("pin"), "{out}");
+    // Nothing reached the controller: the same token still enrolls.
+    let s = admin.get(&format!("/api/servers/{id}")).await.body;
+    assert_eq!(s["status"], "pending");
+    let (ok, out) = Agent::new().enroll(&token);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_enroll_is_reachable_without_a_client_certificate() {
+    use mezzanine_proto::v1::session_client::SessionClient;
+    use mezzanine_proto::v1::{AgentMessage, RenewRequest};
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "probe").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let state = mezzanine_agent::identity::StateDir::new(&agent.state_dir());
+    let ident = state.load().expect("identity");
+    let endpoint = format!("https://127.0.0.1:{}", ctl.agent_addr.port());
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ident.ca.clone()).expect("root");
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    let channel = mezzanine_agent::tls::connect(&endpoint, anonymous)
+        .await
+        .expect("connect");
+    let mut client = SessionClient::new(channel);
+    let err = client
+        .renew(RenewRequest {
+            csr_der: vec![1, 2, 3],
+        })
+        .await
+        .expect_err("renew without a certificate");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = client
+        .attach(tokio_stream_once(AgentMessage::default()))
+        .await
+        .expect_err("attach without a certificate");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // A certificate from another CA, even with a plausible identity, fails the handshake.
+    let other_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca_params, other_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("spiffe://mezzanine/server/{id}")
+            .try_into()
+            .expect("uri"),
+    )];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = leaf.signed_by(&leaf_key, &issuer).expect("leaf");
+    let mut forged = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("client auth");
+    forged.alpn_protocols = vec![b"h2".to_vec()];
+    let refused = match mezzanine_agent::tls::connect(&endpoint, forged).await {
+        Err(_) => true,
+        Ok(channel) => SessionClient::new(channel)
+            .renew(RenewRequest { csr_der: vec![] })
+            .await
+            .is_err_and(|s| {
+                s.code() != tonic::Code::Unauthenticated
+                    && s.code() != tonic::Code::PermissionDenied
+            }),
+    };
+    assert!(refused, "a foreign certificate must fail at the TLS layer");
+    assert_eq!(
+        admin.get(&format!("/api/servers/{id}")).await.body["status"],
+        "enrolling"
+    );
+}
+
+fn tokio_stream_once(
+    msg: mezzanine_proto::v1::AgentMessage,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = mezzanine_proto::v1::AgentMessage> {
+    tonic::codegen::tokio_stream::iter(vec![msg])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_server_stops_its_agent_and_refuses_its_certificate() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "doomed").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let mut proc = agent.run(1);
+    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+
+    let started = Instant::now();
+    let r = admin.delete(&format!("/api/servers/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = proc.wait_exit(Duration::from_secs(5));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "stream closed in {took:?}");
+    assert_eq!(status.code(), Some(78), "{}", proc.output());
+    assert!(proc.output().contains("deleted"), "{}", proc.output());
+    assert_eq!(admin.get(&format!("/api/servers/{id}")).await.status, 404);
+
+    // It stays stopped, and without the marker its certificate is refused at the handshake.
+    let mut again = agent.run(1);
+    assert_eq!(again.wait_exit(Duration::from_secs(5)).code(), Some(78));
+    std::fs::remove_file(agent.state_dir().join("removed")).expect("marker");
+    let mut again = agent.run(1);
+    assert_eq!(
+        again.wait_exit(Duration::from_secs(10)).code(),
+        Some(78),
+        "{}",
+        again.output()
+    );
+    assert!(
+        again.output().contains("certificate revoked"),
+        "{}",
+        again.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_without_dropping_the_session() {
+    let ctl = Controller::start_with(&["--agent-cert-ttl-secs", "4"]).await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "renewer").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let _proc = agent.run(1);
+    let first = wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+    let since = first["connected_since"].clone();
+    let mut expiries = vec![first["cert_expires_at"].clone()];
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while expiries.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} renewals seen",
+            expiries.len() - 1
+        );
+        let s = admin.get(&format!("/api/servers/{id}")).await.body;
+        assert!(online(&s), "session dropped during renewal: {s}");
+        assert_eq!(s["connected_since"], since, "same session throughout");
+        if s["cert_expires_at"] != *expiries.last().expect("last") {
+            expiries.push(s["cert_expires_at"].clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the first certificate's lifetime, commands still flow on the same session.
+    let r = admin
+        .post(&format!("/api/servers/{id}/ping"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_come_back_after_a_controller_restart() {
+    let ctl = Controller::start().await;
+    let (http, agents_addr) = (ctl.addr.to_string(), ctl.agent_addr.to_string());
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "survivor").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let mut proc = agent.run(1);
+    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+
+    let dir = ctl.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        proc.child.try_wait().expect("wait").is_none(),
+        "agent keeps retrying"
+    );
+    let restarted = Instant::now();
+    let ctl = Controller::start_on(dir, &http, &agents_addr, &[]).await;
+    let mut admin = ctl.client();
+    assert_eq!(
+        admin
+            .login("admin", mezzanine_tests::ADMIN_PASSWORD, None)
+            .await
+            .status,
+        200
+    );
+    wait_server(
+        &mut admin,
+        id,
+        Duration::from_secs(8),
+        "online again",
+        online,
+    )
+    .await;
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(8), "back online after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_on_stream_close_and_after_three_missed_heartbeats() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (a, ta, _) = add_server(&mut admin, "killed").await;
+    let (b, tb, _) = add_server(&mut admin, "frozen").await;
+    let (agent_a, agent_b) = (Agent::new(), Agent::new());
+    assert!(agent_a.enroll(&ta).0 && agent_b.enroll(&tb).0);
+    let proc_a = agent_a.run(1);
+    let proc_b = agent_b.run(1);
+    wait_server(&mut admin, a, Duration::from_secs(10), "online", online).await;
+    wait_server(&mut admin, b, Duration::from_secs(10), "online", online).await;
+
+    let t = Instant::now();
+    proc_a.signal("KILL");
+    let s = wait_server(&mut admin, a, Duration::from_secs(2), "offline", |v| {
+        v["status"] == "offline"
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "offline {:?} after the stream closed",
+        t.elapsed()
+    );
+    assert!(s["status_detail"].is_string(), "{s}");
+
+    let t = Instant::now();
+    proc_b.signal("STOP");
+    let s = wait_server(&mut admin, b, Duration::from_secs(6), "offline", |v| {
+        v["status"] == "offline"
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(2000) && took < Duration::from_millis(4500),
+        "offline after {took:?}"
+    );
+    assert_eq!(s["status_detail"], "missed three heartbeats");
+    let r = admin
+        .post(&format!("/api/servers/{b}/ping"), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body),
+        (503, json!({ "error": "server offline" }))
+    );
+    proc_b.signal("CONT");
+    wait_server(
+        &mut admin,
+        b,
+        Duration::from_secs(10),
+        "back online",
+        online,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_offline_servers_fail_fast() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, _, _) = add_server(&mut admin, "never").await;
+    let t = Instant::now();
+    let r = admin
+        .post(&format!("/api/servers/{id}/ping"), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body),
+        (503, json!({ "error": "server offline" }))
+    );
+    assert!(t.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        admin.post("/api/servers/4242/ping", json!({})).await.status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_one_liner_installs_upgrades_and_uninstalls() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, _, command) = add_server(&mut admin, "pasted").await;
+    let root = tempfile::tempdir().expect("root");
+    let run = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .env("MZ_ROOT", root.path())
+            .output()
+            .expect("sh")
+    };
+    let out = run(&command);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("systemd not found: started the agent detached"),
+        "{text}"
+    );
+    let bin = root.path().join("usr/local/bin/mezzanine-agent");
+    assert!(bin.exists());
+    let state = root.path().join("var/lib/mezzanine-agent");
+    let pid1 = std::fs::read_to_string(state.join("agent.pid")).expect("pid");
+    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+
+    // Pasting it again upgrades in place and keeps the identity (the token is spent).
+    let out = run(&command);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("keeping the existing identity"), "{text}");
+    assert!(text.contains("agent upgraded"), "{text}");
+    let pid2 = std::fs::read_to_string(state.join("agent.pid")).expect("pid");
+    assert_ne!(pid1, pid2, "a new process runs the new binary");
+    let s = wait_server(
+        &mut admin,
+        id,
+        Duration::from_secs(10),
+        "online again",
+        online,
+    )
+    .await;
+    assert_eq!(s["id"], id);
+    assert_eq!(
+        admin
+            .get("/api/servers")
+            .await
+            .body
+            .as_array()
+            .expect("list")
+            .len(),
+        1
+    );
+
+    // A tampered script is refused by the one-liner's checksum.
+    let tampered = command.replace("sha256sum -c", "sed s/0/1/ | sha256sum -c");
+    assert!(!run(&tampered).status.success());
+
+    let script = root.path().join("install.sh");
+    let body = reqwest::get(format!("{}/install.sh", ctl.base))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    std::fs::write(&script, body).expect("write");
+    let out = run(&format!("sh {} --uninstall", script.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bin.exists() && !state.exists());
+    wait_server(&mut admin, id, Duration::from_secs(5), "offline", |v| {
+        v["status"] == "offline"
+    })
+    .await;
+    let pid: u32 = pid2.trim().parse().expect("pid");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "agent stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fields_are_validated() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let cases = [
+        (
+            json!({ "name": "a", "host": "bad host;", "auth_type": "manual" }),
+            "host",
+        ),
+        (
+            json!({ "name": "-a", "host": "h", "auth_type": "manual" }),
+            "name",
+        ),
+        (
+            json!({ "name": "a", "host": "h", "auth_type": "manual", "tags": ["no spaces"] }),
+            "tag",
+        ),
+        (
+            json!({ "name": "a", "host": "h", "auth_type": "manual", "port": 70000 }),
+            "port",
+        ),
+        (
+            json!({ "name": "a", "host": "h", "auth_type": "telepathy" }),
+            "auth_type",
+        ),
+        (
+            json!({ "name": "a", "host": "h", "auth_type": "password" }),
+            "SSH",
+        ),
+        (json!({ "name": "a", "host": "h" }), "auth_type"),
+    ];
+    for (body, needle) in cases {
+        let r = admin.post("/api/servers", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().contains(needle), "{body}: {}", r.body);
+    }
+    let (id, _, _) = add_server(&mut admin, "web-1").await;
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": "WEB-1", "host": "h", "auth_type": "manual" }),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let (other, _, _) = add_server(&mut admin, "web-2").await;
+    let r = admin
+        .patch(&format!("/api/servers/{other}"), json!({ "name": "web-1" }))
+        .await;
+    assert_eq!(r.status, 409);
+    let r = admin
+        .patch(&format!("/api/servers/{id}"), json!({ "port": 0 }))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("port"));
+    let r = admin
+        .patch(
+            &format!("/api/servers/{id}"),
+            json!({ "username": "-oProxyCommand=x" }),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = admin.patch(&format!("/api/servers/{id}"), json!({})).await;
+    assert_eq!(r.status, 400);
+    let r = admin
+        .patch(
+            &format!("/api/servers/{id}"),
+            json!({ "name": "web-one", "tags": ["env=prod"], "host": "10.0.0.5", "port": 2222 }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["server"]["name"], "web-one");
+    assert_eq!(r.body["server"]["tags"], json!(["env=prod"]));
+    assert_eq!(r.body["server"]["port"], 2222);
+    assert_eq!(admin.get("/api/servers/777").await.status, 404);
+    assert_eq!(admin.get("/api/servers/abc").await.status, 400);
+}
