@@ -3,6 +3,8 @@
 #
 #   sh install.sh --token MZ1....        install (or upgrade) and enroll this server
 #   sh install.sh --uninstall            stop and remove the agent and its identity
+#   --binary FILE   use an agent binary already on this machine (SSH adoption uploads it)
+#   --reenroll      enroll with the token even if an identity exists
 #
 # Served by the controller with its URL and the agent binary's SHA-256 filled in; the
 # install command checks this script's own SHA-256 before running it. Needs root (or
@@ -35,7 +37,7 @@ need_cmd() {
 
 usage() {
     cat <<USAGE
-usage: install.sh --token TOKEN [--url URL]
+usage: install.sh --token TOKEN [--url URL] [--binary FILE] [--reenroll]
        install.sh --uninstall
 USAGE
 }
@@ -104,6 +106,8 @@ UNITFILE
 
 install_agent() {
     token="$1"
+    local_binary="$2"
+    reenroll="$3"
     need_cmd uname
     need_cmd sha256sum
     arch=$(uname -m)
@@ -112,8 +116,12 @@ install_agent() {
 
     tmp=$(mktemp)
     trap 'rm -f "$tmp"' EXIT
-    say "downloading the agent from $MZ_URL"
-    download "$MZ_URL/agent/mezzanine-agent" "$tmp" || err "could not download the agent from $MZ_URL"
+    if [ -n "$local_binary" ]; then
+        cp "$local_binary" "$tmp" || err "cannot read $local_binary"
+    else
+        say "downloading the agent from $MZ_URL"
+        download "$MZ_URL/agent/mezzanine-agent" "$tmp" || err "could not download the agent from $MZ_URL"
+    fi
     echo "$AGENT_SHA256  $tmp" | sha256sum -c --quiet - >/dev/null 2>&1 ||
         err "agent binary checksum mismatch; refusing to install it"
 
@@ -125,7 +133,7 @@ install_agent() {
     install -m 0755 "$tmp" "$BIN.new"
     mv -f "$BIN.new" "$BIN"
 
-    if [ -f "$STATE_DIR/cert.pem" ]; then
+    if [ -f "$STATE_DIR/cert.pem" ] && [ "$reenroll" = no ]; then
         say "keeping the existing identity in $STATE_DIR"
     else
         [ -n "$token" ] || err "--token is required for a first install"
@@ -152,11 +160,15 @@ install_agent() {
 
 main() {
     token=""
+    binary=""
+    reenroll=no
     action=install
     while [ $# -gt 0 ]; do
         case "$1" in
             --token) [ $# -ge 2 ] || err "--token needs a value"; token="$2"; shift 2 ;;
             --url) [ $# -ge 2 ] || err "--url needs a value"; MZ_URL="$2"; shift 2 ;;
+            --binary) [ $# -ge 2 ] || err "--binary needs a value"; binary="$2"; shift 2 ;;
+            --reenroll) reenroll=yes; shift ;;
             --uninstall) action=uninstall; shift ;;
             -h | --help) usage; exit 0 ;;
             *) usage >&2; err "unknown argument: $1" ;;
@@ -166,7 +178,7 @@ main() {
         err "run as root (for example: sudo sh install.sh ...)"
     fi
     case "$action" in
-        install) install_agent "$token" ;;
+        install) install_agent "$token" "$binary" "$reenroll" ;;
         uninstall) uninstall ;;
     esac
 }

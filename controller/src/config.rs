@@ -77,6 +77,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_JOIN_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub join_token_ttl_secs: u64,
 
+    /// Seconds allowed for an SSH connection (and for each login step) during adoption.
+    #[arg(long, env = "MEZZANINE_SSH_TIMEOUT_SECS", default_value_t = 15)]
+    pub ssh_timeout_secs: u64,
+
     /// The agent binary served to install scripts. Default: `mezzanine-agent` next to
     /// this executable.
     #[arg(long, env = "MEZZANINE_AGENT_BINARY")]
@@ -106,6 +110,7 @@ pub struct Config {
     pub agent_cert_ttl_secs: u64,
     pub join_token_ttl_secs: i64,
     pub agent_binary: PathBuf,
+    pub ssh_timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +271,7 @@ impl ServeArgs {
             agent_cert_ttl_secs: self.agent_cert_ttl_secs,
             join_token_ttl_secs: clamp(self.join_token_ttl_secs),
             agent_binary,
+            ssh_timeout_secs: self.ssh_timeout_secs.clamp(1, 600),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod install;
 mod panel;
+pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -93,7 +94,36 @@ pub async fn serve(
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone());
-    let grpc = gateway::serve(agents, state.clone(), shutdown);
+    // The gateway runs on its own single-threaded runtime: thousands of mostly idle
+    // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API
+    // work cannot delay heartbeats.
+    let agents = agents
+        .into_std()
+        .map_err(|e| StartError::Serve(format!("agent listener: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let gw_state = state.clone();
+    std::thread::Builder::new()
+        .name("agent-gateway".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("agent gateway runtime: {e}"))
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(agents)
+                            .map_err(|e| format!("agent listener: {e}"))?;
+                        gateway::serve(listener, gw_state, shutdown).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| StartError::Serve(format!("agent gateway thread: {e}")))?;
+    let grpc = async {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err("agent gateway thread ended unexpectedly".into()))
+    };
     let (web, grpc) = tokio::join!(web, grpc);
     janitor.abort();
     state.store().close().await;

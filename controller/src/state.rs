@@ -31,6 +31,7 @@ struct Inner {
     gateway: Arc<Gateway>,
     agent_endpoint: OnceLock<String>,
     agent_digest: crate::install::AgentDigest,
+    adopting: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,7 @@ impl AppState {
             gateway: Arc::new(gateway),
             agent_endpoint: OnceLock::new(),
             agent_digest: Default::default(),
+            adopting: Default::default(),
         }))
     }
 
@@ -89,6 +91,23 @@ impl AppState {
     pub fn limits(&self) -> &Limits {
         &self.0.limits
     }
+    /// Claims the right to run an SSH bootstrap for `id`; false if one is running.
+    pub fn try_start_adoption(&self, id: i64) -> bool {
+        self.0
+            .adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    pub fn adoptions_done(&self, id: i64) {
+        self.0
+            .adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     pub fn agent_digest(&self) -> &crate::install::AgentDigest {
         &self.0.agent_digest
     }

@@ -89,6 +89,22 @@ async fn agents_enroll_attach_report_facts_and_answer_commands() {
     );
     assert!(status.contains("connected"), "{status}");
     assert!(status.contains("expires at"), "{status}");
+
+    // Once offline, the last heartbeat comes from the database.
+    procs[0].signal("KILL");
+    let s = wait_server(
+        &mut admin,
+        agents[0].0,
+        Duration::from_secs(5),
+        "offline",
+        |v| v["status"] == "offline",
+    )
+    .await;
+    assert!(
+        s["metrics"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
+    assert!(s["last_seen"].is_string(), "{s}");
     drop(procs);
 }
 

@@ -5,4 +5,5 @@ mod agents;
 mod auth;
 mod cli;
 mod conventions;
+mod nodes;
 mod roles;

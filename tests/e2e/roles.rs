@@ -27,6 +27,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/servers/{id}", "admin"),
     ("POST", "/api/servers/{id}/install-command", "moderator"),
     ("POST", "/api/servers/{id}/ping", "moderator"),
+    ("POST", "/api/servers/{id}/reinstall", "admin"),
 ];
 
 fn rank(role: &str) -> u8 {

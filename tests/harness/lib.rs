@@ -523,3 +523,227 @@ pub async fn wait_server(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Test servers: containers from the project's own node image (debootstrapped Debian 12
+/// with sshd) on a private Docker network created for the run. Removed on drop, also
+/// after a failure.
+pub struct Fleet {
+    pub network: String,
+    /// The network's gateway: where the host (and the controller) is reachable.
+    pub gateway: String,
+    /// `a.b.c.` — the first three octets of the network's /24.
+    pub prefix: String,
+    pub image: String,
+    containers: Mutex<Vec<String>>,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Builds (once per machine: the tag carries the recipe's hash) the node image.
+pub fn node_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("node/build-image.sh");
+            let out = std::process::Command::new("sh")
+                .arg(&script)
+                .stdin(Stdio::null())
+                .output()
+                .expect("build-image.sh");
+            assert!(
+                out.status.success(),
+                "building the node image failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .clone()
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        let image = node_image();
+        let tag: u32 = {
+            let mut b = [0u8; 4];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+                .expect("urandom");
+            u32::from_le_bytes(b)
+        };
+        for attempt in 0..20u32 {
+            let octet = (tag.wrapping_add(attempt * 7919) % 200) + 20;
+            let name = format!("mz-test-{:08x}-{attempt}", tag);
+            let subnet = format!("10.213.{octet}.0/24");
+            let out = docker(&["network", "create", "--subnet", &subnet, &name]);
+            if out.status.success() {
+                return Fleet {
+                    network: name,
+                    gateway: format!("10.213.{octet}.1"),
+                    prefix: format!("10.213.{octet}."),
+                    image,
+                    containers: Mutex::new(Vec::new()),
+                };
+            }
+        }
+        panic!("could not create a Docker network for the test fleet");
+    }
+
+    /// Starts a node at `.host` of the network with `env` (ROOT_PASSWORD,
+    /// AUTHORIZED_KEY, HEARTBEAT_SECS); returns its container name and address.
+    pub fn node(&self, name: &str, host: u8, env: &[(&str, &str)]) -> (String, String) {
+        let container = format!("{}-{name}", self.network);
+        let ip = format!("{}{host}", self.prefix);
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "-d".into(),
+            "--name".into(),
+            container.clone(),
+            "--hostname".into(),
+            name.into(),
+            "--network".into(),
+            self.network.clone(),
+            "--ip".into(),
+            ip.clone(),
+        ];
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(self.image.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&refs);
+        self.containers
+            .lock()
+            .expect("lock")
+            .push(container.clone());
+        (container, ip)
+    }
+
+    pub fn remove(&self, container: &str) {
+        docker(&["rm", "-f", container]);
+    }
+
+    pub fn restart(&self, container: &str) {
+        docker_ok(&["restart", "-t", "1", container]);
+    }
+
+    /// Runs a shell command in a node; returns (success, output).
+    pub fn exec(&self, container: &str, script: &str) -> (bool, String) {
+        let out = docker(&["exec", container, "sh", "-c", script]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in self
+            .containers
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+        {
+            docker(&["rm", "-f", &c]);
+        }
+        docker(&["network", "rm", &self.network]);
+    }
+}
+
+/// A free TCP port on `ip` (bound and released; the caller binds it right away).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// An ed25519 key pair made with ssh-keygen: (private key PEM, public key line).
+pub fn ssh_keypair(dir: &Path, name: &str, passphrase: &str) -> (String, String) {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            passphrase,
+            "-C",
+            "mezzanine-test",
+            "-f",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(&path).expect("key"),
+        std::fs::read_to_string(path.with_extension("pub"))
+            .expect("pub")
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// A `mezzanine serve` process reachable from the fleet at the network's gateway, with
+/// its HTTP API at the returned base URL. `release` picks the release binaries.
+pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().expect("tmp");
+    let port = free_port(&fleet.gateway);
+    let listen = format!("{}:{port}", fleet.gateway);
+    let base = format!("http://{listen}");
+    let agent_listen = format!("{}:0", fleet.gateway);
+    let data_dir = data.path().join("data");
+    let agent = binary("mezzanine-agent", release);
+    let mut proc = Process::spawn(
+        &binary("mezzanine", release),
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--public-url",
+            &base,
+            "--agent-listen",
+            &agent_listen,
+            "--data-dir",
+            data_dir.to_str().expect("utf8"),
+            "--agent-binary",
+            agent.to_str().expect("utf8"),
+            "--ssh-timeout-secs",
+            "4",
+        ],
+    );
+    proc.wait_ready(Duration::from_secs(15));
+    (proc, base, data)
+}

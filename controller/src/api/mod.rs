@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 
 pub use error::{ApiError, ApiResult};
+pub use servers::mint_join_token;
 pub use session::{Session, SessionCtx};
 
 /// Who may call a route.

@@ -6,6 +6,7 @@ use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::gateway::{token, CallError};
+use crate::ssh::{SshAuth, SshLogin};
 use crate::state::AppState;
 use crate::store::{NewServer, ServerPatch, ServerRow, Written};
 use crate::validate;
@@ -71,6 +72,8 @@ fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
         v["enrolled_at"] = opt_rfc3339(s.enrolled_at);
         v["cert_expires_at"] = opt_rfc3339(s.cert_not_after);
         v["created_at"] = json!(crate::time::rfc3339(s.created_at));
+        v["host_key_fingerprint"] = json!(s.host_key_fingerprint);
+        v["keep_credentials"] = json!(s.has_credentials);
     }
     v
 }
@@ -92,11 +95,24 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
         .server(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(Json(server_json(&state, &s, true)))
+    let mut v = server_json(&state, &s, true);
+    let events: Vec<Value> = state
+        .store()
+        .events(id, 20)
+        .await?
+        .into_iter()
+        .map(|(at, message)| json!({ "at": crate::time::rfc3339_ms(at), "message": message }))
+        .collect();
+    v["events"] = Value::Array(events);
+    Ok(Json(v))
 }
 
-/// Mints a join token for `server_id` and the install one-liner that carries it.
-async fn mint(state: &AppState, server_id: i64) -> ApiResult<(String, String, String)> {
+/// Mints a join token for `server_id` and the install one-liner that carries it:
+/// `(token, install_command, expires_at)`.
+pub async fn mint_join_token(
+    state: &AppState,
+    server_id: i64,
+) -> ApiResult<(String, String, String)> {
     let (script, sha) = crate::install::script(state)
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
@@ -133,6 +149,120 @@ struct CreateBody {
     tags: Option<Vec<String>>,
     port: Option<i64>,
     username: Option<String>,
+    password: Option<String>,
+    private_key: Option<String>,
+    passphrase: Option<String>,
+    host_key_fingerprint: Option<String>,
+    #[serde(default)]
+    keep_credentials: bool,
+}
+
+/// SSH credentials from a request body, validated (without connecting).
+fn ssh_login(
+    auth_type: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+    private_key: Option<&str>,
+    passphrase: Option<&str>,
+) -> ApiResult<SshLogin> {
+    if !matches!(auth_type, "password" | "key") {
+        return Err(ApiError::BadRequest(format!(
+            "auth_type: {auth_type:?} is not one of manual, password, key"
+        )));
+    }
+    let username = username
+        .ok_or_else(|| ApiError::BadRequest("username: required for SSH adoption".into()))?;
+    validate::username(username).map_err(|m| ApiError::BadRequest(format!("username: {m}")))?;
+    let auth = match auth_type {
+        "password" => {
+            let p = password.filter(|p| !p.is_empty()).ok_or_else(|| {
+                ApiError::BadRequest("password: required when auth_type is \"password\"".into())
+            })?;
+            if p.len() > 4096 {
+                return Err(ApiError::BadRequest("password: too long".into()));
+            }
+            SshAuth::Password(p.to_owned())
+        }
+        "key" => {
+            let pem = private_key
+                .filter(|k| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("private_key: required when auth_type is \"key\"".into())
+                })?;
+            crate::ssh::check_key(pem, passphrase)
+                .map_err(|m| ApiError::BadRequest(format!("private_key: {m}")))?;
+            SshAuth::Key {
+                pem: pem.to_owned(),
+                passphrase: passphrase.map(str::to_owned),
+            }
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "auth_type: {other:?} is not one of manual, password, key"
+            )))
+        }
+    };
+    Ok(SshLogin {
+        username: username.to_owned(),
+        auth,
+    })
+}
+
+fn check_fingerprint(fp: &str) -> ApiResult<()> {
+    let ok = fp.strip_prefix("SHA256:").is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "host_key_fingerprint: {fp:?} is not of the form SHA256:<43 base64 characters> (as ssh-keygen -lf prints)"
+        )))
+    }
+}
+
+/// Seals or forgets the credentials, then starts the bootstrap in the background.
+async fn start_adoption(
+    state: &AppState,
+    id: i64,
+    login: SshLogin,
+    keep: bool,
+    fingerprint: Option<String>,
+) -> ApiResult<()> {
+    if !state.try_start_adoption(id) {
+        return Err(ApiError::Conflict(
+            "an adoption of this server is already running".into(),
+        ));
+    }
+    let sealed = if keep {
+        Some(state.key().seal(
+            &crate::ssh::credentials_context(id),
+            login.to_json().to_string().as_bytes(),
+        )?)
+    } else {
+        None
+    };
+    if let Err(e) = state
+        .store()
+        .set_ssh_credentials(id, sealed.as_deref())
+        .await
+    {
+        state.adoptions_done(id);
+        return Err(e.into());
+    }
+    let _ = state
+        .store()
+        .set_server_status(
+            id,
+            "pending",
+            Some("adoption queued"),
+            crate::time::now_secs(),
+        )
+        .await;
+    tokio::spawn(crate::ssh::adopt(state.clone(), id, login, fingerprint));
+    Ok(())
 }
 
 fn check_fields(
@@ -175,19 +305,18 @@ async fn create(
         body.username.as_deref(),
         body.tags.as_deref(),
     )?;
-    match body.auth_type.as_str() {
-        "manual" => {}
-        "password" | "key" => {
-            return Err(ApiError::BadRequest(format!(
-                "auth_type: {:?} (adoption over SSH) is not available in this build; use \"manual\" and paste the install command on the server",
-                body.auth_type
-            )))
-        }
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "auth_type: {other:?} is not one of manual, password, key"
-            )))
-        }
+    let login = match body.auth_type.as_str() {
+        "manual" => None,
+        other => Some(ssh_login(
+            other,
+            body.username.as_deref(),
+            body.password.as_deref(),
+            body.private_key.as_deref(),
+            body.passphrase.as_deref(),
+        )?),
+    };
+    if let Some(fp) = &body.host_key_fingerprint {
+        check_fingerprint(fp)?;
     }
     // Fail before creating anything if no agent binary can be served.
     crate::install::script(&state)
@@ -207,12 +336,27 @@ async fn create(
         .create_server(&new, crate::time::now_secs())
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", body.name)))?;
-    let (tok, cmd, expires) = mint(&state, server.id).await?;
-    let mut resp = (
-        StatusCode::CREATED,
-        ok(json!({ "id": server.id, "token": tok, "install_command": cmd, "token_expires_at": expires })),
-    )
-        .into_response();
+    let mut resp = match login {
+        Some(login) => {
+            start_adoption(
+                &state,
+                server.id,
+                login,
+                body.keep_credentials,
+                body.host_key_fingerprint.clone(),
+            )
+            .await?;
+            (StatusCode::CREATED, ok(json!({ "id": server.id }))).into_response()
+        }
+        None => {
+            let (tok, cmd, expires) = mint_join_token(&state, server.id).await?;
+            (
+                StatusCode::CREATED,
+                ok(json!({ "id": server.id, "token": tok, "install_command": cmd, "token_expires_at": expires })),
+            )
+                .into_response()
+        }
+    };
     resp.extensions_mut()
         .insert(Target(format!("server {}", server.name)));
     Ok(resp)
@@ -226,10 +370,75 @@ async fn install_command(
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
     }
-    let (tok, cmd, expires) = mint(&state, id).await?;
+    let (tok, cmd, expires) = mint_join_token(&state, id).await?;
     Ok(ok(
         json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires }),
     ))
+}
+
+#[derive(Deserialize, Default)]
+struct ReinstallBody {
+    auth_type: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    private_key: Option<String>,
+    passphrase: Option<String>,
+    keep_credentials: Option<bool>,
+}
+
+async fn reinstall(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(body): Json<ReinstallBody>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw)?;
+    let server = state
+        .store()
+        .server(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let given = body.password.is_some() || body.private_key.is_some();
+    let (login, keep) = if given {
+        let auth_type = body.auth_type.clone().unwrap_or_else(|| {
+            if body.private_key.is_some() {
+                "key".into()
+            } else {
+                "password".into()
+            }
+        });
+        let username = body.username.clone().or(server.username.clone());
+        let login = ssh_login(
+            &auth_type,
+            username.as_deref(),
+            body.password.as_deref(),
+            body.private_key.as_deref(),
+            body.passphrase.as_deref(),
+        )?;
+        (
+            login,
+            body.keep_credentials.unwrap_or(server.has_credentials),
+        )
+    } else {
+        let sealed = state.store().ssh_credentials(id).await?.ok_or_else(|| {
+            ApiError::BadRequest(
+                "no credentials: give password or private_key (they were not kept)".into(),
+            )
+        })?;
+        let plain = state
+            .key()
+            .open(&crate::ssh::credentials_context(id), &sealed)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let login = serde_json::from_slice::<Value>(&plain)
+            .ok()
+            .and_then(|v| SshLogin::from_json(&v))
+            .ok_or_else(|| ApiError::Internal("kept credentials are unreadable".into()))?;
+        (login, body.keep_credentials.unwrap_or(true))
+    };
+    start_adoption(&state, id, login, keep, None).await?;
+    let mut resp = (StatusCode::ACCEPTED, ok(json!({ "id": id }))).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("server {}", server.name)));
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -239,6 +448,8 @@ struct PatchBody {
     port: Option<i64>,
     username: Option<String>,
     tags: Option<Vec<String>>,
+    #[serde(default)]
+    forget_host_key: bool,
 }
 
 async fn update(
@@ -264,6 +475,12 @@ async fn update(
         body.username.as_deref(),
         body.tags.as_deref(),
     )?;
+    if body.forget_host_key {
+        if !state.store().server_exists(id).await? {
+            return Err(not_found(id));
+        }
+        state.store().set_host_key(id, None).await?;
+    }
     let patch = ServerPatch {
         name: body.name.clone(),
         host: body.host,
@@ -350,7 +567,7 @@ pub(super) fn routes(reg: &mut Registry) {
             ("host", string()),
             (
                 "status",
-                json!({ "enum": ["pending", "enrolling", "online", "offline", "failed"] }),
+                json!({ "enum": ["pending", "connecting", "installing", "enrolling", "online", "offline", "failed"] }),
             ),
             ("last_seen", nullable(string())),
             ("agent_version", nullable(string())),
@@ -378,6 +595,15 @@ pub(super) fn routes(reg: &mut Registry) {
         ("enrolled_at", nullable(string())),
         ("cert_expires_at", nullable(string())),
         ("created_at", string()),
+        ("host_key_fingerprint", nullable(string())),
+        ("keep_credentials", json!({ "type": "boolean" })),
+        (
+            "events",
+            array(obj(
+                &[("at", string()), ("message", string())],
+                &["at", "message"],
+            )),
+        ),
     ] {
         detailed["properties"][k] = v;
     }
@@ -387,6 +613,9 @@ pub(super) fn routes(reg: &mut Registry) {
         ("install_command", string()),
         ("token_expires_at", string()),
     ]);
+    // SSH adoption answers only { ok, id }; the token fields come with "manual".
+    let mut created = minted.clone();
+    created["required"] = json!(["ok", "id"]);
     reg.add(
         Method::GET,
         "/api/servers",
@@ -399,7 +628,7 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers",
         moderator,
         Doc {
-            summary: "Add a server. auth_type \"manual\" returns a join token and the install one-liner to paste on it as root",
+            summary: "Add a server. \"password\"/\"key\" adopt it over SSH in the background (watch status); \"manual\" returns a join token and the install one-liner",
             request: Some(obj(
                 &[
                     ("name", string()),
@@ -408,10 +637,15 @@ pub(super) fn routes(reg: &mut Registry) {
                     ("tags", tags.clone()),
                     ("port", integer()),
                     ("username", string()),
+                    ("password", string()),
+                    ("private_key", string()),
+                    ("passphrase", string()),
+                    ("host_key_fingerprint", string()),
+                    ("keep_credentials", json!({ "type": "boolean" })),
                 ],
                 &["name", "host", "auth_type"],
             )),
-            response: minted.clone(),
+            response: created,
         },
         create,
     )
@@ -435,6 +669,7 @@ pub(super) fn routes(reg: &mut Registry) {
                     ("port", integer()),
                     ("username", string()),
                     ("tags", tags),
+                    ("forget_host_key", json!({ "type": "boolean" })),
                 ],
                 &[],
             )),
@@ -463,6 +698,27 @@ pub(super) fn routes(reg: &mut Registry) {
             response: minted,
         },
         install_command,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/{id}/reinstall",
+        admin,
+        Doc {
+            summary: "Run the SSH bootstrap again (credentials in the body unless they were kept); also upgrades the agent",
+            request: Some(obj(
+                &[
+                    ("auth_type", json!({ "enum": ["password", "key"] })),
+                    ("username", string()),
+                    ("password", string()),
+                    ("private_key", string()),
+                    ("passphrase", string()),
+                    ("keep_credentials", json!({ "type": "boolean" })),
+                ],
+                &[],
+            )),
+            response: ok_with(&[("id", integer())]),
+        },
+        reinstall,
     )
     .add(
         Method::POST,

@@ -2,7 +2,7 @@
 //! request/reply command path with ids and timeouts, and the set of revoked certificate
 //! serials the TLS layer consults at every handshake.
 
-use mezzanine_proto::v1::{command, reply, Command, ControllerMessage, Removed};
+use mezzanine_proto::v1::{command, reply, Command, ControllerMessage, Heartbeat, Removed};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +30,21 @@ pub enum CallError {
 #[derive(Debug)]
 struct Beat {
     last_seen_ms: i64,
-    metrics: Option<Value>,
+    /// The last heartbeat as received; turned into JSON only when someone reads it.
+    metrics: Option<Heartbeat>,
     dirty: bool,
+}
+
+fn metrics_json(h: &Heartbeat, at_ms: i64) -> Value {
+    serde_json::json!({
+        "load": [h.load1, h.load5, h.load15],
+        "memory_used_bytes": h.memory_used_bytes,
+        "memory_total_bytes": h.memory_total_bytes,
+        "disk_used_bytes": h.disk_used_bytes,
+        "disk_total_bytes": h.disk_total_bytes,
+        "uptime_secs": h.uptime_secs,
+        "at": crate::time::rfc3339(at_ms / 1000),
+    })
 }
 
 /// One attached agent.
@@ -124,12 +137,15 @@ impl Registry {
         Some(LiveView {
             connected_at_ms: live.connected_at_ms,
             last_seen_ms: beat.last_seen_ms,
-            metrics: beat.metrics.clone(),
+            metrics: beat
+                .metrics
+                .as_ref()
+                .map(|h| metrics_json(h, beat.last_seen_ms)),
         })
     }
 
     /// Notes that the agent spoke (any message counts as a sign of life).
-    pub fn seen(live: &Live, metrics: Option<Value>) {
+    pub fn seen(live: &Live, metrics: Option<Heartbeat>) {
         let mut beat = lock(&live.beat);
         beat.last_seen_ms = crate::time::now_ms();
         if let Some(m) = metrics {
@@ -152,7 +168,9 @@ impl Registry {
                 out.push((
                     id,
                     beat.last_seen_ms / 1000,
-                    beat.metrics.clone().unwrap_or(Value::Null),
+                    beat.metrics
+                        .as_ref()
+                        .map_or(Value::Null, |h| metrics_json(h, beat.last_seen_ms)),
                 ));
             }
         }
@@ -165,7 +183,9 @@ impl Registry {
         beat.dirty.then(|| {
             (
                 beat.last_seen_ms / 1000,
-                beat.metrics.clone().unwrap_or(Value::Null),
+                beat.metrics
+                    .as_ref()
+                    .map_or(Value::Null, |h| metrics_json(h, beat.last_seen_ms)),
             )
         })
     }

@@ -6,8 +6,7 @@ use super::token;
 use crate::state::AppState;
 use mezzanine_proto::v1::{
     agent_message, enrollment_server::Enrollment, session_server::Session, AgentMessage,
-    ControllerMessage, EnrollRequest, EnrollResponse, Facts, Heartbeat, RenewRequest,
-    RenewResponse,
+    ControllerMessage, EnrollRequest, EnrollResponse, Facts, RenewRequest, RenewResponse,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -56,18 +55,6 @@ fn facts_json(f: &Facts) -> Value {
         "memory_bytes": f.memory_bytes,
         "disk_bytes": f.disk_bytes,
         "docker_version": (!f.docker_version.is_empty()).then_some(&f.docker_version),
-    })
-}
-
-fn metrics_json(h: &Heartbeat) -> Value {
-    json!({
-        "load": [h.load1, h.load5, h.load15],
-        "memory_used_bytes": h.memory_used_bytes,
-        "memory_total_bytes": h.memory_total_bytes,
-        "disk_used_bytes": h.disk_used_bytes,
-        "disk_total_bytes": h.disk_total_bytes,
-        "uptime_secs": h.uptime_secs,
-        "at": crate::time::rfc3339(crate::time::now_secs()),
     })
 }
 
@@ -267,7 +254,7 @@ async fn read_session(
                 Ok(Err(_)) => break "connection lost",
                 Ok(Ok(None)) => break "agent closed the session",
                 Ok(Ok(Some(m))) => match m.kind {
-                    Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(metrics_json(&h))),
+                    Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(h)),
                     Some(agent_message::Kind::Reply(r)) => {
                         Registry::seen(&live, None);
                         if let Some(body) = r.body {

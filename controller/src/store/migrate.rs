@@ -21,6 +21,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "servers",
         sql: include_str!("../../../migrations/sqlite/0002_servers.sql"),
     },
+    Migration {
+        version: 3,
+        name: "ssh_adoption",
+        sql: include_str!("../../../migrations/sqlite/0003_ssh_adoption.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -22,6 +22,8 @@ pub struct ServerRow {
     pub enrolled_at: Option<i64>,
     pub cert_not_after: Option<i64>,
     pub created_at: i64,
+    pub host_key_fingerprint: Option<String>,
+    pub has_credentials: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -60,7 +62,8 @@ pub enum Written<T> {
 }
 
 const SERVER_COLS: &str = "id, name, host, port, username, auth_type, tags, status, status_detail,
-    last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at";
+    last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at,
+    host_key_fingerprint, ssh_credentials IS NOT NULL AS has_credentials";
 
 fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Option<Value>> {
     let raw: Option<String> = row.try_get(col)?;
@@ -87,6 +90,8 @@ fn server_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ServerRow> {
         enrolled_at: row.try_get("enrolled_at")?,
         cert_not_after: row.try_get("cert_not_after")?,
         created_at: row.try_get("created_at")?,
+        host_key_fingerprint: row.try_get("host_key_fingerprint")?,
+        has_credentials: row.try_get("has_credentials")?,
     })
 }
 
@@ -372,21 +377,23 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the latest heartbeat of many servers in one transaction.
+    /// Writes the latest heartbeat of many servers in a single statement (one round
+    /// trip to the database thread however large the fleet).
     pub async fn flush_heartbeats(&self, beats: &[(i64, i64, Value)]) -> Result<()> {
         if beats.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool().begin().await?;
-        for (id, last_seen, metrics) in beats {
-            sqlx::query("UPDATE servers SET last_seen = ?2, metrics = ?3 WHERE id = ?1")
-                .bind(id)
-                .bind(last_seen)
-                .bind(metrics.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let batch: Vec<Value> = beats
+            .iter()
+            .map(|(id, seen, metrics)| serde_json::json!({ "id": id, "s": seen, "m": metrics }))
+            .collect();
+        sqlx::query(
+            "UPDATE servers SET last_seen = b.value ->> '$.s', metrics = b.value -> '$.m'
+             FROM json_each(?1) AS b WHERE servers.id = b.value ->> '$.id'",
+        )
+        .bind(Value::Array(batch).to_string())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -400,6 +407,67 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    pub async fn set_host_key(&self, id: i64, fingerprint: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE servers SET host_key_fingerprint = ? WHERE id = ?")
+            .bind(fingerprint)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores (or with `None`, forgets) sealed SSH credentials.
+    pub async fn set_ssh_credentials(&self, id: i64, sealed: Option<&[u8]>) -> Result<()> {
+        sqlx::query("UPDATE servers SET ssh_credentials = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ssh_credentials(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT ssh_credentials FROM servers WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// Appends an event and keeps the latest 100 per server.
+    pub async fn add_event(&self, id: i64, message: &str, at_ms: i64) -> Result<()> {
+        sqlx::query("INSERT INTO server_events (server_id, at_ms, message) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(at_ms)
+            .bind(message)
+            .execute(self.pool())
+            .await?;
+        sqlx::query(
+            "DELETE FROM server_events WHERE server_id = ?1 AND id <= (
+                 SELECT id FROM server_events WHERE server_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET 100)",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` events, newest first: `(at_ms, message)`.
+    pub async fn events(&self, id: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, message FROM server_events WHERE server_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at_ms")?, r.try_get("message")?)))
+            .collect()
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -1,0 +1,466 @@
+//! Agent fleet benchmark (issue: agent channel). Starts the release controller, then a
+//! load generator in this process attaches N simulated agents — each with its own key
+//! generated here, its own certificate from a real `Enroll`, its own TLS connection and
+//! `Attach` stream, and heartbeats every 10 s — and measures:
+//! - controller RSS per attached agent above its idle baseline;
+//! - controller CPU while N agents heartbeat every 10 s;
+//! - time to enroll and to attach all N;
+//! - one command (ping through `POST /api/servers/{id}/ping`) to every agent at once:
+//!   p50 / p99 of the round trips and the time until the last reply;
+//! - the real `mezzanine-agent` process idle: RSS, CPU, stripped binary size.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench agents`
+//! (`AGENTS=N` to change the fleet size; default 10000).
+
+use mezzanine_agent::identity::StateDir;
+use mezzanine_agent::tls;
+use mezzanine_proto::v1::{
+    agent_message, controller_message, enrollment_client::EnrollmentClient, reply,
+    session_client::SessionClient, AgentMessage, EnrollRequest, Facts, Heartbeat, Hello, Pong,
+    Reply,
+};
+use mezzanine_tests::{binary, Client, Process, ADMIN_PASSWORD};
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+fn proc_stat(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss, ticks)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Enrolled {
+    id: u64,
+    key: rcgen::KeyPair,
+    cert: Vec<u8>,
+}
+
+fn heartbeat_msg() -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
+            load1: 0.1,
+            load5: 0.2,
+            load15: 0.3,
+            memory_used_bytes: 512 << 20,
+            memory_total_bytes: 2 << 30,
+            disk_used_bytes: 5 << 30,
+            disk_total_bytes: 40 << 30,
+            uptime_secs: 1000,
+        })),
+    }
+}
+
+/// One simulated agent: attach, hello, heartbeats, answer pings. Returns once attached.
+async fn attach(
+    endpoint: String,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    e: Enrolled,
+    attached: Arc<AtomicUsize>,
+) -> Result<(), String> {
+    let config = tls::session_config(&ca, e.cert.clone().into(), StateDir::rustls_key(&e.key))
+        .map_err(|x| x.to_string())?;
+    let channel = tls::connect(&endpoint, config).await?;
+    let mut client = SessionClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(8);
+    let hello = Hello {
+        agent_version: "bench".into(),
+        facts: Some(Facts {
+            hostname: format!("sim-{}", e.id),
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
+            kernel: "6.1.0".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+            memory_bytes: 2 << 30,
+            disk_bytes: 40 << 30,
+            docker_version: String::new(),
+        }),
+        heartbeat_secs: 10,
+        running: vec![],
+    };
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(hello)),
+    })
+    .await
+    .map_err(|x| x.to_string())?;
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    attached.fetch_add(1, Ordering::Relaxed);
+    let beats = tx.clone();
+    tokio::spawn(async move {
+        // Spread the fleet's heartbeats over the interval, as real agents started at
+        // different times would be.
+        let offset = Duration::from_millis((e.id * 7919) % 10_000);
+        tokio::time::sleep(offset).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            if beats.send(heartbeat_msg()).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = inbound.message().await {
+            if let Some(controller_message::Kind::Command(c)) = m.kind {
+                let body = match c.body {
+                    Some(mezzanine_proto::v1::command::Body::Ping(p)) => {
+                        reply::Body::Pong(Pong { payload: p.payload })
+                    }
+                    None => continue,
+                };
+                let r = AgentMessage {
+                    kind: Some(agent_message::Kind::Reply(Reply {
+                        request_id: c.request_id,
+                        body: Some(body),
+                    })),
+                };
+                if tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let n: usize = std::env::var("AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let bin = binary("mezzanine", true);
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let agent_bin = binary("mezzanine-agent", true);
+    let mut ctl = Process::spawn(
+        &bin,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--agent-binary",
+            agent_bin.to_str().expect("utf8"),
+        ],
+    );
+    let addr = ctl.wait_ready(Duration::from_secs(10));
+    let pid = ctl.child.id();
+    let agent_port: u16 = {
+        let out = ctl.output();
+        out.lines()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["fields"]["agent_listen"]
+                    .as_str()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("agent_listen in the ready line")
+    };
+    let endpoint = format!("https://127.0.0.1:{agent_port}");
+    let base = format!("http://{addr}");
+    let mut admin = Client::new(&base);
+    let r = admin
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    println!("fleet size: {n} simulated agents");
+
+    // Servers and join tokens through the API.
+    let t = Instant::now();
+    let slots = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = admin.clone();
+        let slots = slots.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = slots.acquire().await.expect("sem");
+            let r = c
+                .post("/api/servers", json!({ "name": format!("sim-{i}"), "host": "127.0.0.1", "auth_type": "manual" }))
+                .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            (r.body["id"].as_i64().expect("id"), r.body["token"].as_str().expect("token").to_owned())
+        }));
+    }
+    let mut tokens = Vec::with_capacity(n);
+    for t in tasks {
+        tokens.push(t.await.expect("join"));
+    }
+    println!(
+        "created {n} servers with join tokens via the API in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Enrollment: real keys, CSRs and Enroll calls, multiplexed on a few connections.
+    let (_, pin) = mezzanine_agent::session::parse_token(&tokens[0].1).expect("token");
+    let verifier = Arc::new(tls::PinnedCa::new(pin));
+    let mut enroll_clients = Vec::new();
+    for _ in 0..4 {
+        let cfg = tls::enroll_config(verifier.clone()).expect("cfg");
+        enroll_clients.push(EnrollmentClient::new(
+            tls::connect(&endpoint, cfg).await.expect("connect"),
+        ));
+    }
+    let t = Instant::now();
+    let slots = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (id, token)) in tokens.into_iter().enumerate() {
+        let mut client = enroll_clients[i % enroll_clients.len()].clone();
+        let slots = slots.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = slots.acquire().await.expect("sem");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let csr = StateDir::csr(&key).expect("csr");
+            let resp = client
+                .enroll(EnrollRequest {
+                    token,
+                    csr_der: csr,
+                    agent_version: "bench".into(),
+                })
+                .await
+                .expect("enroll")
+                .into_inner();
+            assert_eq!(resp.server_id as i64, id);
+            Enrolled {
+                id: resp.server_id,
+                key,
+                cert: resp.certificate_der,
+            }
+        }));
+    }
+    let mut enrolled = Vec::with_capacity(n);
+    for t in tasks {
+        enrolled.push(t.await.expect("join"));
+    }
+    println!("enrolled {n} agents in {:.1} s", t.elapsed().as_secs_f64());
+    let ca = verifier.found.lock().expect("lock").clone().expect("ca");
+    drop(enroll_clients);
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (base_rss, _) = proc_stat(pid);
+    println!(
+        "controller RSS before attaching: {:.1} MiB",
+        base_rss as f64 / 1024.0
+    );
+
+    // Attach them all.
+    let attached = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let slots = Arc::new(Semaphore::new(128));
+    let mut tasks = Vec::with_capacity(n);
+    let ids: Vec<u64> = enrolled.iter().map(|e| e.id).collect();
+    for e in enrolled {
+        let (endpoint, ca, attached, slots) = (
+            endpoint.clone(),
+            ca.clone(),
+            attached.clone(),
+            slots.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _p = slots.acquire().await.expect("sem");
+            attach(endpoint, ca, e, attached).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("attach");
+    }
+    let attach_secs = t.elapsed().as_secs_f64();
+    let online = admin.get("/api/servers").await.body;
+    let count = online
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["status"] == "online")
+        .count();
+    assert_eq!(count, n, "all online according to the API");
+    println!(
+        "attached {n} agents in {attach_secs:.1} s ({:.0} attaches/s); API lists {count} online",
+        n as f64 / attach_secs
+    );
+
+    // Settle, then measure memory and heartbeat CPU over 30 s (3 heartbeat rounds).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (rss, ticks0) = proc_stat(pid);
+    let per_agent = (rss.saturating_sub(base_rss)) as f64 / n as f64;
+    println!(
+        "controller RSS with {n} attached: {:.1} MiB; {:.1} KiB per agent above baseline",
+        rss as f64 / 1024.0,
+        per_agent
+    );
+    let window = Duration::from_secs(30);
+    // PERF_OUT=file records a profile of the controller over the window (perf from Debian).
+    let perf = std::env::var("PERF_OUT").ok().map(|out| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+                &out,
+                "--",
+                "sleep",
+                "30",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
+    tokio::time::sleep(window).await;
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
+    let (_, ticks1) = proc_stat(pid);
+    let hz = 100.0;
+    let cpu = (ticks1 - ticks0) as f64 / hz / window.as_secs_f64() * 100.0;
+    println!(
+        "controller CPU while {n} agents heartbeat every 10 s: {cpu:.2}% of one core (30 s window)"
+    );
+
+    // One command to every agent at once, through the API.
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let t = Instant::now();
+        let slots = Arc::new(Semaphore::new(256));
+        let mut tasks = Vec::with_capacity(n);
+        for id in &ids {
+            let mut c = admin.clone();
+            let slots = slots.clone();
+            let id = *id;
+            tasks.push(tokio::spawn(async move {
+                let _p = slots.acquire().await.expect("sem");
+                let s = Instant::now();
+                let r = c.post(&format!("/api/servers/{id}/ping"), json!({})).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                s.elapsed().as_secs_f64() * 1000.0
+            }));
+        }
+        let mut lat = Vec::with_capacity(n);
+        for t in tasks {
+            lat.push(t.await.expect("join"));
+        }
+        let total = t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: ping to all {n}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, last reply after {total:.2} s",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut lat, 1.0)
+        );
+        rounds.push((pct(&mut lat, 0.5), pct(&mut lat, 0.99), total));
+    }
+    let _ = rounds;
+    ctl.terminate(Duration::from_secs(30));
+
+    // The real agent, idle.
+    agent_idle(&agent_bin).await;
+}
+
+async fn agent_idle(agent_bin: &std::path::Path) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = binary("mezzanine", true);
+    let mut ctl = Process::spawn(
+        &bin,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("d").to_str().expect("utf8"),
+            "--agent-binary",
+            agent_bin.to_str().expect("utf8"),
+        ],
+    );
+    let addr = ctl.wait_ready(Duration::from_secs(10));
+    let mut admin = Client::new(&format!("http://{addr}"));
+    admin
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": "real", "host": "127.0.0.1", "auth_type": "manual" }),
+        )
+        .await;
+    let token = r.body["token"].as_str().expect("token").to_owned();
+    let state = dir.path().join("agent");
+    let out = std::process::Command::new(agent_bin)
+        .args([
+            "enroll",
+            &token,
+            "--state-dir",
+            state.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("enroll");
+    assert!(out.status.success());
+    let mut agent = Process::spawn(
+        agent_bin,
+        &["run", "--state-dir", state.to_str().expect("utf8")],
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss0, t0) = proc_stat(agent.child.id());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (rss1, t1) = proc_stat(agent.child.id());
+    println!(
+        "real agent idle (heartbeat 10 s): RSS {:.1} MiB at 5 s, {:.1} MiB at 65 s; CPU {:.3}% of one core over 60 s",
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        (t1 - t0) as f64 / 100.0 / 60.0 * 100.0
+    );
+    let stripped = dir.path().join("stripped");
+    std::fs::copy(agent_bin, &stripped).expect("copy");
+    let _ = std::process::Command::new("strip").arg(&stripped).status();
+    println!(
+        "agent binary: {:.2} MiB as built, {:.2} MiB stripped",
+        std::fs::metadata(agent_bin).expect("meta").len() as f64 / 1048576.0,
+        std::fs::metadata(&stripped).expect("meta").len() as f64 / 1048576.0
+    );
+    agent.terminate(Duration::from_secs(10));
+    ctl.terminate(Duration::from_secs(10));
+}
