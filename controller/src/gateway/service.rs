@@ -24,6 +24,24 @@ impl Gateway {
     pub fn new(state: AppState) -> Self {
         Self { state }
     }
+
+    /// The caller's server id, once its certificate is known to be neither revoked nor
+    /// orphaned (the TLS layer checked the chain; this checks the database).
+    async fn active_identity<T>(&self, req: &Request<T>) -> Result<i64, Status> {
+        let (server_id, serial) = identity(req)?;
+        let active = self
+            .state
+            .store()
+            .cert_active(&serial, server_id)
+            .await
+            .map_err(internal)?;
+        if !active {
+            return Err(Status::permission_denied(
+                "this server was removed from Mezzanine",
+            ));
+        }
+        Ok(server_id)
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -145,17 +163,8 @@ impl Session for Gateway {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let (server_id, serial) = identity(&req)?;
+        let server_id = self.active_identity(&req).await?;
         let store = self.state.store();
-        if !store
-            .cert_active(&serial, server_id)
-            .await
-            .map_err(internal)?
-        {
-            return Err(Status::permission_denied(
-                "this server was removed from Mezzanine",
-            ));
-        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -196,17 +205,8 @@ impl Session for Gateway {
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
-        let (server_id, serial) = identity(&req)?;
+        let server_id = self.active_identity(&req).await?;
         let store = self.state.store();
-        if !store
-            .cert_active(&serial, server_id)
-            .await
-            .map_err(internal)?
-        {
-            return Err(Status::permission_denied(
-                "this server was removed from Mezzanine",
-            ));
-        }
         let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
         let issued = self
             .state
