@@ -152,10 +152,27 @@ pub fn split_endpoint(endpoint: &str) -> Result<(String, u16), String> {
     Ok((host, port))
 }
 
-/// HTTP/2 keepalive: a ping after this long without hearing from the controller. The
-/// controller speaks rarely (commands only), so this is also how often an idle agent
-/// pings; 30 s finds a dead controller within 40 s at a third of a 10 s rate's cost.
-pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Dead-controller detection. The kernel's TCP keepalive probes (answered by the
+/// controller's kernel, waking no process) find a vanished peer within
+/// `idle + interval × count` = 35 s, and `TCP_USER_TIMEOUT` drops a connection whose sent
+/// data stays unacknowledged for 30 s. HTTP/2 PINGs remain as a slow backstop: at 10,000
+/// agents, a 15 s PING cost the controller as much CPU as the heartbeats themselves.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const TCP_KEEPALIVE_COUNT: u32 = 3;
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE: Duration = Duration::from_secs(120);
+
+fn tune(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    tcp.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(tcp, true)?;
+    sockopt::set_tcp_keepidle(tcp, TCP_KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(tcp, TCP_KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(tcp, TCP_KEEPALIVE_COUNT)?;
+    sockopt::set_tcp_user_timeout(tcp, TCP_USER_TIMEOUT.as_millis() as u32)?;
+    Ok(())
+}
 
 /// A gRPC channel over our TLS to `endpoint`, with HTTP/2 keepalives.
 pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Channel, String> {
@@ -173,7 +190,7 @@ pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Channel, St
     let endpoint_cfg = Endpoint::from_shared(uri)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(KEEPALIVE)
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
@@ -183,7 +200,7 @@ pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Channel, St
         let addr = (host.clone(), port);
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            tune(&tcp)?;
             let tls = connector.connect(name, tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }

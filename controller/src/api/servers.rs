@@ -5,7 +5,7 @@ use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
-use crate::gateway::{token, CallError};
+use crate::gateway::{token, CallError, LiveView};
 use crate::ssh::{SshAuth, SshLogin};
 use crate::state::AppState;
 use crate::store::{NewServer, ServerPatch, ServerRow, Written};
@@ -35,8 +35,9 @@ fn opt_rfc3339(secs: Option<i64>) -> Value {
 }
 
 /// The list shape; `detail` adds facts, metrics and connection data.
-fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
-    let live = state.gateway().registry.view(s.id);
+/// `live` must be read before `s`: a session records "offline" in the database before it
+/// leaves the registry, so a row read after a missing session already says why.
+fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool) -> Value {
     let (status, last_seen) = match &live {
         Some(l) => ("online", Some(l.last_seen_ms / 1000)),
         None if s.status == "online" => ("offline", s.last_seen),
@@ -79,23 +80,25 @@ fn server_json(state: &AppState, s: &ServerRow, detail: bool) -> Value {
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let live = state.gateway().registry.views();
     let servers = state.store().servers().await?;
     Ok(Json(Value::Array(
         servers
             .iter()
-            .map(|s| server_json(&state, s, false))
+            .map(|s| server_json(s, live.get(&s.id).cloned(), false))
             .collect(),
     )))
 }
 
 async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
+    let live = state.gateway().registry.view(id);
     let s = state
         .store()
         .server(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    let mut v = server_json(&state, &s, true);
+    let mut v = server_json(&s, live, true);
     let events: Vec<Value> = state
         .store()
         .events(id, 20)
@@ -493,7 +496,10 @@ async fn update(
         .update_server(id, &patch, crate::time::now_secs())
         .await?
     {
-        Written::Done(s) => Ok(ok(json!({ "server": server_json(&state, &s, true) }))),
+        Written::Done(s) => {
+            let live = state.gateway().registry.view(id);
+            Ok(ok(json!({ "server": server_json(&s, live, true) })))
+        }
         Written::NotFound => Err(not_found(id)),
         Written::NameTaken => Err(ApiError::Conflict(format!(
             "name: a server named {:?} exists",

@@ -74,6 +74,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn view_of(live: &Live) -> LiveView {
+    let beat = lock(&live.beat);
+    LiveView {
+        connected_at_ms: live.connected_at_ms,
+        last_seen_ms: beat.last_seen_ms,
+        metrics: beat
+            .metrics
+            .as_ref()
+            .map(|h| metrics_json(h, beat.last_seen_ms)),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<i64, Arc<Live>>>,
@@ -133,15 +145,19 @@ impl Registry {
 
     pub fn view(&self, server_id: i64) -> Option<LiveView> {
         let live = lock(&self.sessions).get(&server_id).cloned()?;
-        let beat = lock(&live.beat);
-        Some(LiveView {
-            connected_at_ms: live.connected_at_ms,
-            last_seen_ms: beat.last_seen_ms,
-            metrics: beat
-                .metrics
-                .as_ref()
-                .map(|h| metrics_json(h, beat.last_seen_ms)),
-        })
+        Some(view_of(&live))
+    }
+
+    /// Views of every attached session, by server id.
+    pub fn views(&self) -> HashMap<i64, LiveView> {
+        let sessions: Vec<(i64, Arc<Live>)> = lock(&self.sessions)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        sessions
+            .into_iter()
+            .map(|(id, live)| (id, view_of(&live)))
+            .collect()
     }
 
     /// Notes that the agent spoke (any message counts as a sign of life).

@@ -246,24 +246,31 @@ async fn read_session(
     mut inbound: Streaming<AgentMessage>,
 ) {
     let silence = live.heartbeat * 3;
+    // One timer, pushed forward by every message, and one stop waiter for the session.
+    let stop = live.stop.notified();
+    let quiet = tokio::time::sleep(silence);
+    tokio::pin!(stop, quiet);
     let reason = loop {
         tokio::select! {
-            () = live.stop.notified() => break "session closed by the controller",
-            msg = tokio::time::timeout(silence, inbound.message()) => match msg {
-                Err(_) => break "missed three heartbeats",
-                Ok(Err(_)) => break "connection lost",
-                Ok(Ok(None)) => break "agent closed the session",
-                Ok(Ok(Some(m))) => match m.kind {
-                    Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(h)),
-                    Some(agent_message::Kind::Reply(r)) => {
-                        Registry::seen(&live, None);
-                        if let Some(body) = r.body {
-                            Registry::complete(&live, r.request_id, body);
+            () = &mut stop => break "session closed by the controller",
+            () = &mut quiet => break "missed three heartbeats",
+            msg = inbound.message() => {
+                quiet.as_mut().reset(tokio::time::Instant::now() + silence);
+                match msg {
+                    Err(_) => break "connection lost",
+                    Ok(None) => break "agent closed the session",
+                    Ok(Some(m)) => match m.kind {
+                        Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(h)),
+                        Some(agent_message::Kind::Reply(r)) => {
+                            Registry::seen(&live, None);
+                            if let Some(body) = r.body {
+                                Registry::complete(&live, r.request_id, body);
+                            }
                         }
-                    }
-                    Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
-                },
-            },
+                        Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
+                    },
+                }
+            }
         }
     };
     // Record the reason before leaving the registry, so nobody sees "offline" without it.
