@@ -59,6 +59,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> 
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Writes a secret the agent keeps (mode 0600, atomically).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomic(path, bytes, 0o600)
+}
+
 fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

@@ -6,8 +6,8 @@ use crate::identity::{Identity, StateDir};
 use crate::{error_chain, now_secs, tls};
 use mezzanine_proto::v1::{
     agent_message, command, controller_message, enrollment_client::EnrollmentClient, reply,
-    session_client::SessionClient, AgentMessage, Command, CommandError, EnrollRequest, Hello, Pong,
-    RenewRequest, Reply,
+    session_client::SessionClient, Ack, AgentMessage, Command, CommandError, EnrollRequest, Hello,
+    Pong, RenewRequest, Reply,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,7 @@ async fn session(
                 Ok(Some(m)) => match m.kind {
                     Some(controller_message::Kind::Command(cmd)) => {
                         running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
-                        tokio::spawn(execute(cmd, out_tx.clone(), running.clone()));
+                        tokio::spawn(execute(cmd, out_tx.clone(), running.clone(), state.path("deploy_key")));
                     }
                     Some(controller_message::Kind::Removed(r)) => return Ok(End::Removed(r.reason)),
                     None => {}
@@ -295,9 +295,23 @@ async fn renew_cert(
 }
 
 /// Runs one command and sends its reply. Commands are idempotent where they can be.
-async fn execute(cmd: Command, out: mpsc::Sender<AgentMessage>, running: Arc<Mutex<HashSet<u64>>>) {
+async fn execute(
+    cmd: Command,
+    out: mpsc::Sender<AgentMessage>,
+    running: Arc<Mutex<HashSet<u64>>>,
+    deploy_key_path: std::path::PathBuf,
+) {
     let body = match cmd.body {
         Some(command::Body::Ping(p)) => reply::Body::Pong(Pong { payload: p.payload }),
+        Some(command::Body::DeployKey(k)) => {
+            match crate::identity::write_secret(&deploy_key_path, k.private_key_openssh.as_bytes())
+            {
+                Ok(()) => reply::Body::Ack(Ack {}),
+                Err(e) => reply::Body::Error(CommandError {
+                    message: e.to_string(),
+                }),
+            }
+        }
         None => reply::Body::Error(CommandError {
             message: "this agent does not know that command; upgrade it".into(),
         }),

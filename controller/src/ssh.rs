@@ -445,3 +445,26 @@ async fn run(
     }
     Ok(())
 }
+
+/// A new ed25519 deploy key: `(public key line "ssh-ed25519 … comment", OpenSSH private key)`.
+pub fn generate_deploy_key(comment: &str) -> Result<(String, String), String> {
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    use russh::keys::ssh_key::LineEnding;
+    let seed: [u8; 32] = crate::crypto::random_bytes().map_err(|e| e.to_string())?;
+    let mut key = russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(comment);
+    let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    let private = key.to_openssh(LineEnding::LF).map_err(|e| e.to_string())?;
+    Ok((public, private.to_string()))
+}
+
+/// `SHA256:…` of an OpenSSH public key line.
+pub fn public_fingerprint(public: &str) -> Option<String> {
+    russh::keys::PublicKey::from_openssh(public)
+        .ok()
+        .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+}
+
+pub fn deploy_key_context(server_id: i64) -> String {
+    format!("servers.deploy_key:{server_id}")
+}

@@ -629,3 +629,103 @@ async fn server_fields_are_validated() {
     assert_eq!(admin.get("/api/servers/777").await.status, 404);
     assert_eq!(admin.get("/api/servers/abc").await.status, 400);
 }
+
+fn public_of(private_key: &std::path::Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(private_key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_keys_are_generated_delivered_and_rotated() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let mut viewer = ctl.user(&mut admin, "vera", "viewer").await;
+    let (id, token, _) = add_server(&mut admin, "builder").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let _proc = agent.run(1);
+    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+
+    let first = viewer.get(&format!("/api/servers/{id}/deploy-key")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let public = first.body["public_key"]
+        .as_str()
+        .expect("public")
+        .to_owned();
+    assert!(public.starts_with("ssh-ed25519 AAAA"), "{public}");
+    assert!(public.ends_with(" mezzanine@builder"), "{public}");
+    assert!(first.body["fingerprint"]
+        .as_str()
+        .is_some_and(|f| f.starts_with("SHA256:")));
+    assert!(
+        !first.body.to_string().contains("PRIVATE"),
+        "no private key in the answer"
+    );
+    let again = admin.get(&format!("/api/servers/{id}/deploy-key")).await;
+    assert_eq!(
+        again.body["public_key"], first.body["public_key"],
+        "stable once made"
+    );
+
+    // The agent holds the private half, readable only by root.
+    let key_file = agent.state_dir().join("deploy_key");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !key_file.exists() {
+        assert!(Instant::now() < deadline, "deploy key not delivered");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mode = std::fs::metadata(&key_file)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let short: String = public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(public_of(&key_file), short);
+
+    assert_eq!(
+        viewer
+            .post(&format!("/api/servers/{id}/deploy-key/rotate"), json!({}))
+            .await
+            .status,
+        403
+    );
+    let rotated = admin
+        .post(&format!("/api/servers/{id}/deploy-key/rotate"), json!({}))
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let new_public = rotated.body["public_key"]
+        .as_str()
+        .expect("public")
+        .to_owned();
+    assert_ne!(new_public, public);
+    let new_short: String = new_public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while public_of(&key_file) != new_short {
+        assert!(Instant::now() < deadline, "rotated key not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin.get("/api/servers/999/deploy-key").await.status, 404);
+}

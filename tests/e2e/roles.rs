@@ -28,6 +28,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/servers/{id}/install-command", "moderator"),
     ("POST", "/api/servers/{id}/ping", "moderator"),
     ("POST", "/api/servers/{id}/reinstall", "admin"),
+    ("GET", "/api/servers/{id}/deploy-key", "viewer"),
+    ("POST", "/api/servers/{id}/deploy-key/rotate", "admin"),
 ];
 
 fn rank(role: &str) -> u8 {

@@ -379,6 +379,60 @@ async fn install_command(
     ))
 }
 
+/// `{ public_key, fingerprint }`, creating the key on first use (or always, rotating).
+async fn deploy_key_json(state: &AppState, id: i64, rotate: bool) -> ApiResult<Value> {
+    let server = state
+        .store()
+        .server(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if !rotate {
+        if let Some((public, _)) = state.store().deploy_key(id).await? {
+            let fingerprint = crate::ssh::public_fingerprint(&public);
+            return Ok(json!({ "public_key": public, "fingerprint": fingerprint }));
+        }
+    }
+    let (public, private) = crate::ssh::generate_deploy_key(&format!("mezzanine@{}", server.name))
+        .map_err(ApiError::Internal)?;
+    let sealed = state
+        .key()
+        .seal(&crate::ssh::deploy_key_context(id), private.as_bytes())?;
+    state
+        .store()
+        .set_deploy_key(id, &public, &sealed, !rotate)
+        .await?;
+    let (public, _) = state
+        .store()
+        .deploy_key(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let deliver = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::gateway::deliver_deploy_key(&deliver, id).await {
+            tracing::warn!(server_id = id, error = %e, "could not deliver the deploy key");
+        }
+    });
+    let fingerprint = crate::ssh::public_fingerprint(&public);
+    Ok(json!({ "public_key": public, "fingerprint": fingerprint }))
+}
+
+async fn deploy_key(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    Ok(Json(deploy_key_json(&state, id, false).await?))
+}
+
+async fn rotate_deploy_key(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    let v = deploy_key_json(&state, id, true).await?;
+    Ok(ok(v))
+}
+
 #[derive(Deserialize, Default)]
 struct ReinstallBody {
     auth_type: Option<String>,
@@ -725,6 +779,31 @@ pub(super) fn routes(reg: &mut Registry) {
             response: ok_with(&[("id", integer())]),
         },
         reinstall,
+    )
+    .add(
+        Method::GET,
+        "/api/servers/{id}/deploy-key",
+        viewer,
+        Doc {
+            summary: "The server's ed25519 deploy key (public part), generated on first call; the private key is sealed and delivered to the server's agent",
+            request: None,
+            response: obj(
+                &[("public_key", string()), ("fingerprint", string())],
+                &["public_key", "fingerprint"],
+            ),
+        },
+        deploy_key,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/{id}/deploy-key/rotate",
+        admin,
+        Doc {
+            summary: "Replace the deploy key (the agent gets the new one; add it where the old one was authorized)",
+            request: None,
+            response: ok_with(&[("public_key", string()), ("fingerprint", string())]),
+        },
+        rotate_deploy_key,
     )
     .add(
         Method::POST,

@@ -47,6 +47,20 @@ pub mod token {
     }
 }
 
+/// Socket options for an agent connection: no Nagle delay; kernel keepalive probes (20 s
+/// idle, 5 s × 3) and `TCP_USER_TIMEOUT` 30 s, so a vanished agent's connection is torn
+/// down by the kernel without a timer in this process.
+fn tune(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    tcp.set_nodelay(true)?;
+    sockopt::set_socket_keepalive(tcp, true)?;
+    sockopt::set_tcp_keepidle(tcp, Duration::from_secs(20))?;
+    sockopt::set_tcp_keepintvl(tcp, Duration::from_secs(5))?;
+    sockopt::set_tcp_keepcnt(tcp, 3)?;
+    sockopt::set_tcp_user_timeout(tcp, 30_000)?;
+    Ok(())
+}
+
 /// Serves the gateway on `listener` until `shutdown`, then ends every session.
 pub async fn serve(
     listener: TcpListener,
@@ -73,7 +87,9 @@ pub async fn serve(
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
+            if let Err(e) = tune(&tcp) {
+                tracing::debug!(%peer, error = %e, "could not set socket options");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -91,8 +107,9 @@ pub async fn serve(
     let registry = gw.registry.clone();
     let svc = service::Gateway::new(state.clone());
     let result = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Liveness comes from heartbeats (three missed: offline) and kernel TCP
+        // keepalives; an HTTP/2 PING timer per connection only cost CPU (BENCHMARKS.md).
+        .http2_keepalive_interval(None)
         .tcp_nodelay(true)
         .add_service(EnrollmentServer::new(svc.clone()))
         .add_service(SessionServer::new(svc))
@@ -125,6 +142,37 @@ async fn flush_heartbeats(state: AppState) {
         if let Err(e) = state.store().flush_heartbeats(&beats).await {
             tracing::warn!(error = %e, count = beats.len(), "could not save heartbeats");
         }
+    }
+}
+
+/// Sends the server's deploy key (if it has one) to its agent, which keeps it for git
+/// over SSH. A server that is offline gets it when it next attaches.
+pub async fn deliver_deploy_key(state: &AppState, server_id: i64) -> Result<(), String> {
+    use mezzanine_proto::v1::{command, reply, DeployKey};
+    let Some((_, sealed)) = state
+        .store()
+        .deploy_key(server_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let private = state
+        .key()
+        .open(&crate::ssh::deploy_key_context(server_id), &sealed)
+        .map_err(|e| e.to_string())?;
+    let body = command::Body::DeployKey(DeployKey {
+        private_key_openssh: String::from_utf8(private).map_err(|e| e.to_string())?,
+    });
+    match state
+        .gateway()
+        .registry
+        .call(server_id, body, Duration::from_secs(10))
+        .await
+    {
+        Ok(reply::Body::Ack(_)) | Err(CallError::Offline) => Ok(()),
+        Ok(_) => Err("the agent answered the deploy key with something else".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -201,6 +201,12 @@ impl Session for Gateway {
             server_id,
             inbound,
         ));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::deliver_deploy_key(&state, server_id).await {
+                tracing::warn!(server_id, error = %e, "could not deliver the deploy key");
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

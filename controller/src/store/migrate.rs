@@ -26,6 +26,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "ssh_adoption",
         sql: include_str!("../../../migrations/sqlite/0003_ssh_adoption.sql"),
     },
+    Migration {
+        version: 4,
+        name: "deploy_keys",
+        sql: include_str!("../../../migrations/sqlite/0004_deploy_keys.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

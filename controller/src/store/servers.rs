@@ -470,6 +470,41 @@ impl Store {
             .collect()
     }
 
+    /// `(public key line, sealed private key)` of the server's deploy key.
+    pub async fn deploy_key(&self, id: i64) -> Result<Option<(String, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT deploy_key_public, deploy_key FROM servers WHERE id = ? AND deploy_key IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| Ok((r.try_get("deploy_key_public")?, r.try_get("deploy_key")?)))
+            .transpose()
+    }
+
+    /// Stores a deploy key. With `only_if_absent`, a key another request stored first is
+    /// kept (two first calls agree on one key); returns whether this one was stored.
+    pub async fn set_deploy_key(
+        &self,
+        id: i64,
+        public: &str,
+        sealed: &[u8],
+        only_if_absent: bool,
+    ) -> Result<bool> {
+        let sql = if only_if_absent {
+            "UPDATE servers SET deploy_key_public = ?2, deploy_key = ?3 WHERE id = ?1 AND deploy_key IS NULL"
+        } else {
+            "UPDATE servers SET deploy_key_public = ?2, deploy_key = ?3 WHERE id = ?1"
+        };
+        let r = sqlx::query(sql)
+            .bind(id)
+            .bind(public)
+            .bind(sealed)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
