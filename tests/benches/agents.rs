@@ -126,6 +126,9 @@ async fn attach(
                     Some(mezzanine_proto::v1::command::Body::Ping(p)) => {
                         reply::Body::Pong(Pong { payload: p.payload })
                     }
+                    Some(mezzanine_proto::v1::command::Body::DeployKey(_)) => {
+                        reply::Body::Ack(mezzanine_proto::v1::Ack {})
+                    }
                     None => continue,
                 };
                 let r = AgentMessage {
