@@ -2,7 +2,7 @@
 //! controller on loopback, attaching over mutual TLS, heartbeating, renewing, being
 //! revoked, surviving controller restarts, and the install one-liner.
 
-use mezzanine_tests::{add_server, wait_server, Agent, Controller};
+use mezzanine_tests::{add_server, attached_agent, wait_server, Agent, Controller};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -279,11 +279,7 @@ fn tokio_stream_once(
 async fn deleting_a_server_stops_its_agent_and_refuses_its_certificate() {
     let ctl = Controller::start().await;
     let mut admin = ctl.admin().await;
-    let (id, token, _) = add_server(&mut admin, "doomed").await;
-    let agent = Agent::new();
-    assert!(agent.enroll(&token).0);
-    let mut proc = agent.run(1);
-    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+    let (id, agent, mut proc) = attached_agent(&mut admin, "doomed", 1).await;
 
     let started = Instant::now();
     let r = admin.delete(&format!("/api/servers/{id}")).await;
@@ -317,11 +313,8 @@ async fn deleting_a_server_stops_its_agent_and_refuses_its_certificate() {
 async fn certificates_renew_without_dropping_the_session() {
     let ctl = Controller::start_with(&["--agent-cert-ttl-secs", "4"]).await;
     let mut admin = ctl.admin().await;
-    let (id, token, _) = add_server(&mut admin, "renewer").await;
-    let agent = Agent::new();
-    assert!(agent.enroll(&token).0);
-    let _proc = agent.run(1);
-    let first = wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+    let (id, _agent, _proc) = attached_agent(&mut admin, "renewer", 1).await;
+    let first = admin.get(&format!("/api/servers/{id}")).await.body;
     let since = first["connected_since"].clone();
     let mut expiries = vec![first["cert_expires_at"].clone()];
     let deadline = Instant::now() + Duration::from_secs(12);
@@ -351,11 +344,7 @@ async fn agents_come_back_after_a_controller_restart() {
     let ctl = Controller::start().await;
     let (http, agents_addr) = (ctl.addr.to_string(), ctl.agent_addr.to_string());
     let mut admin = ctl.admin().await;
-    let (id, token, _) = add_server(&mut admin, "survivor").await;
-    let agent = Agent::new();
-    assert!(agent.enroll(&token).0);
-    let mut proc = agent.run(1);
-    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+    let (id, _agent, mut proc) = attached_agent(&mut admin, "survivor", 1).await;
 
     let dir = ctl.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -654,11 +643,7 @@ async fn deploy_keys_are_generated_delivered_and_rotated() {
     let ctl = Controller::start().await;
     let mut admin = ctl.admin().await;
     let mut viewer = ctl.user(&mut admin, "vera", "viewer").await;
-    let (id, token, _) = add_server(&mut admin, "builder").await;
-    let agent = Agent::new();
-    assert!(agent.enroll(&token).0);
-    let _proc = agent.run(1);
-    wait_server(&mut admin, id, Duration::from_secs(10), "online", online).await;
+    let (id, agent, _proc) = attached_agent(&mut admin, "builder", 1).await;
 
     let first = viewer.get(&format!("/api/servers/{id}/deploy-key")).await;
     assert_eq!(first.status, 200, "{}", first.body);

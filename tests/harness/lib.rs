@@ -500,6 +500,25 @@ pub async fn add_server(admin: &mut Client, name: &str) -> (i64, String, String)
     )
 }
 
+/// Adds a server, enrolls a fresh agent for it and runs it (heartbeat every
+/// `heartbeat_secs`) until the API says online: `(server id, agent, its process)`.
+pub async fn attached_agent(
+    admin: &mut Client,
+    name: &str,
+    heartbeat_secs: u64,
+) -> (i64, Agent, Process) {
+    let (id, token, _) = add_server(admin, name).await;
+    let agent = Agent::new();
+    let (ok, out) = agent.enroll(&token);
+    assert!(ok, "enroll {name}: {out}");
+    let proc = agent.run(heartbeat_secs);
+    wait_server(admin, id, Duration::from_secs(10), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+    (id, agent, proc)
+}
+
 /// Waits until `GET /api/servers/{id}` satisfies `pred`; returns that body.
 pub async fn wait_server(
     admin: &mut Client,
