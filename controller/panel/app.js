@@ -57,8 +57,91 @@ async function refresh() {
   $("#totp-disable-form").hidden = !me.totp_enabled;
   $("#totp-enable-form").hidden = true;
   $("#admin").hidden = me.role !== "admin";
+  for (const el of document.querySelectorAll("[data-min-role]")) {
+    el.hidden = rank(me.role) < rank(el.dataset.minRole);
+  }
   show("home");
+  await loadServers();
   if (me.role === "admin") await Promise.all([loadUsers(), loadAudit()]);
+}
+
+const rank = (role) => ["viewer", "moderator", "admin"].indexOf(role);
+
+function ago(iso) {
+  if (!iso) return "never";
+  const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  return new Date(iso).toLocaleString();
+}
+
+function button(label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  if (cls) b.className = cls;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function showInstall(r) {
+  $("#install").hidden = false;
+  $("#install-command").textContent = r.install_command;
+  $("#install-expires").textContent = new Date(r.token_expires_at).toLocaleString();
+}
+
+async function loadServers() {
+  const body = $("#servers tbody");
+  const list = await api("GET", "/servers");
+  body.replaceChildren();
+  $("#no-servers").hidden = list.length > 0;
+  for (const srv of list) {
+    const tr = document.createElement("tr");
+    cell(tr, srv.name);
+    cell(tr, srv.host);
+    const st = cell(tr, srv.status);
+    st.className = "status " + srv.status;
+    cell(tr, ago(srv.last_seen));
+    cell(tr, srv.agent_version || "—");
+    cell(tr, (srv.tags || []).join(", "));
+    const actions = cell(tr, "");
+    if (rank(me.role) >= 1) {
+      actions.appendChild(button("Ping", "", () => act(async () => {
+        const r = await api("POST", "/servers/" + srv.id + "/ping");
+        flash("Agent answered in " + r.rtt_ms.toFixed(1) + " ms.", true);
+      }, "")));
+      actions.appendChild(button("Install command", "", async () => {
+        try { showInstall(await api("POST", "/servers/" + srv.id + "/install-command")); }
+        catch (e) { flash(e.message); }
+      }));
+    }
+    if (me.role === "admin") {
+      actions.appendChild(button("Delete", "danger", () => {
+        if (confirm("Remove " + srv.name + "? Its agent stops and cannot reconnect.")) {
+          act(() => api("DELETE", "/servers/" + srv.id), "Server removed.");
+        }
+      }));
+    }
+    if (srv.status !== "online") {
+      api("GET", "/servers/" + srv.id).then((d) => {
+        if (d.status_detail) {
+          const small = document.createElement("span");
+          small.className = "detail";
+          small.textContent = d.status_detail;
+          st.appendChild(small);
+        }
+      }).catch(() => {});
+    }
+    body.appendChild(tr);
+  }
+}
+
+function syncServerForm() {
+  const form = $("#server-form");
+  const type = form.elements.auth_type.value;
+  for (const el of form.querySelectorAll(".ssh")) el.hidden = type === "manual";
+  for (const el of form.querySelectorAll(".ssh-password")) el.hidden = type !== "password";
+  for (const el of form.querySelectorAll(".ssh-key")) el.hidden = type !== "key";
 }
 
 async function loadUsers() {
@@ -101,7 +184,7 @@ async function loadAudit() {
 async function act(fn, done) {
   try {
     await fn();
-    flash(done, true);
+    if (done) flash(done, true);
   } catch (e) {
     if (e.status === 401) { flash("Your session ended; log in again."); }
     else flash(e.message);
@@ -161,6 +244,46 @@ $("#totp-disable-form").addEventListener("submit", (ev) => {
   act(() => api("POST", "/auth/totp/disable", formData(ev.target)), "TOTP disabled.");
   ev.target.reset();
 });
+
+$("#server-form").elements.auth_type.addEventListener("change", syncServerForm);
+
+$("#server-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = ev.target.elements;
+  const body = {
+    name: f.name.value.trim(),
+    host: f.host.value.trim(),
+    auth_type: f.auth_type.value,
+    tags: f.tags.value.split(",").map((t) => t.trim()).filter(Boolean),
+  };
+  if (body.auth_type !== "manual") {
+    body.username = f.username.value.trim();
+    body.port = Number(f.port.value);
+    body.keep_credentials = f.keep_credentials.checked;
+    if (body.auth_type === "password") body.password = f.password.value;
+    else {
+      body.private_key = f.private_key.value;
+      if (f.passphrase.value) body.passphrase = f.passphrase.value;
+    }
+  }
+  try {
+    const r = await api("POST", "/servers", body);
+    ev.target.reset();
+    syncServerForm();
+    if (r.install_command) showInstall(r);
+    else { $("#install").hidden = true; flash("Adopting " + body.name + " over SSH; watch its status below.", true); }
+    await loadServers();
+  } catch (e) { flash(e.message); }
+});
+
+$("#install-copy").addEventListener("click", async () => {
+  try { await navigator.clipboard.writeText($("#install-command").textContent); flash("Copied.", true); }
+  catch (_) { flash("Select the command and copy it by hand."); }
+});
+
+setInterval(() => {
+  if (me && !$("#view-home").hidden) loadServers().catch(() => {});
+}, 3000);
 
 $("#user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
