@@ -77,7 +77,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_JOIN_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub join_token_ttl_secs: u64,
 
-    /// Seconds allowed for an SSH connection (and for each login step) during adoption.
+    /// Seconds allowed to reach a server over SSH during adoption (login gets at least 30 s).
     #[arg(long, env = "MEZZANINE_SSH_TIMEOUT_SECS", default_value_t = 15)]
     pub ssh_timeout_secs: u64,
 

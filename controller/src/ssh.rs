@@ -307,8 +307,11 @@ async fn run(
             }
         }
     };
-    match tokio::time::timeout(timeout, auth).await {
-        Err(_) => return Err(AdoptError::Timeout(timeout.as_secs(), "authenticating")),
+    // sshd delays failed logins on purpose (pam_faildelay), so logging in gets its own,
+    // longer limit than connecting.
+    let login_limit = timeout.max(Duration::from_secs(30));
+    match tokio::time::timeout(login_limit, auth).await {
+        Err(_) => return Err(AdoptError::Timeout(login_limit.as_secs(), "authenticating")),
         Ok(Err(e)) => return Err(AdoptError::Ssh(e.to_string())),
         Ok(Ok(r)) if !r.success() => return Err(AdoptError::AuthFailed(who)),
         Ok(Ok(_)) => {}

@@ -93,11 +93,25 @@ pub async fn serve(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let accept = acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(Duration::from_secs(10), accept).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake refused"),
+                    Ok(Err((e, mut io))) => {
+                        tracing::info!(%peer, error = %e, "agent TLS handshake refused");
+                        // rustls has sent its alert (e.g. certificate_revoked). Read what
+                        // the peer already sent before closing, so it gets the alert
+                        // rather than a reset, and can tell "removed" from "unreachable".
+                        let drain = async {
+                            let mut buf = [0u8; 4096];
+                            while matches!(
+                                tokio::io::AsyncReadExt::read(&mut io, &mut buf).await,
+                                Ok(n) if n > 0
+                            ) {}
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                    }
                     Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
                 }
             });

@@ -253,28 +253,30 @@ async fn read_session(
 ) {
     let silence = live.heartbeat * 3;
     // One timer, pushed forward by every message, and one stop waiter for the session.
-    let stop = live.stop.notified();
-    let quiet = tokio::time::sleep(silence);
-    tokio::pin!(stop, quiet);
-    let reason = loop {
-        tokio::select! {
-            () = &mut stop => break "session closed by the controller",
-            () = &mut quiet => break "missed three heartbeats",
-            msg = inbound.message() => {
-                quiet.as_mut().reset(tokio::time::Instant::now() + silence);
-                match msg {
-                    Err(_) => break "connection lost",
-                    Ok(None) => break "agent closed the session",
-                    Ok(Some(m)) => match m.kind {
-                        Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(h)),
-                        Some(agent_message::Kind::Reply(r)) => {
-                            Registry::seen(&live, None);
-                            if let Some(body) = r.body {
-                                Registry::complete(&live, r.request_id, body);
+    let reason = {
+        let stop = live.stop.notified();
+        let quiet = tokio::time::sleep(silence);
+        tokio::pin!(stop, quiet);
+        loop {
+            tokio::select! {
+                () = &mut stop => break "session closed by the controller",
+                () = &mut quiet => break "missed three heartbeats",
+                msg = inbound.message() => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + silence);
+                    match msg {
+                        Err(_) => break "connection lost",
+                        Ok(None) => break "agent closed the session",
+                        Ok(Some(m)) => match m.kind {
+                            Some(agent_message::Kind::Heartbeat(h)) => Registry::seen(&live, Some(h)),
+                            Some(agent_message::Kind::Reply(r)) => {
+                                Registry::seen(&live, None);
+                                if let Some(body) = r.body {
+                                    Registry::complete(&live, r.request_id, body);
+                                }
                             }
-                        }
-                        Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
-                    },
+                            Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
+                        },
+                    }
                 }
             }
         }
@@ -296,4 +298,12 @@ async fn read_session(
         }
     }
     registry.detach(server_id, live.conn_id);
+    if reason == "session closed by the controller" {
+        // Dropping the request stream now would reset the HTTP/2 stream and could discard
+        // a queued `Removed` notice. Release the sending side, and let the agent read to
+        // the end and close its half first (bounded).
+        drop(live);
+        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
 }
