@@ -6,4 +6,5 @@ mod auth;
 mod cli;
 mod conventions;
 mod nodes;
+mod panel;
 mod roles;

@@ -1,0 +1,269 @@
+//! The panel in a real browser: headless Chromium driven over WebDriver (Debian's
+//! chromium and chromium-driver), against a real controller, doing what a person does.
+
+use mezzanine_tests::{Controller, ADMIN_PASSWORD};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    driver: Child,
+    http: reqwest::Client,
+    base: String,
+    session: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver)");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+            }
+        }}});
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("json");
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_owned();
+        Browser {
+            driver,
+            http,
+            base,
+            session,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r: Value = self
+            .http
+            .request(method, url)
+            .json(&body)
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("json");
+        r["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    /// Runs JavaScript in the page and returns its result.
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                json!({ "using": "css selector", "value": css }),
+            )
+            .await;
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// Waits until `script` (a JS expression) is truthy.
+    async fn until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.js(&format!("return !!({script});")).await == json!(true) {
+                return;
+            }
+            let shown = self
+                .js("return document.body.innerText.slice(0, 400);")
+                .await;
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; page: {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sets_up_adds_a_server_and_logs_out() {
+    let ctl = Controller::start().await;
+    let b = Browser::start().await;
+    b.open(&format!("{}/", ctl.base)).await;
+    b.until(
+        "the setup form",
+        "!document.querySelector('#view-setup').hidden",
+    )
+    .await;
+
+    b.type_into("#setup-form input[name=username]", "admin")
+        .await;
+    b.type_into("#setup-form input[name=password]", ADMIN_PASSWORD)
+        .await;
+    b.click("#setup-form button[type=submit]").await;
+    b.until(
+        "the home view",
+        "!document.querySelector('#view-home').hidden",
+    )
+    .await;
+    b.until(
+        "who am I",
+        "document.querySelector('#whoami').textContent === 'admin (admin)'",
+    )
+    .await;
+
+    // Add a server by install command.
+    b.type_into("#server-form input[name=name]", "web-1").await;
+    b.type_into("#server-form input[name=host]", "10.0.0.5")
+        .await;
+    b.type_into("#server-form input[name=tags]", "env=prod")
+        .await;
+    b.click("#server-form button[type=submit]").await;
+    b.until(
+        "the install command",
+        "!document.querySelector('#install').hidden",
+    )
+    .await;
+    let command = b
+        .js("return document.querySelector('#install-command').textContent;")
+        .await;
+    assert!(
+        command
+            .as_str()
+            .is_some_and(|c| c.starts_with("sh -c '") && c.contains("--token MZ1.")),
+        "{command}"
+    );
+    b.until(
+        "the server row",
+        "[...document.querySelectorAll('#servers tbody tr')].some(r => r.innerText.includes('web-1') && r.innerText.includes('pending') && r.innerText.includes('env=prod'))",
+    )
+    .await;
+
+    // The SSH fields appear only for SSH methods.
+    assert_eq!(
+        b.js("return document.querySelector('#server-form .ssh').hidden;")
+            .await,
+        json!(true)
+    );
+    b.js("const s = document.querySelector('#server-form select[name=auth_type]'); s.value = 'key'; s.dispatchEvent(new Event('change')); return 1;").await;
+    assert_eq!(
+        b.js("return document.querySelector('#server-form .ssh-key').hidden;")
+            .await,
+        json!(false)
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#server-form .ssh-password').hidden;")
+            .await,
+        json!(true)
+    );
+
+    // A reload keeps the session; logging out ends it.
+    b.open(&format!("{}/", ctl.base)).await;
+    b.until(
+        "the home view after reload",
+        "!document.querySelector('#view-home').hidden",
+    )
+    .await;
+    b.click("#logout").await;
+    b.until(
+        "the login form",
+        "!document.querySelector('#view-login').hidden",
+    )
+    .await;
+
+    // A wrong password is said plainly; the right one gets back in.
+    b.type_into("#login-form input[name=username]", "admin")
+        .await;
+    b.type_into("#login-form input[name=password]", "not-the-password")
+        .await;
+    b.click("#login-form button[type=submit]").await;
+    b.until(
+        "the error",
+        "document.querySelector('#flash').textContent.includes('invalid username or password')",
+    )
+    .await;
+    b.js("document.querySelector('#login-form').reset(); return 1;")
+        .await;
+    b.type_into("#login-form input[name=username]", "admin")
+        .await;
+    b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
+        .await;
+    b.click("#login-form button[type=submit]").await;
+    b.until(
+        "the home view again",
+        "!document.querySelector('#view-home').hidden",
+    )
+    .await;
+
+    let mut api = ctl.client();
+    assert_eq!(api.login("admin", ADMIN_PASSWORD, None).await.status, 200);
+    let servers = api.get("/api/servers").await.body;
+    assert_eq!(servers[0]["name"], "web-1");
+}
