@@ -6,7 +6,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench adoption`
 //! (needs Docker and debootstrap, like the end-to-end suite).
 
-use mezzanine_tests::{fleet_controller, ssh_keypair, Client, Fleet, ADMIN_PASSWORD};
+use mezzanine_tests::{first_admin, fleet_controller, ssh_keypair, Client, Fleet};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -64,14 +64,7 @@ async fn bench() {
     // Let sshd come up everywhere before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_ctl, base, _data) = fleet_controller(&fleet, true);
-    let mut admin = Client::new(&base);
-    let r = admin
-        .post(
-            "/api/auth/setup",
-            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
-        )
-        .await;
-    assert_eq!(r.status, 201);
+    let mut admin = first_admin(&base).await;
 
     let mut singles = Vec::new();
     for (i, ip) in nodes[..3].iter().enumerate() {

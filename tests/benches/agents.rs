@@ -19,7 +19,7 @@ use mezzanine_proto::v1::{
     session_client::SessionClient, AgentMessage, EnrollRequest, Facts, Heartbeat, Hello, Pong,
     Reply,
 };
-use mezzanine_tests::{binary, Client, Process, ADMIN_PASSWORD};
+use mezzanine_tests::{binary, first_admin, Process};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -146,6 +146,24 @@ async fn attach(
     Ok(())
 }
 
+/// The release controller on loopback ports of its choosing, serving `agent_bin`.
+fn controller(data: &std::path::Path, agent_bin: &std::path::Path) -> Process {
+    Process::spawn(
+        &binary("mezzanine", true),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--agent-binary",
+            agent_bin.to_str().expect("utf8"),
+        ],
+    )
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -163,24 +181,10 @@ async fn bench() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let bin = binary("mezzanine", true);
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let agent_bin = binary("mezzanine-agent", true);
-    let mut ctl = Process::spawn(
-        &bin,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-            "--agent-binary",
-            agent_bin.to_str().expect("utf8"),
-        ],
-    );
+    let mut ctl = controller(&data, &agent_bin);
     let addr = ctl.wait_ready(Duration::from_secs(10));
     let pid = ctl.child.id();
     let agent_port: u16 = {
@@ -199,14 +203,7 @@ async fn bench() {
     };
     let endpoint = format!("https://127.0.0.1:{agent_port}");
     let base = format!("http://{addr}");
-    let mut admin = Client::new(&base);
-    let r = admin
-        .post(
-            "/api/auth/setup",
-            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
-        )
-        .await;
-    assert_eq!(r.status, 201);
+    let mut admin = first_admin(&base).await;
     println!("fleet size: {n} simulated agents");
 
     // Servers and join tokens through the API.
@@ -362,7 +359,6 @@ async fn bench() {
     );
 
     // One command to every agent at once, through the API.
-    let mut rounds = Vec::new();
     for round in 0..3 {
         let t = Instant::now();
         let slots = Arc::new(Semaphore::new(256));
@@ -390,9 +386,7 @@ async fn bench() {
             pct(&mut lat, 0.99),
             pct(&mut lat, 1.0)
         );
-        rounds.push((pct(&mut lat, 0.5), pct(&mut lat, 0.99), total));
     }
-    let _ = rounds;
     ctl.terminate(Duration::from_secs(30));
 
     // The real agent, idle.
@@ -401,29 +395,9 @@ async fn bench() {
 
 async fn agent_idle(agent_bin: &std::path::Path) {
     let dir = tempfile::tempdir().expect("tmp");
-    let bin = binary("mezzanine", true);
-    let mut ctl = Process::spawn(
-        &bin,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("d").to_str().expect("utf8"),
-            "--agent-binary",
-            agent_bin.to_str().expect("utf8"),
-        ],
-    );
+    let mut ctl = controller(&dir.path().join("d"), agent_bin);
     let addr = ctl.wait_ready(Duration::from_secs(10));
-    let mut admin = Client::new(&format!("http://{addr}"));
-    admin
-        .post(
-            "/api/auth/setup",
-            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
-        )
-        .await;
+    let mut admin = first_admin(&format!("http://{addr}")).await;
     let r = admin
         .post(
             "/api/servers",

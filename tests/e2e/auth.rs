@@ -170,10 +170,17 @@ async fn change_password_revokes_other_sessions() {
 
 #[tokio::test]
 async fn idle_sessions_expire() {
-    let ctl = Controller::start_with(&["--session-idle-secs", "1"]).await;
+    // Expiry is checked in whole seconds, so a 3 s idle limit lasts between 2 and 3 s.
+    let ctl = Controller::start_with(&["--session-idle-secs", "3"]).await;
     let mut admin = ctl.admin().await;
     assert_eq!(admin.get("/api/users").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        admin.get("/api/users").await.status,
+        200,
+        "activity keeps it alive"
+    );
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     assert_eq!(admin.get("/api/users").await.status, 401);
 }
 

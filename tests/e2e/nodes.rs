@@ -1,7 +1,7 @@
 //! SSH adoption on real machines: containers from the node image, each with its own sshd,
 //! adopted by a real `mezzanine` process through the public API only.
 
-use mezzanine_tests::{fleet_controller, ssh_keypair, Client, Fleet, Process, ADMIN_PASSWORD};
+use mezzanine_tests::{first_admin, fleet_controller, ssh_keypair, Client, Fleet, Process};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -21,15 +21,7 @@ fn start_controller(fleet: &Fleet) -> Ctl {
 }
 
 async fn admin(ctl: &Ctl) -> Client {
-    let mut c = Client::new(&ctl.base);
-    let r = c
-        .post(
-            "/api/auth/setup",
-            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    c
+    first_admin(&ctl.base).await
 }
 
 async fn wait_status(c: &mut Client, id: i64, want: &str, within: Duration) -> Value {

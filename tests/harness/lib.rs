@@ -104,15 +104,7 @@ impl Controller {
 
     /// Creates the first admin and returns a client logged in as it.
     pub async fn admin(&self) -> Client {
-        let mut c = self.client();
-        let r = c
-            .post(
-                "/api/auth/setup",
-                json!({ "username": "admin", "password": ADMIN_PASSWORD }),
-            )
-            .await;
-        assert_eq!(r.status, 201, "setup: {}", r.body);
-        c
+        first_admin(&self.base).await
     }
 
     /// Creates a user with `role` through `admin` and returns a client logged in as it.
@@ -141,6 +133,19 @@ impl Drop for Controller {
 }
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// Runs first-time setup on the controller at `base` and returns the admin's client.
+pub async fn first_admin(base: &str) -> Client {
+    let mut c = Client::new(base);
+    let r = c
+        .post(
+            "/api/auth/setup",
+            json!({ "username": "admin", "password": ADMIN_PASSWORD }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "setup: {}", r.body);
+    c
+}
 
 /// The answer to one request.
 #[derive(Debug)]
