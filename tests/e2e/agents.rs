@@ -2,7 +2,7 @@
 //! controller on loopback, attaching over mutual TLS, heartbeating, renewing, being
 //! revoked, surviving controller restarts, and the install one-liner.
 
-use mezzanine_tests::{add_server, attached_agent, wait_server, Agent, Controller};
+use mezzanine_tests::{add_server, attached_agent, server_count, wait_server, Agent, Controller};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -132,16 +132,7 @@ async fn join_tokens_are_single_use_expiring_and_replaced() {
     let (ok, out) = Agent::new().enroll(&token);
     assert!(!ok, "a token works once");
     assert!(out.contains("already used"), "{out}");
-    assert_eq!(
-        admin
-            .get("/api/servers")
-            .await
-            .body
-            .as_array()
-            .expect("list")
-            .len(),
-        1
-    );
+    assert_eq!(server_count(&mut admin).await, 1);
     assert_eq!(
         admin.get(&format!("/api/servers/{id}")).await.body["cert_expires_at"],
         cert_before
@@ -505,16 +496,7 @@ async fn the_install_one_liner_installs_upgrades_and_uninstalls() {
     )
     .await;
     assert_eq!(s["id"], id);
-    assert_eq!(
-        admin
-            .get("/api/servers")
-            .await
-            .body
-            .as_array()
-            .expect("list")
-            .len(),
-        1
-    );
+    assert_eq!(server_count(&mut admin).await, 1);
 
     // A tampered script is refused by the one-liner's checksum.
     let tampered = command.replace("sha256sum -c", "sed s/0/1/ | sha256sum -c");

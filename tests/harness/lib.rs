@@ -393,21 +393,11 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
         }
+        self.signal("TERM");
+        self.wait_exit(within)
     }
 }
 
@@ -484,6 +474,17 @@ impl Agent {
         ];
         Process::spawn(&self.bin, &args)
     }
+}
+
+/// How many servers `GET /api/servers` lists.
+pub async fn server_count(admin: &mut Client) -> usize {
+    admin
+        .get("/api/servers")
+        .await
+        .body
+        .as_array()
+        .expect("server list")
+        .len()
 }
 
 /// Adds a server without SSH; returns `(id, token, install_command)`.
