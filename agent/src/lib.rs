@@ -2,6 +2,7 @@
 //! the controller and host facts. The `mezzanine-agent` binary is a thin CLI over it;
 //! tests and the load generator reuse the same connection code.
 
+pub mod docker;
 pub mod facts;
 pub mod identity;
 pub mod session;

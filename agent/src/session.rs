@@ -9,10 +9,10 @@ use mezzanine_proto::v1::{
     session_client::SessionClient, Ack, AgentMessage, Command, CommandError, EnrollRequest, Hello,
     Pong, RenewRequest, Reply,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Exit status meaning "this server was removed from Mezzanine; do not restart me".
 pub const EXIT_REMOVED: u8 = 78;
@@ -130,19 +130,16 @@ pub async fn run(
     let key = state.key().map_err(|e| e.to_string())?;
     let mut id = state.load().map_err(|e| e.to_string())?;
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let ctx = Context {
+        engine: Arc::new(crate::docker::Engine::new(docker_socket)),
+        streams: Arc::default(),
+        deploy_key_path: state.path("deploy_key"),
+    };
     let mut failures = 0u32;
     loop {
         state.set_run_state("connecting", &id.endpoint);
         let started = Instant::now();
-        let result = session(
-            state,
-            &key,
-            &mut id,
-            heartbeat,
-            docker_socket,
-            running.clone(),
-        )
-        .await;
+        let result = session(state, &key, &mut id, heartbeat, &ctx, running.clone()).await;
         let detail = match result {
             Ok(End::Removed(reason)) => {
                 state.mark_removed(&reason);
@@ -197,7 +194,7 @@ async fn session(
     key: &rcgen::KeyPair,
     id: &mut Identity,
     heartbeat: Duration,
-    docker_socket: &str,
+    ctx: &Context,
     running: Arc<Mutex<HashSet<u64>>>,
 ) -> Result<End, String> {
     let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key))
@@ -207,7 +204,7 @@ async fn session(
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
     let hello = Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        facts: Some(crate::facts::facts(docker_socket).await),
+        facts: Some(crate::facts::facts(ctx.engine.socket()).await),
         heartbeat_secs: heartbeat.as_secs().max(1) as u32,
         running: running
             .lock()
@@ -250,10 +247,14 @@ async fn session(
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => match m.kind {
-                    Some(controller_message::Kind::Command(cmd)) => {
-                        running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
-                        tokio::spawn(execute(cmd, out_tx.clone(), running.clone(), state.path("deploy_key")));
-                    }
+                    Some(controller_message::Kind::Command(cmd)) => match cmd.body {
+                        Some(command::Body::Cancel(c)) => ctx.streams.cancel(c.request_id),
+                        Some(command::Body::Credit(c)) => ctx.streams.credit(c.request_id, c.bytes),
+                        _ => {
+                            running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
+                            tokio::spawn(execute(cmd, out_tx.clone(), running.clone(), ctx.clone()));
+                        }
+                    },
                     Some(controller_message::Kind::Removed(r)) => return Ok(End::Removed(r.reason)),
                     None => {}
                 },
@@ -294,40 +295,118 @@ async fn renew_cert(
     state.save(id).map_err(|e| e.to_string())
 }
 
-/// Runs one command and sends its reply. Commands are idempotent where they can be.
+/// What commands need from the agent, shared by every session of this process.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub engine: Arc<crate::docker::Engine>,
+    pub streams: Arc<Streams>,
+    pub deploy_key_path: std::path::PathBuf,
+}
+
+/// A streaming command's credit (bytes it may still send) and its cancel switch.
+type StreamCtl = (Arc<Semaphore>, watch::Sender<bool>);
+
+/// Flow control and cancellation for streaming commands, by request id.
+#[derive(Debug, Default)]
+pub struct Streams {
+    map: Mutex<HashMap<u64, StreamCtl>>,
+}
+
+/// Bounds on the credit window a controller may ask for.
+const MIN_WINDOW: u64 = 256 * 1024;
+const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+
+impl Streams {
+    fn open(&self, request_id: u64, window: u64) -> (Arc<Semaphore>, watch::Receiver<bool>) {
+        let window = window.clamp(MIN_WINDOW, MAX_WINDOW) as usize;
+        let credit = Arc::new(Semaphore::new(window));
+        let (tx, rx) = watch::channel(false);
+        self.lock().insert(request_id, (credit.clone(), tx));
+        (credit, rx)
+    }
+
+    fn close(&self, request_id: u64) {
+        self.lock().remove(&request_id);
+    }
+
+    fn cancel(&self, request_id: u64) {
+        if let Some((credit, cancel)) = self.lock().remove(&request_id) {
+            credit.close();
+            let _ = cancel.send(true);
+        }
+    }
+
+    fn credit(&self, request_id: u64, bytes: u64) {
+        if let Some((credit, _)) = self.lock().get(&request_id) {
+            // Never more than the largest window in hand, whatever the controller says.
+            let room = (MAX_WINDOW as usize).saturating_sub(credit.available_permits());
+            credit.add_permits((bytes as usize).min(room));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamCtl>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn reply_msg(request_id: u64, body: reply::Body) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Reply(Reply {
+            request_id,
+            body: Some(body),
+        })),
+    }
+}
+
+/// Runs one command and sends its reply (streaming commands send chunks first).
+/// Commands are idempotent where they can be.
 async fn execute(
     cmd: Command,
     out: mpsc::Sender<AgentMessage>,
     running: Arc<Mutex<HashSet<u64>>>,
-    deploy_key_path: std::path::PathBuf,
+    ctx: Context,
 ) {
+    let id = cmd.request_id;
     let body = match cmd.body {
         Some(command::Body::Ping(p)) => reply::Body::Pong(Pong { payload: p.payload }),
         Some(command::Body::DeployKey(k)) => {
-            match crate::identity::write_secret(&deploy_key_path, k.private_key_openssh.as_bytes())
-            {
+            match crate::identity::write_secret(
+                &ctx.deploy_key_path,
+                k.private_key_openssh.as_bytes(),
+            ) {
                 Ok(()) => reply::Body::Ack(Ack {}),
                 Err(e) => reply::Body::Error(CommandError {
                     message: e.to_string(),
                 }),
             }
         }
-        None => reply::Body::Error(CommandError {
-            message: "this agent does not know that command; upgrade it".into(),
-        }),
+        Some(command::Body::DockerListContainers(c)) => ctx.engine.list_containers(c.all).await,
+        Some(command::Body::DockerListImages(_)) => ctx.engine.list_images().await,
+        Some(command::Body::DockerContainerAction(a)) => ctx.engine.container_action(a).await,
+        Some(command::Body::DockerLogs(l)) => {
+            let (credit, cancel) = ctx.streams.open(id, l.window);
+            let chunks = out.clone();
+            let last = ctx
+                .engine
+                .logs(l, credit, cancel, |body| {
+                    let chunks = chunks.clone();
+                    async move { chunks.send(reply_msg(id, body)).await.is_ok() }
+                })
+                .await;
+            ctx.streams.close(id);
+            last
+        }
+        Some(command::Body::Cancel(_) | command::Body::Credit(_)) | None => {
+            reply::Body::Error(CommandError {
+                message: "this agent does not know that command; upgrade it".into(),
+            })
+        }
     };
     running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&cmd.request_id);
-    let _ = out
-        .send(AgentMessage {
-            kind: Some(agent_message::Kind::Reply(Reply {
-                request_id: cmd.request_id,
-                body: Some(body),
-            })),
-        })
-        .await;
+        .remove(&id);
+    let _ = out.send(reply_msg(id, body)).await;
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -85,6 +85,20 @@ pub struct ServeArgs {
     /// this executable.
     #[arg(long, env = "MEZZANINE_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
+
+    /// Seconds a Docker request through an agent may take before the caller gets a 504.
+    #[arg(long, env = "MEZZANINE_DOCKER_TIMEOUT_SECS", default_value_t = 15)]
+    pub docker_timeout_secs: u64,
+
+    /// Registries image update checks may reach over plain HTTP: `host:port` or a network
+    /// (`10.0.0.0/8`), as Docker's option of the same name. Loopback always may. Repeat
+    /// the flag or separate with commas.
+    #[arg(
+        long = "insecure-registry",
+        env = "MEZZANINE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Validated configuration.
@@ -111,6 +125,8 @@ pub struct Config {
     pub join_token_ttl_secs: i64,
     pub agent_binary: PathBuf,
     pub ssh_timeout_secs: u64,
+    pub insecure_registries: crate::images::Insecure,
+    pub docker_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +288,9 @@ impl ServeArgs {
             join_token_ttl_secs: clamp(self.join_token_ttl_secs),
             agent_binary,
             ssh_timeout_secs: self.ssh_timeout_secs.clamp(1, 600),
+            docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
+            insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
+                .map_err(ConfigError)?,
         })
     }
 }

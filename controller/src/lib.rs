@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod gateway;
+pub mod images;
 pub mod install;
 mod panel;
 pub mod ssh;

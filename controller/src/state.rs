@@ -32,6 +32,7 @@ struct Inner {
     agent_endpoint: OnceLock<String>,
     agent_digest: crate::install::AgentDigest,
     adopting: std::sync::Mutex<std::collections::HashSet<i64>>,
+    updates: Result<crate::images::UpdateChecker, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,13 @@ impl AppState {
             ),
         };
         let hasher = Hasher::new(config.hash_concurrency);
+        let updates = crate::images::UpdateChecker::new(
+            config.insecure_registries.clone(),
+            Duration::from_secs(10),
+        );
+        if let Err(e) = &updates {
+            tracing::error!(error = %e, "image update checks are unavailable");
+        }
         AppState(Arc::new(Inner {
             config,
             store,
@@ -73,7 +81,13 @@ impl AppState {
             agent_endpoint: OnceLock::new(),
             agent_digest: Default::default(),
             adopting: Default::default(),
+            updates,
         }))
+    }
+
+    /// The image update checker (absent only if its HTTP client could not be built).
+    pub fn updates(&self) -> Result<&crate::images::UpdateChecker, &str> {
+        self.0.updates.as_ref().map_err(String::as_str)
     }
 
     pub fn config(&self) -> &Config {

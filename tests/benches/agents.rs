@@ -129,6 +129,11 @@ async fn attach(
                     Some(mezzanine_proto::v1::command::Body::DeployKey(_)) => {
                         reply::Body::Ack(mezzanine_proto::v1::Ack {})
                     }
+                    // The simulated agents have no Docker engine.
+                    Some(_) => reply::Body::DockerError(mezzanine_proto::v1::DockerError {
+                        status: 0,
+                        message: "no Docker engine on this simulated server".into(),
+                    }),
                     None => continue,
                 };
                 let r = AgentMessage {

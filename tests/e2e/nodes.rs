@@ -1,8 +1,10 @@
 //! SSH adoption on real machines: containers from the node image, each with its own sshd,
 //! adopted by a real `mezzanine` process through the public API only.
 
-use mezzanine_tests::{first_admin, fleet_controller, ssh_keypair, Client, Fleet, Process};
-use serde_json::{json, Value};
+use mezzanine_tests::{
+    first_admin, fleet_controller, ssh_keypair, wait_status, Client, Fleet, Process,
+};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const NODE_PASSWORD: &str = "node-root-password-7c1f";
@@ -22,27 +24,6 @@ fn start_controller(fleet: &Fleet) -> Ctl {
 
 async fn admin(ctl: &Ctl) -> Client {
     first_admin(&ctl.base).await
-}
-
-async fn wait_status(c: &mut Client, id: i64, want: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = c.get(&format!("/api/servers/{id}")).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let status = r.body["status"].as_str().unwrap_or("").to_owned();
-        if status == want {
-            return r.body;
-        }
-        if status == "failed" && want != "failed" {
-            panic!("server {id} failed: {}", r.body);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server {id} not {want} after {within:?}: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,41 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/servers/{id}/reinstall", "admin"),
     ("GET", "/api/servers/{id}/deploy-key", "viewer"),
     ("POST", "/api/servers/{id}/deploy-key/rotate", "admin"),
+    ("GET", "/api/servers/{id}/docker/containers", "viewer"),
+    (
+        "POST",
+        "/api/servers/{id}/docker/containers/{cid}/start",
+        "moderator",
+    ),
+    (
+        "POST",
+        "/api/servers/{id}/docker/containers/{cid}/stop",
+        "moderator",
+    ),
+    (
+        "POST",
+        "/api/servers/{id}/docker/containers/{cid}/restart",
+        "moderator",
+    ),
+    (
+        "POST",
+        "/api/servers/{id}/docker/containers/{cid}/remove",
+        "admin",
+    ),
+    (
+        "POST",
+        "/api/servers/{id}/docker/containers/{cid}/{action}",
+        "viewer",
+    ),
+    (
+        "GET",
+        "/api/servers/{id}/docker/containers/{cid}/logs",
+        "viewer",
+    ),
+    ("GET", "/api/servers/{id}/docker/images", "viewer"),
+    ("GET", "/api/registries", "admin"),
+    ("PUT", "/api/registries/{host}", "admin"),
+    ("DELETE", "/api/registries/{host}", "admin"),
 ];
 
 fn rank(role: &str) -> u8 {
@@ -91,7 +126,11 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
             if role == "public" {
                 continue;
             }
-            let concrete = path.replace("{id}", "999999");
+            let concrete = path
+                .replace("{id}", "999999")
+                .replace("{cid}", "c1")
+                .replace("{action}", "explode")
+                .replace("{host}", "registry.invalid:5000");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

@@ -226,6 +226,15 @@ impl Client {
         self.http.request(method, format!("{}{}", self.base, path))
     }
 
+    /// A GET with the session whose body the caller reads as it arrives (event streams).
+    pub async fn open(&self, path: &str) -> reqwest::Response {
+        let mut req = self.request(Method::GET, path);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("cp_session={c}"));
+        }
+        req.send().await.expect("request")
+    }
+
     pub async fn get(&mut self, path: &str) -> Resp {
         self.send(Method::GET, path, None).await
     }
@@ -463,15 +472,21 @@ impl Agent {
 
     /// Starts `run` with a heartbeat every `heartbeat_secs`.
     pub fn run(&self, heartbeat_secs: u64) -> Process {
+        self.run_with(heartbeat_secs, &[])
+    }
+
+    /// `run` with extra flags (e.g. `--docker-socket`).
+    pub fn run_with(&self, heartbeat_secs: u64, extra: &[&str]) -> Process {
         let hb = heartbeat_secs.to_string();
         let dir = self.state_dir();
-        let args = [
+        let mut args = vec![
             "run",
             "--heartbeat-secs",
             &hb,
             "--state-dir",
             dir.to_str().expect("utf8"),
         ];
+        args.extend_from_slice(extra);
         Process::spawn(&self.bin, &args)
     }
 }
@@ -632,6 +647,16 @@ impl Fleet {
     /// Starts a node at `.host` of the network with `env` (ROOT_PASSWORD,
     /// AUTHORIZED_KEY, HEARTBEAT_SECS); returns its container name and address.
     pub fn node(&self, name: &str, host: u8, env: &[(&str, &str)]) -> (String, String) {
+        self.node_with(name, host, env, &[])
+    }
+
+    fn node_with(
+        &self,
+        name: &str,
+        host: u8,
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> (String, String) {
         let container = format!("{}-{name}", self.network);
         let ip = format!("{}{host}", self.prefix);
         let mut args: Vec<String> = vec![
@@ -650,6 +675,7 @@ impl Fleet {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         args.push(self.image.clone());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         docker_ok(&refs);
@@ -660,8 +686,59 @@ impl Fleet {
         (container, ip)
     }
 
+    /// A node running its own Docker engine (Debian's docker.io, dockerd started by
+    /// node-init with writable cgroups and `/var/lib/docker` on a volume). The capability
+    /// set is `--privileged`'s minus CAP_SYS_RESOURCE, which this machine's engine cannot
+    /// grant. Returns once the node's engine answers.
+    pub fn docker_node(&self, name: &str, host: u8, env: &[(&str, &str)]) -> (String, String) {
+        let mut all: Vec<(&str, &str)> = env.to_vec();
+        all.push(("DOCKERD", "1"));
+        let (container, ip) = self.node_with(name, host, &all, DOCKER_NODE_FLAGS);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out) = self.exec(&container, "docker version --format '{{.Server.Version}}'");
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine in {container} did not start: {out}\n{}",
+                self.exec(&container, "tail -20 /var/log/dockerd.log").1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (container, ip)
+    }
+
+    /// Loads a workload image (from `workload_image_tar`) into a node's engine as `tag`.
+    pub fn load_image(&self, container: &str, tar: &Path, tag: &str) {
+        let file = std::fs::File::open(tar).expect("image tar");
+        let out = std::process::Command::new("docker")
+            .args([
+                "exec",
+                "-i",
+                container,
+                "docker",
+                "import",
+                "--change",
+                r#"ENTRYPOINT ["/bin/busybox"]"#,
+                "--change",
+                r#"CMD ["httpd", "-f", "-p", "80", "-h", "/www"]"#,
+                "-",
+                tag,
+            ])
+            .stdin(file)
+            .output()
+            .expect("docker import");
+        assert!(
+            out.status.success(),
+            "importing {tag} into {container}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn remove(&self, container: &str) {
-        docker(&["rm", "-f", container]);
+        docker(&["rm", "-f", "-v", container]);
     }
 
     pub fn restart(&self, container: &str) {
@@ -696,9 +773,130 @@ impl Drop for Fleet {
             .map(|v| v.clone())
             .unwrap_or_default()
         {
-            docker(&["rm", "-f", &c]);
+            docker(&["rm", "-f", "-v", &c]);
         }
         docker(&["network", "rm", &self.network]);
+    }
+}
+
+const DOCKER_NODE_FLAGS: &[&str] = &[
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--security-opt",
+    "systempaths=unconfined",
+    "-v",
+    "/var/lib/docker",
+];
+
+/// A workload image as a tar for `docker import`: Debian's static busybox (the
+/// busybox-static package) with `/www/index.html` and `/etc/mz-version` saying `version`.
+/// Run as `httpd -f -p 80 -h /www` it serves the version.
+pub fn workload_image_tar(dir: &Path, version: &str) -> PathBuf {
+    let root = dir.join(format!("rootfs-{version}"));
+    for d in ["bin", "www", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("a static busybox (apt-get install busybox-static)");
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    std::fs::write(root.join("www/index.html"), format!("{version}\n")).expect("write");
+    std::fs::write(root.join("etc/mz-version"), format!("{version}\n")).expect("write");
+    for applet in ["sh", "echo", "sleep", "cat", "yes", "head"] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let tar = dir.join(format!("workload-{version}.tar"));
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success(), "tar failed");
+    tar
+}
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on the fleet's gateway,
+/// optionally behind HTTP basic auth (an htpasswd file made with `htpasswd -B`).
+pub struct LocalRegistry {
+    pub addr: String,
+    _proc: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    pub fn start(fleet: &Fleet, basic: Option<(&str, &str)>) -> LocalRegistry {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port(&fleet.gateway);
+        let addr = format!("{}:{port}", fleet.gateway);
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, pass)) = basic {
+            let htpasswd = dir.path().join("htpasswd");
+            let out = std::process::Command::new("htpasswd")
+                .args(["-B", "-b", "-c"])
+                .arg(&htpasswd)
+                .args([user, pass])
+                .output()
+                .expect("htpasswd (apt-get install apache2-utils)");
+            assert!(out.status.success(), "htpasswd failed");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: mezzanine-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let file = dir.path().join("config.yml");
+        std::fs::write(&file, config).expect("write config");
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("docker-registry (apt-get install docker-registry)");
+        let proc = Process::spawn(bin, &["serve", file.to_str().expect("utf8")]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LocalRegistry {
+            addr,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// Polls a server until its status is `want` (panics on `failed` or after `within`).
+pub async fn wait_status(c: &mut Client, id: i64, want: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = c.get(&format!("/api/servers/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = r.body["status"].as_str().unwrap_or("").to_owned();
+        if status == want {
+            return r.body;
+        }
+        if status == "failed" && want != "failed" {
+            panic!("server {id} failed: {}", r.body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {id} not {want} after {within:?}: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -766,6 +964,10 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
             "--agent-binary",
             agent.to_str().expect("utf8"),
             "--ssh-timeout-secs",
+            "4",
+            "--insecure-registry",
+            "10.213.0.0/16",
+            "--docker-timeout-secs",
             "4",
         ],
     );

@@ -16,7 +16,7 @@ main() {
     need_cmd docker
     need_cmd debootstrap
     need_cmd sha256sum
-    packages="openssh-server,nginx,git,curl,ca-certificates,iproute2,procps,sudo"
+    packages="openssh-server,nginx,git,curl,ca-certificates,iproute2,procps,sudo,docker.io"
     mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     hash=$(cat "$here/build-image.sh" "$here/node-init" | sha256sum | cut -c1-12)
     tag="mezzanine-node:$hash"

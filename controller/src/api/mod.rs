@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod docker;
 pub mod error;
 mod meta;
 pub mod openapi;
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
     users::routes(reg.tag("users"));
     audit::routes(reg.tag("audit"));
     servers::routes(reg.tag("servers"));
+    docker::routes(reg.tag("docker"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     state.set_routes(routes);

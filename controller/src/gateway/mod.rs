@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub use registry::{CallError, LiveView, Registry};
+pub use registry::{CallError, LiveView, Registry, ReplyStream};
 
 /// Join tokens: `MZ1.<endpoint, base64url>.<CA pin, hex>.<id, hex>.<secret, hex>`.
 pub mod token {

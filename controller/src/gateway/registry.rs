@@ -54,10 +54,82 @@ pub struct Live {
     pub connected_at_ms: i64,
     pub heartbeat: Duration,
     tx: Outbound,
-    pending: Mutex<HashMap<u64, oneshot::Sender<reply::Body>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     beat: Mutex<Beat>,
     /// Wakes the session's reader task to end the session.
     pub stop: Notify,
+}
+
+/// Who waits for a command's replies: one reply, or a stream of chunks ending in a
+/// `StreamEnd` or an error.
+#[derive(Debug)]
+enum Waiter {
+    Once(oneshot::Sender<reply::Body>),
+    Stream(mpsc::UnboundedSender<reply::Body>),
+}
+
+/// The replies of a streaming command. The agent sends only as much as it was credited
+/// (see `credit`), which bounds what waits here. Dropping the stream before its end
+/// cancels the command on the agent.
+#[derive(Debug)]
+pub struct ReplyStream {
+    live: Arc<Live>,
+    request_id: u64,
+    rx: mpsc::UnboundedReceiver<reply::Body>,
+    finished: bool,
+}
+
+impl ReplyStream {
+    /// The next reply; `None` once the stream ended or the agent disconnected.
+    pub async fn next(&mut self) -> Option<reply::Body> {
+        if self.finished {
+            return None;
+        }
+        let body = self.rx.recv().await;
+        if !matches!(body, Some(reply::Body::LogChunk(_))) {
+            self.finished = true;
+        }
+        body
+    }
+
+    /// Lets the agent send `bytes` more.
+    pub async fn credit(&self, bytes: u64) -> bool {
+        let msg = notice(command::Body::Credit(mezzanine_proto::v1::Credit {
+            request_id: self.request_id,
+            bytes,
+        }));
+        self.live.tx.send(Ok(msg)).await.is_ok()
+    }
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        lock(&self.live.pending).remove(&self.request_id);
+        if self.finished {
+            return;
+        }
+        let msg = notice(command::Body::Cancel(mezzanine_proto::v1::Cancel {
+            request_id: self.request_id,
+        }));
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.live.tx.try_send(Ok(msg)) {
+            let tx = self.live.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+}
+
+/// A command that gets no reply (request id 0).
+fn notice(body: command::Body) -> ControllerMessage {
+    ControllerMessage {
+        kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
+            Command {
+                request_id: 0,
+                body: Some(body),
+            },
+        )),
+    }
 }
 
 /// A plain view of a live session for the API.
@@ -208,9 +280,69 @@ impl Registry {
 
     /// Completes a pending command with the agent's reply.
     pub fn complete(live: &Live, request_id: u64, body: reply::Body) {
-        if let Some(tx) = lock(&live.pending).remove(&request_id) {
-            let _ = tx.send(body);
+        let mut pending = lock(&live.pending);
+        let chunk = matches!(body, reply::Body::LogChunk(_));
+        match pending.get(&request_id) {
+            Some(Waiter::Stream(tx)) if chunk => {
+                let gone = tx.send(body).is_err();
+                if gone {
+                    pending.remove(&request_id);
+                }
+            }
+            Some(_) => match pending.remove(&request_id) {
+                Some(Waiter::Once(tx)) => {
+                    let _ = tx.send(body);
+                }
+                Some(Waiter::Stream(tx)) => {
+                    let _ = tx.send(body);
+                }
+                None => {}
+            },
+            None => {}
         }
+    }
+
+    /// Drops every waiter of an ended session: calls fail as disconnected, streams end.
+    pub fn abandon(live: &Live) {
+        lock(&live.pending).clear();
+    }
+
+    /// Starts a streaming command; read its replies from the returned stream.
+    pub fn open_stream(
+        &self,
+        server_id: i64,
+        body: command::Body,
+    ) -> Result<ReplyStream, CallError> {
+        let live = lock(&self.sessions)
+            .get(&server_id)
+            .cloned()
+            .ok_or(CallError::Offline)?;
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&live.pending).insert(request_id, Waiter::Stream(tx));
+        let msg = ControllerMessage {
+            kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
+                Command {
+                    request_id,
+                    body: Some(body),
+                },
+            )),
+        };
+        let stream = ReplyStream {
+            live: live.clone(),
+            request_id,
+            rx,
+            finished: false,
+        };
+        if let Err(e) = live.tx.try_send(Ok(msg)) {
+            let mut stream = stream;
+            stream.finished = true;
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => CallError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CallError::Offline,
+            });
+        }
+        Ok(stream)
     }
 
     /// Sends one command and waits for its reply.
@@ -226,7 +358,7 @@ impl Registry {
             .ok_or(CallError::Offline)?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        lock(&live.pending).insert(request_id, tx);
+        lock(&live.pending).insert(request_id, Waiter::Once(tx));
         let msg = ControllerMessage {
             kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
                 Command {

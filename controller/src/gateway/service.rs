@@ -298,6 +298,8 @@ async fn read_session(
         }
     }
     registry.detach(server_id, live.conn_id);
+    // Whoever still waits on this session's commands learns it ended now.
+    Registry::abandon(&live);
     if reason == "session closed by the controller" {
         // Dropping the request stream now would reset the HTTP/2 stream and could discard
         // a queued `Removed` notice. Release the sending side, and let the agent read to

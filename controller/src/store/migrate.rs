@@ -31,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "deploy_keys",
         sql: include_str!("../../../migrations/sqlite/0004_deploy_keys.sql"),
     },
+    Migration {
+        version: 5,
+        name: "registry_credentials",
+        sql: include_str!("../../../migrations/sqlite/0005_registry_credentials.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

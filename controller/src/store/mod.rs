@@ -4,6 +4,7 @@
 
 mod cache;
 mod migrate;
+mod registries;
 mod servers;
 
 use crate::auth::Role;

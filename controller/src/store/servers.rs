@@ -104,7 +104,7 @@ fn tags_json(tags: &[String]) -> String {
 }
 
 impl Store {
-    fn pool(&self) -> &SqlitePool {
+    pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 

@@ -1,0 +1,416 @@
+//! The server's Docker engine, through its Engine API (bollard): container listing and
+//! actions, image listing, and log streaming with credit-based flow control. Nothing here
+//! builds a command line; names and ids travel as API path segments.
+
+use bollard::errors::Error as EngineError;
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions,
+    RestartContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{FutureExt, StreamExt};
+use mezzanine_proto::v1::{
+    reply, Container, ContainerAction, DockerActionResult, DockerContainerAction, DockerContainers,
+    DockerError, DockerImages, DockerLogs, Image, LogChunk, LogStream, PortMapping, StreamEnd,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex, Semaphore};
+
+/// The largest chunk of log output sent in one message.
+pub const MAX_CHUNK: usize = 64 * 1024;
+/// What one chunk costs in credit beyond its bytes, so floods of tiny chunks stay bounded.
+pub const CHUNK_OVERHEAD: usize = 64;
+/// Engine calls that take longer than this fail (the controller gives up sooner).
+const ENGINE_TIMEOUT_SECS: u64 = 120;
+
+/// A lazily connected engine client; reconnects after the engine goes away.
+#[derive(Debug)]
+pub struct Engine {
+    socket: String,
+    client: Mutex<Option<Docker>>,
+}
+
+fn err(status: u16, message: impl Into<String>) -> reply::Body {
+    reply::Body::DockerError(DockerError {
+        status: u32::from(status),
+        message: message.into(),
+    })
+}
+
+impl Engine {
+    pub fn new(socket: &str) -> Engine {
+        Engine {
+            socket: socket.trim_start_matches("unix://").to_owned(),
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// A client speaking the engine's API version (negotiated once per connection).
+    async fn client(&self) -> Result<Docker, reply::Body> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let unreachable = |detail: String| {
+            err(
+                0,
+                format!("no Docker engine answers at {}: {detail}", self.socket),
+            )
+        };
+        if !std::path::Path::new(&self.socket).exists() {
+            return Err(err(
+                0,
+                format!(
+                    "no Docker engine on this server (no socket at {})",
+                    self.socket
+                ),
+            ));
+        }
+        let docker = Docker::connect_with_unix(
+            &self.socket,
+            ENGINE_TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| unreachable(crate::error_chain(&e)))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(crate::error_chain(&e)))?;
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Maps an engine error to a reply; a connection failure forgets the client so the next
+    /// call renegotiates (the engine may have been upgraded or restarted).
+    async fn fail(&self, e: EngineError) -> reply::Body {
+        match e {
+            EngineError::DockerResponseServerError {
+                status_code,
+                message,
+            } => err(status_code, message),
+            other => {
+                *self.client.lock().await = None;
+                err(
+                    0,
+                    format!(
+                        "the Docker engine at {} did not answer: {}",
+                        self.socket,
+                        crate::error_chain(&other)
+                    ),
+                )
+            }
+        }
+    }
+
+    pub async fn list_containers(&self, all: bool) -> reply::Body {
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        let options = ListContainersOptions {
+            all,
+            ..Default::default()
+        };
+        match docker.list_containers(Some(options)).await {
+            Ok(list) => reply::Body::DockerContainers(DockerContainers {
+                containers: list.into_iter().map(container).collect(),
+            }),
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    pub async fn list_images(&self) -> reply::Body {
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        match docker.list_images(Some(ListImagesOptions::default())).await {
+            Ok(list) => reply::Body::DockerImages(DockerImages {
+                images: list
+                    .into_iter()
+                    .map(|i| Image {
+                        id: i.id,
+                        repo_tags: i
+                            .repo_tags
+                            .into_iter()
+                            .filter(|t| t != "<none>:<none>")
+                            .collect(),
+                        repo_digests: i
+                            .repo_digests
+                            .into_iter()
+                            .filter(|d| !d.starts_with("<none>@"))
+                            .collect(),
+                        size: i.size,
+                        created: i.created,
+                    })
+                    .collect(),
+            }),
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    /// `(full id, state)` of a container, or the reply to send when there is none.
+    async fn state_of(&self, docker: &Docker, name: &str) -> Result<(String, String), reply::Body> {
+        match docker.inspect_container(name, None).await {
+            Ok(c) => Ok((
+                c.id.unwrap_or_default(),
+                c.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            )),
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(err(404, format!("no such container: {name}"))),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    pub async fn container_action(&self, cmd: DockerContainerAction) -> reply::Body {
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        let name = cmd.container.as_str();
+        let action = ContainerAction::try_from(cmd.action).unwrap_or(ContainerAction::Unspecified);
+        let (id, before) = match self.state_of(&docker, name).await {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let up = matches!(before.as_str(), "running" | "restarting" | "paused");
+        let t = Some(i32::try_from(cmd.stop_timeout_secs).unwrap_or(i32::MAX));
+        let done = |unchanged: bool, detail: &str, state: String| {
+            reply::Body::DockerActionResult(DockerActionResult {
+                unchanged,
+                detail: detail.to_owned(),
+                id: id.clone(),
+                state,
+            })
+        };
+        let result = match action {
+            ContainerAction::Start if before == "running" => {
+                return done(true, "already running", before)
+            }
+            ContainerAction::Stop if !up => return done(true, "already stopped", before),
+            ContainerAction::Start => docker.start_container(&id, None).await,
+            ContainerAction::Stop => {
+                docker
+                    .stop_container(
+                        &id,
+                        Some(StopContainerOptions {
+                            t,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+            }
+            ContainerAction::Restart => {
+                docker
+                    .restart_container(
+                        &id,
+                        Some(RestartContainerOptions {
+                            t,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+            }
+            ContainerAction::Remove => {
+                let removed = docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptions {
+                            force: cmd.force,
+                            v: false,
+                            link: false,
+                        }),
+                    )
+                    .await;
+                return match removed {
+                    Ok(()) => done(false, "removed", String::new()),
+                    Err(e) => self.fail(e).await,
+                };
+            }
+            ContainerAction::Unspecified => return err(400, "unknown container action"),
+        };
+        if let Err(e) = result {
+            return self.fail(e).await;
+        }
+        let after = match self.state_of(&docker, &id).await {
+            Ok((_, s)) => s,
+            Err(e) => return e,
+        };
+        let detail = match action {
+            ContainerAction::Start => "started",
+            ContainerAction::Stop => "stopped",
+            _ => "restarted",
+        };
+        done(false, detail, after)
+    }
+
+    /// Streams a container's log as chunks, sending only while `credit` allows, until the
+    /// log ends (the container stopped, for `follow`), the engine fails, or `cancel` fires.
+    /// Returns the last reply: a `StreamEnd` or an error.
+    pub async fn logs<F, Fut>(
+        &self,
+        cmd: DockerLogs,
+        credit: Arc<Semaphore>,
+        mut cancel: watch::Receiver<bool>,
+        mut send: F,
+    ) -> reply::Body
+    where
+        F: FnMut(reply::Body) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        let (id, _) = match self.state_of(&docker, &cmd.container).await {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        let options = LogsOptions {
+            follow: cmd.follow,
+            stdout: true,
+            stderr: true,
+            timestamps: cmd.timestamps,
+            tail: cmd.tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            ..Default::default()
+        };
+        // An empty first chunk tells the controller the container exists and the log began.
+        let started = reply::Body::LogChunk(LogChunk {
+            stream: LogStream::Stdout as i32,
+            data: Vec::new(),
+        });
+        if !send(started).await {
+            return end("cancelled");
+        }
+        let mut stream = docker.logs(&id, Some(options));
+        let mut pending: Option<(LogStream, Vec<u8>)> = None;
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = cancel.wait_for(|c| *c) => return end("cancelled"),
+            };
+            let Some(item) = item else {
+                if let Some((kind, data)) = pending.take() {
+                    if !flush(&credit, &mut send, kind, data).await {
+                        return end("cancelled");
+                    }
+                }
+                return end(if cmd.follow {
+                    "container stopped"
+                } else {
+                    "end of log"
+                });
+            };
+            let mut next = Some(item);
+            // Gather whatever the engine already has ready into one chunk per stream.
+            while let Some(item) = next.take() {
+                let (kind, bytes) = match item {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        (LogStream::Stderr, message)
+                    }
+                    Ok(
+                        bollard::container::LogOutput::StdOut { message }
+                        | bollard::container::LogOutput::Console { message },
+                    ) => (LogStream::Stdout, message),
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => {
+                        next = stream.next().now_or_never().flatten();
+                        continue;
+                    }
+                    Err(e) => {
+                        if let Some((k, data)) = pending.take() {
+                            let _ = flush(&credit, &mut send, k, data).await;
+                        }
+                        return self.fail(e).await;
+                    }
+                };
+                match pending.as_mut() {
+                    Some((k, data)) if *k == kind && data.len() + bytes.len() <= MAX_CHUNK => {
+                        data.extend_from_slice(&bytes);
+                    }
+                    _ => {
+                        if let Some((k, data)) = pending.take() {
+                            if !flush(&credit, &mut send, k, data).await {
+                                return end("cancelled");
+                            }
+                        }
+                        pending = Some((kind, bytes.to_vec()));
+                    }
+                }
+                next = stream.next().now_or_never().flatten();
+            }
+            if let Some((k, data)) = pending.take() {
+                if !flush(&credit, &mut send, k, data).await {
+                    return end("cancelled");
+                }
+            }
+        }
+    }
+}
+
+fn end(reason: &str) -> reply::Body {
+    reply::Body::StreamEnd(StreamEnd {
+        reason: reason.to_owned(),
+    })
+}
+
+/// Waits for credit, then sends one chunk. False once the stream is cancelled (the
+/// credit semaphore is closed) or the session is gone.
+async fn flush<F, Fut>(credit: &Semaphore, send: &mut F, kind: LogStream, data: Vec<u8>) -> bool
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for piece in data.chunks(MAX_CHUNK) {
+        let cost = u32::try_from(piece.len() + CHUNK_OVERHEAD).unwrap_or(u32::MAX);
+        match credit.acquire_many(cost).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return false,
+        }
+        let chunk = reply::Body::LogChunk(LogChunk {
+            stream: kind as i32,
+            data: piece.to_vec(),
+        });
+        if !send(chunk).await {
+            return false;
+        }
+    }
+    true
+}
+
+fn container(c: bollard::models::ContainerSummary) -> Container {
+    Container {
+        id: c.id.unwrap_or_default(),
+        names: c
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect(),
+        image: c.image.unwrap_or_default(),
+        image_id: c.image_id.unwrap_or_default(),
+        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+        status: c.status.unwrap_or_default(),
+        created: c.created.unwrap_or_default(),
+        ports: c
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| PortMapping {
+                ip: p.ip.unwrap_or_default(),
+                private_port: u32::from(p.private_port),
+                public_port: p.public_port.map_or(0, u32::from),
+                protocol: p.typ.map(|t| t.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        labels: c.labels.unwrap_or_default().into_iter().collect(),
+    }
+}

@@ -1,0 +1,633 @@
+//! Image update checks: compare the repo digest a server has for an image with the digest
+//! its registry now serves for the tag, over the registry HTTP API (Docker Registry v2 /
+//! OCI distribution): anonymous, HTTP basic, or the bearer-token exchange that Docker Hub
+//! and GHCR use. Results are cached per (registry, repository, tag), so a fleet running
+//! one image makes one request.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Docker Hub as image references name it, and where its API lives.
+const HUB: &str = "docker.io";
+const HUB_API: &str = "registry-1.docker.io";
+/// Manifest media types we accept, so the registry answers with the digest of what a pull
+/// of the tag resolves to (an index when there is one).
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.manifest.v1+json";
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+
+/// A parsed image reference: `[registry/]repository[:tag][@digest]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    /// `docker.io` for Docker Hub, else `host[:port]`.
+    pub registry: String,
+    /// With `library/` for official Hub images.
+    pub repository: String,
+    pub tag: String,
+}
+
+/// Parses a reference as Docker does. Only what the registry API path allows passes.
+pub fn parse_reference(reference: &str) -> Result<ImageRef, String> {
+    let bad = |why: &str| format!("cannot read image reference {reference:?}: {why}");
+    let name_part = reference.split('@').next().unwrap_or_default();
+    let (name, tag) = match name_part.rfind(':') {
+        Some(i) if !name_part[i..].contains('/') => {
+            (&name_part[..i], name_part[i + 1..].to_owned())
+        }
+        _ => (name_part, "latest".to_owned()),
+    };
+    let (registry, repository) = split_registry(name);
+    if repository.is_empty() {
+        return Err(bad("no repository"));
+    }
+    let repo_ok = repository.split('/').all(|c| {
+        !c.is_empty()
+            && c.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    });
+    if !repo_ok {
+        return Err(bad("invalid repository name"));
+    }
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && tag.bytes().next().is_some_and(|b| b != b'.' && b != b'-');
+    if !tag_ok {
+        return Err(bad("invalid tag"));
+    }
+    let registry_ok = registry
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && !registry.is_empty();
+    if !registry_ok {
+        return Err(bad("invalid registry host"));
+    }
+    Ok(ImageRef {
+        registry,
+        repository,
+        tag,
+    })
+}
+
+/// `(registry, repository)` of a name without tag or digest, normalized as Docker does.
+fn split_registry(name: &str) -> (String, String) {
+    let (registry, rest) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_owned(), rest.to_owned())
+        }
+        _ => (HUB.to_owned(), name.to_owned()),
+    };
+    let registry = if registry == "index.docker.io" {
+        HUB.to_owned()
+    } else {
+        registry
+    };
+    let rest = if registry == HUB && !rest.contains('/') {
+        format!("library/{rest}")
+    } else {
+        rest
+    };
+    (registry, rest)
+}
+
+/// The digests an image has in `registry/repository`, from its `RepoDigests`
+/// (`name@sha256:…`).
+pub fn local_digests(repo_digests: &[String], image: &ImageRef) -> Vec<String> {
+    repo_digests
+        .iter()
+        .filter_map(|d| {
+            let (name, digest) = d.split_once('@')?;
+            let (registry, repository) = split_registry(name);
+            (registry == image.registry && repository == image.repository)
+                .then(|| digest.to_owned())
+        })
+        .collect()
+}
+
+/// One check's outcome: the registry's digest for the tag, or why there is none.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub digest: Result<String, String>,
+    pub checked_at: i64,
+}
+
+/// `host[:port]` patterns and networks where plain HTTP is allowed (as Docker's
+/// `--insecure-registry`). Loopback always is.
+#[derive(Debug, Clone, Default)]
+pub struct Insecure {
+    hosts: Vec<String>,
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl Insecure {
+    pub fn parse(values: &[String]) -> Result<Insecure, String> {
+        let mut out = Insecure::default();
+        for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            if let Some((addr, bits)) = v.split_once('/') {
+                let addr: IpAddr = addr
+                    .parse()
+                    .map_err(|_| format!("--insecure-registry {v}: not a network"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let bits: u8 = bits
+                    .parse()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| format!("--insecure-registry {v}: bad prefix length"))?;
+                out.nets.push((addr, bits));
+            } else {
+                out.hosts.push(v.to_ascii_lowercase());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn allows(&self, registry: &str) -> bool {
+        let registry = registry.to_ascii_lowercase();
+        if self.hosts.contains(&registry) {
+            return true;
+        }
+        let host = host_of(&registry);
+        if host == "localhost" {
+            return true;
+        }
+        let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
+            return false;
+        };
+        ip.is_loopback() || self.nets.iter().any(|(net, bits)| in_net(ip, *net, *bits))
+    }
+}
+
+fn host_of(registry: &str) -> &str {
+    if registry.starts_with('[') {
+        return registry.split(']').next().map_or(registry, |h| &h[1..]);
+    }
+    registry.split(':').next().unwrap_or(registry)
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    let (a, b, width) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    if bits == 0 {
+        return true;
+    }
+    let shift = width - u32::from(bits);
+    (a >> shift) == (b >> shift)
+}
+
+/// Credentials for one registry.
+#[derive(Clone)]
+pub struct Credential {
+    pub username: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct UpdateChecker {
+    http: reqwest::Client,
+    insecure: Insecure,
+    cache: Mutex<HashMap<ImageRef, Checked>>,
+    /// Background checks under way, so repeated listings do not pile them up.
+    inflight: Mutex<std::collections::HashSet<ImageRef>>,
+}
+
+impl UpdateChecker {
+    pub fn new(insecure: Insecure, timeout: Duration) -> Result<UpdateChecker, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("mezzanine/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the registry HTTP client: {e}"))?;
+        Ok(UpdateChecker {
+            http,
+            insecure,
+            cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::default(),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<ImageRef, Checked>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cached(&self, image: &ImageRef) -> Option<Checked> {
+        self.cache().get(image).cloned()
+    }
+
+    /// Claims a background check of `image`; false when one is already under way.
+    pub fn start(&self, image: &ImageRef) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.clone())
+    }
+
+    pub fn finish(&self, image: &ImageRef) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image);
+    }
+
+    /// Asks the registry now and caches the answer.
+    pub async fn check(&self, image: &ImageRef, credential: Option<Credential>) -> Checked {
+        let digest = self.remote_digest(image, credential.as_ref()).await;
+        let checked = Checked {
+            digest,
+            checked_at: crate::time::now_secs(),
+        };
+        self.cache().insert(image.clone(), checked.clone());
+        checked
+    }
+
+    async fn remote_digest(
+        &self,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+    ) -> Result<String, String> {
+        let api = if image.registry == HUB {
+            HUB_API
+        } else {
+            image.registry.as_str()
+        };
+        let insecure = self.insecure.allows(&image.registry);
+        let schemes: &[&str] = if insecure {
+            &["https", "http"]
+        } else {
+            &["https"]
+        };
+        let mut last = String::new();
+        for (i, scheme) in schemes.iter().enumerate() {
+            let url = format!(
+                "{scheme}://{api}/v2/{}/manifests/{}",
+                image.repository, image.tag
+            );
+            match self
+                .manifest_digest(&url, image, credential, insecure)
+                .await
+            {
+                Err(Fetch::Connect(e)) if i + 1 < schemes.len() => last = e,
+                Err(Fetch::Connect(e) | Fetch::Failed(e)) => return Err(e),
+                Ok(d) => return Ok(d),
+            }
+        }
+        Err(last)
+    }
+
+    async fn manifest_digest(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        insecure: bool,
+    ) -> Result<String, Fetch> {
+        let mut auth: Option<String> = None;
+        for attempt in 0..2 {
+            let mut req = self.http.head(url).header(reqwest::header::ACCEPT, ACCEPT);
+            if let Some(a) = &auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let resp = req.send().await.map_err(|e| {
+                let text = format!("cannot reach registry {}: {}", image.registry, chain(&e));
+                if e.is_connect() || e.is_request() {
+                    Fetch::Connect(text)
+                } else {
+                    Fetch::Failed(text)
+                }
+            })?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = resp
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                auth = Some(
+                    self.authorize(&challenge, image, credential, insecure)
+                        .await
+                        .map_err(Fetch::Failed)?,
+                );
+                continue;
+            }
+            return match status.as_u16() {
+                200 => match header_digest(&resp) {
+                    Some(d) => Ok(d),
+                    None => self.digest_by_get(url, auth.as_deref(), image).await,
+                },
+                401 | 403 => Err(Fetch::Failed(format!(
+                    "registry {} refused access to {} ({status}); check the credentials (PUT /api/registries/{})",
+                    image.registry, image.repository, image.registry
+                ))),
+                404 => Err(Fetch::Failed(format!(
+                    "registry {} has no {}:{}",
+                    image.registry, image.repository, image.tag
+                ))),
+                _ => Err(Fetch::Failed(format!(
+                    "registry {} answered {status} for {}:{}",
+                    image.registry, image.repository, image.tag
+                ))),
+            };
+        }
+        Err(Fetch::Failed(format!(
+            "registry {} kept asking for authentication",
+            image.registry
+        )))
+    }
+
+    /// Registries that do not send `Docker-Content-Digest` on HEAD: hash the manifest.
+    async fn digest_by_get(
+        &self,
+        url: &str,
+        auth: Option<&str>,
+        image: &ImageRef,
+    ) -> Result<String, Fetch> {
+        let mut req = self.http.get(url).header(reqwest::header::ACCEPT, ACCEPT);
+        if let Some(a) = auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let failed = |e: reqwest::Error| {
+            Fetch::Failed(format!("registry {}: {}", image.registry, chain(&e)))
+        };
+        let resp = req.send().await.map_err(failed)?;
+        if !resp.status().is_success() {
+            return Err(Fetch::Failed(format!(
+                "registry {} answered {} for the manifest",
+                image.registry,
+                resp.status()
+            )));
+        }
+        if let Some(d) = header_digest(&resp) {
+            return Ok(d);
+        }
+        let body = resp.bytes().await.map_err(failed)?;
+        if body.len() > MAX_MANIFEST {
+            return Err(Fetch::Failed("the manifest is implausibly large".into()));
+        }
+        Ok(format!(
+            "sha256:{}",
+            hex::encode(crate::crypto::sha256(&body))
+        ))
+    }
+
+    /// The `Authorization` value answering a `WWW-Authenticate` challenge.
+    async fn authorize(
+        &self,
+        challenge: &str,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        insecure: bool,
+    ) -> Result<String, String> {
+        let (scheme, params) = parse_challenge(challenge);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                let c = credential.ok_or_else(|| {
+                    format!(
+                        "registry {} needs a username and password; add them with PUT /api/registries/{}",
+                        image.registry, image.registry
+                    )
+                })?;
+                Ok(basic(c))
+            }
+            "bearer" => {
+                let realm = params.get("realm").ok_or_else(|| {
+                    format!(
+                        "registry {} sent a bearer challenge without a realm",
+                        image.registry
+                    )
+                })?;
+                let realm_url = reqwest::Url::parse(realm).map_err(|_| {
+                    format!("registry {} sent an unusable token realm", image.registry)
+                })?;
+                // A registry reached over HTTPS may only send us to an HTTPS token service.
+                if realm_url.scheme() != "https" && !(insecure && realm_url.scheme() == "http") {
+                    return Err(format!(
+                        "registry {} sent a token realm that is not HTTPS",
+                        image.registry
+                    ));
+                }
+                let scope = format!("repository:{}:pull", image.repository);
+                let mut req = self.http.get(realm_url).query(&[("scope", scope.as_str())]);
+                if let Some(service) = params.get("service") {
+                    req = req.query(&[("service", service.as_str())]);
+                }
+                if let Some(c) = credential {
+                    req = req.header(reqwest::header::AUTHORIZATION, basic(c));
+                }
+                let resp = req.send().await.map_err(|e| {
+                    format!(
+                        "cannot get a token for registry {}: {}",
+                        image.registry,
+                        chain(&e)
+                    )
+                })?;
+                if !resp.status().is_success() {
+                    return Err(format!(
+                        "the token service of registry {} answered {}{}",
+                        image.registry,
+                        resp.status(),
+                        if credential.is_none() {
+                            format!("; if the repository is private, add credentials with PUT /api/registries/{}", image.registry)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                let body: serde_json::Value = resp.json().await.map_err(|e| {
+                    format!(
+                        "the token service of registry {} sent no JSON: {e}",
+                        image.registry
+                    )
+                })?;
+                let token = body
+                    .get("token")
+                    .or_else(|| body.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "the token service of registry {} sent no token",
+                            image.registry
+                        )
+                    })?;
+                Ok(format!("Bearer {token}"))
+            }
+            _ => Err(format!(
+                "registry {} asked for an unsupported authentication scheme",
+                image.registry
+            )),
+        }
+    }
+}
+
+enum Fetch {
+    /// No connection (try the next scheme).
+    Connect(String),
+    Failed(String),
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn basic(c: &Credential) -> String {
+    use base64::Engine;
+    let raw = format!("{}:{}", c.username, c.secret);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn header_digest(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .filter(|d| d.starts_with("sha256:") && d.len() == 71)
+        .map(str::to_owned)
+}
+
+/// `Bearer realm="…",service="…",scope="a:b:pull,push"` → ("Bearer", {realm, service, scope}).
+pub fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                value.push(*c);
+                chars.next();
+            }
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    (scheme.to_owned(), params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_normalize_as_docker_does() {
+        let r = parse_reference("nginx").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("docker.io", "library/nginx", "latest")
+        );
+        let r = parse_reference("ghcr.io/acme/api:1.2.3").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("ghcr.io", "acme/api", "1.2.3")
+        );
+        let r = parse_reference("10.0.0.1:5000/app").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("10.0.0.1:5000", "app", "latest")
+        );
+        let r = parse_reference("localhost/app:v1@sha256:abc").unwrap();
+        assert_eq!((r.registry.as_str(), r.tag.as_str()), ("localhost", "v1"));
+        assert!(parse_reference("Upper/Case").is_err());
+        assert!(parse_reference("a/../b").is_err());
+        assert!(parse_reference("app:-x").is_err());
+    }
+
+    #[test]
+    fn local_digests_match_the_normalized_repository() {
+        let image = parse_reference("nginx:1.25").unwrap();
+        let digests = vec![
+            "nginx@sha256:aaa".to_owned(),
+            "docker.io/library/nginx@sha256:bbb".to_owned(),
+            "ghcr.io/x/nginx@sha256:ccc".to_owned(),
+        ];
+        assert_eq!(
+            local_digests(&digests, &image),
+            vec!["sha256:aaa", "sha256:bbb"]
+        );
+    }
+
+    #[test]
+    fn challenges_parse_with_quoted_commas() {
+        let (scheme, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/nginx:pull,push");
+        let (scheme, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(
+            (scheme.as_str(), p["realm"].as_str()),
+            ("Basic", "Registry Realm")
+        );
+    }
+
+    #[test]
+    fn insecure_registries_by_host_and_network() {
+        let i = Insecure::parse(&["reg.local:5000".into(), "10.213.0.0/16".into()]).unwrap();
+        assert!(i.allows("reg.local:5000"));
+        assert!(!i.allows("reg.local:5001"));
+        assert!(i.allows("10.213.7.1:5000"));
+        assert!(!i.allows("10.214.0.1:5000"));
+        assert!(i.allows("127.0.0.1:5000"));
+        assert!(i.allows("localhost:5000"));
+        assert!(!i.allows("ghcr.io"));
+        assert!(Insecure::parse(&["10.0.0.0/40".into()]).is_err());
+    }
+}
