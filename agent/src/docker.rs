@@ -2,13 +2,14 @@
 //! actions, image listing, and log streaming with credit-based flow control. Nothing here
 //! builds a command line; names and ids travel as API path segments.
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
     ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions,
     RestartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use mezzanine_proto::v1::{
     reply, Container, ContainerAction, DockerActionResult, DockerContainerAction, DockerContainers,
     DockerError, DockerImages, DockerLogs, Image, LogChunk, LogStream, PortMapping, StreamEnd,
@@ -21,6 +22,8 @@ use tokio::sync::{watch, Mutex, Semaphore};
 pub const MAX_CHUNK: usize = 64 * 1024;
 /// What one chunk costs in credit beyond its bytes, so floods of tiny chunks stay bounded.
 pub const CHUNK_OVERHEAD: usize = 64;
+/// The longest a log line waits to share a chunk with the lines after it.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Engine calls that take longer than this fail (the controller gives up sooner).
 const ENGINE_TIMEOUT_SECS: u64 = 120;
 
@@ -292,65 +295,85 @@ impl Engine {
             return end("cancelled");
         }
         let mut stream = docker.logs(&id, Some(options));
+        // Output is gathered into chunks of up to MAX_CHUNK, each sent at most BATCH_WINDOW
+        // after its first byte arrived: a busy log travels in few large messages, a quiet
+        // one line by line without noticeable delay.
         let mut pending: Option<(LogStream, Vec<u8>)> = None;
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
+            let next = async {
+                match deadline {
+                    None => Some(stream.next().await),
+                    Some(d) => tokio::time::timeout_at(d, stream.next()).await.ok(),
+                }
+            };
             let item = tokio::select! {
-                item = stream.next() => item,
+                item = next => item,
                 _ = cancel.wait_for(|c| *c) => return end("cancelled"),
             };
-            let Some(item) = item else {
-                if let Some((kind, data)) = pending.take() {
-                    if !flush(&credit, &mut send, kind, data).await {
+            let item = match item {
+                // The batch window closed: send what was gathered.
+                None => {
+                    deadline = None;
+                    if let Some((k, data)) = pending.take() {
+                        if !flush(&credit, &mut send, k, data).await {
+                            return end("cancelled");
+                        }
+                    }
+                    continue;
+                }
+                Some(item) => item,
+            };
+            let (kind, bytes) = match item {
+                None => {
+                    if let Some((k, data)) = pending.take() {
+                        if !flush(&credit, &mut send, k, data).await {
+                            return end("cancelled");
+                        }
+                    }
+                    return end(if cmd.follow {
+                        "container stopped"
+                    } else {
+                        "end of log"
+                    });
+                }
+                Some(Ok(LogOutput::StdErr { message })) => (LogStream::Stderr, message),
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    (LogStream::Stdout, message)
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => continue,
+                Some(Err(e)) => {
+                    if let Some((k, data)) = pending.take() {
+                        let _ = flush(&credit, &mut send, k, data).await;
+                    }
+                    return self.fail(e).await;
+                }
+            };
+            match pending.as_mut() {
+                Some((k, data)) if *k == kind && data.len() + bytes.len() <= MAX_CHUNK => {
+                    data.extend_from_slice(&bytes);
+                }
+                _ => {
+                    if let Some((k, data)) = pending.take() {
+                        if !flush(&credit, &mut send, k, data).await {
+                            return end("cancelled");
+                        }
+                    }
+                    pending = Some((kind, bytes.to_vec()));
+                }
+            }
+            if pending
+                .as_ref()
+                .is_some_and(|(_, d)| d.len() >= MAX_CHUNK / 2)
+            {
+                deadline = None;
+                if let Some((k, data)) = pending.take() {
+                    if !flush(&credit, &mut send, k, data).await {
                         return end("cancelled");
                     }
                 }
-                return end(if cmd.follow {
-                    "container stopped"
-                } else {
-                    "end of log"
-                });
-            };
-            let mut next = Some(item);
-            // Gather whatever the engine already has ready into one chunk per stream.
-            while let Some(item) = next.take() {
-                let (kind, bytes) = match item {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        (LogStream::Stderr, message)
-                    }
-                    Ok(
-                        bollard::container::LogOutput::StdOut { message }
-                        | bollard::container::LogOutput::Console { message },
-                    ) => (LogStream::Stdout, message),
-                    Ok(bollard::container::LogOutput::StdIn { .. }) => {
-                        next = stream.next().now_or_never().flatten();
-                        continue;
-                    }
-                    Err(e) => {
-                        if let Some((k, data)) = pending.take() {
-                            let _ = flush(&credit, &mut send, k, data).await;
-                        }
-                        return self.fail(e).await;
-                    }
-                };
-                match pending.as_mut() {
-                    Some((k, data)) if *k == kind && data.len() + bytes.len() <= MAX_CHUNK => {
-                        data.extend_from_slice(&bytes);
-                    }
-                    _ => {
-                        if let Some((k, data)) = pending.take() {
-                            if !flush(&credit, &mut send, k, data).await {
-                                return end("cancelled");
-                            }
-                        }
-                        pending = Some((kind, bytes.to_vec()));
-                    }
-                }
-                next = stream.next().now_or_never().flatten();
-            }
-            if let Some((k, data)) = pending.take() {
-                if !flush(&credit, &mut send, k, data).await {
-                    return end("cancelled");
-                }
+            } else if deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + BATCH_WINDOW);
             }
         }
     }
@@ -369,7 +392,12 @@ where
     F: FnMut(reply::Body) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for piece in data.chunks(MAX_CHUNK) {
+    let pieces: Vec<Vec<u8>> = if data.len() <= MAX_CHUNK {
+        vec![data]
+    } else {
+        data.chunks(MAX_CHUNK).map(<[u8]>::to_vec).collect()
+    };
+    for piece in pieces {
         let cost = u32::try_from(piece.len() + CHUNK_OVERHEAD).unwrap_or(u32::MAX);
         match credit.acquire_many(cost).await {
             Ok(permit) => permit.forget(),
@@ -377,7 +405,7 @@ where
         }
         let chunk = reply::Body::LogChunk(LogChunk {
             stream: kind as i32,
-            data: piece.to_vec(),
+            data: piece,
         });
         if !send(chunk).await {
             return false;

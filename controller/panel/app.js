@@ -115,6 +115,9 @@ async function loadServers() {
         catch (e) { flash(e.message); }
       }));
     }
+    if (srv.status === "online") {
+      actions.appendChild(button("Docker", "", () => openDocker(srv)));
+    }
     if (me.role === "admin") {
       actions.appendChild(button("Delete", "danger", () => {
         if (confirm("Remove " + srv.name + "? Its agent stops and cannot reconnect.")) {
@@ -180,6 +183,147 @@ async function loadAudit() {
     body.appendChild(tr);
   }
 }
+
+// ---- Docker on one server -----------------------------------------------------------
+
+let dockerServer = null;
+let logStream = null;
+
+function openDocker(srv) {
+  dockerServer = srv;
+  $("#docker").hidden = false;
+  $("#docker-server").textContent = srv.name;
+  stopLogs();
+  loadDocker(false);
+}
+
+function stopLogs() {
+  if (logStream) logStream.close();
+  logStream = null;
+  $("#docker-logs-box").hidden = true;
+}
+
+function size(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return bytes.toFixed(i ? 1 : 0) + " " + units[i];
+}
+
+async function loadDocker(check) {
+  if (!dockerServer) return;
+  const base = "/servers/" + dockerServer.id + "/docker";
+  $("#docker-error").hidden = true;
+  try {
+    const [containers, images] = await Promise.all([
+      api("GET", base + "/containers"),
+      api("GET", base + "/images" + (check ? "?check=true" : "")),
+    ]);
+    renderContainers(containers);
+    renderImages(images);
+  } catch (e) {
+    $("#docker-error").hidden = false;
+    $("#docker-error").textContent = e.message;
+    $("#containers tbody").replaceChildren();
+    $("#images tbody").replaceChildren();
+  }
+}
+
+function renderContainers(list) {
+  const body = $("#containers tbody");
+  body.replaceChildren();
+  const base = "/servers/" + dockerServer.id + "/docker/containers/";
+  for (const c of list) {
+    const tr = document.createElement("tr");
+    const name = c.names[0] || c.id.slice(0, 12);
+    cell(tr, name);
+    cell(tr, c.image);
+    const st = cell(tr, c.state);
+    st.className = "status " + (c.state === "running" ? "online" : "offline");
+    const small = document.createElement("span");
+    small.className = "detail";
+    small.textContent = c.status;
+    st.appendChild(small);
+    cell(tr, c.ports.filter((p) => p.public_port).map((p) => p.public_port + "→" + p.private_port + "/" + p.type).join(", "));
+    const actions = cell(tr, "");
+    const run = (action, body) => async () => {
+      try {
+        const r = await api("POST", base + encodeURIComponent(c.id) + "/" + action, body);
+        flash(name + ": " + r.detail + ".", true);
+      } catch (e) { flash(e.message); }
+      loadDocker(false);
+    };
+    actions.appendChild(button("Logs", "", () => followLogs(c.id, name)));
+    if (rank(me.role) >= 1) {
+      if (c.state === "running") {
+        actions.appendChild(button("Stop", "", run("stop")));
+        actions.appendChild(button("Restart", "", run("restart")));
+      } else {
+        actions.appendChild(button("Start", "", run("start")));
+      }
+    }
+    if (me.role === "admin") {
+      actions.appendChild(button("Remove", "danger", () => {
+        if (confirm("Remove container " + name + "?")) run("remove", { force: c.state === "running" })();
+      }));
+    }
+    body.appendChild(tr);
+  }
+}
+
+function renderImages(list) {
+  const body = $("#images tbody");
+  body.replaceChildren();
+  for (const img of list) {
+    const tr = document.createElement("tr");
+    cell(tr, img.repo_tags.length ? img.repo_tags.join(", ") : img.id.slice(7, 19));
+    cell(tr, size(img.size));
+    const u = cell(tr, img.update.status.replace(/_/g, " "));
+    u.className = "update " + img.update.status;
+    if (img.update.detail) {
+      const small = document.createElement("span");
+      small.className = "detail";
+      small.textContent = img.update.detail;
+      u.appendChild(small);
+    }
+    body.appendChild(tr);
+  }
+}
+
+function followLogs(id, name) {
+  stopLogs();
+  const pre = $("#docker-logs");
+  pre.replaceChildren();
+  $("#docker-logs-box").hidden = false;
+  $("#docker-logs-name").textContent = name;
+  const url = "/api/servers/" + dockerServer.id + "/docker/containers/" + encodeURIComponent(id) + "/logs?follow=true";
+  const es = new EventSource(url);
+  logStream = es;
+  const add = (cls) => (ev) => {
+    const span = document.createElement("span");
+    if (cls) span.className = cls;
+    span.textContent = ev.data + "\n";
+    pre.appendChild(span);
+    while (pre.childNodes.length > 2000) pre.removeChild(pre.firstChild);
+    pre.scrollTop = pre.scrollHeight;
+  };
+  es.addEventListener("stdout", add(""));
+  es.addEventListener("stderr", add("stderr"));
+  const finish = (ev) => {
+    let why = "stream closed";
+    try { const d = JSON.parse(ev.data); why = d.reason || d.error || why; } catch (_) { /* keep default */ }
+    add("muted")({ data: "— " + why + " —" });
+    es.close();
+    if (logStream === es) logStream = null;
+  };
+  es.addEventListener("end", finish);
+  es.addEventListener("error", (ev) => { if (ev.data) finish(ev); else if (es.readyState === EventSource.CLOSED) finish({ data: "{}" }); });
+}
+
+$("#docker-close").addEventListener("click", () => { stopLogs(); dockerServer = null; $("#docker").hidden = true; });
+$("#docker-reload").addEventListener("click", () => loadDocker(false));
+$("#docker-check").addEventListener("click", () => loadDocker(true));
+$("#docker-logs-stop").addEventListener("click", stopLogs);
 
 async function act(fn, done) {
   try {

@@ -267,3 +267,94 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     let servers = api.get("/api/servers").await.body;
     assert_eq!(servers[0]["name"], "web-1");
 }
+
+/// The Docker view on a node with its own engine: containers, a live log, stop, images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_watches_a_container_log_and_stops_it() {
+    let fleet = mezzanine_tests::Fleet::new();
+    let images = tempfile::tempdir().expect("tmp");
+    let tar = mezzanine_tests::workload_image_tar(images.path(), "v1");
+    let (node, ip) = fleet.docker_node("pd", 21, &[("ROOT_PASSWORD", "panel-node-pw-77")]);
+    fleet.load_image(&node, &tar, "web:v1");
+    let (ok, out) = fleet.exec(
+        &node,
+        "docker run -d --name ticker web:v1 sh -c 'trap \"exit 0\" TERM; i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done'",
+    );
+    assert!(ok, "{out}");
+    let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": "pd", "host": ip, "username": "root", "auth_type": "password", "password": "panel-node-pw-77" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().expect("id");
+    mezzanine_tests::wait_status(&mut admin, id, "online", Duration::from_secs(90)).await;
+
+    let b = Browser::start().await;
+    b.open(&format!("{base}/")).await;
+    b.until(
+        "the login form",
+        "!document.querySelector('#view-login').hidden",
+    )
+    .await;
+    b.type_into("#login-form input[name=username]", "admin")
+        .await;
+    b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
+        .await;
+    b.click("#login-form button[type=submit]").await;
+    b.until(
+        "the Docker button of the online server",
+        "[...document.querySelectorAll('#servers button')].some(x => x.textContent === 'Docker')",
+    )
+    .await;
+    b.js("[...document.querySelectorAll('#servers button')].find(x => x.textContent === 'Docker').click(); return 1;")
+        .await;
+    b.until(
+        "the running container",
+        "[...document.querySelectorAll('#containers tbody tr')].some(r => r.innerText.includes('ticker') && r.innerText.includes('running'))",
+    )
+    .await;
+    b.until(
+        "the image with its update status",
+        "[...document.querySelectorAll('#images tbody tr')].some(r => r.innerText.includes('web:v1') && r.innerText.includes('unknown'))",
+    )
+    .await;
+
+    // Follow the log: lines arrive live.
+    b.js("[...document.querySelectorAll('#containers tbody tr')].find(r => r.innerText.includes('ticker')).querySelector('button').click(); return 1;")
+        .await;
+    b.until(
+        "log lines",
+        "(document.querySelector('#docker-logs').textContent.match(/tick-/g) || []).length >= 3",
+    )
+    .await;
+    let first = b
+        .js("return document.querySelector('#docker-logs').textContent.length;")
+        .await;
+    b.until(
+        "more log lines",
+        &format!("document.querySelector('#docker-logs').textContent.length > {first}"),
+    )
+    .await;
+
+    // Stop it from the panel: the row says so and the log says why it ended.
+    b.js("[...[...document.querySelectorAll('#containers tbody tr')].find(r => r.innerText.includes('ticker')).querySelectorAll('button')].find(x => x.textContent === 'Stop').click(); return 1;")
+        .await;
+    b.until(
+        "the stopped container",
+        "[...document.querySelectorAll('#containers tbody tr')].some(r => r.innerText.includes('ticker') && r.innerText.includes('exited'))",
+    )
+    .await;
+    b.until(
+        "the end of the log",
+        "document.querySelector('#docker-logs').textContent.includes('container stopped')",
+    )
+    .await;
+    let r = admin
+        .get(&format!("/api/servers/{id}/docker/containers"))
+        .await;
+    assert_eq!(r.body[0]["state"], "exited", "{}", r.body);
+}

@@ -424,12 +424,15 @@ fn sse_event(out: &mut Vec<u8>, event: &str, data: &[u8]) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
     out.push(b'\n');
-    let data = data.strip_suffix(b"\n").unwrap_or(data);
-    for line in data.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        for piece in line.split(|b| *b == b'\r') {
+    // One UTF-8 pass over the chunk (borrowed when valid, which is the common case).
+    let text = String::from_utf8_lossy(data);
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    out.reserve(text.len() + text.len() / 8 + 16);
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        for piece in line.split('\r') {
             out.extend_from_slice(b"data: ");
-            out.extend_from_slice(String::from_utf8_lossy(piece).as_bytes());
+            out.extend_from_slice(piece.as_bytes());
             out.push(b'\n');
         }
     }
@@ -900,4 +903,25 @@ pub(super) fn routes(reg: &mut Registry) {
             },
             delete_registry,
         );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sse_event;
+
+    #[test]
+    fn sse_events_carry_each_line_and_no_stray_breaks() {
+        let mut out = Vec::new();
+        sse_event(&mut out, "stdout", b"one\ntwo\r\nthree\rfour\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: stdout\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
+        );
+        let mut out = Vec::new();
+        sse_event(&mut out, "stderr", b"bad \xff byte");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: stderr\ndata: bad \u{fffd} byte\n\n"
+        );
+    }
 }

@@ -124,6 +124,10 @@ pub async fn serve(
         // Liveness comes from heartbeats (three missed: offline) and kernel TCP
         // keepalives; an HTTP/2 PING timer per connection only cost CPU (BENCHMARKS.md).
         .http2_keepalive_interval(None)
+        // Room for streamed output (logs, deploy steps) to flow without waiting on
+        // WINDOW_UPDATEs; windows are limits, not allocations.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20)
         .tcp_nodelay(true)
         .add_service(EnrollmentServer::new(svc.clone()))
         .add_service(SessionServer::new(svc))
