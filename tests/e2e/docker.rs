@@ -2,9 +2,10 @@
 //! inside the node container), with workload images built from Debian's static busybox
 //! and update checks against Debian's `docker-registry` on the fleet network.
 
+use mezzanine_tests::token::TokenService;
 use mezzanine_tests::{
     add_server, first_admin, fleet_controller, wait_status, workload_image_tar, Agent, Client,
-    Controller, Fleet, LocalRegistry,
+    Controller, Fleet, LocalRegistry, RegistryAuth,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -334,7 +335,7 @@ async fn docker_on_nodes_end_to_end() {
     assert_eq!(r.status, 200, "{}", r.body);
 
     // 4. Image update checks against a real registry (anonymous, then basic auth).
-    let open_reg = LocalRegistry::start(&fleet, None);
+    let open_reg = LocalRegistry::start(&fleet, RegistryAuth::Anonymous);
     let reg = &open_reg.addr;
     let (ok, out) = fleet.exec(
         &dk1,
@@ -409,7 +410,7 @@ async fn docker_on_nodes_end_to_end() {
         new["update"]["checked_at"]
     );
 
-    let locked = LocalRegistry::start(&fleet, Some(("ci", "registry-pass-5e")));
+    let locked = LocalRegistry::start(&fleet, RegistryAuth::Basic("ci", "registry-pass-5e"));
     let reg2 = &locked.addr;
     fleet.load_image(&dk2, &v1, "secret:1");
     let (ok, out) = fleet.exec(
@@ -477,6 +478,49 @@ async fn docker_on_nodes_end_to_end() {
         .await;
     let private = image_of(&r.body, &tag2);
     assert_eq!(private["update"]["status"], "up_to_date", "{private}");
+
+    // The bearer-token exchange, as Docker Hub and GHCR do it: a public repository
+    // anonymously, a private one only with the account's credentials.
+    let tokens = TokenService::start(&fleet.gateway, "robot", "token-pass-81").await;
+    let token_reg = LocalRegistry::start(&fleet, RegistryAuth::Token(&tokens));
+    let reg3 = &token_reg.addr;
+    fleet.load_image(&dk2, &v1, "pub:1");
+    fleet.load_image(&dk2, &v2, "priv:1");
+    let (ok, out) = fleet.exec(
+        &dk2,
+        &format!(
+            "echo token-pass-81 | docker login -u robot --password-stdin {reg3} >/dev/null \
+             && docker tag pub:1 {reg3}/team/app:1 && docker push -q {reg3}/team/app:1 \
+             && docker tag priv:1 {reg3}/private/app:1 && docker push -q {reg3}/private/app:1"
+        ),
+    );
+    assert!(ok, "{out}");
+    let r = viewer
+        .get(&format!("/api/servers/{s2}/docker/images?check=true"))
+        .await;
+    let public = image_of(&r.body, &format!("{reg3}/team/app:1"));
+    assert_eq!(
+        public["update"]["status"], "up_to_date",
+        "anonymous bearer token: {public}"
+    );
+    let private = image_of(&r.body, &format!("{reg3}/private/app:1"));
+    assert_eq!(private["update"]["status"], "error", "{private}");
+    let r = admin
+        .raw(
+            admin
+                .request(reqwest::Method::PUT, &format!("/api/registries/{reg3}"))
+                .json(&json!({ "username": "robot", "password": "token-pass-81" })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = viewer
+        .get(&format!("/api/servers/{s2}/docker/images?check=true"))
+        .await;
+    let private = image_of(&r.body, &format!("{reg3}/private/app:1"));
+    assert_eq!(
+        private["update"]["status"], "up_to_date",
+        "token for the account: {private}"
+    );
 
     // 5. An engine that hangs: a bounded 504. An engine that is gone: 409.
     let (ok, out) = fleet.exec(&dk2, "pkill -STOP -x dockerd");

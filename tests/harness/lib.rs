@@ -834,8 +834,17 @@ pub struct LocalRegistry {
     _dir: tempfile::TempDir,
 }
 
+/// How a `LocalRegistry` authenticates clients.
+pub enum RegistryAuth<'a> {
+    Anonymous,
+    /// HTTP basic against an htpasswd file with this account.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from this token service (the Docker Hub / GHCR scheme).
+    Token(&'a token::TokenService),
+}
+
 impl LocalRegistry {
-    pub fn start(fleet: &Fleet, basic: Option<(&str, &str)>) -> LocalRegistry {
+    pub fn start(fleet: &Fleet, auth: RegistryAuth<'_>) -> LocalRegistry {
         let dir = tempfile::tempdir().expect("tmp");
         let port = free_port(&fleet.gateway);
         let addr = format!("{}:{port}", fleet.gateway);
@@ -843,7 +852,18 @@ impl LocalRegistry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
-        if let Some((user, pass)) = basic {
+        if let RegistryAuth::Token(t) = &auth {
+            let bundle = dir.path().join("token-root.pem");
+            std::fs::write(&bundle, &t.cert_pem).expect("write bundle");
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                token::SERVICE,
+                token::ISSUER,
+                bundle.display()
+            ));
+        }
+        if let RegistryAuth::Basic(user, pass) = auth {
             let htpasswd = dir.path().join("htpasswd");
             let out = std::process::Command::new("htpasswd")
                 .args(["-B", "-b", "-c"])
@@ -877,6 +897,8 @@ impl LocalRegistry {
         }
     }
 }
+
+pub mod token;
 
 /// Polls a server until its status is `want` (panics on `failed` or after `within`).
 pub async fn wait_status(c: &mut Client, id: i64, want: &str, within: Duration) -> Value {
