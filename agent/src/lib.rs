@@ -6,6 +6,7 @@ pub mod docker;
 pub mod facts;
 pub mod identity;
 pub mod session;
+pub mod steps;
 pub mod tls;
 
 pub fn now_secs() -> i64 {

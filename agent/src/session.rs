@@ -134,6 +134,7 @@ pub async fn run(
         engine: Arc::new(crate::docker::Engine::new(docker_socket)),
         streams: Arc::default(),
         deploy_key_path: state.path("deploy_key"),
+        work_root: state.path("work"),
     };
     let mut failures = 0u32;
     loop {
@@ -197,6 +198,14 @@ async fn session(
     ctx: &Context,
     running: Arc<Mutex<HashSet<u64>>>,
 ) -> Result<End, String> {
+    // Request ids belong to one session (a restarted controller counts from 1 again), and
+    // a streaming command cannot outlive the session it reports to: each session has its
+    // own stream table, and everything in it is cancelled when the session ends.
+    let ctx = &Context {
+        streams: Arc::default(),
+        ..ctx.clone()
+    };
+    let _cancel_streams = CancelAll(ctx.streams.clone());
     let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key))
         .map_err(|e| e.to_string())?;
     let channel = tls::connect(&id.endpoint, config).await?;
@@ -252,7 +261,15 @@ async fn session(
                         Some(command::Body::Credit(c)) => ctx.streams.credit(c.request_id, c.bytes),
                         _ => {
                             running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
-                            tokio::spawn(execute(cmd, out_tx.clone(), running.clone(), ctx.clone()));
+                            // A streaming command's entry exists before the next message
+                            // is read, so a Cancel right behind it finds it.
+                            let window = match &cmd.body {
+                                Some(command::Body::DockerLogs(l)) => Some(l.window),
+                                Some(command::Body::RunStep(s)) => Some(s.window),
+                                _ => None,
+                            };
+                            let stream = window.map(|w| ctx.streams.open(cmd.request_id, w));
+                            tokio::spawn(execute(cmd, out_tx.clone(), running.clone(), ctx.clone(), stream));
                         }
                     },
                     Some(controller_message::Kind::Removed(r)) => return Ok(End::Removed(r.reason)),
@@ -301,6 +318,8 @@ pub struct Context {
     pub engine: Arc<crate::docker::Engine>,
     pub streams: Arc<Streams>,
     pub deploy_key_path: std::path::PathBuf,
+    /// Where deploy steps without a workdir run (`<state>/work/run-<id>`).
+    pub work_root: std::path::PathBuf,
 }
 
 /// A streaming command's credit (bytes it may still send) and its cancel switch.
@@ -336,6 +355,14 @@ impl Streams {
         }
     }
 
+    fn cancel_all(&self) {
+        let all: Vec<StreamCtl> = self.lock().drain().map(|(_, v)| v).collect();
+        for (credit, cancel) in all {
+            credit.close();
+            let _ = cancel.send(true);
+        }
+    }
+
     fn credit(&self, request_id: u64, bytes: u64) {
         if let Some((credit, _)) = self.lock().get(&request_id) {
             // Never more than the largest window in hand, whatever the controller says.
@@ -365,6 +392,7 @@ async fn execute(
     out: mpsc::Sender<AgentMessage>,
     running: Arc<Mutex<HashSet<u64>>>,
     ctx: Context,
+    stream: Option<(Arc<Semaphore>, watch::Receiver<bool>)>,
 ) {
     let id = cmd.request_id;
     let body = match cmd.body {
@@ -384,7 +412,7 @@ async fn execute(
         Some(command::Body::DockerListImages(_)) => ctx.engine.list_images().await,
         Some(command::Body::DockerContainerAction(a)) => ctx.engine.container_action(a).await,
         Some(command::Body::DockerLogs(l)) => {
-            let (credit, cancel) = ctx.streams.open(id, l.window);
+            let (credit, cancel) = stream.unwrap_or_else(|| ctx.streams.open(id, l.window));
             let chunks = out.clone();
             let last = ctx
                 .engine
@@ -393,6 +421,17 @@ async fn execute(
                     async move { chunks.send(reply_msg(id, body)).await.is_ok() }
                 })
                 .await;
+            ctx.streams.close(id);
+            last
+        }
+        Some(command::Body::RunStep(step)) => {
+            let (credit, cancel) = stream.unwrap_or_else(|| ctx.streams.open(id, step.window));
+            let chunks = out.clone();
+            let last = crate::steps::run(step, &ctx.work_root, credit, cancel, |body| {
+                let chunks = chunks.clone();
+                async move { chunks.send(reply_msg(id, body)).await.is_ok() }
+            })
+            .await;
             ctx.streams.close(id);
             last
         }
@@ -407,6 +446,15 @@ async fn execute(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
     let _ = out.send(reply_msg(id, body)).await;
+}
+
+/// Cancels a session's streaming commands when the session ends.
+struct CancelAll(Arc<Streams>);
+
+impl Drop for CancelAll {
+    fn drop(&mut self) {
+        self.0.cancel_all();
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -90,6 +90,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_DOCKER_TIMEOUT_SECS", default_value_t = 15)]
     pub docker_timeout_secs: u64,
 
+    /// Bytes of output stored per deploy run; past it a marker says what was dropped (live
+    /// viewers still receive every line).
+    #[arg(long, env = "MEZZANINE_RUN_OUTPUT_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub run_output_cap_bytes: u64,
+
     /// Registries image update checks may reach over plain HTTP: `host:port` or a network
     /// (`10.0.0.0/8`), as Docker's option of the same name. Loopback always may. Repeat
     /// the flag or separate with commas.
@@ -127,6 +132,7 @@ pub struct Config {
     pub ssh_timeout_secs: u64,
     pub insecure_registries: crate::images::Insecure,
     pub docker_timeout: std::time::Duration,
+    pub run_output_cap_bytes: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +294,7 @@ impl ServeArgs {
             join_token_ttl_secs: clamp(self.join_token_ttl_secs),
             agent_binary,
             ssh_timeout_secs: self.ssh_timeout_secs.clamp(1, 600),
+            run_output_cap_bytes: i64::try_from(self.run_output_cap_bytes).unwrap_or(i64::MAX),
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
                 .map_err(ConfigError)?,

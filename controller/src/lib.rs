@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod deploy;
 pub mod gateway;
 pub mod images;
 pub mod install;
@@ -90,6 +91,7 @@ pub async fn serve(
     let shutdown = shutdown.shared();
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
+    crate::deploy::recover(&state).await;
     let web = axum::serve(
         http,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -33,6 +33,7 @@ struct Inner {
     agent_digest: crate::install::AgentDigest,
     adopting: std::sync::Mutex<std::collections::HashSet<i64>>,
     updates: Result<crate::images::UpdateChecker, String>,
+    deploys: crate::deploy::Deploys,
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +83,12 @@ impl AppState {
             agent_digest: Default::default(),
             adopting: Default::default(),
             updates,
+            deploys: Default::default(),
         }))
+    }
+
+    pub fn deploys(&self) -> &crate::deploy::Deploys {
+        &self.0.deploys
     }
 
     /// The image update checker (absent only if its HTTP client could not be built).

@@ -5,6 +5,7 @@ mod agents;
 mod auth;
 mod cli;
 mod conventions;
+mod deploys;
 mod docker;
 mod nodes;
 mod panel;

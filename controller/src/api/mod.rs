@@ -11,6 +11,7 @@ pub mod openapi;
 mod servers;
 mod session;
 mod users;
+mod workflows;
 
 use crate::auth::Role;
 use crate::state::AppState;
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
     audit::routes(reg.tag("audit"));
     servers::routes(reg.tag("servers"));
     docker::routes(reg.tag("docker"));
+    workflows::routes(reg.tag("workflows"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     state.set_routes(routes);

@@ -86,10 +86,23 @@ impl ReplyStream {
             return None;
         }
         let body = self.rx.recv().await;
-        if !matches!(body, Some(reply::Body::LogChunk(_))) {
+        if !body.as_ref().is_some_and(is_chunk) {
             self.finished = true;
         }
         body
+    }
+
+    /// Asks the agent to stop the command; its last reply still arrives.
+    pub fn cancel(&self) {
+        let msg = notice(command::Body::Cancel(mezzanine_proto::v1::Cancel {
+            request_id: self.request_id,
+        }));
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.live.tx.try_send(Ok(msg)) {
+            let tx = self.live.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
     }
 
     /// Lets the agent send `bytes` more.
@@ -118,6 +131,11 @@ impl Drop for ReplyStream {
             });
         }
     }
+}
+
+/// Replies that a streaming command sends before its last one.
+fn is_chunk(body: &reply::Body) -> bool {
+    matches!(body, reply::Body::LogChunk(_) | reply::Body::StepOutput(_))
 }
 
 /// A command that gets no reply (request id 0).
@@ -281,7 +299,7 @@ impl Registry {
     /// Completes a pending command with the agent's reply.
     pub fn complete(live: &Live, request_id: u64, body: reply::Body) {
         let mut pending = lock(&live.pending);
-        let chunk = matches!(body, reply::Body::LogChunk(_));
+        let chunk = is_chunk(&body);
         match pending.get(&request_id) {
             Some(Waiter::Stream(tx)) if chunk => {
                 let gone = tx.send(body).is_err();

@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "registry_credentials",
         sql: include_str!("../../../migrations/sqlite/0005_registry_credentials.sql"),
     },
+    Migration {
+        version: 6,
+        name: "workflows",
+        sql: include_str!("../../../migrations/sqlite/0006_workflows.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -6,6 +6,7 @@ mod cache;
 mod migrate;
 mod registries;
 mod servers;
+mod workflows;
 
 use crate::auth::Role;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -31,6 +32,7 @@ pub enum StoreError {
 }
 
 pub use servers::{JoinTokenRow, NewServer, ServerPatch, ServerRow, Written};
+pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -1,0 +1,306 @@
+//! The agent's one process-spawning module: a deploy step's script runs as
+//! `/bin/sh -e -c <script>` in its own process group, with a clean environment made of a
+//! fixed base plus the step's variables (trigger values and secrets arrive only this way),
+//! its output read line by line, masked, and sent against credit. Timeouts and cancels
+//! end the whole process group: SIGTERM, then SIGKILL five seconds later.
+
+use mezzanine_proto::v1::{reply, LogStream, RunStep, StepOutput, StepResult};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// The largest chunk of step output sent in one message.
+const MAX_CHUNK: usize = 64 * 1024;
+/// Credit one chunk costs beyond its bytes (the controller counts the same).
+const CHUNK_OVERHEAD: usize = 64;
+/// A line longer than this is cut (and says so).
+const MAX_LINE: usize = 64 * 1024;
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn result(exit_code: i32, timed_out: bool, cancelled: bool, error: String) -> reply::Body {
+    reply::Body::StepResult(StepResult {
+        exit_code,
+        timed_out,
+        cancelled,
+        error,
+    })
+}
+
+/// Replaces every occurrence of each secret with `***`.
+pub fn mask(line: &mut String, secrets: &[String]) {
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if line.contains(s.as_str()) {
+            *line = line.replace(s.as_str(), "***");
+        }
+    }
+}
+
+/// Where a step without a `workdir` runs: one directory per run under the state dir.
+pub fn default_workdir(work_root: &Path, run_id: u64) -> PathBuf {
+    work_root.join(format!("run-{run_id}"))
+}
+
+fn signal_group(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Runs one step; sends its output through `send` and returns the final reply.
+pub async fn run<F, Fut>(
+    step: RunStep,
+    work_root: &Path,
+    credit: Arc<Semaphore>,
+    mut cancel: watch::Receiver<bool>,
+    mut send: F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) = step.kind else {
+        return result(
+            -1,
+            false,
+            false,
+            "this agent cannot run that kind of step; upgrade it".into(),
+        );
+    };
+    let workdir = if shell.workdir.is_empty() {
+        default_workdir(work_root, step.run_id)
+    } else {
+        PathBuf::from(&shell.workdir)
+    };
+    if !workdir.is_absolute() {
+        return result(
+            -1,
+            false,
+            false,
+            format!("workdir {} is not absolute", workdir.display()),
+        );
+    }
+    if let Err(e) = std::fs::create_dir_all(&workdir) {
+        return result(
+            -1,
+            false,
+            false,
+            format!("cannot create workdir {}: {e}", workdir.display()),
+        );
+    }
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("PATH".into(), BASE_PATH.into());
+    env.insert(
+        "HOME".into(),
+        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+    );
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.extend(step.env);
+    let mut child = match tokio::process::Command::new("/bin/sh")
+        .arg("-e")
+        .arg("-c")
+        .arg(&shell.script)
+        .current_dir(&workdir)
+        .env_clear()
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return result(-1, false, false, format!("cannot start /bin/sh: {e}")),
+    };
+    let pid = child.id().unwrap_or(0);
+    let (lines_tx, mut lines) = mpsc::channel::<(LogStream, String)>(1024);
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(read_lines(
+            out,
+            LogStream::Stdout,
+            lines_tx.clone(),
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(read_lines(
+            err,
+            LogStream::Stderr,
+            lines_tx.clone(),
+        )));
+    }
+    drop(lines_tx);
+
+    let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut ended: Option<(bool, bool)> = None; // (timed_out, cancelled)
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut status = None;
+    let mut open = true;
+    loop {
+        let kill_timer = async {
+            match kill_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = lines.recv(), if open => match line {
+                Some((kind, text)) => {
+                    let mut batch = text;
+                    mask(&mut batch, &step.mask);
+                    let mut next = None;
+                    while batch.len() < MAX_CHUNK {
+                        match lines.try_recv() {
+                            Ok((k, mut t)) if k == kind => {
+                                mask(&mut t, &step.mask);
+                                batch.push_str(&t);
+                            }
+                            Ok(other) => { next = Some(other); break; }
+                            Err(_) => break,
+                        }
+                    }
+                    if !send_chunk(&credit, &mut send, kind, batch).await {
+                        ended.get_or_insert((false, true));
+                    }
+                    if let Some((k, mut t)) = next {
+                        mask(&mut t, &step.mask);
+                        if !send_chunk(&credit, &mut send, k, t).await {
+                            ended.get_or_insert((false, true));
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+            }
+            () = &mut deadline, if ended.is_none() => {
+                ended = Some((true, false));
+                signal_group(pid, rustix::process::Signal::TERM);
+                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            }
+            () = until_cancelled(&mut cancel), if ended.is_none() => {
+                ended = Some((false, true));
+                signal_group(pid, rustix::process::Signal::TERM);
+                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            }
+            () = kill_timer => {
+                signal_group(pid, rustix::process::Signal::KILL);
+                kill_at = None;
+            }
+        }
+        if status.is_some() && !open {
+            break;
+        }
+        // The shell exited but something it started still holds the pipes: end the group.
+        if status.is_some() && kill_at.is_none() && ended.is_none() {
+            kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            ended = Some((false, false));
+        }
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let (timed_out, cancelled) = ended.unwrap_or((false, false));
+    match status {
+        Some(Ok(s)) => {
+            let code = s.code().unwrap_or(-1);
+            let error = if timed_out {
+                format!("timed out after {} s", timeout.as_secs())
+            } else if cancelled {
+                "cancelled".into()
+            } else if s.code().is_none() {
+                "killed by a signal".into()
+            } else {
+                String::new()
+            };
+            result(code, timed_out, cancelled, error)
+        }
+        Some(Err(e)) => result(
+            -1,
+            timed_out,
+            cancelled,
+            format!("waiting for the step failed: {e}"),
+        ),
+        None => result(-1, timed_out, cancelled, "the step did not finish".into()),
+    }
+}
+
+/// Resolves once the step is cancelled (never, if its switch is gone).
+async fn until_cancelled(rx: &mut watch::Receiver<bool>) {
+    let cancelled = rx.wait_for(|c| *c).await.is_ok();
+    if !cancelled {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
+    r: R,
+    kind: LogStream,
+    tx: mpsc::Sender<(LogStream, String)>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut text = String::from_utf8_lossy(&buf).into_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if tx.send((kind, text)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send_chunk<F, Fut>(credit: &Semaphore, send: &mut F, kind: LogStream, data: String) -> bool
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let cost = u32::try_from(data.len() + CHUNK_OVERHEAD).unwrap_or(u32::MAX);
+    match credit.acquire_many(cost).await {
+        Ok(p) => p.forget(),
+        Err(_) => return false,
+    }
+    send(reply::Body::StepOutput(StepOutput {
+        stream: kind as i32,
+        data: data.into_bytes(),
+    }))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn secrets_are_masked_everywhere_in_a_line() {
+        let mut line = "token=s3cr3t and again s3cr3t; other=hunter2\n".to_owned();
+        mask(
+            &mut line,
+            &["s3cr3t".into(), "hunter2".into(), String::new()],
+        );
+        assert_eq!(line, "token=*** and again ***; other=***\n");
+    }
+}

@@ -1,0 +1,795 @@
+//! `/api/workflows`, `/api/deployments/runs` and `/api/webhooks`: deploy workflows, their
+//! runs with live events, and HMAC-signed webhook triggers.
+
+use super::openapi::{array, integer, nullable, obj, ok_with, string};
+use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use crate::auth::Role;
+use crate::deploy::{self, definition};
+use crate::state::AppState;
+use crate::store::{RunEvent, RunRow};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use hmac::Mac;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const RECENT_RUNS: i64 = 20;
+const TERMINAL: &[&str] = &[
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "interrupted",
+];
+
+fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("id: {raw:?} is not a {what} id")))
+}
+
+fn ms(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, |ms| json!(crate::time::rfc3339(ms / 1000)))
+}
+
+fn run_summary(r: &RunRow) -> Value {
+    json!({
+        "id": r.id,
+        "workflow_id": r.workflow_id,
+        "status": r.status,
+        "trigger": r.trigger,
+        "trigger_detail": r.trigger_detail,
+        "queued_at": ms(Some(r.queued_at)),
+        "started_at": ms(r.started_at),
+        "finished_at": ms(r.finished_at),
+        "duration_ms": match (r.started_at, r.finished_at) {
+            (Some(s), Some(f)) => json!(f - s),
+            _ => Value::Null,
+        },
+        "error": r.error,
+    })
+}
+
+async fn workflow_or_404(state: &AppState, id: i64) -> ApiResult<crate::store::WorkflowRow> {
+    state
+        .store()
+        .workflow(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {id} not found")))
+}
+
+fn webhook_url(state: &AppState, id: i64) -> String {
+    format!(
+        "{}/api/webhooks/{id}",
+        state.config().public_url.trim_end_matches('/')
+    )
+}
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for w in state.store().workflows().await? {
+        let last = state.store().recent_runs(w.id, 1).await?;
+        out.push(json!({
+            "id": w.id,
+            "name": w.name,
+            "server_id": w.server_id,
+            "webhook": w.webhook_secret.is_some(),
+            "last_run": last.first().map(run_summary),
+            "created_at": crate::time::rfc3339(w.created_at),
+            "updated_at": crate::time::rfc3339(w.updated_at),
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "workflow")?;
+    let w = workflow_or_404(&state, id).await?;
+    let secrets: Vec<String> = deploy::open_secrets(&state, w.id, w.secrets.as_deref())
+        .into_keys()
+        .collect();
+    let runs = state.store().recent_runs(id, RECENT_RUNS).await?;
+    Ok(Json(json!({
+        "id": w.id,
+        "name": w.name,
+        "server_id": w.server_id,
+        "definition": w.definition,
+        "secrets": secrets,
+        "webhook_url": w.webhook_secret.is_some().then(|| webhook_url(&state, w.id)),
+        "created_at": crate::time::rfc3339(w.created_at),
+        "updated_at": crate::time::rfc3339(w.updated_at),
+        "runs": runs.iter().map(run_summary).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    server_id: i64,
+    definition: Value,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    crate::validate::name(name).map_err(|e| ApiError::BadRequest(format!("name: {e}")))
+}
+
+async fn check_server(state: &AppState, id: i64) -> ApiResult<()> {
+    if state.store().server_exists(id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "server_id: server {id} does not exist"
+        )))
+    }
+}
+
+fn parse_definition(v: &Value) -> ApiResult<definition::Parsed> {
+    definition::parse(v).map_err(|e| ApiError::BadRequest(format!("definition.{e}")))
+}
+
+async fn store_secrets(
+    state: &AppState,
+    id: i64,
+    secrets: &BTreeMap<String, String>,
+) -> ApiResult<()> {
+    let sealed = if secrets.is_empty() {
+        None
+    } else {
+        let raw = serde_json::to_vec(secrets).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Some(state.key().seal(&format!("workflows.secrets:{id}"), &raw)?)
+    };
+    state
+        .store()
+        .set_workflow_secrets(id, sealed.as_deref())
+        .await?;
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateBody>,
+) -> ApiResult<Response> {
+    check_name(&body.name)?;
+    let parsed = parse_definition(&body.definition)?;
+    check_server(&state, body.server_id).await?;
+    let now = crate::time::now_secs();
+    let id = state
+        .store()
+        .create_workflow(
+            &body.name,
+            body.server_id,
+            &parsed.definition.to_json(),
+            now,
+        )
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("a workflow named {:?} exists", body.name)))?;
+    if let Some(secrets) = &parsed.secrets {
+        store_secrets(&state, id, secrets).await?;
+    }
+    let mut resp = (StatusCode::CREATED, ok(json!({ "id": id }))).into_response();
+    resp.extensions_mut()
+        .insert(super::audit::Target(format!("workflow {}", body.name)));
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    name: Option<String>,
+    server_id: Option<i64>,
+    definition: Option<Value>,
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(body): Json<PatchBody>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "workflow")?;
+    workflow_or_404(&state, id).await?;
+    if let Some(n) = &body.name {
+        check_name(n)?;
+    }
+    if let Some(s) = body.server_id {
+        check_server(&state, s).await?;
+    }
+    let parsed = body.definition.as_ref().map(parse_definition).transpose()?;
+    let def_json = parsed.as_ref().map(|p| p.definition.to_json());
+    let done = state
+        .store()
+        .update_workflow(
+            id,
+            body.name.as_deref(),
+            body.server_id,
+            def_json.as_ref(),
+            crate::time::now_secs(),
+        )
+        .await?;
+    if !done {
+        return Err(ApiError::Conflict(
+            "a workflow with that name exists".into(),
+        ));
+    }
+    if let Some(secrets) = parsed.as_ref().and_then(|p| p.secrets.as_ref()) {
+        store_secrets(&state, id, secrets).await?;
+    }
+    Ok(ok(json!({ "id": id })))
+}
+
+async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "workflow")?;
+    workflow_or_404(&state, id).await?;
+    let busy = state
+        .store()
+        .recent_runs(id, RECENT_RUNS)
+        .await?
+        .iter()
+        .any(|r| r.status == "queued" || r.status == "running");
+    if busy {
+        return Err(ApiError::Conflict(
+            "a run of this workflow is queued or running; cancel it first".into(),
+        ));
+    }
+    state.store().delete_workflow(id).await?;
+    Ok(ok(json!({})))
+}
+
+async fn enqueue(
+    state: &AppState,
+    wf: &crate::store::WorkflowRow,
+    trigger: &str,
+    detail: Value,
+) -> ApiResult<i64> {
+    let parsed = definition::parse(&wf.definition)
+        .map_err(|e| ApiError::Conflict(format!("the stored definition is invalid: {e}")))?;
+    let names: Vec<String> = parsed
+        .definition
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let run_id = state
+        .store()
+        .create_run(wf.id, trigger, &detail, &names, crate::time::now_ms())
+        .await?;
+    deploy::kick(state, wf.id);
+    Ok(run_id)
+}
+
+async fn run_now(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "workflow")?;
+    let wf = workflow_or_404(&state, id).await?;
+    let user = session.require()?.user.username.clone();
+    let run_id = enqueue(&state, &wf, "manual", json!({ "user": user })).await?;
+    Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
+}
+
+async fn rotate_webhook(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "workflow")?;
+    workflow_or_404(&state, id).await?;
+    let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
+    let sealed = state
+        .key()
+        .seal(&format!("workflows.webhook:{id}"), secret.as_bytes())?;
+    state.store().set_webhook_secret(id, &sealed).await?;
+    Ok(ok(
+        json!({ "url": webhook_url(&state, id), "secret": secret }),
+    ))
+}
+
+async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "run")?;
+    let run = state
+        .store()
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+    let steps = state.store().run_steps(id).await?;
+    let mut outputs: BTreeMap<i64, String> = BTreeMap::new();
+    let mut notes = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = state.store().run_events(id, after, 5000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for e in &batch {
+            match (e.kind.as_str(), e.step) {
+                ("stdout" | "stderr", Some(step)) => {
+                    let out = outputs.entry(step).or_default();
+                    out.push_str(&e.text);
+                    out.push('\n');
+                }
+                ("note", _) => notes.push(
+                    serde_json::from_str::<Value>(&e.text)
+                        .ok()
+                        .and_then(|v| v.get("message").cloned())
+                        .unwrap_or(Value::Null),
+                ),
+                _ => {}
+            }
+        }
+    }
+    let mut body = run_summary(&run);
+    body["stored_bytes"] = json!(run.stored_bytes);
+    body["dropped_lines"] = json!(run.dropped_lines);
+    body["notes"] = Value::Array(notes);
+    body["steps"] = Value::Array(
+        steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "index": s.idx,
+                    "name": s.name,
+                    "status": s.status,
+                    "exit_code": s.exit_code,
+                    "started_at": ms(s.started_at),
+                    "finished_at": ms(s.finished_at),
+                    "output": outputs.remove(&s.idx).unwrap_or_default(),
+                })
+            })
+            .collect(),
+    );
+    Ok(Json(body))
+}
+
+async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "run")?;
+    let run = state
+        .store()
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+    let queued_cancelled = run.status == "queued"
+        && state
+            .store()
+            .cancel_queued_run(id, crate::time::now_ms())
+            .await?;
+    if queued_cancelled {
+        return Ok(ok(json!({ "status": "cancelled" })));
+    }
+    if state.deploys().cancel(id) {
+        return Ok(ok(json!({ "status": "cancelling" })));
+    }
+    let now = state
+        .store()
+        .run(id)
+        .await?
+        .map(|r| r.status)
+        .unwrap_or_default();
+    if TERMINAL.contains(&now.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "run {id} already ended ({now})"
+        )));
+    }
+    // Started between our two reads: cancel the live run.
+    if state.deploys().cancel(id) {
+        return Ok(ok(json!({ "status": "cancelling" })));
+    }
+    Err(ApiError::Conflict(format!("run {id} is {now}; try again")))
+}
+
+/// One SSE event for a stored or live run event.
+fn sse(out: &mut Vec<u8>, e: &RunEvent) {
+    let data = match e.kind.as_str() {
+        "stdout" | "stderr" => {
+            json!({ "step": e.step, "stream": e.kind, "line": e.text, "at": e.at }).to_string()
+        }
+        _ => e.text.clone(),
+    };
+    let kind = match e.kind.as_str() {
+        "stdout" | "stderr" => "output",
+        k => k,
+    };
+    out.extend_from_slice(format!("id: {}\nevent: {kind}\ndata: {data}\n\n", e.seq).as_bytes());
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "run")?;
+    if state.store().run(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("run {id} not found")));
+    }
+    let after: i64 = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|n: &i64| *n >= 0)
+            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID: not an event id".into()))?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(pump_events(state, id, after, tx));
+    let mut resp =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Replays stored events after `after`, then follows the live run; ends after `end`.
+async fn pump_events(
+    state: AppState,
+    run_id: i64,
+    mut after: i64,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    // Subscribe before reading the store: events are stored before they are broadcast, so
+    // nothing falls between the two.
+    let mut live = state.deploys().live(run_id).map(|l| l.events.subscribe());
+    loop {
+        // Catch up from the store.
+        loop {
+            let batch = match state.store().run_events(run_id, after, 2000).await {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            let Some(last) = batch.last() else { break };
+            let ended = batch.iter().any(|e| e.kind == "end");
+            after = last.seq;
+            let mut out = Vec::new();
+            for e in &batch {
+                sse(&mut out, e);
+            }
+            if tx.send(Ok(out.into())).await.is_err() || ended {
+                return;
+            }
+        }
+        let Some(rx) = live.as_mut() else {
+            // Not running here: a queued run starts later; look again shortly.
+            match state.store().run(run_id).await {
+                Ok(Some(r)) if TERMINAL.contains(&r.status.as_str()) => return,
+                Ok(Some(_)) => {}
+                _ => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tx.closed() => return,
+            }
+            live = state.deploys().live(run_id).map(|l| l.events.subscribe());
+            continue;
+        };
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = tokio::time::sleep(Duration::from_secs(15)) => {
+                    if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match ev {
+                Ok(e) => {
+                    if e.seq <= after {
+                        continue;
+                    }
+                    after = e.seq;
+                    let mut out = Vec::new();
+                    sse(&mut out, &e);
+                    if tx.send(Ok(out.into())).await.is_err() || e.kind == "end" {
+                        return;
+                    }
+                }
+                // Fell behind or the run ended: catch up from the store.
+                Err(_) => {
+                    live = None;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Constant-time check of `X-Hub-Signature-256: sha256=<hex>` over the raw body.
+fn signature_ok(secret: &[u8], body: &[u8], header: Option<&HeaderValue>) -> bool {
+    let Some(given) = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("sha256="))
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+fn payload_string(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+        .filter(|s| s.len() <= 1024 && !s.contains('\0'))
+        .map(str::to_owned)
+}
+
+async fn webhook(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let denied = || ApiError::Unauthorized("invalid signature".into());
+    let id = raw.parse::<i64>().map_err(|_| denied())?;
+    let wf = state.store().workflow(id).await?.ok_or_else(denied)?;
+    let sealed = wf.webhook_secret.as_deref().ok_or_else(denied)?;
+    let secret = state
+        .key()
+        .open(&format!("workflows.webhook:{id}"), sealed)
+        .map_err(|_| {
+            ApiError::Internal(format!("webhook secret of workflow {id} does not open"))
+        })?;
+    if !signature_ok(&secret, &body, headers.get("x-hub-signature-256")) {
+        return Err(denied());
+    }
+    let payload: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("body: not JSON ({e})")))?
+    };
+    let delivery = headers
+        .get("x-github-delivery")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && d.len() <= 200);
+    if let Some(d) = delivery {
+        if !state
+            .store()
+            .record_delivery(id, d, crate::time::now_secs())
+            .await?
+        {
+            return Ok(ok(json!({ "duplicate": true })).into_response());
+        }
+    }
+    let git_ref = payload_string(&payload, &["ref"]);
+    let parsed = definition::parse(&wf.definition)
+        .map_err(|e| ApiError::Conflict(format!("the stored definition is invalid: {e}")))?;
+    if !parsed.definition.branches.is_empty()
+        && !git_ref
+            .as_deref()
+            .is_some_and(|r| parsed.definition.accepts_ref(r))
+    {
+        return Ok(ok(json!({ "skipped": "ref" })).into_response());
+    }
+    let commit = payload_string(&payload, &["after"])
+        .or_else(|| payload_string(&payload, &["head_commit", "id"]));
+    let repo = payload_string(&payload, &["repository", "full_name"])
+        .or_else(|| payload_string(&payload, &["repository", "clone_url"]));
+    let detail = json!({ "ref": git_ref, "commit": commit, "repo": repo, "delivery": delivery });
+    let run_id = enqueue(&state, &wf, "webhook", detail).await?;
+    Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    let any = json!({});
+    let run = obj(
+        &[
+            ("id", integer()),
+            ("workflow_id", integer()),
+            (
+                "status",
+                json!({ "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"] }),
+            ),
+            ("trigger", json!({ "enum": ["manual", "webhook"] })),
+            ("trigger_detail", any.clone()),
+            ("queued_at", string()),
+            ("started_at", nullable(string())),
+            ("finished_at", nullable(string())),
+            ("duration_ms", nullable(integer())),
+            ("error", nullable(string())),
+        ],
+        &["id", "workflow_id", "status", "trigger", "queued_at"],
+    );
+    let definition_schema = obj(
+        &[
+            (
+                "steps",
+                array(obj(
+                    &[
+                        ("name", string()),
+                        ("uses", string()),
+                        ("with", any.clone()),
+                        ("timeout_s", integer()),
+                        ("env", any.clone()),
+                    ],
+                    &["name", "uses"],
+                )),
+            ),
+            ("env", any.clone()),
+            ("secrets", any.clone()),
+            ("branches", array(string())),
+        ],
+        &["steps"],
+    );
+    reg.add(
+        Method::GET,
+        "/api/workflows",
+        viewer,
+        Doc {
+            summary: "Workflows with their last run",
+            request: None,
+            response: array(any.clone()),
+        },
+        list,
+    )
+    .add(
+        Method::POST,
+        "/api/workflows",
+        moderator,
+        Doc {
+            summary: "Create a workflow { name, server_id, definition } (400 names the offending field)",
+            request: Some(obj(
+                &[("name", string()), ("server_id", integer()), ("definition", definition_schema.clone())],
+                &["name", "server_id", "definition"],
+            )),
+            response: ok_with(&[("id", integer())]),
+        },
+        create,
+    )
+    .add(
+        Method::GET,
+        "/api/workflows/{id}",
+        viewer,
+        Doc {
+            summary: "A workflow (definition without secret values) and its recent runs",
+            request: None,
+            response: any.clone(),
+        },
+        get_one,
+    )
+    .add(
+        Method::PATCH,
+        "/api/workflows/{id}",
+        moderator,
+        Doc {
+            summary: "Change name, server_id or definition (a definition without `secrets` keeps the stored ones)",
+            request: Some(obj(
+                &[("name", string()), ("server_id", integer()), ("definition", definition_schema)],
+                &[],
+            )),
+            response: ok_with(&[("id", integer())]),
+        },
+        patch,
+    )
+    .add(
+        Method::DELETE,
+        "/api/workflows/{id}",
+        admin,
+        Doc {
+            summary: "Delete a workflow and its runs (409 while one is queued or running)",
+            request: None,
+            response: ok_with(&[]),
+        },
+        delete,
+    )
+    .add(
+        Method::POST,
+        "/api/workflows/{id}/run",
+        moderator,
+        Doc {
+            summary: "Trigger a manual run → { runId } (runs of a workflow queue one after another)",
+            request: None,
+            response: ok_with(&[("runId", integer())]),
+        },
+        run_now,
+    )
+    .add(
+        Method::POST,
+        "/api/workflows/{id}/webhook/rotate",
+        admin,
+        Doc {
+            summary: "Mint a new webhook URL and HMAC secret (shown once, stored sealed)",
+            request: None,
+            response: ok_with(&[("url", string()), ("secret", string())]),
+        },
+        rotate_webhook,
+    );
+    reg.tag("deployments")
+        .add(
+            Method::GET,
+            "/api/deployments/runs/{id}",
+            viewer,
+            Doc {
+                summary: "Run status, timings, trigger and per-step { name, status, exit_code, started_at, finished_at, output }",
+                request: None,
+                response: run,
+            },
+            get_run,
+        )
+        .add(
+            Method::GET,
+            "/api/deployments/runs/{id}/events",
+            viewer,
+            Doc {
+                summary: "Server-Sent Events: `step`, `output` ({step, stream, line}), `note`, `end`; ids are sequence numbers, resumable with Last-Event-ID; replays from the start",
+                request: None,
+                response: string(),
+            },
+            events,
+        )
+        .add(
+            Method::POST,
+            "/api/deployments/runs/{id}/cancel",
+            moderator,
+            Doc {
+                summary: "Cancel a queued run, or stop a running one (its step's processes are terminated)",
+                request: None,
+                response: ok_with(&[("status", string())]),
+            },
+            cancel,
+        );
+    reg.tag("webhooks").add(
+        Method::POST,
+        "/api/webhooks/{id}",
+        Access::Public,
+        Doc {
+            summary: "Trigger a workflow: body signed with its secret in X-Hub-Signature-256: sha256=<hex> (401 otherwise); X-GitHub-Delivery seen before → duplicate; branch filter → skipped",
+            request: Some(any),
+            response: ok_with(&[("runId", integer())]),
+        },
+        webhook,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signature_ok;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn signatures_are_checked_over_the_raw_body() {
+        // printf '%s' '{"ref":"refs/heads/main"}' | openssl dgst -sha256 -hmac s3cret
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let good = HeaderValue::from_static(
+            "sha256=232a5e067b6a5aa567ed5a1d21a0dffaf6ef0eeecb6bd9bcf43b3d5ef3fc4f43",
+        );
+        assert!(signature_ok(b"s3cret", body, Some(&good)));
+        assert!(!signature_ok(
+            b"s3cret",
+            br#"{"ref":"refs/heads/dev"}"#,
+            Some(&good)
+        ));
+        assert!(!signature_ok(b"other", body, Some(&good)));
+        assert!(!signature_ok(b"s3cret", body, None));
+        assert!(!signature_ok(
+            b"s3cret",
+            body,
+            Some(&HeaderValue::from_static("sha256=zz"))
+        ));
+        assert!(!signature_ok(
+            b"s3cret",
+            body,
+            Some(&HeaderValue::from_static("sha1=00"))
+        ));
+    }
+}

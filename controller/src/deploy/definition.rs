@@ -1,0 +1,362 @@
+//! Workflow definitions: parsed and validated from JSON, with errors that name the field
+//! (`steps[2].with.script: …`). Secrets are split off at parse time so the stored
+//! definition never holds them.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+pub const MAX_STEPS: usize = 50;
+pub const DEFAULT_TIMEOUT_S: u32 = 3600;
+const MAX_TIMEOUT_S: u64 = 86_400;
+const MAX_SCRIPT: usize = 64 * 1024;
+const MAX_VALUE: usize = 32 * 1024;
+const MAX_SECRET: usize = 8 * 1024;
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Shell {
+        script: String,
+        workdir: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub action: Action,
+    pub timeout_s: u32,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub steps: Vec<Step>,
+    pub env: BTreeMap<String, String>,
+    /// Branch names (`main`) or full refs (`refs/heads/main`); empty: every ref.
+    pub branches: Vec<String>,
+}
+
+/// A definition as given, before its secrets are sealed away.
+#[derive(Debug)]
+pub struct Parsed {
+    pub definition: Definition,
+    /// `None` when the input had no `secrets` key (keep the stored ones).
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+fn err(path: &str, msg: impl std::fmt::Display) -> String {
+    format!("{path}: {msg}")
+}
+
+fn no_unknown(obj: &Map<String, Value>, path: &str, known: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(err(
+            &format!("{path}.{k}"),
+            format!("unknown field (expected one of: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, String> {
+    v.as_str().ok_or_else(|| err(path, "must be a string"))
+}
+
+/// Environment variable names: `[A-Za-z_][A-Za-z0-9_]*`, not `MZ_…` (reserved for the
+/// trigger's values).
+pub fn check_env_name(name: &str, path: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(err(
+            path,
+            "names are letters, digits and _, not starting with a digit",
+        ));
+    }
+    if name.starts_with("MZ_") {
+        return Err(err(
+            path,
+            "names starting with MZ_ are reserved for trigger values",
+        ));
+    }
+    Ok(())
+}
+
+fn string_map(v: &Value, path: &str, max: usize) -> Result<BTreeMap<String, String>, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(path, "must be an object of names to strings"))?;
+    let mut out = BTreeMap::new();
+    for (k, val) in obj {
+        let p = format!("{path}.{k}");
+        check_env_name(k, &p)?;
+        let s = string(val, &p)?;
+        if s.len() > max || s.contains('\0') {
+            return Err(err(&p, format!("at most {max} bytes, no NUL")));
+        }
+        out.insert(k.clone(), s.to_owned());
+    }
+    Ok(out)
+}
+
+fn check_ref(b: &str, path: &str) -> Result<(), String> {
+    let ok = !b.is_empty()
+        && b.len() <= 255
+        && !b.contains("..")
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(path, "a branch name or ref (letters, digits, / . _ -)"))
+    }
+}
+
+fn absolute_path(p: &str, path: &str) -> Result<String, String> {
+    let ok = p.starts_with('/')
+        && p.len() <= 4096
+        && !p.contains('\0')
+        && !p.split('/').any(|c| c == "..");
+    if ok {
+        Ok(p.to_owned())
+    } else {
+        Err(err(path, "an absolute path without .."))
+    }
+}
+
+fn step(v: &Value, i: usize) -> Result<Step, String> {
+    let path = format!("steps[{i}]");
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(&path, "must be an object"))?;
+    no_unknown(obj, &path, &["name", "uses", "with", "timeout_s", "env"])?;
+    let name = string(
+        obj.get("name")
+            .ok_or_else(|| err(&format!("{path}.name"), "required"))?,
+        &format!("{path}.name"),
+    )?;
+    if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(err(
+            &format!("{path}.name"),
+            "1 to 100 printable characters",
+        ));
+    }
+    let uses = string(
+        obj.get("uses")
+            .ok_or_else(|| err(&format!("{path}.uses"), "required"))?,
+        &format!("{path}.uses"),
+    )?;
+    let empty = Value::Object(Map::new());
+    let with_v = obj.get("with").unwrap_or(&empty);
+    let with_path = format!("{path}.with");
+    let with = with_v
+        .as_object()
+        .ok_or_else(|| err(&with_path, "must be an object"))?;
+    let action = match uses {
+        "shell" => {
+            no_unknown(with, &with_path, &["script", "workdir"])?;
+            let sp = format!("{with_path}.script");
+            let script = string(with.get("script").ok_or_else(|| err(&sp, "required"))?, &sp)?;
+            if script.trim().is_empty() || script.len() > MAX_SCRIPT || script.contains('\0') {
+                return Err(err(&sp, format!("1 to {MAX_SCRIPT} bytes, no NUL")));
+            }
+            let workdir = match with.get("workdir") {
+                None | Some(Value::Null) => None,
+                Some(w) => {
+                    let wp = format!("{with_path}.workdir");
+                    Some(absolute_path(string(w, &wp)?, &wp)?)
+                }
+            };
+            Action::Shell {
+                script: script.to_owned(),
+                workdir,
+            }
+        }
+        "git" | "docker.build" | "docker.run" | "http.check" => {
+            return Err(err(
+                &format!("{path}.uses"),
+                format!("{uses:?} steps are not available in this version yet; use \"shell\""),
+            ))
+        }
+        other => {
+            return Err(err(
+                &format!("{path}.uses"),
+                format!(
+                "{other:?} is not a step type (shell, git, docker.build, docker.run, http.check)"
+            ),
+            ))
+        }
+    };
+    let timeout_s = match obj.get("timeout_s") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT_S,
+        Some(t) => t
+            .as_u64()
+            .filter(|t| (1..=MAX_TIMEOUT_S).contains(t))
+            .map(|t| t as u32)
+            .ok_or_else(|| {
+                err(
+                    &format!("{path}.timeout_s"),
+                    format!("whole seconds from 1 to {MAX_TIMEOUT_S}"),
+                )
+            })?,
+    };
+    let env = match obj.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(e) => string_map(e, &format!("{path}.env"), MAX_VALUE)?,
+    };
+    Ok(Step {
+        name: name.to_owned(),
+        action,
+        timeout_s,
+        env,
+    })
+}
+
+pub fn parse(v: &Value) -> Result<Parsed, String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("definition", "must be an object"))?;
+    no_unknown(obj, "definition", &["steps", "env", "secrets", "branches"])?;
+    let steps_v = obj
+        .get("steps")
+        .and_then(Value::as_array)
+        .ok_or_else(|| err("steps", "required: an array of steps"))?;
+    if steps_v.is_empty() || steps_v.len() > MAX_STEPS {
+        return Err(err("steps", format!("1 to {MAX_STEPS} steps")));
+    }
+    let steps = steps_v
+        .iter()
+        .enumerate()
+        .map(|(i, s)| step(s, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = match obj.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(e) => string_map(e, "env", MAX_VALUE)?,
+    };
+    let secrets = match obj.get("secrets") {
+        None => None,
+        Some(Value::Null) => Some(BTreeMap::new()),
+        Some(s) => {
+            let m = string_map(s, "secrets", MAX_SECRET)?;
+            if let Some((k, _)) = m.iter().find(|(_, v)| v.is_empty()) {
+                return Err(err(&format!("secrets.{k}"), "must not be empty"));
+            }
+            Some(m)
+        }
+    };
+    let branches = match obj.get("branches") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(b) => {
+            let arr = b
+                .as_array()
+                .ok_or_else(|| err("branches", "must be an array of branch names"))?;
+            arr.iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let p = format!("branches[{i}]");
+                    let s = string(b, &p)?;
+                    check_ref(s, &p)?;
+                    Ok(s.to_owned())
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        }
+    };
+    Ok(Parsed {
+        definition: Definition {
+            steps,
+            env,
+            branches,
+        },
+        secrets,
+    })
+}
+
+impl Definition {
+    /// The stored form (and what the API shows): no secrets.
+    pub fn to_json(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let with = match &s.action {
+                    Action::Shell { script, workdir } => {
+                        let mut w = serde_json::json!({ "script": script });
+                        if let Some(d) = workdir {
+                            w["workdir"] = Value::from(d.as_str());
+                        }
+                        w
+                    }
+                };
+                serde_json::json!({
+                    "name": s.name, "uses": "shell", "with": with,
+                    "timeout_s": s.timeout_s, "env": s.env,
+                })
+            })
+            .collect();
+        serde_json::json!({ "steps": steps, "env": self.env, "branches": self.branches })
+    }
+
+    /// Whether a pushed ref passes the branch filter.
+    pub fn accepts_ref(&self, r: &str) -> bool {
+        self.branches.is_empty()
+            || self
+                .branches
+                .iter()
+                .any(|b| r == b || r.strip_prefix("refs/heads/") == Some(b.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = |v: Value| parse(&v).err().unwrap_or_default();
+        assert!(bad(json!({ "steps": [] })).starts_with("steps:"));
+        assert!(
+            bad(json!({ "steps": [{ "name": "a", "uses": "shell", "with": {} }] }))
+                .starts_with("steps[0].with.script:")
+        );
+        let e = bad(json!({ "steps": [
+            { "name": "a", "uses": "shell", "with": { "script": "true" } },
+            { "name": "b", "uses": "shell", "with": { "script": "true", "workdir": "rel" } },
+        ] }));
+        assert!(e.starts_with("steps[1].with.workdir:"), "{e}");
+        assert!(
+            bad(json!({ "steps": [{ "name": "a", "uses": "teleport" }] }))
+                .starts_with("steps[0].uses:")
+        );
+        assert!(bad(json!({ "steps": [{ "name": "a", "uses": "shell", "with": { "script": "x" }, "timeout_s": 0 }] }))
+            .starts_with("steps[0].timeout_s:"));
+        assert!(bad(json!({ "steps": [{ "name": "a", "uses": "shell", "with": { "script": "x" } }], "env": { "MZ_REF": "x" } }))
+            .starts_with("env.MZ_REF:"));
+        assert!(bad(json!({ "steps": [{ "name": "a", "uses": "shell", "with": { "script": "x" } }], "bogus": 1 }))
+            .starts_with("definition.bogus:"));
+    }
+
+    #[test]
+    fn secrets_are_split_off_and_refs_filter() {
+        let p = parse(&json!({
+            "steps": [{ "name": "a", "uses": "shell", "with": { "script": "echo $TOKEN" } }],
+            "secrets": { "TOKEN": "s3cr3t" }, "branches": ["main"],
+        }))
+        .unwrap();
+        assert_eq!(p.secrets.unwrap()["TOKEN"], "s3cr3t");
+        assert!(!p.definition.to_json().to_string().contains("s3cr3t"));
+        assert!(p.definition.accepts_ref("refs/heads/main"));
+        assert!(p.definition.accepts_ref("main"));
+        assert!(!p.definition.accepts_ref("refs/heads/dev"));
+        // A stored definition parses back to itself.
+        let again = parse(&p.definition.to_json()).unwrap();
+        assert_eq!(again.definition, p.definition);
+        assert!(again.secrets.is_none());
+    }
+}

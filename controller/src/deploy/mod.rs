@@ -1,0 +1,520 @@
+//! Deploy runs: one queue per workflow (one run at a time, later triggers wait in order),
+//! each step carried out by the server's agent, every event of a run numbered and stored
+//! (output up to a per-run cap) before it is broadcast to live viewers.
+
+pub mod definition;
+
+use crate::gateway::CallError;
+use crate::state::AppState;
+use crate::store::RunEvent;
+use definition::{Action, Definition};
+use mezzanine_proto::v1::{command, reply, LogStream, RunStep, ShellStep};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Credit the agent may run ahead of the controller by, per step.
+const STEP_WINDOW: u64 = 4 * 1024 * 1024;
+const CHUNK_OVERHEAD: u64 = 64;
+/// Extra time the controller waits for a step beyond its own timeout before calling the
+/// run interrupted (the agent enforces the timeout; this covers a silent agent).
+const STEP_GRACE: Duration = Duration::from_secs(60);
+/// How long a step waits for its server's agent to be attached before the run is
+/// called interrupted.
+const OFFLINE_GRACE: Duration = Duration::from_secs(20);
+
+/// A running run's live side: its event broadcast and cancel switch.
+#[derive(Debug)]
+pub struct LiveRun {
+    pub events: broadcast::Sender<Arc<RunEvent>>,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+pub struct Deploys {
+    /// Workflows whose queue is being driven, and whether a run arrived since the driver
+    /// last looked.
+    drivers: Mutex<HashMap<i64, bool>>,
+    live: Mutex<HashMap<i64, Arc<LiveRun>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Deploys {
+    pub fn live(&self, run_id: i64) -> Option<Arc<LiveRun>> {
+        lock(&self.live).get(&run_id).cloned()
+    }
+
+    /// Asks a running run to stop; false when it is not running here.
+    pub fn cancel(&self, run_id: i64) -> bool {
+        match self.live(run_id) {
+            Some(l) => {
+                let _ = l.cancel.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Makes sure `workflow_id`'s queue is being worked on.
+pub fn kick(state: &AppState, workflow_id: i64) {
+    let mut drivers = lock(&state.deploys().drivers);
+    match drivers.get_mut(&workflow_id) {
+        Some(kicked) => *kicked = true,
+        None => {
+            drivers.insert(workflow_id, false);
+            tokio::spawn(drive(state.clone(), workflow_id));
+        }
+    }
+}
+
+/// At start: runs a previous process left running are interrupted; queued ones resume.
+pub async fn recover(state: &AppState) {
+    let now = crate::time::now_ms();
+    match state
+        .store()
+        .interrupt_orphaned_runs("the controller restarted during the run", now)
+        .await
+    {
+        Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "runs interrupted by a restart"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot mark interrupted runs"),
+    }
+    match state.store().workflows_with_queued_runs().await {
+        Ok(ids) => {
+            for id in ids {
+                kick(state, id);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot resume queued runs"),
+    }
+}
+
+async fn drive(state: AppState, workflow_id: i64) {
+    loop {
+        if let Some(k) = lock(&state.deploys().drivers).get_mut(&workflow_id) {
+            *k = false;
+        }
+        loop {
+            let next = match state.store().next_queued(workflow_id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(workflow_id, error = %e, "cannot read the run queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some(run_id) = next else { break };
+            execute(&state, run_id).await;
+        }
+        let mut drivers = lock(&state.deploys().drivers);
+        if drivers.get(&workflow_id) == Some(&true) {
+            continue;
+        }
+        drivers.remove(&workflow_id);
+        return;
+    }
+}
+
+/// Numbers, masks, stores and broadcasts a run's events.
+struct Recorder {
+    state: AppState,
+    run_id: i64,
+    seq: i64,
+    cap: i64,
+    stored: i64,
+    dropped: i64,
+    dropped_bytes: i64,
+    noted_cap: bool,
+    mask: Vec<String>,
+    live: Arc<LiveRun>,
+}
+
+impl Recorder {
+    fn event(&mut self, step: Option<i64>, kind: &str, text: String) -> RunEvent {
+        self.seq += 1;
+        RunEvent {
+            seq: self.seq,
+            step,
+            kind: kind.to_owned(),
+            text,
+            at: crate::time::now_ms(),
+        }
+    }
+
+    /// Stores then broadcasts: a viewer that subscribes and then reads the store misses
+    /// nothing.
+    async fn emit(&mut self, events: Vec<RunEvent>, stored: Vec<bool>) {
+        let keep: Vec<RunEvent> = events
+            .iter()
+            .zip(&stored)
+            .filter(|(_, s)| **s)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let bytes: i64 = keep
+            .iter()
+            .filter(|e| e.kind == "stdout" || e.kind == "stderr")
+            .map(|e| e.text.len() as i64)
+            .sum();
+        let dropped = stored.iter().filter(|s| !**s).count() as i64;
+        if let Err(e) = self
+            .state
+            .store()
+            .append_events(self.run_id, &keep, bytes, dropped)
+            .await
+        {
+            tracing::error!(run_id = self.run_id, error = %e, "cannot store run events");
+        }
+        for e in events {
+            let _ = self.live.events.send(Arc::new(e));
+        }
+    }
+
+    async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) {
+        let e = self.event(step, kind, data.to_string());
+        self.emit(vec![e], vec![true]).await;
+    }
+
+    /// One chunk of a step's output: whole lines, masked, stored while under the cap.
+    async fn output(&mut self, step: i64, stream: &str, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let mut events = Vec::new();
+        let mut stored = Vec::new();
+        let mut cap_note = None;
+        for line in text.split('\n') {
+            let mut line = line.strip_suffix('\r').unwrap_or(line).to_owned();
+            for s in &self.mask {
+                if line.contains(s.as_str()) {
+                    line = line.replace(s.as_str(), "***");
+                }
+            }
+            let len = line.len() as i64;
+            let keep = self.stored + len <= self.cap;
+            if keep {
+                self.stored += len;
+            } else {
+                self.dropped += 1;
+                self.dropped_bytes += len;
+                if !self.noted_cap {
+                    self.noted_cap = true;
+                    cap_note = Some(self.event(
+                        Some(step),
+                        "note",
+                        json!({ "message": format!("output beyond {} bytes is not stored; live viewers still receive it", self.cap) }).to_string(),
+                    ));
+                }
+            }
+            if let Some(n) = cap_note.take() {
+                events.push(n);
+                stored.push(true);
+            }
+            events.push(self.event(Some(step), stream, line));
+            stored.push(keep);
+        }
+        self.emit(events, stored).await;
+    }
+}
+
+fn trigger_env(detail: &Value, trigger: &str, run_id: i64) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("MZ_TRIGGER".into(), trigger.to_owned());
+    env.insert("MZ_RUN_ID".into(), run_id.to_string());
+    for (key, var) in [
+        ("ref", "MZ_REF"),
+        ("commit", "MZ_COMMIT"),
+        ("repo", "MZ_REPO"),
+    ] {
+        if let Some(v) = detail.get(key).and_then(Value::as_str) {
+            env.insert(var.into(), v.to_owned());
+        }
+    }
+    env
+}
+
+/// The run's secrets, opened.
+pub fn open_secrets(
+    state: &AppState,
+    workflow_id: i64,
+    sealed: Option<&[u8]>,
+) -> BTreeMap<String, String> {
+    let Some(sealed) = sealed else {
+        return BTreeMap::new();
+    };
+    match state
+        .key()
+        .open(&format!("workflows.secrets:{workflow_id}"), sealed)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
+    {
+        Some(m) => m,
+        None => {
+            tracing::error!(workflow_id, "workflow secrets do not open");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// How one step ended.
+enum StepEnd {
+    Exited(i32),
+    TimedOut,
+    Cancelled,
+    /// The run cannot go on (agent gone, server offline): the reason.
+    Interrupted(String),
+    /// The step could not start on the agent.
+    Error(String),
+}
+
+async fn execute(state: &AppState, run_id: i64) {
+    let store = state.store();
+    let (run, wf) = match store.run(run_id).await {
+        Ok(Some(run)) => match store.workflow(run.workflow_id).await {
+            Ok(Some(wf)) => (run, wf),
+            _ => return,
+        },
+        _ => return,
+    };
+    let def = match definition::parse(&wf.definition) {
+        Ok(p) => p.definition,
+        Err(e) => {
+            let _ = store
+                .finish_run(
+                    run_id,
+                    "failed",
+                    Some(&format!("stored definition is invalid: {e}")),
+                    crate::time::now_ms(),
+                )
+                .await;
+            return;
+        }
+    };
+    let secrets = open_secrets(state, wf.id, wf.secrets.as_deref());
+    let (events, _) = broadcast::channel(4096);
+    let (cancel, cancel_rx) = watch::channel(false);
+    let live = Arc::new(LiveRun { events, cancel });
+    lock(&state.deploys().live).insert(run_id, live.clone());
+    match store.start_run(run_id, crate::time::now_ms()).await {
+        Ok(true) => {}
+        _ => {
+            lock(&state.deploys().live).remove(&run_id);
+            return;
+        }
+    }
+    let seq = store.last_event_seq(run_id).await.unwrap_or(0);
+    let mut rec = Recorder {
+        state: state.clone(),
+        run_id,
+        seq,
+        cap: state.config().run_output_cap_bytes,
+        stored: run.stored_bytes,
+        dropped: 0,
+        dropped_bytes: 0,
+        noted_cap: false,
+        mask: secrets
+            .values()
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .collect(),
+        live: live.clone(),
+    };
+    let (status, error) = run_steps(
+        state,
+        &run,
+        wf.server_id,
+        &def,
+        &secrets,
+        &mut rec,
+        cancel_rx,
+    )
+    .await;
+    if rec.dropped > 0 {
+        let msg = format!(
+            "{} lines ({} bytes) of output were not stored (cap {} bytes)",
+            rec.dropped, rec.dropped_bytes, rec.cap
+        );
+        rec.note(None, "note", json!({ "message": msg })).await;
+    }
+    let now = crate::time::now_ms();
+    if let Err(e) = store
+        .finish_run(run_id, status, error.as_deref(), now)
+        .await
+    {
+        tracing::error!(run_id, error = %e, "cannot record the end of a run");
+    }
+    rec.note(None, "end", json!({ "status": status, "error": error }))
+        .await;
+    lock(&state.deploys().live).remove(&run_id);
+}
+
+async fn run_steps(
+    state: &AppState,
+    run: &crate::store::RunRow,
+    server_id: i64,
+    def: &Definition,
+    secrets: &BTreeMap<String, String>,
+    rec: &mut Recorder,
+    mut cancel: watch::Receiver<bool>,
+) -> (&'static str, Option<String>) {
+    let store = state.store();
+    let base_env = trigger_env(&run.trigger_detail, &run.trigger, run.id);
+    for (i, step) in def.steps.iter().enumerate() {
+        let idx = i as i64;
+        if *cancel.borrow() {
+            return ("cancelled", Some("cancelled before step".into()));
+        }
+        let _ = store
+            .set_step(run.id, idx, "running", None, crate::time::now_ms())
+            .await;
+        rec.note(
+            Some(idx),
+            "step",
+            json!({ "index": idx, "name": step.name, "status": "running" }),
+        )
+        .await;
+        let mut env: BTreeMap<String, String> = def.env.clone();
+        env.extend(step.env.clone());
+        env.extend(secrets.clone());
+        env.extend(base_env.clone());
+        let Action::Shell { script, workdir } = &step.action;
+        let cmd = command::Body::RunStep(RunStep {
+            run_id: run.id as u64,
+            step_index: i as u32,
+            env: env.into_iter().collect::<HashMap<_, _>>(),
+            mask: rec.mask.clone(),
+            timeout_secs: step.timeout_s,
+            window: STEP_WINDOW,
+            kind: Some(mezzanine_proto::v1::run_step::Kind::Shell(ShellStep {
+                script: script.clone(),
+                workdir: workdir.clone().unwrap_or_default(),
+            })),
+        });
+        let end = run_step(state, server_id, cmd, idx, step.timeout_s, rec, &mut cancel).await;
+        let (step_status, exit, run_status, err): (
+            &str,
+            Option<i64>,
+            Option<&'static str>,
+            Option<String>,
+        ) = match end {
+            StepEnd::Exited(0) => ("succeeded", Some(0), None, None),
+            StepEnd::Exited(code) => (
+                "failed",
+                Some(i64::from(code)),
+                Some("failed"),
+                Some(format!("step {:?} exited with {code}", step.name)),
+            ),
+            StepEnd::TimedOut => (
+                "timed_out",
+                None,
+                Some("timed_out"),
+                Some(format!(
+                    "step {:?} ran longer than {} s",
+                    step.name, step.timeout_s
+                )),
+            ),
+            StepEnd::Cancelled => (
+                "cancelled",
+                None,
+                Some("cancelled"),
+                Some("cancelled".into()),
+            ),
+            StepEnd::Interrupted(why) => ("interrupted", None, Some("interrupted"), Some(why)),
+            StepEnd::Error(why) => ("failed", None, Some("failed"), Some(why)),
+        };
+        let _ = store
+            .set_step(run.id, idx, step_status, exit, crate::time::now_ms())
+            .await;
+        rec.note(
+            Some(idx),
+            "step",
+            json!({ "index": idx, "name": step.name, "status": step_status, "exit_code": exit }),
+        )
+        .await;
+        if let Some(s) = run_status {
+            return (s, err);
+        }
+    }
+    ("succeeded", None)
+}
+
+async fn run_step(
+    state: &AppState,
+    server_id: i64,
+    cmd: command::Body,
+    idx: i64,
+    timeout_s: u32,
+    rec: &mut Recorder,
+    cancel: &mut watch::Receiver<bool>,
+) -> StepEnd {
+    // A server that is reconnecting (after a controller restart, say) gets a moment.
+    let wait_until = tokio::time::Instant::now() + OFFLINE_GRACE;
+    while !state.gateway().registry.is_attached(server_id)
+        && tokio::time::Instant::now() < wait_until
+    {
+        if *cancel.borrow() {
+            return StepEnd::Cancelled;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if *cancel.borrow() {
+        return StepEnd::Cancelled;
+    }
+    let mut stream = match state.gateway().registry.open_stream(server_id, cmd) {
+        Ok(s) => s,
+        Err(CallError::Offline) => return StepEnd::Interrupted("server offline".into()),
+        Err(e) => return StepEnd::Interrupted(e.to_string()),
+    };
+    let limit = Duration::from_secs(u64::from(timeout_s)) + STEP_GRACE;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut cancelling = false;
+    loop {
+        let body = tokio::select! {
+            b = tokio::time::timeout_at(deadline, stream.next()) => b,
+            r = cancel.changed(), if !cancelling => {
+                if r.is_ok() && *cancel.borrow() {
+                    cancelling = true;
+                    stream.cancel();
+                }
+                continue;
+            }
+        };
+        match body {
+            Err(_) => {
+                return StepEnd::Interrupted(format!(
+                    "the agent did not finish step {idx} within {} s",
+                    limit.as_secs()
+                ))
+            }
+            Ok(None) => {
+                return StepEnd::Interrupted("the agent disconnected during the step".into())
+            }
+            Ok(Some(reply::Body::StepOutput(o))) => {
+                let name = if o.stream == LogStream::Stderr as i32 {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
+                rec.output(idx, name, &o.data).await;
+                stream.credit(o.data.len() as u64 + CHUNK_OVERHEAD).await;
+            }
+            Ok(Some(reply::Body::StepResult(r))) => {
+                return if r.cancelled {
+                    StepEnd::Cancelled
+                } else if r.timed_out {
+                    StepEnd::TimedOut
+                } else if r.exit_code < 0 && !r.error.is_empty() {
+                    StepEnd::Error(r.error)
+                } else {
+                    StepEnd::Exited(r.exit_code)
+                };
+            }
+            Ok(Some(reply::Body::Error(e))) => return StepEnd::Error(e.message),
+            Ok(Some(_)) => return StepEnd::Error("the agent sent an unexpected answer".into()),
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Deploy workflows, runs, their steps and event history, and webhook deliveries.
+//! Sealed values (secrets, webhook secret) are sealed and opened by the caller.
+
+use super::{Result, Store, StoreError};
+use serde_json::Value;
+use sqlx::Row;
+
+#[derive(Debug, Clone)]
+pub struct WorkflowRow {
+    pub id: i64,
+    pub name: String,
+    pub server_id: i64,
+    pub definition: Value,
+    pub secrets: Option<Vec<u8>>,
+    pub webhook_secret: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: i64,
+    pub workflow_id: i64,
+    pub status: String,
+    pub trigger: String,
+    pub trigger_detail: Value,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    pub stored_bytes: i64,
+    pub dropped_lines: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub idx: i64,
+    pub name: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// One entry of a run's history.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    pub seq: i64,
+    pub step: Option<i64>,
+    pub kind: String,
+    pub text: String,
+    pub at: i64,
+}
+
+const WF_COLS: &str =
+    "id, name, server_id, definition, secrets, webhook_secret, created_at, updated_at";
+const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
+    finished_at, error, stored_bytes, dropped_lines";
+
+fn json(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Value> {
+    let raw: String = row.try_get(col)?;
+    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn workflow_from(row: &sqlx::sqlite::SqliteRow) -> Result<WorkflowRow> {
+    Ok(WorkflowRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        server_id: row.try_get("server_id")?,
+        definition: json(row, "definition")?,
+        secrets: row.try_get("secrets")?,
+        webhook_secret: row.try_get("webhook_secret")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        workflow_id: row.try_get("workflow_id")?,
+        status: row.try_get("status")?,
+        trigger: row.try_get("trigger")?,
+        trigger_detail: json(row, "trigger_detail")?,
+        queued_at: row.try_get("queued_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        stored_bytes: row.try_get("stored_bytes")?,
+        dropped_lines: row.try_get("dropped_lines")?,
+    })
+}
+
+fn unique(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// `None` when the name is taken.
+    pub async fn create_workflow(
+        &self,
+        name: &str,
+        server_id: i64,
+        definition: &Value,
+        now: i64,
+    ) -> Result<Option<i64>> {
+        let r = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO workflows (name, server_id, definition, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(server_id)
+        .bind(definition.to_string())
+        .bind(now)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await;
+        match r {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if unique(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn workflow(&self, id: i64) -> Result<Option<WorkflowRow>> {
+        let row = sqlx::query(&format!("SELECT {WF_COLS} FROM workflows WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(workflow_from).transpose()
+    }
+
+    pub async fn workflows(&self) -> Result<Vec<WorkflowRow>> {
+        let rows = sqlx::query(&format!("SELECT {WF_COLS} FROM workflows ORDER BY id"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(workflow_from).collect()
+    }
+
+    /// Updates what is given; `Ok(false)` when the new name is taken.
+    pub async fn update_workflow(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        server_id: Option<i64>,
+        definition: Option<&Value>,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE workflows SET name = COALESCE(?2, name), server_id = COALESCE(?3, server_id),
+             definition = COALESCE(?4, definition), updated_at = ?5 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(server_id)
+        .bind(definition.map(Value::to_string))
+        .bind(now)
+        .execute(self.pool())
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if unique(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn set_workflow_secrets(&self, id: i64, sealed: Option<&[u8]>) -> Result<()> {
+        sqlx::query("UPDATE workflows SET secrets = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_webhook_secret(&self, id: i64, sealed: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE workflows SET webhook_secret = ? WHERE id = ?")
+            .bind(sealed)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_workflow(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM workflows WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records a webhook delivery id; false when it was seen before.
+    pub async fn record_delivery(
+        &self,
+        workflow_id: i64,
+        delivery: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(workflow_id)
+        .bind(delivery)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Queues a run with its steps (all `pending`).
+    pub async fn create_run(
+        &self,
+        workflow_id: i64,
+        trigger: &str,
+        detail: &Value,
+        steps: &[String],
+        now_ms: i64,
+    ) -> Result<i64> {
+        let mut tx = self.pool().begin().await?;
+        let id = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO runs (workflow_id, status, trigger, trigger_detail, queued_at)
+             VALUES (?, 'queued', ?, ?, ?) RETURNING id",
+        )
+        .bind(workflow_id)
+        .bind(trigger)
+        .bind(detail.to_string())
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (i, name) in steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO run_steps (run_id, idx, name, status) VALUES (?, ?, ?, 'pending')",
+            )
+            .bind(id)
+            .bind(i as i64)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    pub async fn recent_runs(&self, workflow_id: i64, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE workflow_id = ? ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(workflow_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(run_from).collect()
+    }
+
+    /// The oldest queued run of a workflow.
+    pub async fn next_queued(&self, workflow_id: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE workflow_id = ? AND status = 'queued' ORDER BY id LIMIT 1",
+        )
+        .bind(workflow_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Workflows with queued runs (to restart their queues after a controller start).
+    pub async fn workflows_with_queued_runs(&self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT workflow_id FROM runs WHERE status = 'queued' ORDER BY workflow_id",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Marks runs left `running` by a previous controller process.
+    pub async fn interrupt_orphaned_runs(&self, reason: &str, now_ms: i64) -> Result<Vec<i64>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'interrupted', error = ?, finished_at = ?
+             WHERE status = 'running' RETURNING id",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .fetch_all(self.pool())
+        .await?;
+        for id in &ids {
+            sqlx::query(
+                "UPDATE run_steps SET status = CASE status WHEN 'running' THEN 'interrupted'
+                 ELSE 'skipped' END, finished_at = COALESCE(finished_at, ?)
+                 WHERE run_id = ? AND status IN ('running', 'pending')",
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(ids)
+    }
+
+    /// `queued` → `running`; false if the run is no longer queued (cancelled meanwhile).
+    pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Ends a run (only one still queued or running) and its unfinished steps.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ?
+             WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Cancels a run that has not started; false if it already has (or ended).
+    pub async fn cancel_queued_run(&self, id: i64, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(
+            "UPDATE runs SET status = 'cancelled', error = 'cancelled before it started',
+             finished_at = ? WHERE id = ? AND status = 'queued'",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn set_step(
+        &self,
+        run_id: i64,
+        idx: i64,
+        status: &str,
+        exit_code: Option<i64>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (start, finish) = if status == "running" {
+            (Some(now_ms), None)
+        } else {
+            (None, Some(now_ms))
+        };
+        sqlx::query(
+            "UPDATE run_steps SET status = ?, exit_code = COALESCE(?, exit_code),
+             started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at)
+             WHERE run_id = ? AND idx = ?",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(start)
+        .bind(finish)
+        .bind(run_id)
+        .bind(idx)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn run_steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(
+            "SELECT idx, name, status, exit_code, started_at, finished_at FROM run_steps
+             WHERE run_id = ? ORDER BY idx",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRow {
+                    idx: r.try_get("idx")?,
+                    name: r.try_get("name")?,
+                    status: r.try_get("status")?,
+                    exit_code: r.try_get("exit_code")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends events in one transaction and adds to the run's stored-bytes and dropped
+    /// counters.
+    pub async fn append_events(
+        &self,
+        run_id: i64,
+        events: &[RunEvent],
+        stored_bytes: i64,
+        dropped_lines: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO run_events (run_id, seq, step, kind, text, at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run_id)
+            .bind(e.seq)
+            .bind(e.step)
+            .bind(&e.kind)
+            .bind(&e.text)
+            .bind(e.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if stored_bytes != 0 || dropped_lines != 0 {
+            sqlx::query(
+                "UPDATE runs SET stored_bytes = stored_bytes + ?, dropped_lines = dropped_lines + ?
+                 WHERE id = ?",
+            )
+            .bind(stored_bytes)
+            .bind(dropped_lines)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Events after `after_seq`, in order, at most `limit`.
+    pub async fn run_events(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<RunEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, step, kind, text, at FROM run_events WHERE run_id = ? AND seq > ?
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunEvent {
+                    seq: r.try_get("seq")?,
+                    step: r.try_get("step")?,
+                    kind: r.try_get("kind")?,
+                    text: r.try_get("text")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn last_event_seq(&self, run_id: i64) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,634 @@
+//! Deploy workflows with shell steps, run by real agents: manual and webhook triggers
+//! (the seed's curl + openssl example verbatim), live events with replay and
+//! Last-Event-ID, secrets masked, queueing, cancel, and runs cut by an agent or
+//! controller dying.
+
+use mezzanine_tests::{
+    attached_agent, binary, free_port, Agent, Client, Controller, Process, ADMIN_PASSWORD,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// (id, event, data) of each SSE event read until `done` or the stream ends.
+async fn sse(
+    resp: &mut reqwest::Response,
+    within: Duration,
+    mut done: impl FnMut(&[(i64, String, Value)]) -> bool,
+) -> Vec<(i64, String, Value)> {
+    let deadline = Instant::now() + within;
+    let mut buf = String::new();
+    let mut out: Vec<(i64, String, Value)> = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "events so far: {out:?}");
+        let Some(chunk) = tokio::time::timeout(left, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no event in time; so far: {out:?}"))
+            .expect("read")
+        else {
+            return out;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut ev, mut data) = (0, String::new(), String::new());
+            for l in block.lines() {
+                if let Some(v) = l.strip_prefix("id: ") {
+                    id = v.parse().expect("id");
+                } else if let Some(v) = l.strip_prefix("event: ") {
+                    ev = v.to_owned();
+                } else if let Some(v) = l.strip_prefix("data: ") {
+                    data = v.to_owned();
+                }
+            }
+            if !ev.is_empty() {
+                out.push((id, ev, serde_json::from_str(&data).expect("json data")));
+            }
+        }
+        if done(&out) {
+            return out;
+        }
+    }
+}
+
+fn ended(ev: &[(i64, String, Value)]) -> bool {
+    ev.iter().any(|(_, e, _)| e == "end")
+}
+
+async fn create(admin: &mut Client, name: &str, server: i64, definition: Value) -> i64 {
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": name, "server_id": server, "definition": definition }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["id"].as_i64().expect("id")
+}
+
+async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = c.get(&format!("/api/deployments/runs/{run}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let s = r.body["status"].as_str().unwrap_or_default();
+        if !matches!(s, "queued" | "running") {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "run {run} still {s}: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_count(admin: &mut Client, wf: i64) -> usize {
+    admin.get(&format!("/api/workflows/{wf}")).await.body["runs"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_streams_stores_and_replays_every_line() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "deploy-1", 1).await;
+    let wf = create(
+        &mut admin,
+        "hello",
+        server,
+        json!({
+            "env": { "GREETING": "hello" },
+            "steps": [
+                { "name": "say", "uses": "shell", "with": { "script": "echo \"$GREETING from $MZ_TRIGGER\"; for i in 1 2 3; do echo line-$i; done; echo oops >&2" } },
+                { "name": "fail", "uses": "shell", "with": { "script": "echo about to fail; exit 3" } },
+                { "name": "never", "uses": "shell", "with": { "script": "echo unreachable" } },
+            ],
+        }),
+    )
+    .await;
+
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let run = r.body["runId"].as_i64().expect("runId");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let live = sse(&mut resp, Duration::from_secs(20), ended).await;
+    let lines: Vec<&str> = live
+        .iter()
+        .filter(|(_, e, _)| e == "output")
+        .filter_map(|(_, _, d)| d["line"].as_str())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "hello from manual",
+            "line-1",
+            "line-2",
+            "line-3",
+            "oops",
+            "about to fail"
+        ],
+        "{live:?}"
+    );
+    assert!(live
+        .iter()
+        .any(|(_, e, d)| e == "output" && d["line"] == "oops" && d["stream"] == "stderr"));
+    let ids: Vec<i64> = live.iter().map(|(i, _, _)| *i).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids in order: {ids:?}"
+    );
+    let end = &live.last().expect("end").2;
+    assert_eq!(end["status"], "failed", "{end}");
+
+    let body = wait_run(&mut admin, run, Duration::from_secs(5)).await;
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["trigger"], "manual");
+    assert_eq!(body["trigger_detail"]["user"], "admin");
+    assert!(body["duration_ms"].as_i64().is_some());
+    let steps = body["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["status"], "succeeded");
+    assert_eq!(steps[0]["exit_code"], 0);
+    assert!(steps[0]["output"]
+        .as_str()
+        .is_some_and(|o| o.contains("line-2\n")));
+    assert_eq!(steps[1]["status"], "failed");
+    assert_eq!(steps[1]["exit_code"], 3);
+    assert_eq!(steps[2]["status"], "skipped");
+    assert_eq!(steps[2]["output"], "");
+
+    // A late viewer gets the same history; Last-Event-ID resumes after it.
+    let mut again = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    let replay = sse(&mut again, Duration::from_secs(5), ended).await;
+    assert_eq!(replay, live);
+    let resume_after = live[3].0;
+    let resp = admin
+        .raw(
+            admin
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/api/deployments/runs/{run}/events"),
+                )
+                .header("Last-Event-ID", resume_after.to_string()),
+        )
+        .await;
+    assert!(
+        resp.body
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("id: {}\n", resume_after + 1))),
+        "{}",
+        resp.body
+    );
+
+    // The workflow shows its runs; validation names fields; roles hold.
+    let w = admin.get(&format!("/api/workflows/{wf}")).await;
+    assert_eq!(w.body["runs"][0]["id"], run);
+    let bad = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "bad", "server_id": server, "definition": { "steps": [
+                { "name": "a", "uses": "shell", "with": { "script": "true" } },
+                { "name": "b", "uses": "shell", "with": { "script": "" } },
+            ] } }),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("definition.steps[1].with.script:")),
+        "{}",
+        bad.body
+    );
+    let bad = admin
+        .post("/api/workflows", json!({ "name": "bad", "server_id": 9999, "definition": { "steps": [{ "name": "a", "uses": "shell", "with": { "script": "true" } }] } }))
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let dup = admin
+        .post("/api/workflows", json!({ "name": "HELLO", "server_id": server, "definition": { "steps": [{ "name": "a", "uses": "shell", "with": { "script": "true" } }] } }))
+        .await;
+    assert_eq!(dup.status, 409, "{}", dup.body);
+    let mut viewer = ctl.user(&mut admin, "watcher", "viewer").await;
+    assert_eq!(
+        viewer
+            .post(&format!("/api/workflows/{wf}/run"), json!({}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        viewer
+            .get(&format!("/api/deployments/runs/{run}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(admin.get("/api/deployments/runs/424242").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_trigger_runs_and_nothing_else_does() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "deploy-2", 1).await;
+    let marker = tempfile::tempdir().expect("tmp");
+    let pwned = marker.path().join("pwned");
+    let wf = create(
+        &mut admin,
+        "hook",
+        server,
+        json!({
+            "branches": ["main"],
+            "steps": [{ "name": "show", "uses": "shell", "with": { "script": "echo \"ref=$MZ_REF commit=$MZ_COMMIT repo=$MZ_REPO trigger=$MZ_TRIGGER\"" } }],
+        }),
+    )
+    .await;
+    let mut moderator = ctl.user(&mut admin, "deployer", "moderator").await;
+    assert_eq!(
+        moderator
+            .post(&format!("/api/workflows/{wf}/webhook/rotate"), json!({}))
+            .await
+            .status,
+        403
+    );
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/webhook/rotate"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = r.body["url"].as_str().expect("url").to_owned();
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    assert_eq!(url, format!("{}/api/webhooks/{wf}", ctl.base));
+    let shown = admin.get(&format!("/api/workflows/{wf}")).await.body;
+    assert!(
+        !shown.to_string().contains(&secret),
+        "the secret is shown once"
+    );
+    assert_eq!(shown["webhook_url"], url.as_str());
+
+    // The seed's example, verbatim, in a shell.
+    let seed = |body: &str, secret: &str, extra: &str| {
+        let script = format!(
+            "BODY='{body}'\n\
+             SIG=$(printf '%s' \"$BODY\" | openssl dgst -sha256 -hmac \"$WEBHOOK_SECRET\" | awk '{{print $2}}')\n\
+             curl -sS -X POST {url} \\\n\
+             -H \"Content-Type: application/json\" \\\n\
+             -H \"X-Hub-Signature-256: sha256=$SIG\" {extra} \\\n\
+             -d \"$BODY\" -w '\\n%{{http_code}}'"
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("WEBHOOK_SECRET", secret)
+            .output()
+            .expect("bash");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (
+            code.trim().parse::<u16>().expect("code"),
+            serde_json::from_str::<Value>(body).unwrap_or(Value::Null),
+        )
+    };
+    let (code, body) = seed(
+        r#"{"ref":"refs/heads/main","after":"abc123","repository":{"full_name":"acme/app"}}"#,
+        &secret,
+        "",
+    );
+    assert_eq!(code, 201, "{body}");
+    let run = body["runId"].as_i64().expect("runId");
+    let done = wait_run(&mut admin, run, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["trigger"], "webhook");
+    assert_eq!(
+        done["steps"][0]["output"],
+        "ref=refs/heads/main commit=abc123 repo=acme/app trigger=webhook\n"
+    );
+
+    let before = run_count(&mut admin, wf).await;
+    // Wrong secret, no signature, a tampered body: 401 and no run.
+    let (code, body) = seed(r#"{"ref":"refs/heads/main"}"#, "not-the-secret", "");
+    assert_eq!(
+        (code, body["error"].clone()),
+        (401, json!("invalid signature"))
+    );
+    let r = admin
+        .raw(
+            admin
+                .request(reqwest::Method::POST, &url.replace(&ctl.base, ""))
+                .header("content-type", "application/json")
+                .body(r#"{"ref":"refs/heads/main"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = Client::new(&ctl.base)
+        .post("/api/webhooks/99999", json!({}))
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "an unknown workflow reveals nothing: {}",
+        r.body
+    );
+    // A replayed delivery, a push to another branch: 200, no run.
+    let (code, body) = seed(
+        r#"{"ref":"refs/heads/main"}"#,
+        &secret,
+        "-H 'X-GitHub-Delivery: d-1'",
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = seed(
+        r#"{"ref":"refs/heads/main"}"#,
+        &secret,
+        "-H 'X-GitHub-Delivery: d-1'",
+    );
+    assert_eq!(
+        (code, body.clone()),
+        (200, json!({ "ok": true, "duplicate": true })),
+        "{body}"
+    );
+    let (code, body) = seed(r#"{"ref":"refs/heads/dev"}"#, &secret, "");
+    assert_eq!(
+        (code, body.clone()),
+        (200, json!({ "ok": true, "skipped": "ref" })),
+        "{body}"
+    );
+    assert_eq!(run_count(&mut admin, wf).await, before + 1);
+
+    // Payload values are only environment variables: shell syntax in them stays text.
+    let evil = format!("main$(touch {p}); touch {p}", p = pwned.display());
+    let r = admin
+        .patch(&format!("/api/workflows/{wf}"), json!({ "definition": { "steps": [{ "name": "show", "uses": "shell", "with": { "script": "echo \"ref=$MZ_REF\"" } }] } }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let payload = json!({ "ref": evil }).to_string().replace('\'', "'\\''");
+    let (code, body) = seed(&payload, &secret, "");
+    assert_eq!(code, 201, "{body}");
+    let done = wait_run(
+        &mut admin,
+        body["runId"].as_i64().expect("run"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(done["steps"][0]["output"], format!("ref={evil}\n"));
+    assert!(!pwned.exists(), "nothing from the payload ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_masked_runs_queue_and_cancel() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "deploy-3", 1).await;
+    let secret = "s3cr3t-value-8842";
+    let wf = create(
+        &mut admin,
+        "masked",
+        server,
+        json!({
+            "secrets": { "API_TOKEN": secret },
+            "steps": [{ "name": "leak", "uses": "shell", "with": { "script": "echo \"token is $API_TOKEN\"; echo \"$API_TOKEN\" >&2; printf 'x%sx\\n' \"$API_TOKEN\"" } }],
+        }),
+    )
+    .await;
+    let shown = admin.get(&format!("/api/workflows/{wf}")).await.body;
+    assert_eq!(shown["secrets"], json!(["API_TOKEN"]));
+    assert!(!shown.to_string().contains(secret));
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    let live = sse(&mut resp, Duration::from_secs(20), ended).await;
+    let text = format!("{live:?}");
+    assert!(!text.contains(secret), "streamed: {text}");
+    assert!(
+        text.contains("token is ***") && text.contains("x***x"),
+        "{text}"
+    );
+    let done = wait_run(&mut admin, run, Duration::from_secs(5)).await;
+    assert!(!done.to_string().contains(secret));
+    // stdout and stderr are read separately, so only each stream's order is fixed.
+    let mut got: Vec<&str> = done["steps"][0]["output"]
+        .as_str()
+        .expect("output")
+        .lines()
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, ["***", "token is ***", "x***x"]);
+
+    // Queueing and cancel: a long run, a queued one behind it.
+    let pidfile = tempfile::tempdir().expect("tmp");
+    let pid_path = pidfile.path().join("pid");
+    let slow = create(
+        &mut admin,
+        "slow",
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": format!("echo started; sleep 60 & echo $! > {}; wait", pid_path.display()) } }] }),
+    )
+    .await;
+    let first = admin
+        .post(&format!("/api/workflows/{slow}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let second = admin
+        .post(&format!("/api/workflows/{slow}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{first}/events"))
+        .await;
+    sse(&mut resp, Duration::from_secs(20), |ev| {
+        ev.iter()
+            .any(|(_, e, d)| e == "output" && d["line"] == "started")
+    })
+    .await;
+    assert_eq!(
+        admin
+            .get(&format!("/api/deployments/runs/{second}"))
+            .await
+            .body["status"],
+        "queued"
+    );
+    let r = admin
+        .post(&format!("/api/deployments/runs/{second}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].clone()),
+        (200, json!("cancelled")),
+        "{}",
+        r.body
+    );
+    let t = Instant::now();
+    let r = admin
+        .post(&format!("/api/deployments/runs/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].clone()),
+        (200, json!("cancelling")),
+        "{}",
+        r.body
+    );
+    let done = wait_run(&mut admin, first, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["steps"][0]["status"], "cancelled");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    let pid = std::fs::read_to_string(&pid_path)
+        .expect("pid")
+        .trim()
+        .to_owned();
+    // Gone, or a zombie waiting for whoever reaps orphans on this machine.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains("State:\tZ"),
+        "the step's processes ended: {state}"
+    );
+    let r = admin
+        .post(&format!("/api/deployments/runs/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        wait_run(&mut admin, second, Duration::from_secs(2)).await["status"],
+        "cancelled"
+    );
+    let r = admin.delete(&format!("/api/workflows/{slow}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin
+            .get(&format!("/api/deployments/runs/{first}"))
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
+    // A controller process we can kill, on fixed ports so the agent finds it again.
+    let data = tempfile::tempdir().expect("tmp");
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let dir = data.path().join("data");
+    let args = [
+        "serve",
+        "--listen",
+        &http,
+        "--agent-listen",
+        &agents,
+        "--agent-endpoint",
+        &format!("https://{agents}"),
+        "--data-dir",
+        dir.to_str().expect("utf8"),
+    ];
+    let mut ctl = Process::spawn(&binary("mezzanine", false), &args);
+    ctl.wait_ready(Duration::from_secs(15));
+    let base = format!("http://{http}");
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    let (server, token, _) = mezzanine_tests::add_server(&mut admin, "deploy-4").await;
+    let agent = Agent::new();
+    let (ok, out) = agent.enroll(&token);
+    assert!(ok, "{out}");
+    let agent_proc = agent.run(1);
+    mezzanine_tests::wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+    let wf = create(
+        &mut admin,
+        "long",
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "echo begun; sleep 20; echo never" }, "timeout_s": 60 }] }),
+    )
+    .await;
+
+    // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept.
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    sse(&mut resp, Duration::from_secs(20), |ev| {
+        ev.iter().any(|(_, e, _)| e == "output")
+    })
+    .await;
+    agent_proc.signal("KILL");
+    let t = Instant::now();
+    let done = wait_run(&mut admin, run, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "interrupted", "{done}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(done["steps"][0]["output"], "begun\n");
+    assert_eq!(done["steps"][0]["status"], "interrupted");
+
+    // The controller dies mid-run: after its restart the run is interrupted, and a run
+    // queued behind it runs.
+    let agent_proc = agent.run(1);
+    mezzanine_tests::wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let queued = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    sse(&mut resp, Duration::from_secs(20), |ev| {
+        ev.iter().any(|(_, e, _)| e == "output")
+    })
+    .await;
+    ctl.signal("KILL");
+    let _ = ctl.wait_exit(Duration::from_secs(5));
+    let mut ctl = Process::spawn(&binary("mezzanine", false), &args);
+    ctl.wait_ready(Duration::from_secs(15));
+    let mut admin = Client::new(&base);
+    assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
+    let done = wait_run(&mut admin, run, Duration::from_secs(5)).await;
+    assert_eq!(done["status"], "interrupted", "{done}");
+    assert_eq!(done["error"], "the controller restarted during the run");
+    let next = admin
+        .get(&format!("/api/deployments/runs/{queued}"))
+        .await
+        .body;
+    assert!(
+        matches!(next["status"].as_str(), Some("queued" | "running")),
+        "{next}"
+    );
+    let r = admin
+        .post(&format!("/api/deployments/runs/{queued}/cancel"), json!({}))
+        .await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = wait_run(&mut admin, queued, Duration::from_secs(15)).await;
+    assert!(
+        matches!(done["status"].as_str(), Some("cancelled" | "interrupted")),
+        "{done}"
+    );
+    agent_proc.signal("KILL");
+    ctl.terminate(Duration::from_secs(10));
+}
