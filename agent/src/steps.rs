@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 /// The largest chunk of step output sent in one message.
@@ -120,7 +120,8 @@ where
         Err(e) => return result(-1, false, false, format!("cannot start /bin/sh: {e}")),
     };
     let pid = child.id().unwrap_or(0);
-    let (lines_tx, mut lines) = mpsc::channel::<(LogStream, String)>(1024);
+    // Small: the pipes, not this queue, hold back a process that outpaces the controller.
+    let (lines_tx, mut lines) = mpsc::channel::<(LogStream, String)>(16);
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(read_lines(
@@ -243,30 +244,38 @@ async fn until_cancelled(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Reads a pipe in blocks and passes on whole lines (several per message when the
+/// process writes fast); a line longer than MAX_LINE is cut.
 async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
-    r: R,
+    mut r: R,
     kind: LogStream,
     tx: mpsc::Sender<(LogStream, String)>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, r);
-    let mut buf = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_CHUNK);
+    let mut block = vec![0u8; MAX_CHUNK];
     loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => return,
-        };
+        // A read error ends the stream like end-of-file does.
+        let n: usize = r.read(&mut block).await.unwrap_or_default();
         if n == 0 {
+            if !buf.is_empty() {
+                let mut text = String::from_utf8_lossy(&buf).into_owned();
+                text.push('\n');
+                let _ = tx.send((kind, text)).await;
+            }
             return;
         }
-        let mut text = String::from_utf8_lossy(&buf).into_owned();
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
+        buf.extend_from_slice(&block[..n]);
+        let cut = match buf.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if buf.len() >= MAX_LINE => {
+                buf.push(b'\n');
+                buf.len()
+            }
+            None => continue,
+        };
+        let rest = buf.split_off(cut);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        buf = rest;
         if tx.send((kind, text)).await.is_err() {
             return;
         }

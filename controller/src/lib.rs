@@ -92,6 +92,11 @@ pub async fn serve(
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
     crate::deploy::recover(&state).await;
+    // Responses (event streams especially) go out as written: without TCP_NODELAY a small
+    // write can wait ~40 ms for the client's delayed ACK.
+    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let web = axum::serve(
         http,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -632,3 +632,44 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
     agent_proc.signal("KILL");
     ctl.terminate(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_output_is_capped_with_a_marker_while_the_live_stream_has_every_line() {
+    let ctl = Controller::start_with(&["--run-output-cap-bytes", "1000"]).await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "deploy-5", 1).await;
+    let wf = create(
+        &mut admin,
+        "chatty",
+        server,
+        json!({ "steps": [{ "name": "talk", "uses": "shell", "with": { "script": "sleep 0.5; i=0; while [ $i -lt 200 ]; do echo \"line $i of the chatty step, padded to fifty b\"; i=$((i+1)); done" } }] }),
+    )
+    .await;
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    let live = sse(&mut resp, Duration::from_secs(20), ended).await;
+    let lines = live.iter().filter(|(_, e, _)| e == "output").count();
+    assert_eq!(lines, 200, "the live stream carries every line");
+    let done = wait_run(&mut admin, run, Duration::from_secs(5)).await;
+    assert_eq!(done["status"], "succeeded");
+    let stored = done["steps"][0]["output"].as_str().expect("output");
+    assert!(stored.len() <= 1000 + 40, "stored {} bytes", stored.len());
+    assert!(stored.starts_with("line 0 of"));
+    assert!(
+        done["dropped_lines"].as_i64().is_some_and(|d| d > 150),
+        "{done}"
+    );
+    let notes = done["notes"].to_string();
+    assert!(notes.contains("not stored"), "a visible marker: {notes}");
+    assert!(live.iter().any(|(_, e, d)| e == "note"
+        && d["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not stored"))));
+}

@@ -228,7 +228,10 @@ impl Client {
 
     /// A GET with the session whose body the caller reads as it arrives (event streams).
     pub async fn open(&self, path: &str) -> reqwest::Response {
-        let mut req = self.request(Method::GET, path);
+        // No overall deadline: a stream lasts as long as its source.
+        let mut req = self
+            .request(Method::GET, path)
+            .timeout(Duration::from_secs(24 * 3600));
         if let Some(c) = &self.cookie {
             req = req.header("cookie", format!("cp_session={c}"));
         }
@@ -391,6 +394,10 @@ impl Process {
     }
 
     /// Sends a signal (`STOP`, `CONT`, `KILL`, …).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let ok = std::process::Command::new("kill")

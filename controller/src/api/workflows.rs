@@ -259,6 +259,7 @@ async fn enqueue(
         .store()
         .create_run(wf.id, trigger, &detail, &names, crate::time::now_ms())
         .await?;
+    state.deploys().register(run_id);
     deploy::kick(state, wf.id);
     Ok(run_id)
 }
@@ -359,6 +360,7 @@ async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
             .cancel_queued_run(id, crate::time::now_ms())
             .await?;
     if queued_cancelled {
+        deploy::cancelled_while_queued(&state, id).await;
         return Ok(ok(json!({ "status": "cancelled" })));
     }
     if state.deploys().cancel(id) {
@@ -384,17 +386,24 @@ async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
 
 /// One SSE event for a stored or live run event.
 fn sse(out: &mut Vec<u8>, e: &RunEvent) {
-    let data = match e.kind.as_str() {
+    use std::io::Write;
+    match e.kind.as_str() {
         "stdout" | "stderr" => {
-            json!({ "step": e.step, "stream": e.kind, "line": e.text, "at": e.at }).to_string()
+            // Written by hand: this is the hot path of a chatty step.
+            let line = serde_json::to_string(&e.text).unwrap_or_else(|_| "\"\"".into());
+            let _ = write!(
+                out,
+                "id: {}\nevent: output\ndata: {{\"step\":{},\"stream\":\"{}\",\"line\":{line},\"at\":{}}}\n\n",
+                e.seq,
+                e.step.unwrap_or(0),
+                e.kind,
+                e.at
+            );
         }
-        _ => e.text.clone(),
-    };
-    let kind = match e.kind.as_str() {
-        "stdout" | "stderr" => "output",
-        k => k,
-    };
-    out.extend_from_slice(format!("id: {}\nevent: {kind}\ndata: {data}\n\n", e.seq).as_bytes());
+        kind => {
+            let _ = write!(out, "id: {}\nevent: {kind}\ndata: {}\n\n", e.seq, e.text);
+        }
+    }
 }
 
 async fn events(
@@ -482,14 +491,21 @@ async fn pump_events(
                 }
             };
             match ev {
-                Ok(e) => {
-                    if e.seq <= after {
-                        continue;
-                    }
-                    after = e.seq;
+                Ok(batch) => {
                     let mut out = Vec::new();
-                    sse(&mut out, &e);
-                    if tx.send(Ok(out.into())).await.is_err() || e.kind == "end" {
+                    let mut ended = false;
+                    for e in batch.iter() {
+                        if e.seq <= after {
+                            continue;
+                        }
+                        after = e.seq;
+                        sse(&mut out, e);
+                        ended |= e.kind == "end";
+                    }
+                    if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
+                        return;
+                    }
+                    if ended {
                         return;
                     }
                 }

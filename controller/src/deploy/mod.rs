@@ -28,7 +28,8 @@ const OFFLINE_GRACE: Duration = Duration::from_secs(20);
 /// A running run's live side: its event broadcast and cancel switch.
 #[derive(Debug)]
 pub struct LiveRun {
-    pub events: broadcast::Sender<Arc<RunEvent>>,
+    /// Events in the batches they were recorded in (one per output chunk).
+    pub events: broadcast::Sender<Arc<Vec<RunEvent>>>,
     cancel: watch::Sender<bool>,
 }
 
@@ -47,6 +48,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Deploys {
     pub fn live(&self, run_id: i64) -> Option<Arc<LiveRun>> {
         lock(&self.live).get(&run_id).cloned()
+    }
+
+    /// The live side of a run, created when the run is queued so that viewers who arrive
+    /// before it starts are subscribed from its first event.
+    pub fn register(&self, run_id: i64) -> Arc<LiveRun> {
+        lock(&self.live)
+            .entry(run_id)
+            .or_insert_with(|| {
+                let (events, _) = broadcast::channel(64);
+                let (cancel, _) = watch::channel(false);
+                Arc::new(LiveRun { events, cancel })
+            })
+            .clone()
+    }
+
+    fn forget(&self, run_id: i64) {
+        lock(&self.live).remove(&run_id);
     }
 
     /// Asks a running run to stop; false when it is not running here.
@@ -170,9 +188,7 @@ impl Recorder {
         {
             tracing::error!(run_id = self.run_id, error = %e, "cannot store run events");
         }
-        for e in events {
-            let _ = self.live.events.send(Arc::new(e));
-        }
+        let _ = self.live.events.send(Arc::new(events));
     }
 
     async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) {
@@ -295,14 +311,12 @@ async fn execute(state: &AppState, run_id: i64) {
         }
     };
     let secrets = open_secrets(state, wf.id, wf.secrets.as_deref());
-    let (events, _) = broadcast::channel(4096);
-    let (cancel, cancel_rx) = watch::channel(false);
-    let live = Arc::new(LiveRun { events, cancel });
-    lock(&state.deploys().live).insert(run_id, live.clone());
+    let live = state.deploys().register(run_id);
+    let cancel_rx = live.cancel.subscribe();
     match store.start_run(run_id, crate::time::now_ms()).await {
         Ok(true) => {}
         _ => {
-            lock(&state.deploys().live).remove(&run_id);
+            state.deploys().forget(run_id);
             return;
         }
     }
@@ -349,7 +363,30 @@ async fn execute(state: &AppState, run_id: i64) {
     }
     rec.note(None, "end", json!({ "status": status, "error": error }))
         .await;
-    lock(&state.deploys().live).remove(&run_id);
+    state.deploys().forget(run_id);
+}
+
+/// Ends a run cancelled before it started: its `end` event, for anyone watching.
+pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
+    let store = state.store();
+    let seq = store.last_event_seq(run_id).await.unwrap_or(0) + 1;
+    let e = RunEvent {
+        seq,
+        step: None,
+        kind: "end".into(),
+        text: json!({ "status": "cancelled", "error": "cancelled before it started" }).to_string(),
+        at: crate::time::now_ms(),
+    };
+    if let Err(err) = store
+        .append_events(run_id, std::slice::from_ref(&e), 0, 0)
+        .await
+    {
+        tracing::error!(run_id, error = %err, "cannot store a run's end");
+    }
+    if let Some(live) = state.deploys().live(run_id) {
+        let _ = live.events.send(Arc::new(vec![e]));
+    }
+    state.deploys().forget(run_id);
 }
 
 async fn run_steps(

@@ -1,0 +1,183 @@
+//! Deploy benchmark (issue: deploy workflows). Release controller and release agent
+//! processes on loopback. Measures:
+//!
+//! - webhook received → first output line of the first step at an API client: the clock
+//!   starts before the signed `POST /api/webhooks/:id` is sent; the client then opens
+//!   `GET /api/deployments/runs/:id/events` and stops the clock at the first `output`
+//!   event. 100 runs, p50/p99.
+//! - throughput: one step printing 1 GiB (`yes` lines of 100 bytes through `head -c`),
+//!   read by an SSE client; MiB/s of log text delivered, and the controller's RSS before
+//!   and at its highest during the run.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench deploys`
+
+use hmac::Mac;
+use mezzanine_tests::{add_server, binary, first_admin, free_port, wait_server, Agent, Process};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 100;
+const GIB: u64 = 1 << 30;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn bench() {
+    let data = tempfile::tempdir().expect("tmp");
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let dir = data.path().join("data");
+    let agent_bin = binary("mezzanine-agent", true);
+    let mut ctl = Process::spawn(
+        &binary("mezzanine", true),
+        &[
+            "serve",
+            "--listen",
+            &http,
+            "--agent-listen",
+            &agents,
+            "--agent-endpoint",
+            &format!("https://{agents}"),
+            "--data-dir",
+            dir.to_str().expect("utf8"),
+            "--agent-binary",
+            agent_bin.to_str().expect("utf8"),
+        ],
+    );
+    ctl.wait_ready(Duration::from_secs(15));
+    let pid = ctl.pid();
+    let base = format!("http://{http}");
+    let mut admin = first_admin(&base).await;
+    let (server, token, _) = add_server(&mut admin, "bench").await;
+    let agent = Agent {
+        dir: tempfile::tempdir().expect("tmp"),
+        bin: agent_bin,
+    };
+    let (ok, out) = agent.enroll(&token);
+    assert!(ok, "{out}");
+    let _agent = agent.run(10);
+    wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+
+    // Latency: webhook → first line.
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "fast", "server_id": server, "definition": { "steps": [{ "name": "hello", "uses": "shell", "with": { "script": "echo first line" } }] } }),
+        )
+        .await;
+    let wf = r.body["id"].as_i64().expect("id");
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/webhook/rotate"), json!({}))
+        .await;
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    let http_client = reqwest::Client::new();
+    let mut samples = Vec::with_capacity(RUNS);
+    for i in 0..RUNS {
+        let body = json!({ "ref": "refs/heads/main", "after": format!("{i:040}") }).to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("mac");
+        mac.update(body.as_bytes());
+        let sig = hex::encode(mac.finalize().into_bytes());
+        let t = Instant::now();
+        let resp = http_client
+            .post(format!("{base}/api/webhooks/{wf}"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", format!("sha256={sig}"))
+            .body(body)
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(resp.status(), 201);
+        let v: Value = resp.json().await.expect("json");
+        let run = v["runId"].as_i64().expect("run");
+        let mut events = admin
+            .open(&format!("/api/deployments/runs/{run}/events"))
+            .await;
+        let mut buf = String::new();
+        while !buf.contains("event: output") {
+            let chunk = events.chunk().await.expect("read").expect("more events");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Let the run end before the next one (one run per workflow at a time).
+        while events.chunk().await.ok().flatten().is_some() {}
+    }
+    let (p50, p99) = (pct(&mut samples, 0.5), pct(&mut samples, 0.99));
+    println!(
+        "webhook → first output line at the client, {RUNS} runs: p50 {p50:.1} ms, p99 {p99:.1} ms"
+    );
+
+    // Throughput: 1 GiB through one step.
+    let line = "x".repeat(99);
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "flood", "server_id": server, "definition": { "steps": [{ "name": "flood", "uses": "shell", "with": { "script": format!("yes {line} | head -c {GIB}") } }] } }),
+        )
+        .await;
+    let wf = r.body["id"].as_i64().expect("id");
+    let baseline = rss_kib(pid);
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let t = Instant::now();
+    let mut events = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    let mut peak = baseline;
+    let mut bytes = 0u64;
+    let mut last_sample = Instant::now();
+    while let Some(chunk) = events.chunk().await.expect("read") {
+        bytes += chunk.len() as u64;
+        if last_sample.elapsed() > Duration::from_millis(200) {
+            peak = peak.max(rss_kib(pid));
+            last_sample = Instant::now();
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let done = admin
+        .get(&format!("/api/deployments/runs/{run}"))
+        .await
+        .body;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    println!(
+        "1 GiB step: {:.1} s, {:.1} MiB/s of log text ({:.1} MiB/s of SSE bytes); controller RSS {:.1} MiB → peak {:.1} MiB (+{:.1} MiB); stored {} bytes, {} lines not stored",
+        secs,
+        GIB as f64 / secs / 1048576.0,
+        bytes as f64 / secs / 1048576.0,
+        baseline as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak - baseline) as f64 / 1024.0,
+        done["stored_bytes"],
+        done["dropped_lines"],
+    );
+    ctl.terminate(Duration::from_secs(10));
+}
