@@ -62,6 +62,7 @@ async function refresh() {
   }
   show("home");
   await loadServers();
+  await loadWorkflows();
   if (me.role === "admin") await Promise.all([loadUsers(), loadAudit()]);
 }
 
@@ -324,6 +325,129 @@ $("#docker-close").addEventListener("click", () => { stopLogs(); dockerServer = 
 $("#docker-reload").addEventListener("click", () => loadDocker(false));
 $("#docker-check").addEventListener("click", () => loadDocker(true));
 $("#docker-logs-stop").addEventListener("click", stopLogs);
+
+// ---- Deploy workflows -------------------------------------------------------------------
+
+let runStream = null;
+let watchedRun = null;
+
+async function loadWorkflows() {
+  const [list, servers] = await Promise.all([api("GET", "/workflows"), api("GET", "/servers")]);
+  const names = Object.fromEntries(servers.map((s) => [s.id, s.name]));
+  const select = $("#workflow-server");
+  select.replaceChildren(...servers.map((s) => {
+    const o = document.createElement("option");
+    o.value = s.id;
+    o.textContent = s.name;
+    return o;
+  }));
+  const body = $("#workflows tbody");
+  body.replaceChildren();
+  $("#no-workflows").hidden = list.length > 0;
+  for (const wf of list) {
+    const tr = document.createElement("tr");
+    cell(tr, wf.name);
+    cell(tr, names[wf.server_id] || wf.server_id);
+    const last = cell(tr, wf.last_run ? wf.last_run.status : "never");
+    if (wf.last_run) {
+      last.className = "status " + wf.last_run.status;
+      last.appendChild(button("View", "link", () => watchRun(wf.last_run.id, wf.name)));
+    }
+    cell(tr, wf.webhook ? "yes" : "no");
+    const actions = cell(tr, "");
+    if (rank(me.role) >= 1) {
+      actions.appendChild(button("Run", "", async () => {
+        try {
+          const r = await api("POST", "/workflows/" + wf.id + "/run");
+          watchRun(r.runId, wf.name);
+          loadWorkflows();
+        } catch (e) { flash(e.message); }
+      }));
+    }
+    if (me.role === "admin") {
+      actions.appendChild(button("Webhook", "", async () => {
+        if (!confirm("Mint a new webhook secret for " + wf.name + "? The old one stops working.")) return;
+        try {
+          const r = await api("POST", "/workflows/" + wf.id + "/webhook/rotate");
+          $("#webhook").hidden = false;
+          $("#webhook-name").textContent = wf.name;
+          $("#webhook-url").textContent = r.url;
+          $("#webhook-secret").textContent = r.secret;
+          loadWorkflows();
+        } catch (e) { flash(e.message); }
+      }));
+      actions.appendChild(button("Delete", "danger", () => {
+        if (confirm("Delete workflow " + wf.name + " and its runs?")) {
+          act(() => api("DELETE", "/workflows/" + wf.id), "Workflow deleted.");
+        }
+      }));
+    }
+    body.appendChild(tr);
+  }
+}
+
+function stopRunStream() {
+  if (runStream) runStream.close();
+  runStream = null;
+}
+
+function watchRun(runId, name) {
+  stopRunStream();
+  watchedRun = runId;
+  $("#run-view").hidden = false;
+  $("#run-id").textContent = "#" + runId;
+  $("#run-workflow").textContent = name;
+  const status = $("#run-status");
+  status.textContent = "…";
+  status.className = "status";
+  const pre = $("#run-output");
+  pre.replaceChildren();
+  const add = (text, cls) => {
+    const span = document.createElement("span");
+    if (cls) span.className = cls;
+    span.textContent = text + "\n";
+    pre.appendChild(span);
+    while (pre.childNodes.length > 5000) pre.removeChild(pre.firstChild);
+    pre.scrollTop = pre.scrollHeight;
+  };
+  const es = new EventSource("/api/deployments/runs/" + runId + "/events");
+  runStream = es;
+  const data = (ev) => { try { return JSON.parse(ev.data); } catch (_) { return {}; } };
+  es.addEventListener("output", (ev) => { const d = data(ev); add(d.line, d.stream === "stderr" ? "stderr" : ""); });
+  es.addEventListener("step", (ev) => {
+    const d = data(ev);
+    status.textContent = "running";
+    status.className = "status running";
+    add("▸ " + d.name + ": " + d.status + (d.exit_code != null ? " (exit " + d.exit_code + ")" : ""), "step");
+  });
+  es.addEventListener("note", (ev) => add("note: " + data(ev).message, "step"));
+  es.addEventListener("end", (ev) => {
+    const d = data(ev);
+    status.textContent = d.status;
+    status.className = "status " + d.status;
+    if (d.error) add("— " + d.error + " —", "step");
+    es.close();
+    if (runStream === es) runStream = null;
+    loadWorkflows().catch(() => {});
+  });
+}
+
+$("#run-close").addEventListener("click", () => { stopRunStream(); $("#run-view").hidden = true; });
+$("#run-cancel").addEventListener("click", async () => {
+  if (watchedRun == null) return;
+  try {
+    const r = await api("POST", "/deployments/runs/" + watchedRun + "/cancel");
+    flash("Run " + r.status + ".", true);
+  } catch (e) { flash(e.message); }
+});
+
+$("#workflow-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = formData(ev.target);
+  let definition;
+  try { definition = JSON.parse(f.definition); } catch (e) { flash("Definition: not valid JSON (" + e.message + ")"); return; }
+  act(() => api("POST", "/workflows", { name: f.name, server_id: Number(f.server_id), definition }), "Workflow created.");
+});
 
 async function act(fn, done) {
   try {

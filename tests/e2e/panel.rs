@@ -358,3 +358,60 @@ async fn a_person_watches_a_container_log_and_stops_it() {
         .await;
     assert_eq!(r.body[0]["state"], "exited", "{}", r.body);
 }
+
+/// A workflow created, run and watched from the panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_creates_runs_and_watches_a_workflow() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (_id, _agent, _proc) = mezzanine_tests::attached_agent(&mut admin, "box-1", 1).await;
+    let b = Browser::start().await;
+    b.open(&format!("{}/", ctl.base)).await;
+    b.until(
+        "the login form",
+        "!document.querySelector('#view-login').hidden",
+    )
+    .await;
+    b.type_into("#login-form input[name=username]", "admin")
+        .await;
+    b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
+        .await;
+    b.click("#login-form button[type=submit]").await;
+    b.until(
+        "the server in the workflow form",
+        "[...document.querySelectorAll('#workflow-server option')].some(o => o.textContent === 'box-1')",
+    )
+    .await;
+    b.type_into("#workflow-form input[name=name]", "greet")
+        .await;
+    b.js("document.querySelector('#workflow-form textarea').value = JSON.stringify({ steps: [ { name: 'hi', uses: 'shell', with: { script: 'echo hello-from-the-panel; echo careful >&2' } } ] }); return 1;")
+        .await;
+    b.click("#workflow-form button[type=submit]").await;
+    b.until(
+        "the workflow row",
+        "[...document.querySelectorAll('#workflows tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('never'))",
+    )
+    .await;
+    b.js("[...[...document.querySelectorAll('#workflows tbody tr')].find(r => r.innerText.includes('greet')).querySelectorAll('button')].find(x => x.textContent === 'Run').click(); return 1;")
+        .await;
+    b.until(
+        "the live output",
+        "document.querySelector('#run-output').textContent.includes('hello-from-the-panel')",
+    )
+    .await;
+    b.until(
+        "the run's end",
+        "document.querySelector('#run-status').textContent === 'succeeded'",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('#run-output .stderr').textContent;")
+            .await,
+        json!("careful\n")
+    );
+    b.until(
+        "the last run in the table",
+        "[...document.querySelectorAll('#workflows tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('succeeded'))",
+    )
+    .await;
+}
