@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod facts;
+pub mod httpcheck;
 pub mod identity;
 pub mod session;
 pub mod steps;

@@ -65,13 +65,19 @@ where
     F: FnMut(reply::Body) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) = step.kind else {
-        return result(
-            -1,
-            false,
-            false,
-            "this agent cannot run that kind of step; upgrade it".into(),
-        );
+    let shell = match step.kind {
+        Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) => shell,
+        Some(mezzanine_proto::v1::run_step::Kind::HttpCheck(h)) => {
+            return http_check(h, &step.mask, step.timeout_secs, &credit, cancel, send).await
+        }
+        None => {
+            return result(
+                -1,
+                false,
+                false,
+                "this agent cannot run that kind of step; upgrade it".into(),
+            )
+        }
     };
     let workdir = if shell.workdir.is_empty() {
         default_workdir(work_root, step.run_id)
@@ -233,6 +239,61 @@ where
             format!("waiting for the step failed: {e}"),
         ),
         None => result(-1, timed_out, cancelled, "the step did not finish".into()),
+    }
+}
+
+/// The `http.check` step: each attempt is a line of output.
+async fn http_check<F, Fut>(
+    h: mezzanine_proto::v1::HttpCheckStep,
+    secrets: &[String],
+    timeout_secs: u32,
+    credit: &Semaphore,
+    mut cancel: watch::Receiver<bool>,
+    mut send: F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let expect = u16::try_from(h.expect_status).unwrap_or(200);
+    let interval = Duration::from_secs(u64::from(h.interval_secs.max(1)));
+    let limit = Duration::from_secs(u64::from(timeout_secs.max(1)));
+    let (tx, mut lines) = mpsc::channel::<String>(16);
+    let url = h.url.clone();
+    let check = crate::httpcheck::check(&url, expect, h.retries, interval, tx);
+    tokio::pin!(check);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut outcome: Option<bool> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(mut line) => {
+                    mask(&mut line, secrets);
+                    line.push('\n');
+                    if !send_chunk(credit, &mut send, LogStream::Stdout, line).await {
+                        return result(-1, false, true, "cancelled".into());
+                    }
+                }
+                // The check finished and every line it wrote was sent.
+                None => break,
+            },
+            ok = &mut check, if outcome.is_none() => outcome = Some(ok),
+            () = &mut deadline => {
+                return result(-1, true, false, format!("timed out after {} s", limit.as_secs()))
+            }
+            () = until_cancelled(&mut cancel) => return result(-1, false, true, "cancelled".into()),
+        }
+    }
+    if outcome == Some(true) {
+        result(0, false, false, String::new())
+    } else {
+        result(
+            1,
+            false,
+            false,
+            format!("{} did not answer {expect}", h.url),
+        )
     }
 }
 

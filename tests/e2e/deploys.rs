@@ -673,3 +673,82 @@ async fn stored_output_is_capped_with_a_marker_while_the_live_stream_has_every_l
             .as_str()
             .is_some_and(|m| m.contains("not stored"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_pass_on_the_expected_status_and_fail_after_their_retries() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "deploy-6", 1).await;
+    let closed = free_port("127.0.0.1");
+    let wf = create(
+        &mut admin,
+        "checks",
+        server,
+        json!({ "steps": [
+            { "name": "up", "uses": "http.check", "with": { "url": format!("{}/healthz", ctl.base) } },
+            { "name": "missing", "uses": "http.check", "with": { "url": format!("{}/nope", ctl.base), "expect_status": 404, "retries": 0 } },
+            { "name": "down", "uses": "http.check", "with": { "url": format!("http://127.0.0.1:{closed}/"), "retries": 2, "interval_s": 1 } },
+        ] }),
+    )
+    .await;
+    let shown = admin.get(&format!("/api/workflows/{wf}")).await.body;
+    assert_eq!(
+        shown["definition"]["steps"][0]["with"]["expect_status"], 200,
+        "defaults filled in: {shown}"
+    );
+    let t = Instant::now();
+    let run = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await
+        .body["runId"]
+        .as_i64()
+        .expect("run");
+    let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let steps = done["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["status"], "succeeded", "{done}");
+    assert!(
+        steps[0]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("→ 200")),
+        "{done}"
+    );
+    assert_eq!(steps[1]["status"], "succeeded", "{done}");
+    assert_eq!(steps[2]["status"], "failed");
+    assert_eq!(steps[2]["exit_code"], 1);
+    let out = steps[2]["output"].as_str().expect("output");
+    assert_eq!(out.lines().count(), 3, "three attempts: {out}");
+    assert!(out.contains("giving up after 3 attempts"), "{out}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "attempts are interval_s apart"
+    );
+    let bad = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "badcheck", "server_id": server, "definition": { "steps": [
+            { "name": "x", "uses": "http.check", "with": { "url": "ftp://example/" } },
+        ] } }),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("definition.steps[0].with.url:")),
+        "{}",
+        bad.body
+    );
+    let bad = admin
+        .post("/api/workflows", json!({ "name": "badcheck", "server_id": server, "definition": { "steps": [
+            { "name": "x", "uses": "http.check", "with": { "url": "http://h/", "expect_status": 42 } },
+        ] } }))
+        .await;
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("definition.steps[0].with.expect_status:")),
+        "{}",
+        bad.body
+    );
+}

@@ -19,6 +19,48 @@ pub enum Action {
         script: String,
         workdir: Option<String>,
     },
+    HttpCheck {
+        url: String,
+        expect_status: u16,
+        retries: u32,
+        interval_s: u32,
+    },
+}
+
+/// A URL for `http.check`: `http(s)://host[:port][/path]`, printable ASCII, no credentials.
+fn check_url(u: &str, path: &str) -> Result<String, String> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or_else(|| err(path, "must start with http:// or https://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let ok = !authority.is_empty()
+        && !authority.contains('@')
+        && u.len() <= 2048
+        && u.bytes().all(|b| (0x21..0x7f).contains(&b));
+    if ok {
+        Ok(u.to_owned())
+    } else {
+        Err(err(path, "a URL with a host, no credentials, no spaces"))
+    }
+}
+
+fn bounded(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
+            err(
+                &format!("{path}.{key}"),
+                format!("a whole number from {} to {}", range.start(), range.end()),
+            )
+        }),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +220,22 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
                 workdir,
             }
         }
-        "git" | "docker.build" | "docker.run" | "http.check" => {
+        "http.check" => {
+            no_unknown(
+                with,
+                &with_path,
+                &["url", "expect_status", "retries", "interval_s"],
+            )?;
+            let up = format!("{with_path}.url");
+            let url = string(with.get("url").ok_or_else(|| err(&up, "required"))?, &up)?;
+            Action::HttpCheck {
+                url: check_url(url, &up)?,
+                expect_status: bounded(with, "expect_status", &with_path, 100..=599, 200)? as u16,
+                retries: bounded(with, "retries", &with_path, 0..=100, 10)? as u32,
+                interval_s: bounded(with, "interval_s", &with_path, 1..=300, 3)? as u32,
+            }
+        }
+        "git" | "docker.build" | "docker.run" => {
             return Err(err(
                 &format!("{path}.uses"),
                 format!("{uses:?} steps are not available in this version yet; use \"shell\""),
@@ -284,17 +341,29 @@ impl Definition {
             .steps
             .iter()
             .map(|s| {
-                let with = match &s.action {
+                let (uses, with) = match &s.action {
                     Action::Shell { script, workdir } => {
                         let mut w = serde_json::json!({ "script": script });
                         if let Some(d) = workdir {
                             w["workdir"] = Value::from(d.as_str());
                         }
-                        w
+                        ("shell", w)
                     }
+                    Action::HttpCheck {
+                        url,
+                        expect_status,
+                        retries,
+                        interval_s,
+                    } => (
+                        "http.check",
+                        serde_json::json!({
+                            "url": url, "expect_status": expect_status,
+                            "retries": retries, "interval_s": interval_s,
+                        }),
+                    ),
                 };
                 serde_json::json!({
-                    "name": s.name, "uses": "shell", "with": with,
+                    "name": s.name, "uses": uses, "with": with,
                     "timeout_s": s.timeout_s, "env": s.env,
                 })
             })

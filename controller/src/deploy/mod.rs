@@ -8,7 +8,7 @@ use crate::gateway::CallError;
 use crate::state::AppState;
 use crate::store::RunEvent;
 use definition::{Action, Definition};
-use mezzanine_proto::v1::{command, reply, LogStream, RunStep, ShellStep};
+use mezzanine_proto::v1::{command, reply, HttpCheckStep, LogStream, RunStep, ShellStep};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -418,7 +418,25 @@ async fn run_steps(
         env.extend(step.env.clone());
         env.extend(secrets.clone());
         env.extend(base_env.clone());
-        let Action::Shell { script, workdir } = &step.action;
+        let kind = match &step.action {
+            Action::Shell { script, workdir } => {
+                mezzanine_proto::v1::run_step::Kind::Shell(ShellStep {
+                    script: script.clone(),
+                    workdir: workdir.clone().unwrap_or_default(),
+                })
+            }
+            Action::HttpCheck {
+                url,
+                expect_status,
+                retries,
+                interval_s,
+            } => mezzanine_proto::v1::run_step::Kind::HttpCheck(HttpCheckStep {
+                url: url.clone(),
+                expect_status: u32::from(*expect_status),
+                retries: *retries,
+                interval_secs: *interval_s,
+            }),
+        };
         let cmd = command::Body::RunStep(RunStep {
             run_id: run.id as u64,
             step_index: i as u32,
@@ -426,10 +444,7 @@ async fn run_steps(
             mask: rec.mask.clone(),
             timeout_secs: step.timeout_s,
             window: STEP_WINDOW,
-            kind: Some(mezzanine_proto::v1::run_step::Kind::Shell(ShellStep {
-                script: script.clone(),
-                workdir: workdir.clone().unwrap_or_default(),
-            })),
+            kind: Some(kind),
         });
         let end = run_step(state, server_id, cmd, idx, step.timeout_s, rec, &mut cancel).await;
         let (step_status, exit, run_status, err): (
