@@ -14,6 +14,7 @@ use mezzanine_proto::v1::{
     reply, Container, ContainerAction, DockerActionResult, DockerContainerAction, DockerContainers,
     DockerError, DockerImages, DockerLogs, Image, LogChunk, LogStream, PortMapping, StreamEnd,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex, Semaphore};
@@ -440,5 +441,252 @@ fn container(c: bollard::models::ContainerSummary) -> Container {
             })
             .collect(),
         labels: c.labels.unwrap_or_default().into_iter().collect(),
+    }
+}
+
+/// The reply of a `docker.run` step: `Ok(lines)` when the new container runs under the
+/// name, or `Err(lines, reason)`.
+pub type RunOutcome = Result<Vec<String>, (Vec<String>, String)>;
+
+impl Engine {
+    /// Replaces container `step.name` with a new one from `step.image` (see the proto's
+    /// `DockerRunStep` for the order of operations and the rollback).
+    pub async fn run_replace(
+        &self,
+        step: &mezzanine_proto::v1::DockerRunStep,
+        run_id: u64,
+    ) -> RunOutcome {
+        use bollard::models::{
+            ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+        };
+        use bollard::query_parameters::{
+            CreateContainerOptions, CreateImageOptions, RenameContainerOptions,
+        };
+        let mut log: Vec<String> = Vec::new();
+        let fail = |log: Vec<String>, why: String| Err((log, why));
+        let engine_err = |e: bollard::errors::Error| match e {
+            EngineError::DockerResponseServerError { message, .. } => message,
+            other => crate::error_chain(&other),
+        };
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(reply::Body::DockerError(e)) => return fail(log, e.message),
+            Err(_) => return fail(log, "no Docker engine".into()),
+        };
+        // The image: here already, or pulled.
+        if docker.inspect_image(&step.image).await.is_err() {
+            log.push(format!("pulling {}", step.image));
+            let (from, tag) = match step.image.rsplit_once(':') {
+                Some((f, t)) if !t.contains('/') => (f.to_owned(), t.to_owned()),
+                _ => (step.image.clone(), "latest".to_owned()),
+            };
+            let options = CreateImageOptions {
+                from_image: Some(from),
+                tag: Some(tag),
+                ..Default::default()
+            };
+            let mut pull = docker.create_image(Some(options), None, None);
+            while let Some(item) = pull.next().await {
+                if let Err(e) = item {
+                    return fail(
+                        log,
+                        format!("cannot pull {}: {}", step.image, engine_err(e)),
+                    );
+                }
+            }
+            log.push(format!("pulled {}", step.image));
+        }
+        let old = match docker.inspect_container(&step.name, None).await {
+            Ok(c) => Some((
+                c.id.unwrap_or_default(),
+                c.state.and_then(|s| s.running).unwrap_or(false),
+            )),
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => None,
+            Err(e) => {
+                return fail(
+                    log,
+                    format!("cannot inspect {}: {}", step.name, engine_err(e)),
+                )
+            }
+        };
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &step.ports {
+            let key = format!(
+                "{}/{}",
+                p.container_port,
+                if p.protocol.is_empty() {
+                    "tcp"
+                } else {
+                    &p.protocol
+                }
+            );
+            exposed.push(key.clone());
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                    host_port: Some(p.host_port.to_string()),
+                });
+        }
+        let restart = match step.restart.as_str() {
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            "no" => RestartPolicyNameEnum::NO,
+            _ => RestartPolicyNameEnum::UNLESS_STOPPED,
+        };
+        let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        let body = ContainerCreateBody {
+            image: Some(step.image.clone()),
+            env: Some(env),
+            exposed_ports: Some(exposed),
+            labels: Some(HashMap::from([(
+                "mezzanine.run".to_owned(),
+                run_id.to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                binds: Some(step.volumes.clone()),
+                port_bindings: Some(bindings),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let temp = format!("{}-mz-{run_id}", step.name);
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(temp.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await;
+        let new_id = match created {
+            Ok(c) => c.id,
+            Err(e) => {
+                return fail(
+                    log,
+                    format!("cannot create the new container: {}", engine_err(e)),
+                )
+            }
+        };
+        log.push(format!(
+            "created {} from {}",
+            &new_id[..12.min(new_id.len())],
+            step.image
+        ));
+        if let Some((id, true)) = &old {
+            if let Err(e) = docker
+                .stop_container(
+                    id,
+                    Some(StopContainerOptions {
+                        t: Some(10),
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                let _ = docker
+                    .remove_container(
+                        &new_id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                return fail(
+                    log,
+                    format!("cannot stop the running {}: {}", step.name, engine_err(e)),
+                );
+            }
+            log.push(format!("stopped the previous {}", step.name));
+        }
+        let mut started = docker
+            .start_container(&new_id, None)
+            .await
+            .map_err(engine_err);
+        if started.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let running = docker
+                .inspect_container(&new_id, None)
+                .await
+                .ok()
+                .and_then(|c| c.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if !running {
+                started = Err("it exited right after starting".into());
+            }
+        }
+        if let Err(why) = started {
+            let _ = docker
+                .remove_container(
+                    &new_id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            let mut reason = format!("the new container did not start: {why}");
+            if let Some((id, true)) = &old {
+                match docker.start_container(id, None).await {
+                    Ok(()) => reason.push_str("; the previous one was started again"),
+                    Err(e) => reason.push_str(&format!(
+                        "; restarting the previous one failed too: {}",
+                        engine_err(e)
+                    )),
+                }
+            }
+            return fail(log, reason);
+        }
+        if let Some((id, _)) = &old {
+            if let Err(e) = docker
+                .remove_container(
+                    id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                return fail(log, format!("the new container runs as {temp}, but the previous {} could not be removed: {}", step.name, engine_err(e)));
+            }
+        }
+        if let Err(e) = docker
+            .rename_container(
+                &new_id,
+                RenameContainerOptions {
+                    name: step.name.clone(),
+                },
+            )
+            .await
+        {
+            return fail(
+                log,
+                format!(
+                    "the new container runs as {temp}, but could not take the name {}: {}",
+                    step.name,
+                    engine_err(e)
+                ),
+            );
+        }
+        log.push(format!(
+            "{} is running ({})",
+            step.name,
+            &new_id[..12.min(new_id.len())]
+        ));
+        Ok(log)
     }
 }

@@ -56,6 +56,7 @@ fn signal_group(pid: u32, sig: rustix::process::Signal) {
 /// Runs one step; sends its output through `send` and returns the final reply.
 pub async fn run<F, Fut>(
     step: RunStep,
+    engine: &crate::docker::Engine,
     work_root: &Path,
     credit: Arc<Semaphore>,
     mut cancel: watch::Receiver<bool>,
@@ -67,6 +68,9 @@ where
 {
     let shell = match step.kind {
         Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) => shell,
+        Some(mezzanine_proto::v1::run_step::Kind::DockerRun(d)) => {
+            return docker_run(engine, &d, step.run_id, &step.mask, &credit, send).await
+        }
         Some(mezzanine_proto::v1::run_step::Kind::HttpCheck(h)) => {
             return http_check(h, &step.mask, step.timeout_secs, &credit, cancel, send).await
         }
@@ -239,6 +243,37 @@ where
             format!("waiting for the step failed: {e}"),
         ),
         None => result(-1, timed_out, cancelled, "the step did not finish".into()),
+    }
+}
+
+/// The `docker.run` step: the engine's work, reported as lines.
+async fn docker_run<F, Fut>(
+    engine: &crate::docker::Engine,
+    d: &mezzanine_proto::v1::DockerRunStep,
+    run_id: u64,
+    secrets: &[String],
+    credit: &Semaphore,
+    mut send: F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (lines, failure) = match engine.run_replace(d, run_id).await {
+        Ok(lines) => (lines, None),
+        Err((lines, why)) => (lines, Some(why)),
+    };
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if let Some(why) = &failure {
+        text.push_str(&format!("{why}\n"));
+    }
+    mask(&mut text, secrets);
+    if !text.is_empty() && !send_chunk(credit, &mut send, LogStream::Stdout, text).await {
+        return result(-1, false, true, "cancelled".into());
+    }
+    match failure {
+        None => result(0, false, false, String::new()),
+        Some(why) => result(1, false, false, why),
     }
 }
 

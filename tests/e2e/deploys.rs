@@ -80,6 +80,14 @@ async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
     }
 }
 
+async fn trigger(admin: &mut Client, wf: i64) -> i64 {
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["runId"].as_i64().expect("runId")
+}
+
 async fn run_count(admin: &mut Client, wf: i64) -> usize {
     admin.get(&format!("/api/workflows/{wf}")).await.body["runs"]
         .as_array()
@@ -748,6 +756,105 @@ async fn http_checks_pass_on_the_expected_status_and_fail_after_their_retries() 
         bad.body["error"]
             .as_str()
             .is_some_and(|e| e.starts_with("definition.steps[0].with.expect_status:")),
+        "{}",
+        bad.body
+    );
+}
+
+/// `docker.run` on a node with its own engine: deploy, replace, and roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_run_steps_replace_a_container_and_roll_back() {
+    let fleet = mezzanine_tests::Fleet::new();
+    let images = tempfile::tempdir().expect("tmp");
+    let (node, ip) = fleet.docker_node("dr", 11, &[("ROOT_PASSWORD", "docker-run-pw-31")]);
+    for v in ["v1", "v2"] {
+        let tar = mezzanine_tests::workload_image_tar(images.path(), v);
+        fleet.load_image(&node, &tar, &format!("web:{v}"));
+    }
+    let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": "dr", "host": ip, "username": "root", "auth_type": "password", "password": "docker-run-pw-31" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let server = r.body["id"].as_i64().expect("id");
+    mezzanine_tests::wait_status(&mut admin, server, "online", Duration::from_secs(90)).await;
+    let definition = |image: &str, port: u16| {
+        json!({ "steps": [
+            { "name": "run", "uses": "docker.run", "with": { "image": image, "name": "site", "ports": [format!("{port}:80")], "env": { "MODE": "prod" } } },
+            { "name": "check", "uses": "http.check", "with": { "url": format!("http://127.0.0.1:{port}/"), "retries": 5, "interval_s": 1 } },
+        ] })
+    };
+    let wf = create(&mut admin, "site", server, definition("web:v1", 8080)).await;
+    let serves = |want: &str| {
+        let (ok, out) = fleet.exec(&node, "curl -fsS http://127.0.0.1:8080/");
+        assert!(ok && out.trim() == want, "serving {want:?}? {out}");
+    };
+    let id = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        done["steps"][0]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("site is running")),
+        "{done}"
+    );
+    serves("v1");
+    let (_, env) = fleet.exec(&node, "docker inspect --format '{{json .Config.Env}}' site");
+    assert!(env.contains("MODE=prod"), "{env}");
+
+    // A new version replaces the container of that name.
+    assert_eq!(
+        admin
+            .patch(
+                &format!("/api/workflows/{wf}"),
+                json!({ "definition": definition("web:v2", 8080) })
+            )
+            .await
+            .status,
+        200
+    );
+    let id = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    serves("v2");
+    let (_, names) = fleet.exec(&node, "docker ps -a --format '{{.Names}}' | sort");
+    assert_eq!(names.trim(), "site", "only the new container is left");
+
+    // A new container that cannot start (its port is taken): the previous one comes back.
+    let (ok, out) = fleet.exec(&node, "docker run -d --name blocker -p 9090:80 web:v1");
+    assert!(ok, "{out}");
+    assert_eq!(
+        admin
+            .patch(
+                &format!("/api/workflows/{wf}"),
+                json!({ "definition": definition("web:v1", 9090) })
+            )
+            .await
+            .status,
+        200
+    );
+    let id = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let out = done["steps"][0]["output"].as_str().expect("output");
+    assert!(
+        out.contains("did not start") && out.contains("previous one was started again"),
+        "{out}"
+    );
+    serves("v2");
+    let bad = admin
+        .post("/api/workflows", json!({ "name": "bad-run", "server_id": server, "definition": { "steps": [
+            { "name": "x", "uses": "docker.run", "with": { "image": "web:v1", "name": "x", "ports": ["80"] } },
+        ] } }))
+        .await;
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("definition.steps[0].with.ports[0]:")),
         "{}",
         bad.body
     );

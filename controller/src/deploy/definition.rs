@@ -25,6 +25,176 @@ pub enum Action {
         retries: u32,
         interval_s: u32,
     },
+    DockerRun(DockerRun),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerRun {
+    pub image: String,
+    pub name: String,
+    pub ports: Vec<Port>,
+    pub env: BTreeMap<String, String>,
+    pub volumes: Vec<String>,
+    pub restart: String,
+}
+
+impl Port {
+    fn parse(v: &str, path: &str) -> Result<Port, String> {
+        let bad = || err(path, "\"[ip:]host-port:container-port[/tcp|udp]\"");
+        let (spec, protocol) = match v.rsplit_once('/') {
+            Some((s, p)) if p == "tcp" || p == "udp" => (s, p.to_owned()),
+            Some(_) => return Err(bad()),
+            None => (v, "tcp".to_owned()),
+        };
+        let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        let (container_port, host_port, host_ip) = match parts.as_slice() {
+            [c, h] => (port(c)?, port(h)?, None),
+            [c, h, ip] => {
+                let ip = ip.trim_matches(['[', ']']);
+                ip.parse::<std::net::IpAddr>().map_err(|_| bad())?;
+                (port(c)?, port(h)?, Some(ip.to_owned()))
+            }
+            _ => return Err(bad()),
+        };
+        Ok(Port {
+            host_ip,
+            host_port,
+            container_port,
+            protocol,
+        })
+    }
+
+    fn spec(&self) -> String {
+        match &self.host_ip {
+            Some(ip) if ip.contains(':') => format!(
+                "[{ip}]:{}:{}/{}",
+                self.host_port, self.container_port, self.protocol
+            ),
+            Some(ip) => format!(
+                "{ip}:{}:{}/{}",
+                self.host_port, self.container_port, self.protocol
+            ),
+            None => format!(
+                "{}:{}/{}",
+                self.host_port, self.container_port, self.protocol
+            ),
+        }
+    }
+}
+
+fn check_volume(v: &str, path: &str) -> Result<String, String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, mode) = match parts.as_slice() {
+        [s, d] => (*s, *d, None),
+        [s, d, m] => (*s, *d, Some(*m)),
+        _ => return Err(err(path, "\"source:/container/path[:ro|rw]\"")),
+    };
+    let clean = |p: &str| !p.split('/').any(|c| c == "..") && !p.contains('\0') && p.len() <= 4096;
+    let src_ok = if src.starts_with('/') {
+        clean(src)
+    } else {
+        !src.is_empty()
+            && src.len() <= 128
+            && src
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && src
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    let ok =
+        src_ok && dst.starts_with('/') && clean(dst) && mode.is_none_or(|m| m == "ro" || m == "rw");
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(err(path, "an absolute host path or a volume name, then an absolute container path, then optionally ro or rw"))
+    }
+}
+
+fn docker_run(with: &Map<String, Value>, with_path: &str) -> Result<DockerRun, String> {
+    no_unknown(
+        with,
+        with_path,
+        &["image", "name", "ports", "env", "volumes", "restart"],
+    )?;
+    let ip = format!("{with_path}.image");
+    let image = string(with.get("image").ok_or_else(|| err(&ip, "required"))?, &ip)?;
+    crate::images::parse_reference(image).map_err(|e| err(&ip, e))?;
+    let np = format!("{with_path}.name");
+    let name = string(with.get("name").ok_or_else(|| err(&np, "required"))?, &np)?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name_ok {
+        return Err(err(
+            &np,
+            "a container name: letters, digits, _ . - (1 to 100)",
+        ));
+    }
+    let list = |key: &str| -> Result<Vec<(String, String)>, String> {
+        match with.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let p = format!("{with_path}.{key}[{i}]");
+                    string(v, &p).map(|s| (s.to_owned(), p))
+                })
+                .collect(),
+            Some(_) => Err(err(
+                &format!("{with_path}.{key}"),
+                "must be an array of strings",
+            )),
+        }
+    };
+    let ports = list("ports")?
+        .iter()
+        .map(|(v, p)| Port::parse(v, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let volumes = list("volumes")?
+        .iter()
+        .map(|(v, p)| check_volume(v, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = match with.get("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(e) => string_map(e, &format!("{with_path}.env"), MAX_VALUE)?,
+    };
+    let restart = match with.get("restart") {
+        None | Some(Value::Null) => "unless-stopped".to_owned(),
+        Some(r) => {
+            let rp = format!("{with_path}.restart");
+            let r = string(r, &rp)?;
+            if !["no", "always", "unless-stopped", "on-failure"].contains(&r) {
+                return Err(err(&rp, "one of no, always, unless-stopped, on-failure"));
+            }
+            r.to_owned()
+        }
+    };
+    Ok(DockerRun {
+        image: image.to_owned(),
+        name: name.to_owned(),
+        ports,
+        env,
+        volumes,
+        restart,
+    })
 }
 
 /// A URL for `http.check`: `http(s)://host[:port][/path]`, printable ASCII, no credentials.
@@ -235,7 +405,8 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
                 interval_s: bounded(with, "interval_s", &with_path, 1..=300, 3)? as u32,
             }
         }
-        "git" | "docker.build" | "docker.run" => {
+        "docker.run" => Action::DockerRun(docker_run(with, &with_path)?),
+        "git" | "docker.build" => {
             return Err(err(
                 &format!("{path}.uses"),
                 format!("{uses:?} steps are not available in this version yet; use \"shell\""),
@@ -361,6 +532,14 @@ impl Definition {
                             "retries": retries, "interval_s": interval_s,
                         }),
                     ),
+                    Action::DockerRun(d) => (
+                        "docker.run",
+                        serde_json::json!({
+                            "image": d.image, "name": d.name,
+                            "ports": d.ports.iter().map(Port::spec).collect::<Vec<_>>(),
+                            "env": d.env, "volumes": d.volumes, "restart": d.restart,
+                        }),
+                    ),
                 };
                 serde_json::json!({
                     "name": s.name, "uses": uses, "with": with,
@@ -409,6 +588,45 @@ mod tests {
             .starts_with("env.MZ_REF:"));
         assert!(bad(json!({ "steps": [{ "name": "a", "uses": "shell", "with": { "script": "x" } }], "bogus": 1 }))
             .starts_with("definition.bogus:"));
+    }
+
+    #[test]
+    fn docker_run_ports_and_volumes_parse_strictly() {
+        let step = |with: Value| {
+            parse(&json!({ "steps": [{ "name": "r", "uses": "docker.run", "with": with }] }))
+        };
+        let p = step(json!({ "image": "ghcr.io/acme/api:1", "name": "api",
+            "ports": ["8080:80", "127.0.0.1:9000:9000/udp"], "volumes": ["/srv/data:/data:ro", "cache:/cache"] }))
+        .unwrap();
+        let Action::DockerRun(d) = &p.definition.steps[0].action else {
+            panic!("not docker.run")
+        };
+        assert_eq!(d.ports[1].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(d.ports[1].protocol, "udp");
+        assert_eq!(d.restart, "unless-stopped");
+        assert_eq!(
+            parse(&p.definition.to_json()).unwrap().definition,
+            p.definition
+        );
+        let e = |with: Value| step(with).err().unwrap_or_default();
+        assert!(e(json!({ "image": "a", "name": "x", "ports": ["80"] }))
+            .starts_with("steps[0].with.ports[0]:"));
+        assert!(e(json!({ "image": "a", "name": "x", "ports": ["0:80"] }))
+            .starts_with("steps[0].with.ports[0]:"));
+        assert!(
+            e(json!({ "image": "a", "name": "x", "volumes": ["../etc:/x"] }))
+                .starts_with("steps[0].with.volumes[0]:")
+        );
+        assert!(
+            e(json!({ "image": "a", "name": "x", "volumes": ["/a:relative"] }))
+                .starts_with("steps[0].with.volumes[0]:")
+        );
+        assert!(e(json!({ "image": "Bad Image", "name": "x" })).starts_with("steps[0].with.image:"));
+        assert!(e(json!({ "image": "a", "name": "x;rm" })).starts_with("steps[0].with.name:"));
+        assert!(
+            e(json!({ "image": "a", "name": "x", "restart": "sometimes" }))
+                .starts_with("steps[0].with.restart:")
+        );
     }
 
     #[test]

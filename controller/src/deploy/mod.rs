@@ -436,6 +436,25 @@ async fn run_steps(
                 retries: *retries,
                 interval_secs: *interval_s,
             }),
+            Action::DockerRun(d) => {
+                mezzanine_proto::v1::run_step::Kind::DockerRun(mezzanine_proto::v1::DockerRunStep {
+                    image: d.image.clone(),
+                    name: d.name.clone(),
+                    ports: d
+                        .ports
+                        .iter()
+                        .map(|p| mezzanine_proto::v1::PortPublish {
+                            host_ip: p.host_ip.clone().unwrap_or_default(),
+                            host_port: u32::from(p.host_port),
+                            container_port: u32::from(p.container_port),
+                            protocol: p.protocol.clone(),
+                        })
+                        .collect(),
+                    env: d.env.clone().into_iter().collect(),
+                    volumes: d.volumes.clone(),
+                    restart: d.restart.clone(),
+                })
+            }
         };
         let cmd = command::Body::RunStep(RunStep {
             run_id: run.id as u64,
