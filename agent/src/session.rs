@@ -427,12 +427,19 @@ async fn execute(
         Some(command::Body::RunStep(step)) => {
             let (credit, cancel) = stream.unwrap_or_else(|| ctx.streams.open(id, step.window));
             let chunks = out.clone();
-            let last =
-                crate::steps::run(step, &ctx.engine, &ctx.work_root, credit, cancel, |body| {
+            let last = crate::steps::run(
+                step,
+                &ctx.engine,
+                &ctx.deploy_key_path,
+                &ctx.work_root,
+                credit,
+                cancel,
+                |body| {
                     let chunks = chunks.clone();
                     async move { chunks.send(reply_msg(id, body)).await.is_ok() }
-                })
-                .await;
+                },
+            )
+            .await;
             ctx.streams.close(id);
             last
         }

@@ -54,9 +54,93 @@ fn signal_group(pid: u32, sig: rustix::process::Signal) {
 }
 
 /// Runs one step; sends its output through `send` and returns the final reply.
+/// What every step's processes start with: a fixed PATH, HOME and LANG.
+fn base_env() -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("PATH".into(), BASE_PATH.into());
+    env.insert(
+        "HOME".into(),
+        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+    );
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env
+}
+
+/// Shell-quotes a path of our own for GIT_SSH_COMMAND (which git runs through a shell).
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// The `git` step: init on first use, shallow fetch of the ref, forced detached checkout.
+#[allow(clippy::too_many_arguments)]
+async fn git<F, Fut>(
+    g: &mezzanine_proto::v1::GitStep,
+    deploy_key: &Path,
+    mut env: HashMap<String, String>,
+    secrets: &[String],
+    deadline: tokio::time::Instant,
+    credit: &Semaphore,
+    cancel: &mut watch::Receiver<bool>,
+    send: &mut F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let path = Path::new(&g.path);
+    if !path.is_absolute() {
+        return result(-1, false, false, format!("path {} is not absolute", g.path));
+    }
+    if let Err(e) = std::fs::create_dir_all(path) {
+        return result(-1, false, false, format!("cannot create {}: {e}", g.path));
+    }
+    let known_hosts = deploy_key.with_file_name("known_hosts");
+    env.insert(
+        "GIT_SSH_COMMAND".into(),
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=15",
+            quote(deploy_key),
+            quote(&known_hosts)
+        ),
+    );
+    env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+    let mut commands: Vec<Vec<&str>> = Vec::new();
+    if !path.join(".git").exists() {
+        commands.push(vec!["init", "-q"]);
+    }
+    commands.push(vec![
+        "fetch",
+        "--depth",
+        "1",
+        "--force",
+        "--end-of-options",
+        &g.repo,
+        &g.git_ref,
+    ]);
+    commands.push(vec!["checkout", "-q", "--force", "--detach", "FETCH_HEAD"]);
+    commands.push(vec!["log", "-1", "--format=checked out %H: %s"]);
+    let mut last = result(0, false, false, String::new());
+    for args in commands {
+        last = exec(
+            "git", &args, path, &env, secrets, deadline, credit, cancel, send,
+        )
+        .await;
+        let failed = match &last {
+            reply::Body::StepResult(r) => r.exit_code != 0 || r.timed_out || r.cancelled,
+            _ => true,
+        };
+        if failed {
+            return last;
+        }
+    }
+    last
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F, Fut>(
     step: RunStep,
     engine: &crate::docker::Engine,
+    deploy_key: &Path,
     work_root: &Path,
     credit: Arc<Semaphore>,
     mut cancel: watch::Receiver<bool>,
@@ -68,6 +152,23 @@ where
 {
     let shell = match step.kind {
         Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) => shell,
+        Some(mezzanine_proto::v1::run_step::Kind::Git(g)) => {
+            let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut env = base_env();
+            env.extend(step.env);
+            return git(
+                &g,
+                deploy_key,
+                env,
+                &step.mask,
+                deadline,
+                &credit,
+                &mut cancel,
+                &mut send,
+            )
+            .await;
+        }
         Some(mezzanine_proto::v1::run_step::Kind::DockerRun(d)) => {
             return docker_run(engine, &d, step.run_id, &step.mask, &credit, send).await
         }
@@ -104,21 +205,47 @@ where
             format!("cannot create workdir {}: {e}", workdir.display()),
         );
     }
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("PATH".into(), BASE_PATH.into());
-    env.insert(
-        "HOME".into(),
-        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
-    );
-    env.insert("LANG".into(), "C.UTF-8".into());
+    let mut env = base_env();
     env.extend(step.env);
-    let mut child = match tokio::process::Command::new("/bin/sh")
-        .arg("-e")
-        .arg("-c")
-        .arg(&shell.script)
-        .current_dir(&workdir)
+    let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
+    let deadline = tokio::time::Instant::now() + timeout;
+    exec(
+        "/bin/sh",
+        &["-e", "-c", &shell.script],
+        &workdir,
+        &env,
+        &step.mask,
+        deadline,
+        &credit,
+        &mut cancel,
+        &mut send,
+    )
+    .await
+}
+
+/// Runs one process in its own group and streams its output; the final reply says how
+/// it ended. `deadline` is the step's (a step may run several processes).
+#[allow(clippy::too_many_arguments)]
+async fn exec<F, Fut>(
+    program: &str,
+    args: &[&str],
+    workdir: &Path,
+    env: &HashMap<String, String>,
+    secrets: &[String],
+    deadline: tokio::time::Instant,
+    credit: &Semaphore,
+    cancel: &mut watch::Receiver<bool>,
+    send: &mut F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(workdir)
         .env_clear()
-        .envs(&env)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,7 +254,7 @@ where
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return result(-1, false, false, format!("cannot start /bin/sh: {e}")),
+        Err(e) => return result(-1, false, false, format!("cannot start {program}: {e}")),
     };
     let pid = child.id().unwrap_or(0);
     // Small: the pipes, not this queue, hold back a process that outpaces the controller.
@@ -149,8 +276,8 @@ where
     }
     drop(lines_tx);
 
-    let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
-    let deadline = tokio::time::sleep(timeout);
+    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline);
     let mut ended: Option<(bool, bool)> = None; // (timed_out, cancelled)
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -167,24 +294,24 @@ where
             line = lines.recv(), if open => match line {
                 Some((kind, text)) => {
                     let mut batch = text;
-                    mask(&mut batch, &step.mask);
+                    mask(&mut batch, secrets);
                     let mut next = None;
                     while batch.len() < MAX_CHUNK {
                         match lines.try_recv() {
                             Ok((k, mut t)) if k == kind => {
-                                mask(&mut t, &step.mask);
+                                mask(&mut t, secrets);
                                 batch.push_str(&t);
                             }
                             Ok(other) => { next = Some(other); break; }
                             Err(_) => break,
                         }
                     }
-                    if !send_chunk(&credit, &mut send, kind, batch).await {
+                    if !send_chunk(credit, send, kind, batch).await {
                         ended.get_or_insert((false, true));
                     }
                     if let Some((k, mut t)) = next {
-                        mask(&mut t, &step.mask);
-                        if !send_chunk(&credit, &mut send, k, t).await {
+                        mask(&mut t, secrets);
+                        if !send_chunk(credit, send, k, t).await {
                             ended.get_or_insert((false, true));
                         }
                     }
@@ -199,7 +326,7 @@ where
                 signal_group(pid, rustix::process::Signal::TERM);
                 kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
-            () = until_cancelled(&mut cancel), if ended.is_none() => {
+            () = until_cancelled(cancel), if ended.is_none() => {
                 ended = Some((false, true));
                 signal_group(pid, rustix::process::Signal::TERM);
                 kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
@@ -226,7 +353,7 @@ where
         Some(Ok(s)) => {
             let code = s.code().unwrap_or(-1);
             let error = if timed_out {
-                format!("timed out after {} s", timeout.as_secs())
+                format!("timed out after {} s", started.elapsed().as_secs())
             } else if cancelled {
                 "cancelled".into()
             } else if s.code().is_none() {

@@ -859,3 +859,92 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
         bad.body
     );
 }
+
+/// `git` steps over SSH with the server's deploy key against a node serving a bare repo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_steps_check_out_over_ssh_with_the_deploy_key() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, agent, _proc) = attached_agent(&mut admin, "builder", 1).await;
+    let key = admin
+        .get(&format!("/api/servers/{server}/deploy-key"))
+        .await;
+    assert_eq!(key.status, 200, "{}", key.body);
+    let public = key.body["public_key"].as_str().expect("key").to_owned();
+    let delivered = agent.state_dir().join("deploy_key");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !delivered.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy key reaches the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fleet = mezzanine_tests::Fleet::new();
+    let (node, ip) = fleet.node("gitsrv", 11, &[("AUTHORIZED_KEY", &public)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect((ip.as_str(), 22)).is_err() {
+        assert!(Instant::now() < deadline, "sshd in the node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let commit = |version: &str| {
+        let (ok, out) = fleet.exec(
+            &node,
+            &format!(
+                "set -e; [ -d /srv/app.git ] || {{ git init -q --bare /srv/app.git; git -C /srv/app.git symbolic-ref HEAD refs/heads/main; }}; \
+                 rm -rf /tmp/w; git clone -q /srv/app.git /tmp/w 2>/dev/null || git init -q -b main /tmp/w; cd /tmp/w; \
+                 git config user.email ci@example.invalid; git config user.name ci; git checkout -q -B main; \
+                 echo {version} > version.txt; git add version.txt; git commit -qm 'release {version}'; git push -q /srv/app.git main"
+            ),
+        );
+        assert!(ok, "{out}");
+    };
+    commit("v1");
+    let work = tempfile::tempdir().expect("tmp");
+    let checkout = work.path().join("checkout");
+    let wf = create(
+        &mut admin,
+        "from-git",
+        server,
+        json!({ "steps": [
+            { "name": "checkout", "uses": "git", "with": { "repo": format!("root@{ip}:/srv/app.git"), "ref": "main", "path": checkout.to_str().expect("utf8") } },
+            { "name": "show", "uses": "shell", "with": { "script": "cat version.txt", "workdir": checkout.to_str().expect("utf8") } },
+        ] }),
+    )
+    .await;
+    let id = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        done["steps"][0]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("release v1")),
+        "{done}"
+    );
+    assert_eq!(done["steps"][1]["output"], "v1\n");
+    let known =
+        std::fs::read_to_string(agent.state_dir().join("known_hosts")).expect("known_hosts");
+    assert!(
+        known.contains(&ip),
+        "the host key is pinned on first use: {known}"
+    );
+
+    commit("v2");
+    let id = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["steps"][1]["output"], "v2\n");
+
+    let bad = admin
+        .post("/api/workflows", json!({ "name": "bad-git", "server_id": server, "definition": { "steps": [
+            { "name": "x", "uses": "git", "with": { "repo": "--upload-pack=touch /tmp/x", "ref": "main", "path": "/tmp/x" } },
+        ] } }))
+        .await;
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("definition.steps[0].with.repo:")),
+        "{}",
+        bad.body
+    );
+}

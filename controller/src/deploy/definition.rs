@@ -26,6 +26,34 @@ pub enum Action {
         interval_s: u32,
     },
     DockerRun(DockerRun),
+    Git {
+        repo: String,
+        git_ref: String,
+        path: String,
+    },
+}
+
+/// A repository location git accepts and that cannot pass for an option: `ssh://`,
+/// `https://`, `http://`, `git://`, `file://`, scp-like `user@host:path`, or an absolute path.
+fn check_repo(r: &str, path: &str) -> Result<String, String> {
+    let printable =
+        !r.is_empty() && r.len() <= 1024 && r.bytes().all(|b| (0x21..0x7f).contains(&b));
+    let schemed = ["ssh://", "https://", "http://", "git://", "file://"]
+        .iter()
+        .any(|p| r.starts_with(p));
+    let scp_like = !r.contains("://")
+        && r.split_once(':').is_some_and(|(host, rest)| {
+            !host.is_empty() && !host.contains('/') && !rest.is_empty()
+        });
+    let ok = printable && !r.starts_with('-') && (schemed || scp_like || r.starts_with('/'));
+    if ok {
+        Ok(r.to_owned())
+    } else {
+        Err(err(
+            path,
+            "a repository URL (ssh://, https://, git@host:path, or an absolute path)",
+        ))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,7 +434,31 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
             }
         }
         "docker.run" => Action::DockerRun(docker_run(with, &with_path)?),
-        "git" | "docker.build" => {
+        "git" => {
+            no_unknown(with, &with_path, &["repo", "ref", "path"])?;
+            let rp = format!("{with_path}.repo");
+            let repo = check_repo(
+                string(with.get("repo").ok_or_else(|| err(&rp, "required"))?, &rp)?,
+                &rp,
+            )?;
+            let fp = format!("{with_path}.ref");
+            let git_ref = string(with.get("ref").ok_or_else(|| err(&fp, "required"))?, &fp)?;
+            check_ref(git_ref, &fp)?;
+            if git_ref.starts_with('-') {
+                return Err(err(&fp, "must not start with -"));
+            }
+            let pp = format!("{with_path}.path");
+            let dest = absolute_path(
+                string(with.get("path").ok_or_else(|| err(&pp, "required"))?, &pp)?,
+                &pp,
+            )?;
+            Action::Git {
+                repo,
+                git_ref: git_ref.to_owned(),
+                path: dest,
+            }
+        }
+        "docker.build" => {
             return Err(err(
                 &format!("{path}.uses"),
                 format!("{uses:?} steps are not available in this version yet; use \"shell\""),
@@ -531,6 +583,14 @@ impl Definition {
                             "url": url, "expect_status": expect_status,
                             "retries": retries, "interval_s": interval_s,
                         }),
+                    ),
+                    Action::Git {
+                        repo,
+                        git_ref,
+                        path,
+                    } => (
+                        "git",
+                        serde_json::json!({ "repo": repo, "ref": git_ref, "path": path }),
                     ),
                     Action::DockerRun(d) => (
                         "docker.run",

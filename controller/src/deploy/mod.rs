@@ -436,6 +436,15 @@ async fn run_steps(
                 retries: *retries,
                 interval_secs: *interval_s,
             }),
+            Action::Git {
+                repo,
+                git_ref,
+                path,
+            } => mezzanine_proto::v1::run_step::Kind::Git(mezzanine_proto::v1::GitStep {
+                repo: repo.clone(),
+                git_ref: git_ref.clone(),
+                path: path.clone(),
+            }),
             Action::DockerRun(d) => {
                 mezzanine_proto::v1::run_step::Kind::DockerRun(mezzanine_proto::v1::DockerRunStep {
                     image: d.image.clone(),
