@@ -690,3 +690,102 @@ impl Engine {
         Ok(log)
     }
 }
+
+/// The largest build context sent to the engine.
+pub const MAX_CONTEXT: u64 = 256 * 1024 * 1024;
+
+/// A tar of `dir` for the engine (symlinks kept as links, `.git` left out).
+fn tar_context(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    fn add(
+        b: &mut tar::Builder<Vec<u8>>,
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        total: &mut u64,
+    ) -> Result<(), String> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
+            if rel == std::path::Path::new(".git") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+            *total += meta.len();
+            if *total > MAX_CONTEXT {
+                return Err(format!(
+                    "the build context is larger than {} MiB",
+                    MAX_CONTEXT >> 20
+                ));
+            }
+            b.append_path_with_name(&path, rel)
+                .map_err(|e| format!("cannot add {}: {e}", rel.display()))?;
+            if meta.is_dir() {
+                add(b, root, &path, total)?;
+            }
+        }
+        Ok(())
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    let mut total = 0;
+    add(&mut b, dir, dir, &mut total)?;
+    b.into_inner().map_err(|e| e.to_string())
+}
+
+impl Engine {
+    /// Builds an image; each line of the engine's output goes to `say`. `Err` says why
+    /// the build failed.
+    pub async fn build(
+        &self,
+        step: &mezzanine_proto::v1::DockerBuildStep,
+        say: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<(), String> {
+        use bollard::query_parameters::BuildImageOptions;
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(reply::Body::DockerError(e)) => return Err(e.message),
+            Err(_) => return Err("no Docker engine".into()),
+        };
+        let dir = std::path::PathBuf::from(&step.context);
+        let tar = tokio::task::spawn_blocking(move || tar_context(&dir))
+            .await
+            .map_err(|e| e.to_string())??;
+        let _ = say
+            .send(format!("sending a {} KiB build context", tar.len() / 1024))
+            .await;
+        let options = BuildImageOptions {
+            dockerfile: if step.dockerfile.is_empty() {
+                "Dockerfile".into()
+            } else {
+                step.dockerfile.clone()
+            },
+            t: Some(step.tag.clone()),
+            rm: true,
+            forcerm: true,
+            buildargs: (!step.build_args.is_empty()).then(|| step.build_args.clone()),
+            ..Default::default()
+        };
+        let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(detail);
+                    }
+                    let text = info.stream.or(info.status).unwrap_or_default();
+                    for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                        let _ = say.send(line.to_owned()).await;
+                    }
+                }
+                Err(EngineError::DockerStreamError { error }) => return Err(error),
+                Err(EngineError::DockerResponseServerError { message, .. }) => return Err(message),
+                Err(e) => return Err(crate::error_chain(&e)),
+            }
+        }
+        Ok(())
+    }
+}

@@ -169,6 +169,10 @@ where
             )
             .await;
         }
+        Some(mezzanine_proto::v1::run_step::Kind::DockerBuild(b)) => {
+            let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
+            return docker_build(engine, &b, &step.mask, timeout, &credit, cancel, send).await;
+        }
         Some(mezzanine_proto::v1::run_step::Kind::DockerRun(d)) => {
             return docker_run(engine, &d, step.run_id, &step.mask, &credit, send).await
         }
@@ -370,6 +374,62 @@ where
             format!("waiting for the step failed: {e}"),
         ),
         None => result(-1, timed_out, cancelled, "the step did not finish".into()),
+    }
+}
+
+/// The `docker.build` step: the engine's build output as lines.
+async fn docker_build<F, Fut>(
+    engine: &crate::docker::Engine,
+    b: &mezzanine_proto::v1::DockerBuildStep,
+    secrets: &[String],
+    limit: Duration,
+    credit: &Semaphore,
+    mut cancel: watch::Receiver<bool>,
+    mut send: F,
+) -> reply::Body
+where
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let (tx, mut lines) = mpsc::channel::<String>(64);
+    let build = engine.build(b, tx);
+    tokio::pin!(build);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut outcome: Option<Result<(), String>> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(mut line) => {
+                    while let Ok(more) = lines.try_recv() {
+                        line.push('\n');
+                        line.push_str(&more);
+                        if line.len() > MAX_CHUNK { break; }
+                    }
+                    mask(&mut line, secrets);
+                    line.push('\n');
+                    if !send_chunk(credit, &mut send, LogStream::Stdout, line).await {
+                        return result(-1, false, true, "cancelled".into());
+                    }
+                }
+                None => break,
+            },
+            r = &mut build, if outcome.is_none() => outcome = Some(r),
+            () = &mut deadline => {
+                return result(-1, true, false, format!("timed out after {} s", limit.as_secs()))
+            }
+            () = until_cancelled(&mut cancel) => return result(-1, false, true, "cancelled".into()),
+        }
+    }
+    match outcome {
+        Some(Ok(())) => result(0, false, false, String::new()),
+        Some(Err(why)) => {
+            let mut line = format!("build failed: {why}\n");
+            mask(&mut line, secrets);
+            let _ = send_chunk(credit, &mut send, LogStream::Stderr, line).await;
+            result(1, false, false, format!("the build of {} failed", b.tag))
+        }
+        None => result(1, false, false, "the build did not finish".into()),
     }
 }
 

@@ -948,3 +948,140 @@ async fn git_steps_check_out_over_ssh_with_the_deploy_key() {
         bad.body
     );
 }
+
+/// The issue's headline: a push (the seed's signed curl) deploys git → docker.build →
+/// docker.run → http.check on a server with its own engine; a second push replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_builds_and_replaces_the_container() {
+    let fleet = mezzanine_tests::Fleet::new();
+    let images = tempfile::tempdir().expect("tmp");
+    let (app, app_ip) = fleet.docker_node("app", 11, &[("ROOT_PASSWORD", "app-node-pw-55")]);
+    let base_tar = mezzanine_tests::workload_image_tar(images.path(), "base");
+    fleet.load_image(&app, &base_tar, "web:base");
+    let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": "app", "host": app_ip, "username": "root", "auth_type": "password", "password": "app-node-pw-55" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let server = r.body["id"].as_i64().expect("id");
+    mezzanine_tests::wait_status(&mut admin, server, "online", Duration::from_secs(90)).await;
+    let public = admin
+        .get(&format!("/api/servers/{server}/deploy-key"))
+        .await
+        .body["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let (git, git_ip) = fleet.node("git", 12, &[("AUTHORIZED_KEY", &public)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect((git_ip.as_str(), 22)).is_err() {
+        assert!(Instant::now() < deadline, "sshd in the git node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let release = |n: u32| {
+        let (ok, out) = fleet.exec(
+            &git,
+            &format!(
+                "set -e; [ -d /srv/app.git ] || {{ git init -q --bare /srv/app.git; git -C /srv/app.git symbolic-ref HEAD refs/heads/main; }}; \
+                 rm -rf /tmp/w; git clone -q /srv/app.git /tmp/w 2>/dev/null || git init -q -b main /tmp/w; cd /tmp/w; \
+                 git config user.email ci@example.invalid; git config user.name ci; git checkout -q -B main; \
+                 printf 'FROM web:base\\nCOPY index.html /www/index.html\\n' > Dockerfile; echo release-{n} > index.html; \
+                 git add -A; git commit -qm 'release {n}'; git push -q /srv/app.git main"
+            ),
+        );
+        assert!(ok, "{out}");
+    };
+    release(1);
+    let wf = create(
+        &mut admin,
+        "app",
+        server,
+        json!({
+            "branches": ["main"],
+            "steps": [
+                { "name": "checkout", "uses": "git", "with": { "repo": format!("root@{git_ip}:/srv/app.git"), "ref": "main", "path": "/srv/app" } },
+                { "name": "build", "uses": "docker.build", "with": { "context": "/srv/app", "tag": "app:latest" } },
+                { "name": "run", "uses": "docker.run", "with": { "image": "app:latest", "name": "app", "ports": ["8080:80"] } },
+                { "name": "check", "uses": "http.check", "with": { "url": "http://127.0.0.1:8080/", "retries": 10, "interval_s": 1 } },
+            ],
+        }),
+    )
+    .await;
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/webhook/rotate"), json!({}))
+        .await;
+    let url = r.body["url"].as_str().expect("url").to_owned();
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    let push = |after: &str| {
+        let script = format!(
+            "BODY='{{\"ref\":\"refs/heads/main\",\"after\":\"{after}\"}}'\n\
+             SIG=$(printf '%s' \"$BODY\" | openssl dgst -sha256 -hmac \"$WEBHOOK_SECRET\" | awk '{{print $2}}')\n\
+             curl -sS -X POST {url} \\\n\
+             -H \"Content-Type: application/json\" \\\n\
+             -H \"X-Hub-Signature-256: sha256=$SIG\" \\\n\
+             -d \"$BODY\""
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("WEBHOOK_SECRET", &secret)
+            .output()
+            .expect("bash");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json answer");
+        v["runId"].as_i64().unwrap_or_else(|| panic!("no run: {v}"))
+    };
+    let serves = |want: &str| {
+        let (ok, out) = fleet.exec(&app, "curl -fsS http://127.0.0.1:8080/");
+        assert!(ok && out.trim() == want, "serving {want:?}? {out}");
+    };
+
+    let run = push("1111111111111111111111111111111111111111");
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    let events = sse(&mut resp, Duration::from_secs(120), ended).await;
+    let end = &events.last().expect("end").2;
+    assert_eq!(end["status"], "succeeded", "{events:?}");
+    let finished: Vec<String> = events
+        .iter()
+        .filter(|(_, e, d)| e == "step" && d["status"] == "succeeded")
+        .map(|(_, _, d)| d["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        finished,
+        ["checkout", "build", "run", "check"],
+        "{events:?}"
+    );
+    let text: Vec<&str> = events
+        .iter()
+        .filter(|(_, e, _)| e == "output")
+        .filter_map(|(_, _, d)| d["line"].as_str())
+        .collect();
+    let all = text.join("\n");
+    for want in [
+        "checked out",
+        "release 1",
+        "COPY index.html",
+        "app is running",
+        "→ 200",
+    ] {
+        assert!(all.contains(want), "{want:?} in the live output:\n{all}");
+    }
+    serves("release-1");
+
+    release(2);
+    let run = push("2222222222222222222222222222222222222222");
+    let done = wait_run(&mut admin, run, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["trigger_detail"]["commit"],
+        "2222222222222222222222222222222222222222"
+    );
+    serves("release-2");
+    let (_, names) = fleet.exec(&app, "docker ps -a --format '{{.Names}}'");
+    assert_eq!(names.trim(), "app", "the old container is gone");
+}

@@ -31,6 +31,12 @@ pub enum Action {
         git_ref: String,
         path: String,
     },
+    DockerBuild {
+        context: String,
+        dockerfile: String,
+        tag: String,
+        build_args: BTreeMap<String, String>,
+    },
 }
 
 /// A repository location git accepts and that cannot pass for an option: `ssh://`,
@@ -459,10 +465,48 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
             }
         }
         "docker.build" => {
-            return Err(err(
-                &format!("{path}.uses"),
-                format!("{uses:?} steps are not available in this version yet; use \"shell\""),
-            ))
+            no_unknown(
+                with,
+                &with_path,
+                &["context", "dockerfile", "tag", "build_args"],
+            )?;
+            let cp = format!("{with_path}.context");
+            let context = absolute_path(
+                string(
+                    with.get("context").ok_or_else(|| err(&cp, "required"))?,
+                    &cp,
+                )?,
+                &cp,
+            )?;
+            let dockerfile = match with.get("dockerfile") {
+                None | Some(Value::Null) => "Dockerfile".to_owned(),
+                Some(d) => {
+                    let dp = format!("{with_path}.dockerfile");
+                    let d = string(d, &dp)?;
+                    let ok = !d.is_empty()
+                        && !d.starts_with('/')
+                        && !d.split('/').any(|c| c == "..")
+                        && d.len() <= 1024
+                        && d.bytes().all(|b| (0x21..0x7f).contains(&b));
+                    if !ok {
+                        return Err(err(&dp, "a path inside the context"));
+                    }
+                    d.to_owned()
+                }
+            };
+            let tp = format!("{with_path}.tag");
+            let tag = string(with.get("tag").ok_or_else(|| err(&tp, "required"))?, &tp)?;
+            crate::images::parse_reference(tag).map_err(|e| err(&tp, e))?;
+            let build_args = match with.get("build_args") {
+                None | Some(Value::Null) => BTreeMap::new(),
+                Some(a) => string_map(a, &format!("{with_path}.build_args"), MAX_VALUE)?,
+            };
+            Action::DockerBuild {
+                context,
+                dockerfile,
+                tag: tag.to_owned(),
+                build_args,
+            }
         }
         other => {
             return Err(err(
@@ -584,6 +628,18 @@ impl Definition {
                             "retries": retries, "interval_s": interval_s,
                         }),
                     ),
+                    Action::DockerBuild {
+                        context,
+                        dockerfile,
+                        tag,
+                        build_args,
+                    } => (
+                        "docker.build",
+                        serde_json::json!({
+                            "context": context, "dockerfile": dockerfile,
+                            "tag": tag, "build_args": build_args,
+                        }),
+                    ),
                     Action::Git {
                         repo,
                         git_ref,
@@ -687,6 +743,21 @@ mod tests {
             e(json!({ "image": "a", "name": "x", "restart": "sometimes" }))
                 .starts_with("steps[0].with.restart:")
         );
+        let build = |with: Value| {
+            parse(&json!({ "steps": [{ "name": "b", "uses": "docker.build", "with": with }] }))
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(build(
+            json!({ "context": "/srv/app", "tag": "app:1", "dockerfile": "../Dockerfile" })
+        )
+        .starts_with("steps[0].with.dockerfile:"));
+        assert!(build(json!({ "context": "srv/app", "tag": "app:1" }))
+            .starts_with("steps[0].with.context:"));
+        assert!(
+            build(json!({ "context": "/srv/app", "tag": "APP" })).starts_with("steps[0].with.tag:")
+        );
+        assert_eq!(build(json!({ "context": "/srv/app", "tag": "app:1" })), "");
     }
 
     #[test]

@@ -436,6 +436,19 @@ async fn run_steps(
                 retries: *retries,
                 interval_secs: *interval_s,
             }),
+            Action::DockerBuild {
+                context,
+                dockerfile,
+                tag,
+                build_args,
+            } => mezzanine_proto::v1::run_step::Kind::DockerBuild(
+                mezzanine_proto::v1::DockerBuildStep {
+                    context: context.clone(),
+                    dockerfile: dockerfile.clone(),
+                    tag: tag.clone(),
+                    build_args: build_args.clone().into_iter().collect(),
+                },
+            ),
             Action::Git {
                 repo,
                 git_ref,
