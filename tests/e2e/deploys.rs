@@ -88,6 +88,21 @@ async fn trigger(admin: &mut Client, wf: i64) -> i64 {
     r.body["runId"].as_i64().expect("runId")
 }
 
+/// Commits what `files` (shell, run in the work tree) writes to the bare repository
+/// `/srv/app.git` in `node` (created on first use, branch `main`).
+fn push_commit(fleet: &mezzanine_tests::Fleet, node: &str, files: &str, message: &str) {
+    let (ok, out) = fleet.exec(
+        node,
+        &format!(
+            "set -e; [ -d /srv/app.git ] || {{ git init -q --bare /srv/app.git; git -C /srv/app.git symbolic-ref HEAD refs/heads/main; }}; \
+             rm -rf /tmp/w; git clone -q /srv/app.git /tmp/w 2>/dev/null || git init -q -b main /tmp/w; cd /tmp/w; \
+             git config user.email ci@example.invalid; git config user.name ci; git checkout -q -B main; \
+             {files}; git add -A; git commit -qm '{message}'; git push -q /srv/app.git main"
+        ),
+    );
+    assert!(ok, "{out}");
+}
+
 async fn run_count(admin: &mut Client, wf: i64) -> usize {
     admin.get(&format!("/api/workflows/{wf}")).await.body["runs"]
         .as_array()
@@ -403,12 +418,7 @@ async fn secrets_are_masked_runs_queue_and_cancel() {
     let shown = admin.get(&format!("/api/workflows/{wf}")).await.body;
     assert_eq!(shown["secrets"], json!(["API_TOKEN"]));
     assert!(!shown.to_string().contains(secret));
-    let run = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let run = trigger(&mut admin, wf).await;
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -440,18 +450,8 @@ async fn secrets_are_masked_runs_queue_and_cancel() {
         json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": format!("echo started; sleep 60 & echo $! > {}; wait", pid_path.display()) } }] }),
     )
     .await;
-    let first = admin
-        .post(&format!("/api/workflows/{slow}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
-    let second = admin
-        .post(&format!("/api/workflows/{slow}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let first = trigger(&mut admin, slow).await;
+    let second = trigger(&mut admin, slow).await;
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{first}/events"))
         .await;
@@ -563,12 +563,7 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
     .await;
 
     // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept.
-    let run = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let run = trigger(&mut admin, wf).await;
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -591,18 +586,8 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
         v["status"] == "online"
     })
     .await;
-    let run = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
-    let queued = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let run = trigger(&mut admin, wf).await;
+    let queued = trigger(&mut admin, wf).await;
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -653,12 +638,7 @@ async fn stored_output_is_capped_with_a_marker_while_the_live_stream_has_every_l
         json!({ "steps": [{ "name": "talk", "uses": "shell", "with": { "script": "sleep 0.5; i=0; while [ $i -lt 200 ]; do echo \"line $i of the chatty step, padded to fifty b\"; i=$((i+1)); done" } }] }),
     )
     .await;
-    let run = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let run = trigger(&mut admin, wf).await;
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -705,12 +685,7 @@ async fn http_checks_pass_on_the_expected_status_and_fail_after_their_retries() 
         "defaults filled in: {shown}"
     );
     let t = Instant::now();
-    let run = admin
-        .post(&format!("/api/workflows/{wf}/run"), json!({}))
-        .await
-        .body["runId"]
-        .as_i64()
-        .expect("run");
+    let run = trigger(&mut admin, wf).await;
     let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "failed", "{done}");
     let steps = done["steps"].as_array().expect("steps");
@@ -773,15 +748,7 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     }
     let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
     let mut admin = mezzanine_tests::first_admin(&base).await;
-    let r = admin
-        .post(
-            "/api/servers",
-            json!({ "name": "dr", "host": ip, "username": "root", "auth_type": "password", "password": "docker-run-pw-31" }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let server = r.body["id"].as_i64().expect("id");
-    mezzanine_tests::wait_status(&mut admin, server, "online", Duration::from_secs(90)).await;
+    let server = mezzanine_tests::adopt(&mut admin, "dr", &ip, "docker-run-pw-31").await;
     let definition = |image: &str, port: u16| {
         json!({ "steps": [
             { "name": "run", "uses": "docker.run", "with": { "image": image, "name": "site", "ports": [format!("{port}:80")], "env": { "MODE": "prod" } } },
@@ -882,22 +849,14 @@ async fn git_steps_check_out_over_ssh_with_the_deploy_key() {
     }
     let fleet = mezzanine_tests::Fleet::new();
     let (node, ip) = fleet.node("gitsrv", 11, &[("AUTHORIZED_KEY", &public)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect((ip.as_str(), 22)).is_err() {
-        assert!(Instant::now() < deadline, "sshd in the node");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    mezzanine_tests::wait_port(&ip, 22, Duration::from_secs(30));
     let commit = |version: &str| {
-        let (ok, out) = fleet.exec(
+        push_commit(
+            &fleet,
             &node,
-            &format!(
-                "set -e; [ -d /srv/app.git ] || {{ git init -q --bare /srv/app.git; git -C /srv/app.git symbolic-ref HEAD refs/heads/main; }}; \
-                 rm -rf /tmp/w; git clone -q /srv/app.git /tmp/w 2>/dev/null || git init -q -b main /tmp/w; cd /tmp/w; \
-                 git config user.email ci@example.invalid; git config user.name ci; git checkout -q -B main; \
-                 echo {version} > version.txt; git add version.txt; git commit -qm 'release {version}'; git push -q /srv/app.git main"
-            ),
-        );
-        assert!(ok, "{out}");
+            &format!("echo {version} > version.txt"),
+            &format!("release {version}"),
+        )
     };
     commit("v1");
     let work = tempfile::tempdir().expect("tmp");
@@ -960,15 +919,7 @@ async fn a_signed_push_builds_and_replaces_the_container() {
     fleet.load_image(&app, &base_tar, "web:base");
     let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
     let mut admin = mezzanine_tests::first_admin(&base).await;
-    let r = admin
-        .post(
-            "/api/servers",
-            json!({ "name": "app", "host": app_ip, "username": "root", "auth_type": "password", "password": "app-node-pw-55" }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let server = r.body["id"].as_i64().expect("id");
-    mezzanine_tests::wait_status(&mut admin, server, "online", Duration::from_secs(90)).await;
+    let server = mezzanine_tests::adopt(&mut admin, "app", &app_ip, "app-node-pw-55").await;
     let public = admin
         .get(&format!("/api/servers/{server}/deploy-key"))
         .await
@@ -977,23 +928,16 @@ async fn a_signed_push_builds_and_replaces_the_container() {
         .expect("key")
         .to_owned();
     let (git, git_ip) = fleet.node("git", 12, &[("AUTHORIZED_KEY", &public)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect((git_ip.as_str(), 22)).is_err() {
-        assert!(Instant::now() < deadline, "sshd in the git node");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    mezzanine_tests::wait_port(&git_ip, 22, Duration::from_secs(30));
     let release = |n: u32| {
-        let (ok, out) = fleet.exec(
+        push_commit(
+            &fleet,
             &git,
             &format!(
-                "set -e; [ -d /srv/app.git ] || {{ git init -q --bare /srv/app.git; git -C /srv/app.git symbolic-ref HEAD refs/heads/main; }}; \
-                 rm -rf /tmp/w; git clone -q /srv/app.git /tmp/w 2>/dev/null || git init -q -b main /tmp/w; cd /tmp/w; \
-                 git config user.email ci@example.invalid; git config user.name ci; git checkout -q -B main; \
-                 printf 'FROM web:base\\nCOPY index.html /www/index.html\\n' > Dockerfile; echo release-{n} > index.html; \
-                 git add -A; git commit -qm 'release {n}'; git push -q /srv/app.git main"
+                "printf 'FROM web:base\\nCOPY index.html /www/index.html\\n' > Dockerfile; echo release-{n} > index.html"
             ),
-        );
-        assert!(ok, "{out}");
+            &format!("release {n}"),
+        )
     };
     release(1);
     let wf = create(

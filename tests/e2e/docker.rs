@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 
 const NODE_PASSWORD: &str = "docker-node-password-3d2a";
 
-async fn adopt(admin: &mut Client, name: &str, ip: &str) -> i64 {
-    let r = admin
-        .post(
-            "/api/servers",
-            json!({ "name": name, "host": ip, "username": "root", "auth_type": "password", "password": NODE_PASSWORD }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.body["id"].as_i64().expect("id")
-}
-
 fn by_name<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|c| {
         c["names"]
@@ -107,8 +96,8 @@ async fn docker_on_nodes_end_to_end() {
         assert_eq!(c.login("view", "viewer-pass-12", None).await.status, 200);
         c
     };
-    let s1 = adopt(&mut admin, "dk1", &ip1).await;
-    let s2 = adopt(&mut admin, "dk2", &ip2).await;
+    let s1 = mezzanine_tests::adopt(&mut admin, "dk1", &ip1, NODE_PASSWORD).await;
+    let s2 = mezzanine_tests::adopt(&mut admin, "dk2", &ip2, NODE_PASSWORD).await;
     for id in [s1, s2] {
         let s = wait_status(&mut admin, id, "online", Duration::from_secs(90)).await;
         assert!(

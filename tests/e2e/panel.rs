@@ -133,6 +133,21 @@ impl Browser {
         .await;
     }
 
+    /// Opens the panel at `base` and logs in as the first admin.
+    async fn log_in_as_admin(&self, base: &str) {
+        self.open(&format!("{base}/")).await;
+        self.until(
+            "the login form",
+            "!document.querySelector('#view-login').hidden",
+        )
+        .await;
+        self.type_into("#login-form input[name=username]", "admin")
+            .await;
+        self.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
+            .await;
+        self.click("#login-form button[type=submit]").await;
+    }
+
     /// Waits until `script` (a JS expression) is truthy.
     async fn until(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -283,28 +298,10 @@ async fn a_person_watches_a_container_log_and_stops_it() {
     assert!(ok, "{out}");
     let (_ctl, base, _data) = mezzanine_tests::fleet_controller(&fleet, false);
     let mut admin = mezzanine_tests::first_admin(&base).await;
-    let r = admin
-        .post(
-            "/api/servers",
-            json!({ "name": "pd", "host": ip, "username": "root", "auth_type": "password", "password": "panel-node-pw-77" }),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.body["id"].as_i64().expect("id");
-    mezzanine_tests::wait_status(&mut admin, id, "online", Duration::from_secs(90)).await;
+    let id = mezzanine_tests::adopt(&mut admin, "pd", &ip, "panel-node-pw-77").await;
 
     let b = Browser::start().await;
-    b.open(&format!("{base}/")).await;
-    b.until(
-        "the login form",
-        "!document.querySelector('#view-login').hidden",
-    )
-    .await;
-    b.type_into("#login-form input[name=username]", "admin")
-        .await;
-    b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
-        .await;
-    b.click("#login-form button[type=submit]").await;
+    b.log_in_as_admin(&base).await;
     b.until(
         "the Docker button of the online server",
         "[...document.querySelectorAll('#servers button')].some(x => x.textContent === 'Docker')",
@@ -366,17 +363,7 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
     let mut admin = ctl.admin().await;
     let (_id, _agent, _proc) = mezzanine_tests::attached_agent(&mut admin, "box-1", 1).await;
     let b = Browser::start().await;
-    b.open(&format!("{}/", ctl.base)).await;
-    b.until(
-        "the login form",
-        "!document.querySelector('#view-login').hidden",
-    )
-    .await;
-    b.type_into("#login-form input[name=username]", "admin")
-        .await;
-    b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
-        .await;
-    b.click("#login-form button[type=submit]").await;
+    b.log_in_as_admin(&ctl.base).await;
     b.until(
         "the server in the workflow form",
         "[...document.querySelectorAll('#workflow-server option')].some(o => o.textContent === 'box-1')",

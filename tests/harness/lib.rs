@@ -907,6 +907,30 @@ impl LocalRegistry {
 
 pub mod token;
 
+/// Adopts a node over SSH as root with a password and waits until it is online; returns
+/// the server id.
+pub async fn adopt(admin: &mut Client, name: &str, ip: &str, password: &str) -> i64 {
+    let r = admin
+        .post(
+            "/api/servers",
+            json!({ "name": name, "host": ip, "username": "root", "auth_type": "password", "password": password }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().expect("id");
+    wait_status(admin, id, "online", Duration::from_secs(90)).await;
+    id
+}
+
+/// Waits until something accepts TCP connections on `ip:port`.
+pub fn wait_port(ip: &str, port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect((ip, port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {ip}:{port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls a server until its status is `want` (panics on `failed` or after `within`).
 pub async fn wait_status(c: &mut Client, id: i64, want: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;

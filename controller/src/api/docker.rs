@@ -7,9 +7,9 @@ use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::images::{self, Credential, ImageRef};
 use crate::state::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mezzanine_proto::v1::{
@@ -483,16 +483,7 @@ async fn logs(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::spawn(pump_sse(first, stream, tx));
-    let mut resp =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(super::event_stream(rx))
 }
 
 /// Reads a non-follow log to its end into `{ lines, truncated }`.

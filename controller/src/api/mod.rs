@@ -267,6 +267,23 @@ pub fn matched(req_ext: &axum::http::Extensions) -> Option<String> {
     req_ext.get::<MatchedPath>().map(|m| m.as_str().to_owned())
 }
 
+/// A `text/event-stream` response whose body is what the pump sends on `rx`; the pump
+/// sees the client leave as a closed channel.
+pub(crate) fn event_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+) -> Response {
+    let mut resp =
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
 /// `{ "ok": true, ...fields }`.
 pub fn ok(fields: Value) -> Json<Value> {
     let mut body = json!({ "ok": true });

@@ -7,9 +7,9 @@ use crate::auth::Role;
 use crate::deploy::{self, definition};
 use crate::state::AppState;
 use crate::store::{RunEvent, RunRow};
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use hmac::Mac;
@@ -426,16 +426,7 @@ async fn events(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(pump_events(state, id, after, tx));
-    let mut resp =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(super::event_stream(rx))
 }
 
 /// Replays stored events after `after`, then follows the live run; ends after `end`.
