@@ -103,6 +103,24 @@ fn push_commit(fleet: &mezzanine_tests::Fleet, node: &str, files: &str, message:
     assert!(ok, "{out}");
 }
 
+/// A workflow with this one step is refused with a 400 naming `field`.
+async fn rejected(admin: &mut Client, server: i64, step: Value, field: &str) {
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "rejected", "server_id": server, "definition": { "steps": [step] } }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(field)),
+        "{field}: {}",
+        r.body
+    );
+}
+
 async fn run_count(admin: &mut Client, wf: i64) -> usize {
     admin.get(&format!("/api/workflows/{wf}")).await.body["runs"]
         .as_array()
@@ -722,18 +740,7 @@ async fn http_checks_pass_on_the_expected_status_and_fail_after_their_retries() 
         "{}",
         bad.body
     );
-    let bad = admin
-        .post("/api/workflows", json!({ "name": "badcheck", "server_id": server, "definition": { "steps": [
-            { "name": "x", "uses": "http.check", "with": { "url": "http://h/", "expect_status": 42 } },
-        ] } }))
-        .await;
-    assert!(
-        bad.body["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("definition.steps[0].with.expect_status:")),
-        "{}",
-        bad.body
-    );
+    rejected(&mut admin, server, json!({ "name": "x", "uses": "http.check", "with": { "url": "http://h/", "expect_status": 42 } }), "definition.steps[0].with.expect_status:").await;
 }
 
 /// `docker.run` on a node with its own engine: deploy, replace, and roll back.
@@ -813,18 +820,7 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
         "{out}"
     );
     serves("v2");
-    let bad = admin
-        .post("/api/workflows", json!({ "name": "bad-run", "server_id": server, "definition": { "steps": [
-            { "name": "x", "uses": "docker.run", "with": { "image": "web:v1", "name": "x", "ports": ["80"] } },
-        ] } }))
-        .await;
-    assert!(
-        bad.body["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("definition.steps[0].with.ports[0]:")),
-        "{}",
-        bad.body
-    );
+    rejected(&mut admin, server, json!({ "name": "x", "uses": "docker.run", "with": { "image": "web:v1", "name": "x", "ports": ["80"] } }), "definition.steps[0].with.ports[0]:").await;
 }
 
 /// `git` steps over SSH with the server's deploy key against a node serving a bare repo.
@@ -894,18 +890,7 @@ async fn git_steps_check_out_over_ssh_with_the_deploy_key() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["steps"][1]["output"], "v2\n");
 
-    let bad = admin
-        .post("/api/workflows", json!({ "name": "bad-git", "server_id": server, "definition": { "steps": [
-            { "name": "x", "uses": "git", "with": { "repo": "--upload-pack=touch /tmp/x", "ref": "main", "path": "/tmp/x" } },
-        ] } }))
-        .await;
-    assert!(
-        bad.body["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("definition.steps[0].with.repo:")),
-        "{}",
-        bad.body
-    );
+    rejected(&mut admin, server, json!({ "name": "x", "uses": "git", "with": { "repo": "--upload-pack=touch /tmp/x", "ref": "main", "path": "/tmp/x" } }), "definition.steps[0].with.repo:").await;
 }
 
 /// The headline: a push (the seed's signed curl) deploys git → docker.build →

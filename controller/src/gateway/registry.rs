@@ -325,58 +325,20 @@ impl Registry {
         lock(&live.pending).clear();
     }
 
-    /// Starts a streaming command; read its replies from the returned stream.
-    pub fn open_stream(
+    /// Registers `waiter` under a fresh request id and queues the command on the server's
+    /// session; on failure nothing stays registered.
+    fn dispatch(
         &self,
         server_id: i64,
         body: command::Body,
-    ) -> Result<ReplyStream, CallError> {
+        waiter: Waiter,
+    ) -> Result<(Arc<Live>, u64), CallError> {
         let live = lock(&self.sessions)
             .get(&server_id)
             .cloned()
             .ok_or(CallError::Offline)?;
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&live.pending).insert(request_id, Waiter::Stream(tx));
-        let msg = ControllerMessage {
-            kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
-                Command {
-                    request_id,
-                    body: Some(body),
-                },
-            )),
-        };
-        let stream = ReplyStream {
-            live: live.clone(),
-            request_id,
-            rx,
-            finished: false,
-        };
-        if let Err(e) = live.tx.try_send(Ok(msg)) {
-            let mut stream = stream;
-            stream.finished = true;
-            return Err(match e {
-                mpsc::error::TrySendError::Full(_) => CallError::Busy,
-                mpsc::error::TrySendError::Closed(_) => CallError::Offline,
-            });
-        }
-        Ok(stream)
-    }
-
-    /// Sends one command and waits for its reply.
-    pub async fn call(
-        &self,
-        server_id: i64,
-        body: command::Body,
-        timeout: Duration,
-    ) -> Result<reply::Body, CallError> {
-        let live = lock(&self.sessions)
-            .get(&server_id)
-            .cloned()
-            .ok_or(CallError::Offline)?;
-        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        lock(&live.pending).insert(request_id, Waiter::Once(tx));
+        lock(&live.pending).insert(request_id, waiter);
         let msg = ControllerMessage {
             kind: Some(mezzanine_proto::v1::controller_message::Kind::Command(
                 Command {
@@ -392,6 +354,34 @@ impl Registry {
                 mpsc::error::TrySendError::Closed(_) => CallError::Offline,
             });
         }
+        Ok((live, request_id))
+    }
+
+    /// Starts a streaming command; read its replies from the returned stream.
+    pub fn open_stream(
+        &self,
+        server_id: i64,
+        body: command::Body,
+    ) -> Result<ReplyStream, CallError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (live, request_id) = self.dispatch(server_id, body, Waiter::Stream(tx))?;
+        Ok(ReplyStream {
+            live,
+            request_id,
+            rx,
+            finished: false,
+        })
+    }
+
+    /// Sends one command and waits for its reply.
+    pub async fn call(
+        &self,
+        server_id: i64,
+        body: command::Body,
+        timeout: Duration,
+    ) -> Result<reply::Body, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let (live, request_id) = self.dispatch(server_id, body, Waiter::Once(tx))?;
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, rx).await;
         lock(&live.pending).remove(&request_id);

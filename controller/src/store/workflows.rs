@@ -325,38 +325,45 @@ impl Store {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(
-            "UPDATE runs SET status = ?, error = ?, finished_at = ?
-             WHERE id = ? AND status IN ('queued', 'running')",
-        )
-        .bind(status)
-        .bind(error)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected() > 0)
+        self.end_run(id, status, error, now_ms, false).await
     }
 
     /// Cancels a run that has not started; false if it already has (or ended).
     pub async fn cancel_queued_run(&self, id: i64, now_ms: i64) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(
-            "UPDATE runs SET status = 'cancelled', error = 'cancelled before it started',
-             finished_at = ? WHERE id = ? AND status = 'queued'",
+        self.end_run(
+            id,
+            "cancelled",
+            Some("cancelled before it started"),
+            now_ms,
+            true,
         )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .await
+    }
+
+    /// Sets a run's final status if it is still queued (or, unless `queued_only`,
+    /// running), and marks its steps that never started `skipped`.
+    async fn end_run(
+        &self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+        now_ms: i64,
+        queued_only: bool,
+    ) -> Result<bool> {
+        let sql = if queued_only {
+            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'queued'"
+        } else {
+            "UPDATE runs SET status = ?, error = ?, finished_at = ?
+             WHERE id = ? AND status IN ('queued', 'running')"
+        };
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(sql)
+            .bind(status)
+            .bind(error)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
         )
