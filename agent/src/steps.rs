@@ -94,11 +94,30 @@ where
     if let Err(e) = std::fs::create_dir_all(path) {
         return result(-1, false, false, format!("cannot create {}: {e}", g.path));
     }
-    let known_hosts = deploy_key.with_file_name("known_hosts");
+    // Host keys given with the step are the only ones trusted; otherwise the agent's own
+    // file pins each host on first use.
+    let (known_hosts, checking) = if g.known_hosts.trim().is_empty() {
+        (deploy_key.with_file_name("known_hosts"), "accept-new")
+    } else {
+        let file = path.with_file_name(format!(
+            ".{}.mz-known-hosts",
+            path.file_name()
+                .map_or_else(|| "checkout".into(), |n| n.to_string_lossy().into_owned())
+        ));
+        if let Err(e) = std::fs::write(&file, format!("{}\n", g.known_hosts.trim())) {
+            return result(
+                -1,
+                false,
+                false,
+                format!("cannot write {}: {e}", file.display()),
+            );
+        }
+        (file, "yes")
+    };
     env.insert(
         "GIT_SSH_COMMAND".into(),
         format!(
-            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=15",
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking={checking} -o HashKnownHosts=no -o BatchMode=yes -o ConnectTimeout=15",
             quote(deploy_key),
             quote(&known_hosts)
         ),

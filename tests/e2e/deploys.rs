@@ -890,6 +890,55 @@ async fn git_steps_check_out_over_ssh_with_the_deploy_key() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["steps"][1]["output"], "v2\n");
 
+    // Host keys given in the definition are the only ones trusted for that step.
+    let keys = tempfile::tempdir().expect("tmp");
+    let (_, other_pub) = mezzanine_tests::ssh_keypair(keys.path(), "impostor", "");
+    let other = other_pub
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let pinned_line = known
+        .lines()
+        .find(|l| l.contains(&ip))
+        .expect("pinned line")
+        .to_owned();
+    for (name, hosts, ok) in [
+        ("given-right", pinned_line.clone(), true),
+        ("given-wrong", format!("{ip} {other}"), false),
+    ] {
+        let dest = work.path().join(name);
+        let wf = create(
+            &mut admin,
+            name,
+            server,
+            json!({ "steps": [{ "name": "checkout", "uses": "git", "with": {
+                "repo": format!("root@{ip}:/srv/app.git"), "ref": "main",
+                "path": dest.to_str().expect("utf8"), "known_hosts": hosts,
+            } }] }),
+        )
+        .await;
+        let id = trigger(&mut admin, wf).await;
+        let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+        let want = if ok { "succeeded" } else { "failed" };
+        assert_eq!(done["status"], want, "{name}: {done}");
+        if !ok {
+            assert!(
+                done["steps"][0]["output"]
+                    .as_str()
+                    .is_some_and(|o| o.contains("Host key verification failed")),
+                "{done}"
+            );
+        }
+    }
+    rejected(
+        &mut admin,
+        server,
+        json!({ "name": "x", "uses": "git", "with": { "repo": "git@h:r", "ref": "main", "path": "/tmp/x", "known_hosts": "just-one-field" } }),
+        "definition.steps[0].with.known_hosts:",
+    )
+    .await;
+
     rejected(&mut admin, server, json!({ "name": "x", "uses": "git", "with": { "repo": "--upload-pack=touch /tmp/x", "ref": "main", "path": "/tmp/x" } }), "definition.steps[0].with.repo:").await;
 }
 

@@ -30,6 +30,8 @@ pub enum Action {
         repo: String,
         git_ref: String,
         path: String,
+        /// known_hosts lines to trust instead of pinning on first use.
+        known_hosts: Option<String>,
     },
     DockerBuild {
         context: String,
@@ -441,7 +443,7 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
         }
         "docker.run" => Action::DockerRun(docker_run(with, &with_path)?),
         "git" => {
-            no_unknown(with, &with_path, &["repo", "ref", "path"])?;
+            no_unknown(with, &with_path, &["repo", "ref", "path", "known_hosts"])?;
             let rp = format!("{with_path}.repo");
             let repo = check_repo(
                 string(with.get("repo").ok_or_else(|| err(&rp, "required"))?, &rp)?,
@@ -458,10 +460,31 @@ fn step(v: &Value, i: usize) -> Result<Step, String> {
                 string(with.get("path").ok_or_else(|| err(&pp, "required"))?, &pp)?,
                 &pp,
             )?;
+            let known_hosts = match with.get("known_hosts") {
+                None | Some(Value::Null) => None,
+                Some(k) => {
+                    let kp = format!("{with_path}.known_hosts");
+                    let k = string(k, &kp)?;
+                    let ok = k.len() <= 16 * 1024
+                        && k.lines().any(|l| !l.trim().is_empty())
+                        && k.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .all(|l| {
+                                l.split_whitespace().count() >= 3
+                                    && l.bytes().all(|b| (0x20..0x7f).contains(&b))
+                            });
+                    if !ok {
+                        return Err(err(&kp, "known_hosts lines: \"host key-type base64-key\""));
+                    }
+                    Some(k.to_owned())
+                }
+            };
             Action::Git {
                 repo,
                 git_ref: git_ref.to_owned(),
                 path: dest,
+                known_hosts,
             }
         }
         "docker.build" => {
@@ -644,10 +667,15 @@ impl Definition {
                         repo,
                         git_ref,
                         path,
-                    } => (
-                        "git",
-                        serde_json::json!({ "repo": repo, "ref": git_ref, "path": path }),
-                    ),
+                        known_hosts,
+                    } => {
+                        let mut w =
+                            serde_json::json!({ "repo": repo, "ref": git_ref, "path": path });
+                        if let Some(k) = known_hosts {
+                            w["known_hosts"] = Value::from(k.as_str());
+                        }
+                        ("git", w)
+                    }
                     Action::DockerRun(d) => (
                         "docker.run",
                         serde_json::json!({

@@ -453,10 +453,12 @@ async fn run_steps(
                 repo,
                 git_ref,
                 path,
+                known_hosts,
             } => mezzanine_proto::v1::run_step::Kind::Git(mezzanine_proto::v1::GitStep {
                 repo: repo.clone(),
                 git_ref: git_ref.clone(),
                 path: path.clone(),
+                known_hosts: known_hosts.clone().unwrap_or_default(),
             }),
             Action::DockerRun(d) => {
                 mezzanine_proto::v1::run_step::Kind::DockerRun(mezzanine_proto::v1::DockerRunStep {
