@@ -1063,3 +1063,52 @@ async fn a_signed_push_builds_and_replaces_the_container() {
     let (_, names) = fleet.exec(&app, "docker ps -a --format '{{.Names}}'");
     assert_eq!(names.trim(), "app", "the old container is gone");
 }
+
+/// An agent that goes silent mid-step (frozen with SIGSTOP: the controller sees what a cut
+/// network shows it — an open connection and no heartbeats) ends the run `interrupted`
+/// within the heartbeat timeout; when it wakes, the step is not carried on or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_interrupts_the_run_within_the_heartbeat_timeout() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, proc) = attached_agent(&mut admin, "deploy-7", 1).await;
+    let marks = tempfile::tempdir().expect("tmp");
+    let after = marks.path().join("after-sleep");
+    let wf = create(
+        &mut admin,
+        "frozen",
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": format!("echo begun; sleep 12; touch {}", after.display()) } }] }),
+    )
+    .await;
+    let run = trigger(&mut admin, wf).await;
+    let mut resp = admin
+        .open(&format!("/api/deployments/runs/{run}/events"))
+        .await;
+    sse(&mut resp, Duration::from_secs(20), |ev| {
+        ev.iter().any(|(_, e, _)| e == "output")
+    })
+    .await;
+    proc.signal("STOP");
+    let t = Instant::now();
+    let done = wait_run(&mut admin, run, Duration::from_secs(15)).await;
+    let took = t.elapsed();
+    proc.signal("CONT");
+    assert_eq!(done["status"], "interrupted", "{done}");
+    assert_eq!(done["steps"][0]["output"], "begun\n");
+    assert!(took < Duration::from_secs(8), "interrupted after {took:?}");
+    // Awake again, the agent reconnects; the step it was running was cancelled with its
+    // session, so the script never reaches its last line.
+    mezzanine_tests::wait_server(
+        &mut admin,
+        server,
+        Duration::from_secs(10),
+        "online again",
+        |v| v["status"] == "online",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(t.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!after.exists(), "the interrupted step did not carry on");
+    assert_eq!(run_count(&mut admin, wf).await, 1, "and nothing ran again");
+}
