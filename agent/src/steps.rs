@@ -410,45 +410,23 @@ where
     F: FnMut(reply::Body) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let (tx, mut lines) = mpsc::channel::<String>(64);
+    let (tx, lines) = mpsc::channel::<String>(64);
     let build = engine.build(b, tx);
-    tokio::pin!(build);
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    let mut outcome: Option<Result<(), String>> = None;
-    loop {
-        tokio::select! {
-            line = lines.recv() => match line {
-                Some(mut line) => {
-                    while let Ok(more) = lines.try_recv() {
-                        line.push('\n');
-                        line.push_str(&more);
-                        if line.len() > MAX_CHUNK { break; }
-                    }
-                    mask(&mut line, secrets);
-                    line.push('\n');
-                    if !send_chunk(credit, &mut send, LogStream::Stdout, line).await {
-                        return result(-1, false, true, "cancelled".into());
-                    }
-                }
-                None => break,
-            },
-            r = &mut build, if outcome.is_none() => outcome = Some(r),
-            () = &mut deadline => {
-                return result(-1, true, false, format!("timed out after {} s", limit.as_secs()))
-            }
-            () = until_cancelled(&mut cancel) => return result(-1, false, true, "cancelled".into()),
-        }
-    }
-    match outcome {
-        Some(Ok(())) => result(0, false, false, String::new()),
-        Some(Err(why)) => {
+    match pump_lines(build, lines, secrets, limit, credit, &mut cancel, &mut send).await {
+        Ended::Done(Ok(())) => result(0, false, false, String::new()),
+        Ended::Done(Err(why)) => {
             let mut line = format!("build failed: {why}\n");
             mask(&mut line, secrets);
             let _ = send_chunk(credit, &mut send, LogStream::Stderr, line).await;
             result(1, false, false, format!("the build of {} failed", b.tag))
         }
-        None => result(1, false, false, "the build did not finish".into()),
+        Ended::TimedOut => result(
+            -1,
+            true,
+            false,
+            format!("timed out after {} s", limit.as_secs()),
+        ),
+        Ended::Cancelled => result(-1, false, true, "cancelled".into()),
     }
 }
 
@@ -499,42 +477,83 @@ where
     let expect = u16::try_from(h.expect_status).unwrap_or(200);
     let interval = Duration::from_secs(u64::from(h.interval_secs.max(1)));
     let limit = Duration::from_secs(u64::from(timeout_secs.max(1)));
-    let (tx, mut lines) = mpsc::channel::<String>(16);
-    let url = h.url.clone();
-    let check = crate::httpcheck::check(&url, expect, h.retries, interval, tx);
-    tokio::pin!(check);
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    let mut outcome: Option<bool> = None;
-    loop {
-        tokio::select! {
-            line = lines.recv() => match line {
-                Some(mut line) => {
-                    mask(&mut line, secrets);
-                    line.push('\n');
-                    if !send_chunk(credit, &mut send, LogStream::Stdout, line).await {
-                        return result(-1, false, true, "cancelled".into());
-                    }
-                }
-                // The check finished and every line it wrote was sent.
-                None => break,
-            },
-            ok = &mut check, if outcome.is_none() => outcome = Some(ok),
-            () = &mut deadline => {
-                return result(-1, true, false, format!("timed out after {} s", limit.as_secs()))
-            }
-            () = until_cancelled(&mut cancel) => return result(-1, false, true, "cancelled".into()),
-        }
-    }
-    if outcome == Some(true) {
-        result(0, false, false, String::new())
-    } else {
-        result(
+    let (tx, lines) = mpsc::channel::<String>(16);
+    let check = crate::httpcheck::check(&h.url, expect, h.retries, interval, tx);
+    match pump_lines(check, lines, secrets, limit, credit, &mut cancel, &mut send).await {
+        Ended::Done(true) => result(0, false, false, String::new()),
+        Ended::Done(false) => result(
             1,
             false,
             false,
             format!("{} did not answer {expect}", h.url),
-        )
+        ),
+        Ended::TimedOut => result(
+            -1,
+            true,
+            false,
+            format!("timed out after {} s", limit.as_secs()),
+        ),
+        Ended::Cancelled => result(-1, false, true, "cancelled".into()),
+    }
+}
+
+/// How work reporting lines ended.
+enum Ended<T> {
+    Done(T),
+    TimedOut,
+    Cancelled,
+}
+
+/// Drives `work`, which reports lines on the channel `lines` reads, sending them as step
+/// output (masked, batched) until the work is done and every line is out, the time
+/// `limit` passes, or the step is cancelled.
+async fn pump_lines<T, W, F, Fut>(
+    work: W,
+    mut lines: mpsc::Receiver<String>,
+    secrets: &[String],
+    limit: Duration,
+    credit: &Semaphore,
+    cancel: &mut watch::Receiver<bool>,
+    send: &mut F,
+) -> Ended<T>
+where
+    W: std::future::Future<Output = T>,
+    F: FnMut(reply::Body) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::pin!(work);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut outcome: Option<T> = None;
+    loop {
+        tokio::select! {
+            line = lines.recv() => match line {
+                Some(mut line) => {
+                    while let Ok(more) = lines.try_recv() {
+                        line.push('\n');
+                        line.push_str(&more);
+                        if line.len() > MAX_CHUNK {
+                            break;
+                        }
+                    }
+                    mask(&mut line, secrets);
+                    line.push('\n');
+                    if !send_chunk(credit, send, LogStream::Stdout, line).await {
+                        return Ended::Cancelled;
+                    }
+                }
+                // The work is done (its sender dropped) and every line was sent.
+                None => break,
+            },
+            r = &mut work, if outcome.is_none() => outcome = Some(r),
+            () = &mut deadline => return Ended::TimedOut,
+            () = until_cancelled(cancel) => return Ended::Cancelled,
+        }
+    }
+    match outcome {
+        Some(r) => Ended::Done(r),
+        // The channel closed before the work returned: finish it.
+        None => Ended::Done(work.await),
     }
 }
 
