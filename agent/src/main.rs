@@ -42,6 +42,10 @@ enum Cmd {
             default_value = "/var/run/docker.sock"
         )]
         docker_socket: String,
+        /// Seconds a deploy step keeps running without a controller session (e.g. while
+        /// the controller restarts) before it is stopped, unless a controller resumes it.
+        #[arg(long, env = "MEZZANINE_AGENT_STEP_GRACE_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        step_grace_secs: u64,
     },
     /// Print identity, controller, certificate expiry and connection state.
     Status {
@@ -152,9 +156,15 @@ fn main() -> ExitCode {
             state_dir,
             heartbeat_secs,
             docker_socket,
+            step_grace_secs,
         } => {
             let state = StateDir::new(&state_dir);
-            let run = session::run(&state, Duration::from_secs(heartbeat_secs), &docker_socket);
+            let run = session::run(
+                &state,
+                Duration::from_secs(heartbeat_secs),
+                &docker_socket,
+                Duration::from_secs(step_grace_secs),
+            );
             let result = runtime.block_on(async {
                 tokio::select! {
                     r = run => Some(r),

@@ -3,13 +3,15 @@
 //! exponential backoff.
 
 use crate::identity::{Identity, StateDir};
+use crate::runs::{reply_msg, Link, Runs, Slot, MAX_WINDOW, MIN_WINDOW};
 use crate::{error_chain, now_secs, tls};
 use mezzanine_proto::v1::{
     agent_message, command, controller_message, enrollment_client::EnrollmentClient, reply,
     session_client::SessionClient, Ack, AgentMessage, Command, CommandError, EnrollRequest, Hello,
-    Pong, RenewRequest, Reply,
+    Pong, RenewRequest, RunStep,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -123,6 +125,7 @@ pub async fn run(
     state: &StateDir,
     heartbeat: Duration,
     docker_socket: &str,
+    step_grace: Duration,
 ) -> Result<String, String> {
     if let Some(reason) = state.removed() {
         return Ok(reason);
@@ -133,9 +136,11 @@ pub async fn run(
     let ctx = Context {
         engine: Arc::new(crate::docker::Engine::new(docker_socket)),
         streams: Arc::default(),
+        runs: Arc::new(Runs::new(step_grace)),
         deploy_key_path: state.path("deploy_key"),
         work_root: state.path("work"),
     };
+    let _reaper = AbortOnDrop(tokio::spawn(ctx.runs.clone().reap()));
     let mut failures = 0u32;
     loop {
         state.set_run_state("connecting", &id.endpoint);
@@ -198,19 +203,25 @@ async fn session(
     ctx: &Context,
     running: Arc<Mutex<HashSet<u64>>>,
 ) -> Result<End, String> {
-    // Request ids belong to one session (a restarted controller counts from 1 again), and
-    // a streaming command cannot outlive the session it reports to: each session has its
-    // own stream table, and everything in it is cancelled when the session ends.
+    // Request ids belong to one session (a restarted controller counts from 1 again): each
+    // session has its own stream table. When the session ends its log streams are
+    // cancelled; its deploy steps go on, held for a resume (runs.rs).
     let ctx = &Context {
         streams: Arc::default(),
         ..ctx.clone()
     };
-    let _cancel_streams = CancelAll(ctx.streams.clone());
+    let alive = Arc::new(AtomicBool::new(true));
+    let _end = SessionEnd(ctx.streams.clone(), alive.clone());
     let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key))
         .map_err(|e| e.to_string())?;
     let channel = tls::connect(&id.endpoint, config).await?;
     let mut client = SessionClient::new(channel);
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
+    let link = Link {
+        out: out_tx.clone(),
+        alive,
+        streams: ctx.streams.clone(),
+    };
     let hello = Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         facts: Some(crate::facts::facts(ctx.engine.socket()).await),
@@ -221,6 +232,7 @@ async fn session(
             .iter()
             .copied()
             .collect(),
+        steps: ctx.runs.held(),
     };
     out_tx
         .send(AgentMessage {
@@ -258,14 +270,40 @@ async fn session(
                 Ok(Some(m)) => match m.kind {
                     Some(controller_message::Kind::Command(cmd)) => match cmd.body {
                         Some(command::Body::Cancel(c)) => ctx.streams.cancel(c.request_id),
-                        Some(command::Body::Credit(c)) => ctx.streams.credit(c.request_id, c.bytes),
+                        Some(command::Body::Credit(c)) => ctx.streams.credit(c.request_id, c.bytes, c.acked_seq),
+                        Some(command::Body::RunStep(step)) => start_step(ctx, &link, cmd.request_id, step),
+                        Some(command::Body::ResumeStep(r)) => {
+                            let key = (r.run_id, r.step_index);
+                            match ctx.runs.get(key) {
+                                Some(slot) => {
+                                    // Registered before the next message is read, like a new step.
+                                    ctx.streams.insert_step(cmd.request_id, slot.clone());
+                                    let (runs, link) = (ctx.runs.clone(), link.clone());
+                                    tokio::spawn(async move {
+                                        runs.resume(&slot, cmd.request_id, link, r.after_seq).await;
+                                    });
+                                }
+                                None => answer(&out_tx, cmd.request_id, reply::Body::Error(CommandError {
+                                    message: format!(
+                                        "this agent does not hold step {} of run {} (it was stopped, or the agent restarted)",
+                                        r.step_index, r.run_id
+                                    ),
+                                })),
+                            }
+                        }
+                        Some(command::Body::StopStep(s)) => {
+                            if let Some(slot) = ctx.runs.get((s.run_id, s.step_index)) {
+                                tracing::info!(run_id = s.run_id, step = s.step_index, "stopping a step the controller will not resume");
+                                ctx.runs.abandon(&slot);
+                            }
+                            answer(&out_tx, cmd.request_id, reply::Body::Ack(Ack {}));
+                        }
                         _ => {
                             running.lock().unwrap_or_else(|p| p.into_inner()).insert(cmd.request_id);
                             // A streaming command's entry exists before the next message
                             // is read, so a Cancel right behind it finds it.
                             let window = match &cmd.body {
                                 Some(command::Body::DockerLogs(l)) => Some(l.window),
-                                Some(command::Body::RunStep(s)) => Some(s.window),
                                 _ => None,
                             };
                             let stream = window.map(|w| ctx.streams.open(cmd.request_id, w));
@@ -317,57 +355,77 @@ async fn renew_cert(
 pub struct Context {
     pub engine: Arc<crate::docker::Engine>,
     pub streams: Arc<Streams>,
+    /// Deploy steps, which outlive sessions.
+    pub runs: Arc<Runs>,
     pub deploy_key_path: std::path::PathBuf,
     /// Where deploy steps without a workdir run (`<state>/work/run-<id>`).
     pub work_root: std::path::PathBuf,
 }
 
-/// A streaming command's credit (bytes it may still send) and its cancel switch.
-type StreamCtl = (Arc<Semaphore>, watch::Sender<bool>);
+/// A streaming command's flow control and cancel switch.
+#[derive(Debug)]
+enum StreamCtl {
+    /// A log stream: the bytes it may still send, and its cancel switch.
+    Logs(Arc<Semaphore>, watch::Sender<bool>),
+    /// A deploy step, attached to this session by this request.
+    Step(Arc<Slot>),
+}
 
-/// Flow control and cancellation for streaming commands, by request id.
+/// A session's streaming commands, by request id.
 #[derive(Debug, Default)]
 pub struct Streams {
     map: Mutex<HashMap<u64, StreamCtl>>,
 }
-
-/// Bounds on the credit window a controller may ask for.
-const MIN_WINDOW: u64 = 256 * 1024;
-const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 
 impl Streams {
     fn open(&self, request_id: u64, window: u64) -> (Arc<Semaphore>, watch::Receiver<bool>) {
         let window = window.clamp(MIN_WINDOW, MAX_WINDOW) as usize;
         let credit = Arc::new(Semaphore::new(window));
         let (tx, rx) = watch::channel(false);
-        self.lock().insert(request_id, (credit.clone(), tx));
+        self.lock()
+            .insert(request_id, StreamCtl::Logs(credit.clone(), tx));
         (credit, rx)
     }
 
-    fn close(&self, request_id: u64) {
+    fn insert_step(&self, request_id: u64, slot: Arc<Slot>) {
+        self.lock().insert(request_id, StreamCtl::Step(slot));
+    }
+
+    pub fn close(&self, request_id: u64) {
         self.lock().remove(&request_id);
     }
 
     fn cancel(&self, request_id: u64) {
-        if let Some((credit, cancel)) = self.lock().remove(&request_id) {
-            credit.close();
-            let _ = cancel.send(true);
+        match self.lock().remove(&request_id) {
+            Some(StreamCtl::Logs(credit, cancel)) => {
+                credit.close();
+                let _ = cancel.send(true);
+            }
+            Some(StreamCtl::Step(slot)) => slot.cancel(),
+            None => {}
         }
     }
 
-    fn cancel_all(&self) {
+    /// The session ended: its log streams stop; its steps are left to be resumed.
+    fn end_session(&self) {
         let all: Vec<StreamCtl> = self.lock().drain().map(|(_, v)| v).collect();
-        for (credit, cancel) in all {
-            credit.close();
-            let _ = cancel.send(true);
+        for ctl in all {
+            if let StreamCtl::Logs(credit, cancel) = ctl {
+                credit.close();
+                let _ = cancel.send(true);
+            }
         }
     }
 
-    fn credit(&self, request_id: u64, bytes: u64) {
-        if let Some((credit, _)) = self.lock().get(&request_id) {
-            // Never more than the largest window in hand, whatever the controller says.
-            let room = (MAX_WINDOW as usize).saturating_sub(credit.available_permits());
-            credit.add_permits((bytes as usize).min(room));
+    fn credit(&self, request_id: u64, bytes: u64, acked_seq: u64) {
+        match self.lock().get(&request_id) {
+            Some(StreamCtl::Logs(credit, _)) => {
+                // Never more than the largest window in hand, whatever the controller says.
+                let room = (MAX_WINDOW as usize).saturating_sub(credit.available_permits());
+                credit.add_permits((bytes as usize).min(room));
+            }
+            Some(StreamCtl::Step(slot)) => slot.ack(bytes, acked_seq),
+            None => {}
         }
     }
 
@@ -376,13 +434,34 @@ impl Streams {
     }
 }
 
-fn reply_msg(request_id: u64, body: reply::Body) -> AgentMessage {
-    AgentMessage {
-        kind: Some(agent_message::Kind::Reply(Reply {
-            request_id,
-            body: Some(body),
-        })),
-    }
+/// Sends a reply without holding up the session loop.
+fn answer(out: &mpsc::Sender<AgentMessage>, request_id: u64, body: reply::Body) {
+    let out = out.clone();
+    tokio::spawn(async move {
+        let _ = out.send(reply_msg(request_id, body)).await;
+    });
+}
+
+/// Starts a deploy step, unless this agent already holds it.
+fn start_step(ctx: &Context, link: &Link, request_id: u64, step: RunStep) {
+    let key = (step.run_id, step.step_index);
+    let Some(slot) = ctx.runs.start(key, request_id, link.clone(), step.window) else {
+        answer(&link.out, request_id, crate::runs::already_held(key));
+        return;
+    };
+    ctx.streams.insert_step(request_id, slot.clone());
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let result = crate::steps::run(
+            step,
+            &ctx.engine,
+            &ctx.deploy_key_path,
+            &ctx.work_root,
+            &slot,
+        )
+        .await;
+        ctx.runs.finish(&slot, result).await;
+    });
 }
 
 /// Runs one command and sends its reply (streaming commands send chunks first).
@@ -424,30 +503,16 @@ async fn execute(
             ctx.streams.close(id);
             last
         }
-        Some(command::Body::RunStep(step)) => {
-            let (credit, cancel) = stream.unwrap_or_else(|| ctx.streams.open(id, step.window));
-            let chunks = out.clone();
-            let last = crate::steps::run(
-                step,
-                &ctx.engine,
-                &ctx.deploy_key_path,
-                &ctx.work_root,
-                credit,
-                cancel,
-                |body| {
-                    let chunks = chunks.clone();
-                    async move { chunks.send(reply_msg(id, body)).await.is_ok() }
-                },
-            )
-            .await;
-            ctx.streams.close(id);
-            last
-        }
-        Some(command::Body::Cancel(_) | command::Body::Credit(_)) | None => {
-            reply::Body::Error(CommandError {
-                message: "this agent does not know that command; upgrade it".into(),
-            })
-        }
+        Some(
+            command::Body::Cancel(_)
+            | command::Body::Credit(_)
+            | command::Body::RunStep(_)
+            | command::Body::ResumeStep(_)
+            | command::Body::StopStep(_),
+        )
+        | None => reply::Body::Error(CommandError {
+            message: "this agent does not know that command; upgrade it".into(),
+        }),
     };
     running
         .lock()
@@ -456,12 +521,13 @@ async fn execute(
     let _ = out.send(reply_msg(id, body)).await;
 }
 
-/// Cancels a session's streaming commands when the session ends.
-struct CancelAll(Arc<Streams>);
+/// Marks a session ended: its link is dead, its log streams are cancelled.
+struct SessionEnd(Arc<Streams>, Arc<AtomicBool>);
 
-impl Drop for CancelAll {
+impl Drop for SessionEnd {
     fn drop(&mut self) {
-        self.0.cancel_all();
+        self.1.store(false, Ordering::Release);
+        self.0.end_session();
     }
 }
 

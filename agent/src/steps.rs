@@ -4,19 +4,17 @@
 //! its output read line by line, masked, and sent against credit. Timeouts and cancels
 //! end the whole process group: SIGTERM, then SIGKILL five seconds later.
 
-use mezzanine_proto::v1::{reply, LogStream, RunStep, StepOutput, StepResult};
+use crate::runs::Slot;
+use mezzanine_proto::v1::{reply, LogStream, RunStep, StepResult};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 /// The largest chunk of step output sent in one message.
 const MAX_CHUNK: usize = 64 * 1024;
-/// Credit one chunk costs beyond its bytes (the controller counts the same).
-const CHUNK_OVERHEAD: usize = 64;
 /// A line longer than this is cut (and says so).
 const MAX_LINE: usize = 64 * 1024;
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,7 +51,6 @@ fn signal_group(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
-/// Runs one step; sends its output through `send` and returns the final reply.
 /// What every step's processes start with: a fixed PATH, HOME and LANG.
 fn base_env() -> HashMap<String, String> {
     let mut env: HashMap<String, String> = HashMap::new();
@@ -73,20 +70,15 @@ fn quote(p: &Path) -> String {
 
 /// The `git` step: init on first use, shallow fetch of the ref, forced detached checkout.
 #[allow(clippy::too_many_arguments)]
-async fn git<F, Fut>(
+async fn git(
     g: &mezzanine_proto::v1::GitStep,
     deploy_key: &Path,
     mut env: HashMap<String, String>,
     secrets: &[String],
     deadline: tokio::time::Instant,
-    credit: &Semaphore,
+    out: &Slot,
     cancel: &mut watch::Receiver<bool>,
-    send: &mut F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+) -> reply::Body {
     let path = Path::new(&g.path);
     if !path.is_absolute() {
         return result(-1, false, false, format!("path {} is not absolute", g.path));
@@ -140,10 +132,7 @@ where
     commands.push(vec!["log", "-1", "--format=checked out %H: %s"]);
     let mut last = result(0, false, false, String::new());
     for args in commands {
-        last = exec(
-            "git", &args, path, &env, secrets, deadline, credit, cancel, send,
-        )
-        .await;
+        last = exec("git", &args, path, &env, secrets, deadline, out, cancel).await;
         let failed = match &last {
             reply::Body::StepResult(r) => r.exit_code != 0 || r.timed_out || r.cancelled,
             _ => true,
@@ -155,20 +144,15 @@ where
     last
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run<F, Fut>(
+/// Runs one step; sends its output through `out` and returns the final reply.
+pub async fn run(
     step: RunStep,
     engine: &crate::docker::Engine,
     deploy_key: &Path,
     work_root: &Path,
-    credit: Arc<Semaphore>,
-    mut cancel: watch::Receiver<bool>,
-    mut send: F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    out: &Slot,
+) -> reply::Body {
+    let mut cancel = out.cancelled();
     let shell = match step.kind {
         Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) => shell,
         Some(mezzanine_proto::v1::run_step::Kind::Git(g)) => {
@@ -176,27 +160,17 @@ where
             let deadline = tokio::time::Instant::now() + timeout;
             let mut env = base_env();
             env.extend(step.env);
-            return git(
-                &g,
-                deploy_key,
-                env,
-                &step.mask,
-                deadline,
-                &credit,
-                &mut cancel,
-                &mut send,
-            )
-            .await;
+            return git(&g, deploy_key, env, &step.mask, deadline, out, &mut cancel).await;
         }
         Some(mezzanine_proto::v1::run_step::Kind::DockerBuild(b)) => {
             let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
-            return docker_build(engine, &b, &step.mask, timeout, &credit, cancel, send).await;
+            return docker_build(engine, &b, &step.mask, timeout, out, cancel).await;
         }
         Some(mezzanine_proto::v1::run_step::Kind::DockerRun(d)) => {
-            return docker_run(engine, &d, step.run_id, &step.mask, &credit, send).await
+            return docker_run(engine, &d, step.run_id, &step.mask, out).await
         }
         Some(mezzanine_proto::v1::run_step::Kind::HttpCheck(h)) => {
-            return http_check(h, &step.mask, step.timeout_secs, &credit, cancel, send).await
+            return http_check(h, &step.mask, step.timeout_secs, out, cancel).await
         }
         None => {
             return result(
@@ -239,9 +213,8 @@ where
         &env,
         &step.mask,
         deadline,
-        &credit,
+        out,
         &mut cancel,
-        &mut send,
     )
     .await
 }
@@ -249,21 +222,16 @@ where
 /// Runs one process in its own group and streams its output; the final reply says how
 /// it ended. `deadline` is the step's (a step may run several processes).
 #[allow(clippy::too_many_arguments)]
-async fn exec<F, Fut>(
+async fn exec(
     program: &str,
     args: &[&str],
     workdir: &Path,
     env: &HashMap<String, String>,
     secrets: &[String],
     deadline: tokio::time::Instant,
-    credit: &Semaphore,
+    out: &Slot,
     cancel: &mut watch::Receiver<bool>,
-    send: &mut F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+) -> reply::Body {
     let mut child = match tokio::process::Command::new(program)
         .args(args)
         .current_dir(workdir)
@@ -329,12 +297,12 @@ where
                             Err(_) => break,
                         }
                     }
-                    if !send_chunk(credit, send, kind, batch).await {
+                    if !out.output(kind, batch).await {
                         ended.get_or_insert((false, true));
                     }
                     if let Some((k, mut t)) = next {
                         mask(&mut t, secrets);
-                        if !send_chunk(credit, send, k, t).await {
+                        if !out.output(k, t).await {
                             ended.get_or_insert((false, true));
                         }
                     }
@@ -397,27 +365,22 @@ where
 }
 
 /// The `docker.build` step: the engine's build output as lines.
-async fn docker_build<F, Fut>(
+async fn docker_build(
     engine: &crate::docker::Engine,
     b: &mezzanine_proto::v1::DockerBuildStep,
     secrets: &[String],
     limit: Duration,
-    credit: &Semaphore,
+    out: &Slot,
     mut cancel: watch::Receiver<bool>,
-    mut send: F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+) -> reply::Body {
     let (tx, lines) = mpsc::channel::<String>(64);
     let build = engine.build(b, tx);
-    match pump_lines(build, lines, secrets, limit, credit, &mut cancel, &mut send).await {
+    match pump_lines(build, lines, secrets, limit, out, &mut cancel).await {
         Ended::Done(Ok(())) => result(0, false, false, String::new()),
         Ended::Done(Err(why)) => {
             let mut line = format!("build failed: {why}\n");
             mask(&mut line, secrets);
-            let _ = send_chunk(credit, &mut send, LogStream::Stderr, line).await;
+            let _ = out.output(LogStream::Stderr, line).await;
             result(1, false, false, format!("the build of {} failed", b.tag))
         }
         Ended::TimedOut => result(
@@ -431,18 +394,13 @@ where
 }
 
 /// The `docker.run` step: the engine's work, reported as lines.
-async fn docker_run<F, Fut>(
+async fn docker_run(
     engine: &crate::docker::Engine,
     d: &mezzanine_proto::v1::DockerRunStep,
     run_id: u64,
     secrets: &[String],
-    credit: &Semaphore,
-    mut send: F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    out: &Slot,
+) -> reply::Body {
     let (lines, failure) = match engine.run_replace(d, run_id).await {
         Ok(lines) => (lines, None),
         Err((lines, why)) => (lines, Some(why)),
@@ -452,7 +410,7 @@ where
         text.push_str(&format!("{why}\n"));
     }
     mask(&mut text, secrets);
-    if !text.is_empty() && !send_chunk(credit, &mut send, LogStream::Stdout, text).await {
+    if !text.is_empty() && !out.output(LogStream::Stdout, text).await {
         return result(-1, false, true, "cancelled".into());
     }
     match failure {
@@ -462,24 +420,19 @@ where
 }
 
 /// The `http.check` step: each attempt is a line of output.
-async fn http_check<F, Fut>(
+async fn http_check(
     h: mezzanine_proto::v1::HttpCheckStep,
     secrets: &[String],
     timeout_secs: u32,
-    credit: &Semaphore,
+    out: &Slot,
     mut cancel: watch::Receiver<bool>,
-    mut send: F,
-) -> reply::Body
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+) -> reply::Body {
     let expect = u16::try_from(h.expect_status).unwrap_or(200);
     let interval = Duration::from_secs(u64::from(h.interval_secs.max(1)));
     let limit = Duration::from_secs(u64::from(timeout_secs.max(1)));
     let (tx, lines) = mpsc::channel::<String>(16);
     let check = crate::httpcheck::check(&h.url, expect, h.retries, interval, tx);
-    match pump_lines(check, lines, secrets, limit, credit, &mut cancel, &mut send).await {
+    match pump_lines(check, lines, secrets, limit, out, &mut cancel).await {
         Ended::Done(true) => result(0, false, false, String::new()),
         Ended::Done(false) => result(
             1,
@@ -507,19 +460,16 @@ enum Ended<T> {
 /// Drives `work`, which reports lines on the channel `lines` reads, sending them as step
 /// output (masked, batched) until the work is done and every line is out, the time
 /// `limit` passes, or the step is cancelled.
-async fn pump_lines<T, W, F, Fut>(
+async fn pump_lines<T, W>(
     work: W,
     mut lines: mpsc::Receiver<String>,
     secrets: &[String],
     limit: Duration,
-    credit: &Semaphore,
+    out: &Slot,
     cancel: &mut watch::Receiver<bool>,
-    send: &mut F,
 ) -> Ended<T>
 where
     W: std::future::Future<Output = T>,
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
 {
     tokio::pin!(work);
     let deadline = tokio::time::sleep(limit);
@@ -538,7 +488,7 @@ where
                     }
                     mask(&mut line, secrets);
                     line.push('\n');
-                    if !send_chunk(credit, send, LogStream::Stdout, line).await {
+                    if !out.output(LogStream::Stdout, line).await {
                         return Ended::Cancelled;
                     }
                 }
@@ -601,23 +551,6 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
             return;
         }
     }
-}
-
-async fn send_chunk<F, Fut>(credit: &Semaphore, send: &mut F, kind: LogStream, data: String) -> bool
-where
-    F: FnMut(reply::Body) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let cost = u32::try_from(data.len() + CHUNK_OVERHEAD).unwrap_or(u32::MAX);
-    match credit.acquire_many(cost).await {
-        Ok(p) => p.forget(),
-        Err(_) => return false,
-    }
-    send(reply::Body::StepOutput(StepOutput {
-        stream: kind as i32,
-        data: data.into_bytes(),
-    }))
-    .await
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ async fn attach(
         }),
         heartbeat_secs: 10,
         running: vec![],
+        steps: vec![],
     };
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Hello(hello)),

@@ -541,47 +541,76 @@ async fn secrets_are_masked_runs_queue_and_cancel() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
-    // A controller process we can kill, on fixed ports so the agent finds it again.
-    let data = tempfile::tempdir().expect("tmp");
-    let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let dir = data.path().join("data");
-    let args = [
-        "serve",
-        "--listen",
-        &http,
-        "--agent-listen",
-        &agents,
-        "--agent-endpoint",
-        &format!("https://{agents}"),
-        "--data-dir",
-        dir.to_str().expect("utf8"),
-    ];
-    let mut ctl = Process::spawn(&binary("mezzanine", false), &args);
-    ctl.wait_ready(Duration::from_secs(15));
-    let base = format!("http://{http}");
-    let mut admin = mezzanine_tests::first_admin(&base).await;
-    let (server, token, _) = mezzanine_tests::add_server(&mut admin, "deploy-4").await;
-    let agent = Agent::new();
-    let (ok, out) = agent.enroll(&token);
-    assert!(ok, "{out}");
-    let agent_proc = agent.run(1);
-    mezzanine_tests::wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
-        v["status"] == "online"
-    })
-    .await;
-    let wf = create(
-        &mut admin,
-        "long",
-        server,
-        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "echo begun; sleep 20; echo never" }, "timeout_s": 60 }] }),
-    )
-    .await;
+/// A controller process on fixed ports and data dir, which a test can kill and start
+/// again (its agents find it at the same address).
+struct OwnController {
+    _data: tempfile::TempDir,
+    args: Vec<String>,
+    proc: Process,
+    base: String,
+}
 
-    // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept.
-    let run = trigger(&mut admin, wf).await;
+impl OwnController {
+    fn start() -> OwnController {
+        let data = tempfile::tempdir().expect("tmp");
+        let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let dir = data.path().join("data");
+        let args: Vec<String> = [
+            "serve",
+            "--listen",
+            &http,
+            "--agent-listen",
+            &agents,
+            "--agent-endpoint",
+            &format!("https://{agents}"),
+            "--data-dir",
+            dir.to_str().expect("utf8"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Self::spawn(&args);
+        OwnController {
+            _data: data,
+            args,
+            proc,
+            base: format!("http://{http}"),
+        }
+    }
+
+    fn spawn(args: &[String]) -> Process {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proc = Process::spawn(&binary("mezzanine", false), &args);
+        proc.wait_ready(Duration::from_secs(15));
+        proc
+    }
+
+    /// Starts the controller again (after it was killed or stopped) and logs in.
+    async fn restart(&mut self) -> Client {
+        self.proc = Self::spawn(&self.args);
+        let mut admin = Client::new(&self.base);
+        assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
+        admin
+    }
+
+    /// Enrolls and starts an agent (`extra` flags for `run`) and waits for it online.
+    async fn agent(&self, admin: &mut Client, name: &str, extra: &[&str]) -> (i64, Agent, Process) {
+        let (server, token, _) = mezzanine_tests::add_server(admin, name).await;
+        let agent = Agent::new();
+        let (ok, out) = agent.enroll(&token);
+        assert!(ok, "{out}");
+        let proc = agent.run_with(1, extra);
+        mezzanine_tests::wait_server(admin, server, Duration::from_secs(10), "online", |v| {
+            v["status"] == "online"
+        })
+        .await;
+        (server, agent, proc)
+    }
+}
+
+/// Opens the run's event stream and waits for its first output line.
+async fn first_output(admin: &mut Client, run: i64) {
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -589,6 +618,29 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
         ev.iter().any(|(_, e, _)| e == "output")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_end_interrupted_when_the_agent_dies_or_nobody_resumes_the_step() {
+    let mut ctl = OwnController::start();
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    // A step left without a controller is stopped by the agent after 2 s.
+    let grace = ["--step-grace-secs", "2"];
+    let (server, agent, agent_proc) = ctl.agent(&mut admin, "deploy-4", &grace).await;
+    let marks = tempfile::tempdir().expect("tmp");
+    // Each run touches its own file after the sleep (the killed agent's shell is orphaned
+    // and carries on; under the installer's systemd unit its cgroup is killed with it).
+    let wf = create(
+        &mut admin,
+        "long",
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": format!("echo begun; sleep 7; touch {}/after-$MZ_RUN_ID", marks.path().display()) }, "timeout_s": 60 }] }),
+    )
+    .await;
+
+    // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept.
+    let run = trigger(&mut admin, wf).await;
+    first_output(&mut admin, run).await;
     agent_proc.signal("KILL");
     let t = Instant::now();
     let done = wait_run(&mut admin, run, Duration::from_secs(10)).await;
@@ -597,31 +649,31 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
     assert_eq!(done["steps"][0]["output"], "begun\n");
     assert_eq!(done["steps"][0]["status"], "interrupted");
 
-    // The controller dies mid-run: after its restart the run is interrupted, and a run
-    // queued behind it runs.
-    let agent_proc = agent.run(1);
+    // The controller dies mid-run and stays down longer than the agent's grace: the agent
+    // stops the step, so the restarted controller finds nothing to resume and says so;
+    // the run queued behind it goes on.
+    let agent_proc = agent.run_with(1, &grace);
     mezzanine_tests::wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
         v["status"] == "online"
     })
     .await;
     let run = trigger(&mut admin, wf).await;
     let queued = trigger(&mut admin, wf).await;
-    let mut resp = admin
-        .open(&format!("/api/deployments/runs/{run}/events"))
-        .await;
-    sse(&mut resp, Duration::from_secs(20), |ev| {
-        ev.iter().any(|(_, e, _)| e == "output")
-    })
-    .await;
-    ctl.signal("KILL");
-    let _ = ctl.wait_exit(Duration::from_secs(5));
-    let mut ctl = Process::spawn(&binary("mezzanine", false), &args);
-    ctl.wait_ready(Duration::from_secs(15));
-    let mut admin = Client::new(&base);
-    assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
-    let done = wait_run(&mut admin, run, Duration::from_secs(5)).await;
+    let after = marks.path().join(format!("after-{run}"));
+    first_output(&mut admin, run).await;
+    let begun = Instant::now();
+    ctl.proc.signal("KILL");
+    let _ = ctl.proc.wait_exit(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut admin = ctl.restart().await;
+    let done = wait_run(&mut admin, run, Duration::from_secs(15)).await;
     assert_eq!(done["status"], "interrupted", "{done}");
-    assert_eq!(done["error"], "the controller restarted during the run");
+    let error = done["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("could not resume") && error.contains("does not hold step 0"),
+        "{done}"
+    );
+    assert_eq!(done["steps"][0]["output"], "begun\n");
     let next = admin
         .get(&format!("/api/deployments/runs/{queued}"))
         .await
@@ -633,15 +685,91 @@ async fn runs_end_interrupted_when_the_agent_or_the_controller_dies() {
     let r = admin
         .post(&format!("/api/deployments/runs/{queued}/cancel"), json!({}))
         .await;
-
     assert_eq!(r.status, 200, "{}", r.body);
     let done = wait_run(&mut admin, queued, Duration::from_secs(15)).await;
-    assert!(
-        matches!(done["status"].as_str(), Some("cancelled" | "interrupted")),
-        "{done}"
-    );
+    assert_eq!(done["status"], "cancelled", "{done}");
+    // The stopped step never reached its last line.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(begun.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!after.exists(), "the abandoned step was stopped");
     agent_proc.signal("KILL");
-    ctl.terminate(Duration::from_secs(10));
+    ctl.proc.terminate(Duration::from_secs(10));
+}
+
+/// The controller restarts mid-step — killed, then stopped gracefully — while the agent
+/// keeps the step going: the new process resumes the run, every line arrives exactly
+/// once (including those printed while no controller was there), the step ran once and
+/// the next step runs after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumes_across_a_controller_restart() {
+    let mut ctl = OwnController::start();
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let (server, _agent, agent_proc) = ctl.agent(&mut admin, "deploy-8", &[]).await;
+    let marks = tempfile::tempdir().expect("tmp");
+    let m = marks.path().display().to_string();
+    let wf = create(
+        &mut admin,
+        "resumable",
+        server,
+        json!({ "steps": [
+            { "name": "count", "uses": "shell", "with": { "script": format!("echo start >> {m}/starts; for i in $(seq 1 30); do echo tick $i; sleep 0.1; done") } },
+            { "name": "next", "uses": "shell", "with": { "script": format!("echo next >> {m}/next; echo next step") } },
+        ] }),
+    )
+    .await;
+    let expected: String = (1..=30).map(|i| format!("tick {i}\n")).collect();
+    for (round, how) in ["KILL", "TERM"].into_iter().enumerate() {
+        let run = trigger(&mut admin, wf).await;
+        first_output(&mut admin, run).await;
+        if how == "KILL" {
+            ctl.proc.signal("KILL");
+            let _ = ctl.proc.wait_exit(Duration::from_secs(5));
+        } else {
+            let status = ctl.proc.terminate(Duration::from_secs(10));
+            assert!(status.success(), "graceful stop: {status}");
+        }
+        // The step goes on printing with no controller to receive it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        admin = ctl.restart().await;
+        let done = wait_run(&mut admin, run, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "succeeded", "after SIG{how}: {done}");
+        assert_eq!(
+            done["steps"][0]["output"],
+            expected.as_str(),
+            "after SIG{how}"
+        );
+        assert_eq!(done["steps"][1]["output"], "next step\n");
+        let count = |f: &str| {
+            std::fs::read_to_string(marks.path().join(f))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(count("starts"), round + 1, "the step ran once per run");
+        assert_eq!(count("next"), round + 1, "and so did the next one");
+        // A viewer replaying the run sees each line once and the restart noted.
+        let mut resp = admin
+            .open(&format!("/api/deployments/runs/{run}/events"))
+            .await;
+        let ev = sse(&mut resp, Duration::from_secs(10), ended).await;
+        let lines: Vec<&str> = ev
+            .iter()
+            .filter(|(_, e, d)| e == "output" && d["step"] == 0)
+            .filter_map(|(_, _, d)| d["line"].as_str())
+            .collect();
+        assert_eq!(lines.len(), 30, "{lines:?}");
+        assert!(
+            ev.iter().any(|(_, e, d)| e == "note"
+                && d["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("resuming"))),
+            "{ev:?}"
+        );
+        let ids: Vec<i64> = ev.iter().map(|(id, _, _)| *id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+    agent_proc.signal("KILL");
+    ctl.proc.terminate(Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

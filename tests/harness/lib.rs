@@ -393,11 +393,11 @@ impl Process {
         }
     }
 
-    /// Sends a signal (`STOP`, `CONT`, `KILL`, …).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `KILL`, …).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let ok = std::process::Command::new("kill")

@@ -505,7 +505,7 @@ async fn collect_logs(
                     break;
                 }
                 if !c.data.is_empty() {
-                    stream.credit(c.data.len() as u64 + CHUNK_OVERHEAD).await;
+                    stream.credit(c.data.len() as u64 + CHUNK_OVERHEAD, 0).await;
                 }
                 let name = stream_name(c.stream);
                 let text = String::from_utf8_lossy(&c.data);
@@ -608,7 +608,7 @@ async fn pump_sse(
             return;
         }
         if owed >= LOG_WINDOW / 4 {
-            if !stream.credit(owed).await {
+            if !stream.credit(owed, 0).await {
                 return;
             }
             owed = 0;

@@ -257,7 +257,14 @@ async fn enqueue(
         .collect();
     let run_id = state
         .store()
-        .create_run(wf.id, trigger, &detail, &names, crate::time::now_ms())
+        .create_run(
+            wf.id,
+            trigger,
+            &detail,
+            &wf.definition,
+            &names,
+            crate::time::now_ms(),
+        )
         .await?;
     state.deploys().register(run_id);
     deploy::kick(state, wf.id);

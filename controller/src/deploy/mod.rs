@@ -1,6 +1,11 @@
 //! Deploy runs: one queue per workflow (one run at a time, later triggers wait in order),
 //! each step carried out by the server's agent, every event of a run numbered and stored
 //! (output up to a per-run cap) before it is broadcast to live viewers.
+//!
+//! A controller restart does not end a run: the agent keeps the step going (runs.rs on
+//! the agent side), the new process finds the run still `running` in the store and
+//! resumes the step after the last output chunk it stored; steps that never started run
+//! as usual. If the agent no longer holds the step, the run is `interrupted`.
 
 pub mod definition;
 
@@ -8,9 +13,12 @@ use crate::gateway::CallError;
 use crate::state::AppState;
 use crate::store::RunEvent;
 use definition::{Action, Definition};
-use mezzanine_proto::v1::{command, reply, HttpCheckStep, LogStream, RunStep, ShellStep};
+use mezzanine_proto::v1::{
+    command, reply, HttpCheckStep, LogStream, ResumeStep, RunStep, ShellStep,
+};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -39,6 +47,13 @@ pub struct Deploys {
     /// last looked.
     drivers: Mutex<HashMap<i64, bool>>,
     live: Mutex<HashMap<i64, Arc<LiveRun>>>,
+    /// Runs a previous controller process left running, by workflow, to resume first.
+    resume: Mutex<HashMap<i64, i64>>,
+    /// Their steps that were running, `(run, step)`: an agent holding any other step is
+    /// told to stop it.
+    resuming: Mutex<HashSet<(i64, i64)>>,
+    /// Set as the controller shuts down: runs then stay `running` for the next process.
+    shutting_down: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,6 +82,21 @@ impl Deploys {
         lock(&self.live).remove(&run_id);
     }
 
+    /// Whether this controller will resume `step` of `run` (an agent reports it holds it).
+    pub fn wants(&self, run_id: i64, step: i64) -> bool {
+        lock(&self.resuming).contains(&(run_id, step))
+    }
+
+    /// From now on a step whose agent session ends is left to the next controller
+    /// process rather than called interrupted.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Asks a running run to stop; false when it is not running here.
     pub fn cancel(&self, run_id: i64) -> bool {
         match self.live(run_id) {
@@ -91,19 +121,30 @@ pub fn kick(state: &AppState, workflow_id: i64) {
     }
 }
 
-/// At start: runs a previous process left running are interrupted; queued ones resume.
+/// At start (before agents can attach): runs a previous process left running are resumed
+/// first, then each workflow's queue goes on.
 pub async fn recover(state: &AppState) {
-    let now = crate::time::now_ms();
-    match state
-        .store()
-        .interrupt_orphaned_runs("the controller restarted during the run", now)
-        .await
-    {
-        Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "runs interrupted by a restart"),
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "cannot mark interrupted runs"),
+    let store = state.store();
+    match store.running_runs().await {
+        Ok(runs) => {
+            for (run_id, workflow_id, _) in runs {
+                if let Ok(steps) = store.run_steps(run_id).await {
+                    if let Some(s) = steps.iter().find(|s| s.status == "running") {
+                        lock(&state.deploys().resuming).insert((run_id, s.idx));
+                    }
+                }
+                tracing::info!(
+                    run_id,
+                    "resuming a run the previous controller left running"
+                );
+                lock(&state.deploys().resume).insert(workflow_id, run_id);
+                state.deploys().register(run_id);
+                kick(state, workflow_id);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the runs left running"),
     }
-    match state.store().workflows_with_queued_runs().await {
+    match store.workflows_with_queued_runs().await {
         Ok(ids) => {
             for id in ids {
                 kick(state, id);
@@ -114,6 +155,10 @@ pub async fn recover(state: &AppState) {
 }
 
 async fn drive(state: AppState, workflow_id: i64) {
+    let resume = lock(&state.deploys().resume).remove(&workflow_id);
+    if let Some(run_id) = resume {
+        execute(&state, run_id, true).await;
+    }
     loop {
         if let Some(k) = lock(&state.deploys().drivers).get_mut(&workflow_id) {
             *k = false;
@@ -128,7 +173,7 @@ async fn drive(state: AppState, workflow_id: i64) {
                 }
             };
             let Some(run_id) = next else { break };
-            execute(&state, run_id).await;
+            execute(&state, run_id, false).await;
         }
         let mut drivers = lock(&state.deploys().drivers);
         if drivers.get(&workflow_id) == Some(&true) {
@@ -151,6 +196,8 @@ struct Recorder {
     noted_cap: bool,
     mask: Vec<String>,
     live: Arc<LiveRun>,
+    /// The last output chunk of the current step that was recorded (agent numbering).
+    agent_seq: i64,
 }
 
 impl Recorder {
@@ -167,7 +214,7 @@ impl Recorder {
 
     /// Stores then broadcasts: a viewer that subscribes and then reads the store misses
     /// nothing.
-    async fn emit(&mut self, events: Vec<RunEvent>, stored: Vec<bool>) {
+    async fn emit(&mut self, events: Vec<RunEvent>, stored: Vec<bool>, ack: Option<(i64, i64)>) {
         let keep: Vec<RunEvent> = events
             .iter()
             .zip(&stored)
@@ -183,7 +230,7 @@ impl Recorder {
         if let Err(e) = self
             .state
             .store()
-            .append_events(self.run_id, &keep, bytes, dropped)
+            .append_events(self.run_id, &keep, bytes, dropped, ack)
             .await
         {
             tracing::error!(run_id = self.run_id, error = %e, "cannot store run events");
@@ -193,11 +240,18 @@ impl Recorder {
 
     async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) {
         let e = self.event(step, kind, data.to_string());
-        self.emit(vec![e], vec![true]).await;
+        self.emit(vec![e], vec![true], None).await;
     }
 
-    /// One chunk of a step's output: whole lines, masked, stored while under the cap.
-    async fn output(&mut self, step: i64, stream: &str, data: &[u8]) {
+    /// One chunk of a step's output (the agent's chunk `seq`): whole lines, masked, stored
+    /// while under the cap. A chunk already recorded (sent again after a resume) is
+    /// dropped.
+    async fn output(&mut self, step: i64, stream: &str, data: &[u8], seq: u64) {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        if seq != 0 && seq <= self.agent_seq {
+            return;
+        }
+        self.agent_seq = seq;
         let text = String::from_utf8_lossy(data);
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let mut events = Vec::new();
@@ -233,7 +287,8 @@ impl Recorder {
             events.push(self.event(Some(step), stream, line));
             stored.push(keep);
         }
-        self.emit(events, stored).await;
+        self.emit(events, stored, (seq != 0).then_some((step, seq)))
+            .await;
     }
 }
 
@@ -285,9 +340,20 @@ enum StepEnd {
     Interrupted(String),
     /// The step could not start on the agent.
     Error(String),
+    /// The controller is shutting down: the step is left to the next process.
+    Detached,
 }
 
-async fn execute(state: &AppState, run_id: i64) {
+/// Where a run starts: its first step, or for a run resumed after a restart, the first
+/// step that had not ended (and the agent's last stored output chunk if it was running).
+struct Start {
+    from: usize,
+    resume_after: Option<i64>,
+}
+
+/// Carries out a run: a queued one from its first step, or (`resumed`) one a previous
+/// controller process left running.
+async fn execute(state: &AppState, run_id: i64, resumed: bool) {
     let store = state.store();
     let (run, wf) = match store.run(run_id).await {
         Ok(Some(run)) => match store.workflow(run.workflow_id).await {
@@ -296,7 +362,7 @@ async fn execute(state: &AppState, run_id: i64) {
         },
         _ => return,
     };
-    let def = match definition::parse(&wf.definition) {
+    let def = match definition::parse(run.definition.as_ref().unwrap_or(&wf.definition)) {
         Ok(p) => p.definition,
         Err(e) => {
             let _ = store
@@ -313,13 +379,36 @@ async fn execute(state: &AppState, run_id: i64) {
     let secrets = open_secrets(state, wf.id, wf.secrets.as_deref());
     let live = state.deploys().register(run_id);
     let cancel_rx = live.cancel.subscribe();
-    match store.start_run(run_id, crate::time::now_ms()).await {
-        Ok(true) => {}
-        _ => {
-            state.deploys().forget(run_id);
-            return;
+    let start = if resumed {
+        let steps = store.run_steps(run_id).await.unwrap_or_default();
+        match steps
+            .iter()
+            .position(|s| s.status == "running" || s.status == "pending")
+        {
+            Some(i) if steps.len() == def.steps.len() => Start {
+                from: i,
+                resume_after: (steps[i].status == "running").then_some(steps[i].agent_seq),
+            },
+            // Every step had ended (the restart came between the last one and the run's
+            // end), or the steps no longer match the definition.
+            _ => Start {
+                from: def.steps.len(),
+                resume_after: None,
+            },
         }
-    }
+    } else {
+        match store.start_run(run_id, crate::time::now_ms()).await {
+            Ok(true) => {}
+            _ => {
+                state.deploys().forget(run_id);
+                return;
+            }
+        }
+        Start {
+            from: 0,
+            resume_after: None,
+        }
+    };
     let seq = store.last_event_seq(run_id).await.unwrap_or(0);
     let mut rec = Recorder {
         state: state.clone(),
@@ -336,17 +425,35 @@ async fn execute(state: &AppState, run_id: i64) {
             .cloned()
             .collect(),
         live: live.clone(),
+        agent_seq: 0,
     };
-    let (status, error) = run_steps(
-        state,
-        &run,
-        wf.server_id,
-        &def,
-        &secrets,
-        &mut rec,
-        cancel_rx,
-    )
-    .await;
+    if resumed {
+        rec.note(
+            None,
+            "note",
+            json!({ "message": "the controller restarted during the run; resuming it" }),
+        )
+        .await;
+    }
+    let ended = if resumed && start.from == def.steps.len() {
+        Some(ended_before_restart(state, run_id).await)
+    } else {
+        run_steps(
+            state,
+            &run,
+            wf.server_id,
+            &def,
+            &secrets,
+            &mut rec,
+            cancel_rx,
+            start,
+        )
+        .await
+    };
+    // None: the controller is shutting down and leaves the run to its next start.
+    let Some((status, error)) = ended else {
+        return;
+    };
     if rec.dropped > 0 {
         let msg = format!(
             "{} lines ({} bytes) of output were not stored (cap {} bytes)",
@@ -366,6 +473,35 @@ async fn execute(state: &AppState, run_id: i64) {
     state.deploys().forget(run_id);
 }
 
+/// How a resumed run whose steps had all ended (or no longer match its definition)
+/// ends: as its first unsuccessful step did, else succeeded.
+async fn ended_before_restart(state: &AppState, run_id: i64) -> (&'static str, Option<String>) {
+    let steps = state.store().run_steps(run_id).await.unwrap_or_default();
+    if steps
+        .iter()
+        .any(|s| s.status == "running" || s.status == "pending")
+    {
+        return (
+            "interrupted",
+            Some("the workflow's steps changed while the controller was down".into()),
+        );
+    }
+    for s in &steps {
+        let status = match s.status.as_str() {
+            "succeeded" | "skipped" => continue,
+            "failed" => "failed",
+            "timed_out" => "timed_out",
+            "cancelled" => "cancelled",
+            _ => "interrupted",
+        };
+        return (
+            status,
+            Some(format!("step {:?} ended {}", s.name, s.status)),
+        );
+    }
+    ("succeeded", None)
+}
+
 /// Ends a run cancelled before it started: its `end` event, for anyone watching.
 pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
     let store = state.store();
@@ -378,7 +514,7 @@ pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
         at: crate::time::now_ms(),
     };
     if let Err(err) = store
-        .append_events(run_id, std::slice::from_ref(&e), 0, 0)
+        .append_events(run_id, std::slice::from_ref(&e), 0, 0, None)
         .await
     {
         tracing::error!(run_id, error = %err, "cannot store a run's end");
@@ -389,6 +525,9 @@ pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
     state.deploys().forget(run_id);
 }
 
+/// Runs the definition's steps from `start`; `None` when the controller is shutting down
+/// and leaves the run to its next start.
+#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     state: &AppState,
     run: &crate::store::RunRow,
@@ -397,105 +536,56 @@ async fn run_steps(
     secrets: &BTreeMap<String, String>,
     rec: &mut Recorder,
     mut cancel: watch::Receiver<bool>,
-) -> (&'static str, Option<String>) {
+    start: Start,
+) -> Option<(&'static str, Option<String>)> {
     let store = state.store();
-    let base_env = trigger_env(&run.trigger_detail, &run.trigger, run.id);
-    for (i, step) in def.steps.iter().enumerate() {
+    for (i, step) in def.steps.iter().enumerate().skip(start.from) {
         let idx = i as i64;
-        if *cancel.borrow() {
-            return ("cancelled", Some("cancelled before step".into()));
+        let resume_after = start.resume_after.filter(|_| i == start.from);
+        if *cancel.borrow() && resume_after.is_none() {
+            return Some(("cancelled", Some("cancelled before step".into())));
         }
-        let _ = store
-            .set_step(run.id, idx, "running", None, crate::time::now_ms())
-            .await;
-        rec.note(
-            Some(idx),
-            "step",
-            json!({ "index": idx, "name": step.name, "status": "running" }),
-        )
-        .await;
-        let mut env: BTreeMap<String, String> = def.env.clone();
-        env.extend(step.env.clone());
-        env.extend(secrets.clone());
-        env.extend(base_env.clone());
-        let kind = match &step.action {
-            Action::Shell { script, workdir } => {
-                mezzanine_proto::v1::run_step::Kind::Shell(ShellStep {
-                    script: script.clone(),
-                    workdir: workdir.clone().unwrap_or_default(),
-                })
-            }
-            Action::HttpCheck {
-                url,
-                expect_status,
-                retries,
-                interval_s,
-            } => mezzanine_proto::v1::run_step::Kind::HttpCheck(HttpCheckStep {
-                url: url.clone(),
-                expect_status: u32::from(*expect_status),
-                retries: *retries,
-                interval_secs: *interval_s,
+        rec.agent_seq = resume_after.unwrap_or(0);
+        let cmd = match resume_after {
+            Some(after) => command::Body::ResumeStep(ResumeStep {
+                run_id: run.id as u64,
+                step_index: i as u32,
+                after_seq: after as u64,
             }),
-            Action::DockerBuild {
-                context,
-                dockerfile,
-                tag,
-                build_args,
-            } => mezzanine_proto::v1::run_step::Kind::DockerBuild(
-                mezzanine_proto::v1::DockerBuildStep {
-                    context: context.clone(),
-                    dockerfile: dockerfile.clone(),
-                    tag: tag.clone(),
-                    build_args: build_args.clone().into_iter().collect(),
-                },
-            ),
-            Action::Git {
-                repo,
-                git_ref,
-                path,
-                known_hosts,
-            } => mezzanine_proto::v1::run_step::Kind::Git(mezzanine_proto::v1::GitStep {
-                repo: repo.clone(),
-                git_ref: git_ref.clone(),
-                path: path.clone(),
-                known_hosts: known_hosts.clone().unwrap_or_default(),
-            }),
-            Action::DockerRun(d) => {
-                mezzanine_proto::v1::run_step::Kind::DockerRun(mezzanine_proto::v1::DockerRunStep {
-                    image: d.image.clone(),
-                    name: d.name.clone(),
-                    ports: d
-                        .ports
-                        .iter()
-                        .map(|p| mezzanine_proto::v1::PortPublish {
-                            host_ip: p.host_ip.clone().unwrap_or_default(),
-                            host_port: u32::from(p.host_port),
-                            container_port: u32::from(p.container_port),
-                            protocol: p.protocol.clone(),
-                        })
-                        .collect(),
-                    env: d.env.clone().into_iter().collect(),
-                    volumes: d.volumes.clone(),
-                    restart: d.restart.clone(),
-                })
+            None => {
+                let _ = store
+                    .set_step(run.id, idx, "running", None, crate::time::now_ms())
+                    .await;
+                rec.note(
+                    Some(idx),
+                    "step",
+                    json!({ "index": idx, "name": step.name, "status": "running" }),
+                )
+                .await;
+                step_command(run, def, step, i, secrets, &rec.mask)
             }
         };
-        let cmd = command::Body::RunStep(RunStep {
-            run_id: run.id as u64,
-            step_index: i as u32,
-            env: env.into_iter().collect::<HashMap<_, _>>(),
-            mask: rec.mask.clone(),
-            timeout_secs: step.timeout_s,
-            window: STEP_WINDOW,
-            kind: Some(kind),
-        });
-        let end = run_step(state, server_id, cmd, idx, step.timeout_s, rec, &mut cancel).await;
+        let end = run_step(
+            state,
+            server_id,
+            cmd,
+            idx,
+            step.timeout_s,
+            rec,
+            &mut cancel,
+            resume_after.is_some(),
+        )
+        .await;
+        if resume_after.is_some() {
+            lock(&state.deploys().resuming).remove(&(run.id, idx));
+        }
         let (step_status, exit, run_status, err): (
             &str,
             Option<i64>,
             Option<&'static str>,
             Option<String>,
         ) = match end {
+            StepEnd::Detached => return None,
             StepEnd::Exited(0) => ("succeeded", Some(0), None, None),
             StepEnd::Exited(code) => (
                 "failed",
@@ -531,12 +621,102 @@ async fn run_steps(
         )
         .await;
         if let Some(s) = run_status {
-            return (s, err);
+            return Some((s, err));
         }
     }
-    ("succeeded", None)
+    Some(("succeeded", None))
 }
 
+/// The command that starts step `i` of `run`: its action, and its environment (the
+/// workflow's, the step's, the secrets, then the trigger's values, which win).
+fn step_command(
+    run: &crate::store::RunRow,
+    def: &Definition,
+    step: &definition::Step,
+    i: usize,
+    secrets: &BTreeMap<String, String>,
+    mask: &[String],
+) -> command::Body {
+    let mut env: BTreeMap<String, String> = def.env.clone();
+    env.extend(step.env.clone());
+    env.extend(secrets.clone());
+    env.extend(trigger_env(&run.trigger_detail, &run.trigger, run.id));
+    let kind = match &step.action {
+        Action::Shell { script, workdir } => {
+            mezzanine_proto::v1::run_step::Kind::Shell(ShellStep {
+                script: script.clone(),
+                workdir: workdir.clone().unwrap_or_default(),
+            })
+        }
+        Action::HttpCheck {
+            url,
+            expect_status,
+            retries,
+            interval_s,
+        } => mezzanine_proto::v1::run_step::Kind::HttpCheck(HttpCheckStep {
+            url: url.clone(),
+            expect_status: u32::from(*expect_status),
+            retries: *retries,
+            interval_secs: *interval_s,
+        }),
+        Action::DockerBuild {
+            context,
+            dockerfile,
+            tag,
+            build_args,
+        } => {
+            mezzanine_proto::v1::run_step::Kind::DockerBuild(mezzanine_proto::v1::DockerBuildStep {
+                context: context.clone(),
+                dockerfile: dockerfile.clone(),
+                tag: tag.clone(),
+                build_args: build_args.clone().into_iter().collect(),
+            })
+        }
+        Action::Git {
+            repo,
+            git_ref,
+            path,
+            known_hosts,
+        } => mezzanine_proto::v1::run_step::Kind::Git(mezzanine_proto::v1::GitStep {
+            repo: repo.clone(),
+            git_ref: git_ref.clone(),
+            path: path.clone(),
+            known_hosts: known_hosts.clone().unwrap_or_default(),
+        }),
+        Action::DockerRun(d) => {
+            mezzanine_proto::v1::run_step::Kind::DockerRun(mezzanine_proto::v1::DockerRunStep {
+                image: d.image.clone(),
+                name: d.name.clone(),
+                ports: d
+                    .ports
+                    .iter()
+                    .map(|p| mezzanine_proto::v1::PortPublish {
+                        host_ip: p.host_ip.clone().unwrap_or_default(),
+                        host_port: u32::from(p.host_port),
+                        container_port: u32::from(p.container_port),
+                        protocol: p.protocol.clone(),
+                    })
+                    .collect(),
+                env: d.env.clone().into_iter().collect(),
+                volumes: d.volumes.clone(),
+                restart: d.restart.clone(),
+            })
+        }
+    };
+    command::Body::RunStep(RunStep {
+        run_id: run.id as u64,
+        step_index: i as u32,
+        env: env.into_iter().collect::<HashMap<_, _>>(),
+        mask: mask.to_vec(),
+        timeout_secs: step.timeout_s,
+        window: STEP_WINDOW,
+        kind: Some(kind),
+    })
+}
+
+/// Carries out one step (or, `resuming`, re-attaches to one the agent kept running while
+/// the controller restarted) and records its output.
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     state: &AppState,
     server_id: i64,
@@ -545,28 +725,45 @@ async fn run_step(
     timeout_s: u32,
     rec: &mut Recorder,
     cancel: &mut watch::Receiver<bool>,
+    resuming: bool,
 ) -> StepEnd {
     // A server that is reconnecting (after a controller restart, say) gets a moment.
     let wait_until = tokio::time::Instant::now() + OFFLINE_GRACE;
     while !state.gateway().registry.is_attached(server_id)
         && tokio::time::Instant::now() < wait_until
     {
-        if *cancel.borrow() {
+        // A step being resumed is stopped through the agent once it is back.
+        if *cancel.borrow() && !resuming {
             return StepEnd::Cancelled;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if *cancel.borrow() {
+    if *cancel.borrow() && !resuming {
         return StepEnd::Cancelled;
     }
+    let lost = |why: String| {
+        if state.deploys().is_shutting_down() {
+            StepEnd::Detached
+        } else if resuming {
+            StepEnd::Interrupted(format!(
+                "the controller restarted during step {idx} and could not resume it: {why}"
+            ))
+        } else {
+            StepEnd::Interrupted(why)
+        }
+    };
     let mut stream = match state.gateway().registry.open_stream(server_id, cmd) {
         Ok(s) => s,
-        Err(CallError::Offline) => return StepEnd::Interrupted("server offline".into()),
-        Err(e) => return StepEnd::Interrupted(e.to_string()),
+        Err(CallError::Offline) => return lost("server offline".into()),
+        Err(e) => return lost(e.to_string()),
     };
     let limit = Duration::from_secs(u64::from(timeout_s)) + STEP_GRACE;
     let deadline = tokio::time::Instant::now() + limit;
-    let mut cancelling = false;
+    // Cancelled while the step waited to be resumed: stop it now.
+    let mut cancelling = *cancel.borrow();
+    if cancelling {
+        stream.cancel();
+    }
     loop {
         let body = tokio::select! {
             b = tokio::time::timeout_at(deadline, stream.next()) => b,
@@ -585,17 +782,17 @@ async fn run_step(
                     limit.as_secs()
                 ))
             }
-            Ok(None) => {
-                return StepEnd::Interrupted("the agent disconnected during the step".into())
-            }
+            Ok(None) => return lost("the agent disconnected during the step".into()),
             Ok(Some(reply::Body::StepOutput(o))) => {
                 let name = if o.stream == LogStream::Stderr as i32 {
                     "stderr"
                 } else {
                     "stdout"
                 };
-                rec.output(idx, name, &o.data).await;
-                stream.credit(o.data.len() as u64 + CHUNK_OVERHEAD).await;
+                rec.output(idx, name, &o.data, o.seq).await;
+                stream
+                    .credit(o.data.len() as u64 + CHUNK_OVERHEAD, o.seq)
+                    .await;
             }
             Ok(Some(reply::Body::StepResult(r))) => {
                 return if r.cancelled {
@@ -608,6 +805,7 @@ async fn run_step(
                     StepEnd::Exited(r.exit_code)
                 };
             }
+            Ok(Some(reply::Body::Error(e))) if resuming => return lost(e.message),
             Ok(Some(reply::Body::Error(e))) => return StepEnd::Error(e.message),
             Ok(Some(_)) => return StepEnd::Error("the agent sent an unexpected answer".into()),
         }

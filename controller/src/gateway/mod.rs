@@ -119,6 +119,7 @@ pub async fn serve(
     });
     let flusher = tokio::spawn(flush_heartbeats(state.clone()));
     let registry = gw.registry.clone();
+    let shut_down_state = state.clone();
     let svc = service::Gateway::new(state.clone());
     let result = tonic::transport::Server::builder()
         // Liveness comes from heartbeats (three missed: offline) and kernel TCP
@@ -135,6 +136,8 @@ pub async fn serve(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             async move {
                 shutdown.await;
+                // Runs keep their steps on the agents for the next controller process.
+                shut_down_state.deploys().shut_down();
                 registry.close_all();
             },
         )

@@ -106,10 +106,13 @@ impl ReplyStream {
     }
 
     /// Lets the agent send `bytes` more.
-    pub async fn credit(&self, bytes: u64) -> bool {
+    /// Lets the stream send `bytes` more; for a deploy step, `acked_seq` also tells the
+    /// agent every chunk up to it is stored (0 for other streams).
+    pub async fn credit(&self, bytes: u64, acked_seq: u64) -> bool {
         let msg = notice(command::Body::Credit(mezzanine_proto::v1::Credit {
             request_id: self.request_id,
             bytes,
+            acked_seq,
         }));
         self.live.tx.send(Ok(msg)).await.is_ok()
     }

@@ -5,8 +5,8 @@ use super::registry::{Live, Registry};
 use super::token;
 use crate::state::AppState;
 use mezzanine_proto::v1::{
-    agent_message, enrollment_server::Enrollment, session_server::Session, AgentMessage,
-    ControllerMessage, EnrollRequest, EnrollResponse, Facts, RenewRequest, RenewResponse,
+    agent_message, command, enrollment_server::Enrollment, session_server::Session, AgentMessage,
+    ControllerMessage, EnrollRequest, EnrollResponse, Facts, RenewRequest, RenewResponse, StopStep,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -207,6 +207,37 @@ impl Session for Gateway {
                 tracing::warn!(server_id, error = %e, "could not deliver the deploy key");
             }
         });
+        // Steps the agent kept going without a session that no run here will resume (the
+        // run was interrupted meanwhile, or cancelled): stop them, so nothing carries on
+        // that the controller has already called over.
+        for held in hello.steps {
+            let (run_id, step) = (held.run_id as i64, i64::from(held.step_index));
+            if self.state.deploys().wants(run_id, step) {
+                continue;
+            }
+            tracing::info!(
+                server_id,
+                run_id,
+                step,
+                "stopping a step no run will resume"
+            );
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let stop = command::Body::StopStep(StopStep {
+                    run_id: held.run_id,
+                    step_index: held.step_index,
+                });
+                let timeout = Duration::from_secs(10);
+                if let Err(e) = state
+                    .gateway()
+                    .registry
+                    .call(server_id, stop, timeout)
+                    .await
+                {
+                    tracing::warn!(server_id, run_id, step, error = %e, "could not stop a step");
+                }
+            });
+        }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

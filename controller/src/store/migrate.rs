@@ -41,6 +41,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "workflows",
         sql: include_str!("../../../migrations/sqlite/0006_workflows.sql"),
     },
+    Migration {
+        version: 7,
+        name: "step_resume",
+        sql: include_str!("../../../migrations/sqlite/0007_step_resume.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

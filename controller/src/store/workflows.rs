@@ -30,6 +30,8 @@ pub struct RunRow {
     pub error: Option<String>,
     pub stored_bytes: i64,
     pub dropped_lines: i64,
+    /// The definition the run was queued with (`None` for runs from before that was kept).
+    pub definition: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct StepRow {
     pub exit_code: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The last output chunk of the agent's stored (for resuming after a restart).
+    pub agent_seq: i64,
 }
 
 /// One entry of a run's history.
@@ -55,7 +59,7 @@ pub struct RunEvent {
 const WF_COLS: &str =
     "id, name, server_id, definition, secrets, webhook_secret, created_at, updated_at";
 const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
-    finished_at, error, stored_bytes, dropped_lines";
+    finished_at, error, stored_bytes, dropped_lines, definition";
 
 fn json(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Value> {
     let raw: String = row.try_get(col)?;
@@ -88,6 +92,10 @@ fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
         error: row.try_get("error")?,
         stored_bytes: row.try_get("stored_bytes")?,
         dropped_lines: row.try_get("dropped_lines")?,
+        definition: match row.try_get::<Option<String>, _>("definition")? {
+            Some(_) => Some(json(row, "definition")?),
+            None => None,
+        },
     })
 }
 
@@ -215,18 +223,20 @@ impl Store {
         workflow_id: i64,
         trigger: &str,
         detail: &Value,
+        definition: &Value,
         steps: &[String],
         now_ms: i64,
     ) -> Result<i64> {
         let mut tx = self.pool().begin().await?;
         let id = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO runs (workflow_id, status, trigger, trigger_detail, queued_at)
-             VALUES (?, 'queued', ?, ?, ?) RETURNING id",
+            "INSERT INTO runs (workflow_id, status, trigger, trigger_detail, queued_at, definition)
+             VALUES (?, 'queued', ?, ?, ?, ?) RETURNING id",
         )
         .bind(workflow_id)
         .bind(trigger)
         .bind(detail.to_string())
         .bind(now_ms)
+        .bind(definition.to_string())
         .fetch_one(&mut *tx)
         .await?;
         for (i, name) in steps.iter().enumerate() {
@@ -281,28 +291,18 @@ impl Store {
         .await?)
     }
 
-    /// Marks runs left `running` by a previous controller process.
-    pub async fn interrupt_orphaned_runs(&self, reason: &str, now_ms: i64) -> Result<Vec<i64>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'interrupted', error = ?, finished_at = ?
-             WHERE status = 'running' RETURNING id",
+    /// `(run, workflow, server)` of the runs a previous controller process left `running`.
+    pub async fn running_runs(&self) -> Result<Vec<(i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.workflow_id, w.server_id FROM runs r
+             JOIN workflows w ON w.id = r.workflow_id
+             WHERE r.status = 'running' ORDER BY r.id",
         )
-        .bind(reason)
-        .bind(now_ms)
         .fetch_all(self.pool())
         .await?;
-        for id in &ids {
-            sqlx::query(
-                "UPDATE run_steps SET status = CASE status WHEN 'running' THEN 'interrupted'
-                 ELSE 'skipped' END, finished_at = COALESCE(finished_at, ?)
-                 WHERE run_id = ? AND status IN ('running', 'pending')",
-            )
-            .bind(now_ms)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        }
-        Ok(ids)
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     /// `queued` → `running`; false if the run is no longer queued (cancelled meanwhile).
@@ -405,8 +405,8 @@ impl Store {
 
     pub async fn run_steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
         let rows = sqlx::query(
-            "SELECT idx, name, status, exit_code, started_at, finished_at FROM run_steps
-             WHERE run_id = ? ORDER BY idx",
+            "SELECT idx, name, status, exit_code, started_at, finished_at, agent_seq
+             FROM run_steps WHERE run_id = ? ORDER BY idx",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -420,21 +420,32 @@ impl Store {
                     exit_code: r.try_get("exit_code")?,
                     started_at: r.try_get("started_at")?,
                     finished_at: r.try_get("finished_at")?,
+                    agent_seq: r.try_get("agent_seq")?,
                 })
             })
             .collect()
     }
 
-    /// Appends events in one transaction and adds to the run's stored-bytes and dropped
-    /// counters.
+    /// Appends events in one transaction, adds to the run's stored-bytes and dropped
+    /// counters, and records `ack = (step, agent_seq)`: the agent's output chunk they came
+    /// in, so a restarted controller resumes the step after it.
     pub async fn append_events(
         &self,
         run_id: i64,
         events: &[RunEvent],
         stored_bytes: i64,
         dropped_lines: i64,
+        ack: Option<(i64, i64)>,
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
+        if let Some((step, seq)) = ack {
+            sqlx::query("UPDATE run_steps SET agent_seq = ? WHERE run_id = ? AND idx = ?")
+                .bind(seq)
+                .bind(run_id)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?;
+        }
         for e in events {
             sqlx::query(
                 "INSERT INTO run_events (run_id, seq, step, kind, text, at) VALUES (?, ?, ?, ?, ?, ?)",
