@@ -155,8 +155,17 @@ async fn bench() {
     let mut peak = baseline;
     let mut bytes = 0u64;
     let mut last_sample = Instant::now();
+    // Output events delivered, counted by their `"line":` key (a chunk may split one, so
+    // the tail of each chunk is carried into the next).
+    let key = b"\"line\":";
+    let mut lines = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
     while let Some(chunk) = events.chunk().await.expect("read") {
         bytes += chunk.len() as u64;
+        carry.extend_from_slice(&chunk);
+        lines += memchr::memmem::find_iter(&carry, key).count() as u64;
+        let keep = carry.len().min(key.len() - 1);
+        carry.drain(..carry.len() - keep);
         if last_sample.elapsed() > Duration::from_millis(200) {
             peak = peak.max(rss_kib(pid));
             last_sample = Instant::now();
@@ -168,8 +177,9 @@ async fn bench() {
         .await
         .body;
     assert_eq!(done["status"], "succeeded", "{done}");
+    let expected = GIB.div_ceil(100);
     println!(
-        "1 GiB step: {:.1} s, {:.1} MiB/s of log text ({:.1} MiB/s of SSE bytes); controller RSS {:.1} MiB → peak {:.1} MiB (+{:.1} MiB); stored {} bytes, {} lines not stored",
+        "1 GiB step: {lines} of {expected} lines delivered live; {:.1} s, {:.1} MiB/s of log text ({:.1} MiB/s of SSE bytes); controller RSS {:.1} MiB → peak {:.1} MiB (+{:.1} MiB); stored {} bytes, {} lines not stored",
         secs,
         GIB as f64 / secs / 1048576.0,
         bytes as f64 / secs / 1048576.0,

@@ -806,6 +806,44 @@ async fn stored_output_is_capped_with_a_marker_while_the_live_stream_has_every_l
         && d["message"]
             .as_str()
             .is_some_and(|m| m.contains("not stored"))));
+
+    // A flood far past the cap: a viewer that keeps reading gets every line live; one
+    // that stops reading does not hold the run up for long, and when it reads again it
+    // is told that it fell behind, then gets the end.
+    let flood = create(
+        &mut admin,
+        "flood",
+        server,
+        json!({ "steps": [{ "name": "flood", "uses": "shell", "with": { "script": format!("sleep 0.5; yes {} | head -c 33554432", "x".repeat(99)) } }] }),
+    )
+    .await;
+    let run = trigger(&mut admin, flood).await;
+    let url = format!("/api/deployments/runs/{run}/events");
+    let mut stalled = admin.open(&url).await;
+    let mut reader = admin.open(&url).await;
+    let mut delivered = 0usize;
+    let mut carry: Vec<u8> = Vec::new();
+    let key = b"event: output\n";
+    while let Some(chunk) = reader.chunk().await.expect("read") {
+        carry.extend_from_slice(&chunk);
+        delivered += memchr::memmem::find_iter(&carry, key).count();
+        // Carry what could be the start of a key split across chunks, never a whole one.
+        let keep = carry.len().min(key.len() - 1);
+        carry.drain(..carry.len() - keep);
+    }
+    assert_eq!(delivered, 32 * 1024 * 1024 / 100 + 1, "every line, live");
+    let done = wait_run(&mut admin, run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let mut rest = Vec::new();
+    while let Some(chunk) = stalled.chunk().await.expect("read") {
+        rest.extend_from_slice(&chunk);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("this connection fell behind"),
+        "told it missed output"
+    );
+    assert!(rest.contains("event: end\n"), "and still gets the end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,15 +397,17 @@ fn sse(out: &mut Vec<u8>, e: &RunEvent) {
     match e.kind.as_str() {
         "stdout" | "stderr" => {
             // Written by hand: this is the hot path of a chatty step.
-            let line = serde_json::to_string(&e.text).unwrap_or_else(|_| "\"\"".into());
             let _ = write!(
                 out,
-                "id: {}\nevent: output\ndata: {{\"step\":{},\"stream\":\"{}\",\"line\":{line},\"at\":{}}}\n\n",
+                "id: {}\nevent: output\ndata: {{\"step\":{},\"stream\":\"{}\",\"line\":",
                 e.seq,
                 e.step.unwrap_or(0),
                 e.kind,
-                e.at
             );
+            if serde_json::to_writer(&mut *out, &e.text).is_err() {
+                out.extend_from_slice(b"\"\"");
+            }
+            let _ = write!(out, ",\"at\":{}}}\n\n", e.at);
         }
         kind => {
             let _ = write!(out, "id: {}\nevent: {kind}\ndata: {}\n\n", e.seq, e.text);
@@ -445,7 +447,8 @@ async fn pump_events(
 ) {
     // Subscribe before reading the store: events are stored before they are broadcast, so
     // nothing falls between the two.
-    let mut live = state.deploys().live(run_id).map(|l| l.events.subscribe());
+    let subscribe = |state: &AppState| state.deploys().live(run_id).map(|l| l.subscribe());
+    let mut live = subscribe(&state);
     loop {
         // Catch up from the store.
         loop {
@@ -475,7 +478,7 @@ async fn pump_events(
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = tx.closed() => return,
             }
-            live = state.deploys().live(run_id).map(|l| l.events.subscribe());
+            live = subscribe(&state);
             continue;
         };
         loop {
@@ -489,7 +492,7 @@ async fn pump_events(
                 }
             };
             match ev {
-                Ok(batch) => {
+                Some(batch) => {
                     let mut out = Vec::new();
                     let mut ended = false;
                     for e in batch.iter() {
@@ -507,8 +510,18 @@ async fn pump_events(
                         return;
                     }
                 }
-                // Fell behind or the run ended: catch up from the store.
-                Err(_) => {
+                // This viewer fell so far behind that the run stopped waiting for it: it
+                // goes on from the store, told that live output was skipped (output past
+                // the storage cap is not there). Otherwise the run ended: what is left is in
+                // the store.
+                None => {
+                    if rx.left_behind() {
+                        let note = json!({ "message": "this connection fell behind and live output was skipped; continuing from stored output" });
+                        let text = format!("event: note\ndata: {note}\n\n");
+                        if tx.send(Ok(Bytes::from(text))).await.is_err() {
+                            return;
+                        }
+                    }
                     live = None;
                     break;
                 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Credit the agent may run ahead of the controller by, per step.
 const STEP_WINDOW: u64 = 4 * 1024 * 1024;
@@ -33,12 +33,91 @@ const STEP_GRACE: Duration = Duration::from_secs(60);
 /// called interrupted.
 const OFFLINE_GRACE: Duration = Duration::from_secs(20);
 
-/// A running run's live side: its event broadcast and cancel switch.
+/// Batches (output chunks) queued for one viewer.
+const VIEWER_BATCHES: usize = 64;
+/// How long a run waits for a viewer whose queue is full before leaving it behind (it
+/// then continues from the store, told what it missed).
+const VIEWER_WAIT: Duration = Duration::from_secs(2);
+
+/// One live viewer's queue, as the run sees it.
+#[derive(Debug)]
+struct ViewerTx {
+    tx: mpsc::Sender<Arc<Vec<RunEvent>>>,
+    left_behind: Arc<AtomicBool>,
+}
+
+/// A live viewer: the run's batches in order; `None` once the run ended or left this
+/// viewer behind (then `left_behind()` says so).
+#[derive(Debug)]
+pub struct Viewer {
+    rx: mpsc::Receiver<Arc<Vec<RunEvent>>>,
+    left_behind: Arc<AtomicBool>,
+}
+
+impl Viewer {
+    pub async fn recv(&mut self) -> Option<Arc<Vec<RunEvent>>> {
+        self.rx.recv().await
+    }
+
+    pub fn left_behind(&self) -> bool {
+        self.left_behind.load(Ordering::Acquire)
+    }
+}
+
+/// A running run's live side: its viewers and its cancel switch.
 #[derive(Debug)]
 pub struct LiveRun {
-    /// Events in the batches they were recorded in (one per output chunk).
-    pub events: broadcast::Sender<Arc<Vec<RunEvent>>>,
+    viewers: Mutex<Vec<ViewerTx>>,
     cancel: watch::Sender<bool>,
+}
+
+impl LiveRun {
+    /// A new viewer, which receives every batch recorded from now on.
+    pub fn subscribe(&self) -> Viewer {
+        let (tx, rx) = mpsc::channel(VIEWER_BATCHES);
+        let left_behind = Arc::new(AtomicBool::new(false));
+        lock(&self.viewers).push(ViewerTx {
+            tx,
+            left_behind: left_behind.clone(),
+        });
+        Viewer { rx, left_behind }
+    }
+
+    /// Hands a batch to every viewer. A viewer whose queue is full is waited for (so one
+    /// that keeps up on average gets every line, and the step's output waits too, through
+    /// its credit), but for at most VIEWER_WAIT per batch in all: a viewer still full then
+    /// is left behind and dropped from the run.
+    async fn publish(&self, batch: Arc<Vec<RunEvent>>) {
+        let viewers: Vec<(mpsc::Sender<_>, Arc<AtomicBool>)> = lock(&self.viewers)
+            .iter()
+            .map(|v| (v.tx.clone(), v.left_behind.clone()))
+            .collect();
+        if viewers.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + VIEWER_WAIT;
+        let mut dropped = false;
+        for (tx, left_behind) in viewers {
+            let sent = match tx.try_send(batch.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    match tokio::time::timeout_at(deadline, tx.send(b)).await {
+                        Ok(r) => r.is_ok(),
+                        Err(_) => {
+                            left_behind.store(true, Ordering::Release);
+                            false
+                        }
+                    }
+                }
+            };
+            dropped |= !sent;
+        }
+        if dropped {
+            lock(&self.viewers)
+                .retain(|v| !v.tx.is_closed() && !v.left_behind.load(Ordering::Acquire));
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,9 +150,11 @@ impl Deploys {
         lock(&self.live)
             .entry(run_id)
             .or_insert_with(|| {
-                let (events, _) = broadcast::channel(64);
                 let (cancel, _) = watch::channel(false);
-                Arc::new(LiveRun { events, cancel })
+                Arc::new(LiveRun {
+                    viewers: Mutex::default(),
+                    cancel,
+                })
             })
             .clone()
     }
@@ -235,7 +316,7 @@ impl Recorder {
         {
             tracing::error!(run_id = self.run_id, error = %e, "cannot store run events");
         }
-        let _ = self.live.events.send(Arc::new(events));
+        self.live.publish(Arc::new(events)).await;
     }
 
     async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) {
@@ -520,7 +601,7 @@ pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
         tracing::error!(run_id, error = %err, "cannot store a run's end");
     }
     if let Some(live) = state.deploys().live(run_id) {
-        let _ = live.events.send(Arc::new(vec![e]));
+        live.publish(Arc::new(vec![e])).await;
     }
     state.deploys().forget(run_id);
 }
