@@ -445,7 +445,7 @@ async fn pump_events(
     mut after: i64,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    // Subscribe before reading the store: events are stored before they are broadcast, so
+    // Subscribe before reading the store: events are stored before they are published, so
     // nothing falls between the two.
     let subscribe = |state: &AppState| state.deploys().live(run_id).map(|l| l.subscribe());
     let mut live = subscribe(&state);

@@ -1,6 +1,6 @@
 //! Deploy runs: one queue per workflow (one run at a time, later triggers wait in order),
 //! each step carried out by the server's agent, every event of a run numbered and stored
-//! (output up to a per-run cap) before it is broadcast to live viewers.
+//! (output up to a per-run cap) before it is handed to live viewers.
 //!
 //! A controller restart does not end a run: the agent keeps the step going (runs.rs on
 //! the agent side), the new process finds the run still `running` in the store and
@@ -265,7 +265,7 @@ async fn drive(state: AppState, workflow_id: i64) {
     }
 }
 
-/// Numbers, masks, stores and broadcasts a run's events.
+/// Numbers, masks, stores and publishes a run's events.
 struct Recorder {
     state: AppState,
     run_id: i64,
@@ -293,7 +293,7 @@ impl Recorder {
         }
     }
 
-    /// Stores then broadcasts: a viewer that subscribes and then reads the store misses
+    /// Stores then publishes: a viewer that subscribes and then reads the store misses
     /// nothing.
     async fn emit(&mut self, events: Vec<RunEvent>, stored: Vec<bool>, ack: Option<(i64, i64)>) {
         let keep: Vec<RunEvent> = events
