@@ -12,7 +12,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench deploys`
 
 use hmac::Mac;
-use mezzanine_tests::{add_server, binary, first_admin, free_port, wait_server, Agent, Process};
+use mezzanine_tests::{add_server, binary, first_admin, wait_server, Agent, ControllerProcess};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -46,30 +46,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn bench() {
-    let data = tempfile::tempdir().expect("tmp");
-    let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let dir = data.path().join("data");
     let agent_bin = binary("mezzanine-agent", true);
-    let mut ctl = Process::spawn(
-        &binary("mezzanine", true),
-        &[
-            "serve",
-            "--listen",
-            &http,
-            "--agent-listen",
-            &agents,
-            "--agent-endpoint",
-            &format!("https://{agents}"),
-            "--data-dir",
-            dir.to_str().expect("utf8"),
-            "--agent-binary",
-            agent_bin.to_str().expect("utf8"),
-        ],
-    );
-    ctl.wait_ready(Duration::from_secs(15));
-    let pid = ctl.pid();
-    let base = format!("http://{http}");
+    let mut ctl =
+        ControllerProcess::start(true, &["--agent-binary", agent_bin.to_str().expect("utf8")]);
+    let pid = ctl.proc.pid();
+    let base = ctl.base.clone();
     let mut admin = first_admin(&base).await;
     let (server, token, _) = add_server(&mut admin, "bench").await;
     let agent = Agent {
@@ -189,5 +170,5 @@ async fn bench() {
         done["stored_bytes"],
         done["dropped_lines"],
     );
-    ctl.terminate(Duration::from_secs(10));
+    ctl.proc.terminate(Duration::from_secs(10));
 }

@@ -4,7 +4,8 @@
 //! controller dying.
 
 use mezzanine_tests::{
-    attached_agent, binary, free_port, Agent, Client, Controller, Process, ADMIN_PASSWORD,
+    attached_agent, free_port, Agent, Client, Controller, ControllerProcess, Process,
+    ADMIN_PASSWORD,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -541,54 +542,30 @@ async fn secrets_are_masked_runs_queue_and_cancel() {
     );
 }
 
-/// A controller process on fixed ports and data dir, which a test can kill and start
-/// again (its agents find it at the same address).
-struct OwnController {
-    _data: tempfile::TempDir,
-    args: Vec<String>,
-    proc: Process,
-    base: String,
+/// A controller process the test can kill and start again, and its agents.
+struct OwnController(ControllerProcess);
+
+impl std::ops::Deref for OwnController {
+    type Target = ControllerProcess;
+    fn deref(&self) -> &ControllerProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for OwnController {
+    fn deref_mut(&mut self) -> &mut ControllerProcess {
+        &mut self.0
+    }
 }
 
 impl OwnController {
     fn start() -> OwnController {
-        let data = tempfile::tempdir().expect("tmp");
-        let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-        let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-        let dir = data.path().join("data");
-        let args: Vec<String> = [
-            "serve",
-            "--listen",
-            &http,
-            "--agent-listen",
-            &agents,
-            "--agent-endpoint",
-            &format!("https://{agents}"),
-            "--data-dir",
-            dir.to_str().expect("utf8"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let proc = Self::spawn(&args);
-        OwnController {
-            _data: data,
-            args,
-            proc,
-            base: format!("http://{http}"),
-        }
-    }
-
-    fn spawn(args: &[String]) -> Process {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut proc = Process::spawn(&binary("mezzanine", false), &args);
-        proc.wait_ready(Duration::from_secs(15));
-        proc
+        OwnController(ControllerProcess::start(false, &[]))
     }
 
     /// Starts the controller again (after it was killed or stopped) and logs in.
     async fn restart(&mut self) -> Client {
-        self.proc = Self::spawn(&self.args);
+        self.respawn();
         let mut admin = Client::new(&self.base);
         assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
         admin

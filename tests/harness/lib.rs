@@ -424,6 +424,60 @@ impl Drop for Process {
     }
 }
 
+/// A `mezzanine serve` process on loopback ports of its own with its own data dir, which a
+/// test can kill and start again on the same ports (its agents find it there).
+pub struct ControllerProcess {
+    _data: tempfile::TempDir,
+    bin: PathBuf,
+    args: Vec<String>,
+    pub proc: Process,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+}
+
+impl ControllerProcess {
+    /// Starts the debug or `release` binary with `extra` flags and waits until it is ready.
+    pub fn start(release: bool, extra: &[&str]) -> ControllerProcess {
+        let data = tempfile::tempdir().expect("tmp");
+        let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let dir = data.path().join("data");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            http.clone(),
+            "--agent-listen".into(),
+            agents.clone(),
+            "--agent-endpoint".into(),
+            format!("https://{agents}"),
+            "--data-dir".into(),
+            dir.to_str().expect("utf8").into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = binary("mezzanine", release);
+        let proc = Self::spawn(&bin, &args);
+        ControllerProcess {
+            _data: data,
+            bin,
+            args,
+            proc,
+            base: format!("http://{http}"),
+        }
+    }
+
+    fn spawn(bin: &Path, args: &[String]) -> Process {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proc = Process::spawn(bin, &args);
+        proc.wait_ready(Duration::from_secs(15));
+        proc
+    }
+
+    /// Starts it again (after it was killed or stopped) with the same ports and data.
+    pub fn respawn(&mut self) {
+        self.proc = Self::spawn(&self.bin, &self.args);
+    }
+}
+
 /// A `mezzanine-agent` with its own state dir.
 pub struct Agent {
     pub dir: tempfile::TempDir,
