@@ -52,6 +52,38 @@ enum Cmd {
         #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Internal: how the agent starts a deploy step's process (see steps.rs).
+    #[command(hide = true)]
+    ExecStep {
+        /// The agent's pid.
+        #[arg(long)]
+        parent: i32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Becomes `command`, set to be killed when the agent that started it dies (a step must
+/// not carry on behind a dead agent: a new run could then overlap it).
+fn exec_step(parent: i32, command: &[String]) -> ExitCode {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = set_parent_process_death_signal(Some(Signal::KILL)) {
+        eprintln!("mezzanine-agent: cannot tie the step to the agent: {e}");
+        return ExitCode::from(126);
+    }
+    // The agent died before the signal was armed.
+    if getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        return ExitCode::from(126);
+    }
+    let Some((program, args)) = command.split_first() else {
+        return ExitCode::from(126);
+    };
+    // The environment, working directory, pipes and process group stay as the agent set
+    // them; the death signal survives exec.
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("cannot start {program}: {err}");
+    ExitCode::from(127)
 }
 
 fn init_logging() {
@@ -124,6 +156,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Before anything else: this process is about to become a step's shell.
+    let command = match cli.command {
+        Cmd::ExecStep { parent, command } => return exec_step(parent, &command),
+        other => other,
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,7 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    match command {
         Cmd::Enroll { token, state_dir } => {
             let state = StateDir::new(&state_dir);
             match runtime.block_on(session::enroll(&state, &token)) {
@@ -187,6 +224,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { state_dir } => status(&StateDir::new(&state_dir)),
+        Cmd::ExecStep { parent, command } => exec_step(parent, &command),
     }
 }
 

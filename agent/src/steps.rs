@@ -232,7 +232,14 @@ async fn exec(
     out: &Slot,
     cancel: &mut watch::Receiver<bool>,
 ) -> reply::Body {
-    let mut child = match tokio::process::Command::new(program)
+    // Started through the agent's own binary (`exec-step`), which arms a death signal and
+    // then becomes `program`: if the agent is killed, the step's shell dies with it.
+    let mut child = match tokio::process::Command::new("/proc/self/exe")
+        .arg("exec-step")
+        .arg("--parent")
+        .arg(std::process::id().to_string())
+        .arg("--")
+        .arg(program)
         .args(args)
         .current_dir(workdir)
         .env_clear()

@@ -605,8 +605,7 @@ async fn runs_end_interrupted_when_the_agent_dies_or_nobody_resumes_the_step() {
     let grace = ["--step-grace-secs", "2"];
     let (server, agent, agent_proc) = ctl.agent(&mut admin, "deploy-4", &grace).await;
     let marks = tempfile::tempdir().expect("tmp");
-    // Each run touches its own file after the sleep (the killed agent's shell is orphaned
-    // and carries on; under the installer's systemd unit its cgroup is killed with it).
+    // Each run touches its own file after the sleep, which no run here may reach.
     let wf = create(
         &mut admin,
         "long",
@@ -615,8 +614,10 @@ async fn runs_end_interrupted_when_the_agent_dies_or_nobody_resumes_the_step() {
     )
     .await;
 
-    // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept.
+    // The agent is killed mid-step: interrupted within the heartbeat timeout, lines kept,
+    // and the step's shell dies with the agent.
     let run = trigger(&mut admin, wf).await;
+    let killed_after = marks.path().join(format!("after-{run}"));
     first_output(&mut admin, run).await;
     agent_proc.signal("KILL");
     let t = Instant::now();
@@ -669,6 +670,10 @@ async fn runs_end_interrupted_when_the_agent_dies_or_nobody_resumes_the_step() {
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(begun.elapsed())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!after.exists(), "the abandoned step was stopped");
+    assert!(
+        !killed_after.exists(),
+        "the killed agent's step did not carry on"
+    );
     agent_proc.signal("KILL");
     ctl.proc.terminate(Duration::from_secs(10));
 }
