@@ -678,10 +678,10 @@ async fn runs_end_interrupted_when_the_agent_dies_or_nobody_resumes_the_step() {
     ctl.proc.terminate(Duration::from_secs(10));
 }
 
-/// The controller restarts mid-step — killed, then stopped gracefully — while the agent
-/// keeps the step going: the new process resumes the run, every line arrives exactly
-/// once (including those printed while no controller was there), the step ran once and
-/// the next step runs after it.
+/// The controller restarts mid-step — killed, stopped gracefully, and killed for longer
+/// than the step takes — while the agent keeps the step going: the new process resumes
+/// the run, every line arrives exactly once (including those printed while no controller
+/// was there), the step ran once and the next step runs after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumes_across_a_controller_restart() {
     let mut ctl = OwnController::start();
@@ -700,7 +700,10 @@ async fn a_run_resumes_across_a_controller_restart() {
     )
     .await;
     let expected: String = (1..=30).map(|i| format!("tick {i}\n")).collect();
-    for (round, how) in ["KILL", "TERM"].into_iter().enumerate() {
+    // Down briefly (the step still runs when the controller is back), then down until
+    // after the step has ended (the agent kept its result).
+    let rounds = [("KILL", 800), ("TERM", 800), ("KILL", 4500)];
+    for (round, (how, down_ms)) in rounds.into_iter().enumerate() {
         let run = trigger(&mut admin, wf).await;
         first_output(&mut admin, run).await;
         if how == "KILL" {
@@ -711,7 +714,7 @@ async fn a_run_resumes_across_a_controller_restart() {
             assert!(status.success(), "graceful stop: {status}");
         }
         // The step goes on printing with no controller to receive it.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
         admin = ctl.restart().await;
         let done = wait_run(&mut admin, run, Duration::from_secs(20)).await;
         assert_eq!(done["status"], "succeeded", "after SIG{how}: {done}");
