@@ -239,6 +239,8 @@ async fn drive(state: AppState, workflow_id: i64) {
     let resume = lock(&state.deploys().resume).remove(&workflow_id);
     if let Some(run_id) = resume {
         execute(&state, run_id, true).await;
+        // However it ended, this process no longer wants that run's step.
+        lock(&state.deploys().resuming).retain(|(run, _)| *run != run_id);
     }
     loop {
         if let Some(k) = lock(&state.deploys().drivers).get_mut(&workflow_id) {
