@@ -38,15 +38,7 @@ async fn online_after(admin: &mut Client, id: i64, started: Instant) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(bench());
+    mezzanine_tests::bench_main(bench());
 }
 
 async fn bench() {

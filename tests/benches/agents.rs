@@ -171,15 +171,7 @@ fn controller(data: &std::path::Path, agent_bin: &std::path::Path) -> Process {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(bench());
+    mezzanine_tests::bench_main(bench());
 }
 
 async fn bench() {

@@ -20,15 +20,7 @@ const RUNS: usize = 100;
 const GIB: u64 = 1 << 30;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(bench());
+    mezzanine_tests::bench_main(bench());
 }
 
 fn rss_kib(pid: u32) -> u64 {

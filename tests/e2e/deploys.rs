@@ -81,6 +81,19 @@ async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
     }
 }
 
+/// Replaces the workflow's definition, runs it and waits for the run's end.
+async fn run_with(admin: &mut Client, wf: i64, definition: Value) -> Value {
+    let r = admin
+        .patch(
+            &format!("/api/workflows/{wf}"),
+            json!({ "definition": definition }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = trigger(admin, wf).await;
+    wait_run(admin, id, Duration::from_secs(60)).await
+}
+
 async fn trigger(admin: &mut Client, wf: i64) -> i64 {
     let r = admin
         .post(&format!("/api/workflows/{wf}/run"), json!({}))
@@ -932,18 +945,7 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     assert!(env.contains("MODE=prod"), "{env}");
 
     // A new version replaces the container of that name.
-    assert_eq!(
-        admin
-            .patch(
-                &format!("/api/workflows/{wf}"),
-                json!({ "definition": definition("web:v2", 8080) })
-            )
-            .await
-            .status,
-        200
-    );
-    let id = trigger(&mut admin, wf).await;
-    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    let done = run_with(&mut admin, wf, definition("web:v2", 8080)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     serves("v2");
     let (_, names) = fleet.exec(&node, "docker ps -a --format '{{.Names}}' | sort");
@@ -952,18 +954,7 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     // A new container that cannot start (its port is taken): the previous one comes back.
     let (ok, out) = fleet.exec(&node, "docker run -d --name blocker -p 9090:80 web:v1");
     assert!(ok, "{out}");
-    assert_eq!(
-        admin
-            .patch(
-                &format!("/api/workflows/{wf}"),
-                json!({ "definition": definition("web:v1", 9090) })
-            )
-            .await
-            .status,
-        200
-    );
-    let id = trigger(&mut admin, wf).await;
-    let done = wait_run(&mut admin, id, Duration::from_secs(60)).await;
+    let done = run_with(&mut admin, wf, definition("web:v1", 9090)).await;
     assert_eq!(done["status"], "failed", "{done}");
     let out = done["steps"][0]["output"].as_str().expect("output");
     assert!(

@@ -424,6 +424,20 @@ impl Drop for Process {
     }
 }
 
+/// A benchmark's `main`: nothing for `--list` (cargo's test listing), otherwise `bench`
+/// on a two-worker runtime.
+pub fn bench_main<F: std::future::Future<Output = ()>>(bench: F) {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench);
+}
+
 /// A `mezzanine serve` process on loopback ports of its own with its own data dir, which a
 /// test can kill and start again on the same ports (its agents find it there).
 pub struct ControllerProcess {
