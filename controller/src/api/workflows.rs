@@ -64,6 +64,14 @@ async fn workflow_or_404(state: &AppState, id: i64) -> ApiResult<crate::store::W
         .ok_or_else(|| ApiError::NotFound(format!("workflow {id} not found")))
 }
 
+async fn run_or_404(state: &AppState, id: i64) -> ApiResult<RunRow> {
+    state
+        .store()
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))
+}
+
 fn webhook_url(state: &AppState, id: i64) -> String {
     format!(
         "{}/api/webhooks/{id}",
@@ -301,11 +309,7 @@ async fn rotate_webhook(
 
 async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "run")?;
-    let run = state
-        .store()
-        .run(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+    let run = run_or_404(&state, id).await?;
     let steps = state.store().run_steps(id).await?;
     let mut outputs: BTreeMap<i64, String> = BTreeMap::new();
     let mut notes = Vec::new();
@@ -356,11 +360,7 @@ async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiR
 
 async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "run")?;
-    let run = state
-        .store()
-        .run(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+    let run = run_or_404(&state, id).await?;
     let queued_cancelled = run.status == "queued"
         && state
             .store()
@@ -421,9 +421,7 @@ async fn events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&raw, "run")?;
-    if state.store().run(id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("run {id} not found")));
-    }
+    run_or_404(&state, id).await?;
     let after: i64 = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
