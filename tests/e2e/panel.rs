@@ -3,6 +3,7 @@
 
 use mezzanine_tests::{Controller, ADMIN_PASSWORD};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,26 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the browser with the test, pass or fail: the WebDriver session is deleted (so
+    /// chromedriver quits Chromium), then the whole process group — chromedriver, Chromium
+    /// and its helpers — is killed. Killing chromedriver alone left Chromium orphaned.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if s.write_all(req.as_bytes()).is_ok() {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -28,7 +48,9 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("port")
             .port();
+        // Its own process group, so the browser it starts can be ended with it.
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
