@@ -4,8 +4,11 @@
 //!   (migrations + key creation) and on an existing one;
 //! - idle RSS a second after start;
 //! - authenticated `GET /api/auth/state` throughput and latency with `wrk` (Debian's
-//!   package), 64 connections, on loopback.
+//!   package), 64 connections, on loopback;
+//! - RSS after 100 logins (four at a time, so several threads hash) and after 60 s idle:
+//!   argon2id's 19 MiB of working memory per hash must not stay with the process.
 //!
+//! `--logins` runs only the last measurement.
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench foundation`.
 
 use mezzanine_tests::{binary, Process, ADMIN_PASSWORD};
@@ -116,11 +119,67 @@ fn wrk(addr: SocketAddr, cookie: &str, secs: u32) -> (f64, f64, f64) {
     (rps, pct("50%"), pct("99%"))
 }
 
+fn setup_admin(addr: SocketAddr) -> String {
+    let body = format!(r#"{{"username":"admin","password":"{ADMIN_PASSWORD}"}}"#);
+    let resp = http(
+        addr,
+        &format!(
+            "POST /api/auth/setup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("setup");
+    resp.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: cp_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_owned()
+}
+
+/// RSS (MiB) after setup, after 100 logins, and after 60 s idle.
+fn login_memory(bin: &std::path::Path) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut p, addr, _) = start(bin, &dir.path().join("data"));
+    setup_admin(addr);
+    let mib = |p: &Process| rss_kib(p.child.id()) as f64 / 1024.0;
+    let after_setup = mib(&p);
+    let body = format!(r#"{{"username":"admin","password":"{ADMIN_PASSWORD}"}}"#);
+    let login = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..25 {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let login = login.clone();
+                std::thread::spawn(move || {
+                    http(addr, &login).is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                })
+            })
+            .collect();
+        for w in workers {
+            assert!(w.join().expect("join"), "a login failed");
+        }
+    }
+    let after_logins = mib(&p);
+    std::thread::sleep(Duration::from_secs(60));
+    let idle = mib(&p);
+    p.terminate(Duration::from_secs(10));
+    (after_setup, after_logins, idle)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let bin = binary("mezzanine", true);
+    let (setup, logins, idle) = login_memory(&bin);
+    println!(
+        "RSS after setup {setup:.1} MiB, after 100 logins (4 at a time) {logins:.1} MiB, after 60 s idle {idle:.1} MiB"
+    );
+    if std::env::args().any(|a| a == "--logins") {
+        return;
+    }
     let runs = 15;
 
     let mut fresh = Vec::new();
@@ -156,21 +215,7 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let (mut p, addr, _) = start(&bin, &dir.path().join("data"));
-    let body = format!(r#"{{"username":"admin","password":"{ADMIN_PASSWORD}"}}"#);
-    let resp = http(
-        addr,
-        &format!(
-            "POST /api/auth/setup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .expect("setup");
-    let cookie = resp
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: cp_session="))
-        .and_then(|v| v.split(';').next())
-        .expect("cookie")
-        .to_owned();
+    let cookie = setup_admin(addr);
     wrk(addr, &cookie, 2); // warm-up
     let mut rps = Vec::new();
     let mut p50 = Vec::new();
