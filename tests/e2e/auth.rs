@@ -337,3 +337,72 @@ async fn a_burst_of_logins_is_bounded_not_fatal() {
     assert!(statuses.contains(&200));
     assert_eq!(ctl.client().get("/healthz").await.status, 200);
 }
+
+/// Guesses sent all at once get no more tries than guesses sent one by one: an attempt is
+/// reserved before the password is hashed. 120 concurrent wrong guesses and then the
+/// right password used to give 119 × 401 and a 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_share_the_same_limit() {
+    let ctl = Controller::start().await;
+    ctl.admin().await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let mut c = ctl.client();
+        tasks.push(tokio::spawn(async move {
+            c.login("admin", &format!("wrong-guess-{i:03}"), None)
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join"));
+    }
+    let hashed = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        (1..=5).contains(&hashed),
+        "at most the 5 allowed guesses were tried: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    let r = ctl.client().login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+}
+
+/// A password typed into the username field does not reach the audit log, and a huge
+/// username costs the limiter a hash, not its size.
+#[tokio::test]
+async fn failed_logins_do_not_record_what_was_typed_as_a_username() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let mut c = ctl.client();
+    assert_eq!(c.login("Tr0ub4dor&3-secret", "x", None).await.status, 401);
+    let huge = "u".repeat(500_000);
+    assert_eq!(c.login(&huge, "x", None).await.status, 401);
+    let audit = admin.get("/api/audit").await.body.to_string();
+    assert!(!audit.contains("Tr0ub4dor"), "{audit}");
+    assert!(audit.contains("unknown user #"), "{audit}");
+    assert!(audit.len() < 20_000, "{} bytes", audit.len());
+    let r = admin.get(&format!("/api/{}", "x".repeat(60_000))).await;
+    assert_eq!(r.status, 404);
+    let r = admin
+        .raw(
+            admin
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/api/{}", "y".repeat(60_000)),
+                )
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert!(r.status >= 400, "{}", r.status);
+    let audit = admin.get("/api/audit").await.body.to_string();
+    assert!(
+        audit.len() < 20_000,
+        "targets are bounded: {} bytes",
+        audit.len()
+    );
+}

@@ -47,7 +47,9 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         .extensions()
         .get::<Target>()
         .map(|t| t.0.clone())
-        .or_else(|| (path != template).then_some(path));
+        .or_else(|| (path != template).then_some(path))
+        // Anyone can send a 64 KB path; a record keeps enough to say what was asked.
+        .map(|t| bounded(t, MAX_TARGET));
     let outcome = if status.is_success() {
         "success"
     } else if status.as_u16() == 401 || status.as_u16() == 403 {
@@ -75,6 +77,17 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         tracing::error!(error = %e, action = %rec.action, "could not write audit record");
     }
     resp
+}
+
+/// Characters of a target kept in the audit log and the log line.
+const MAX_TARGET: usize = 256;
+
+fn bounded(mut text: String, max: usize) -> String {
+    if let Some((i, _)) = text.char_indices().nth(max) {
+        text.truncate(i);
+        text.push('…');
+    }
+    text
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@ use super::audit::{Actor, Target};
 use super::openapi::{boolean, nullable, obj, ok_with, string, user as user_schema};
 use super::session::{clear_cookie, set_cookie};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use crate::auth::limiter::Attempt;
 use crate::auth::{password, totp, validate_username, Role};
 use crate::state::AppState;
 use crate::store::User;
@@ -127,6 +128,31 @@ struct LoginBody {
     totp: Option<String>,
 }
 
+/// The limiter key for a typed username: the name itself when it could be one (bounded
+/// by the username rules), else a hash, so a megabyte typed into the field costs the
+/// limiter 71 bytes, not a megabyte.
+fn limiter_key(username: &str) -> String {
+    if validate_username(username).is_ok() {
+        username.to_lowercase()
+    } else {
+        format!(
+            "invalid:{}",
+            hex::encode(crate::crypto::sha256(username.as_bytes()))
+        )
+    }
+}
+
+/// Who a failed login is recorded as: the name of an account that exists, else a short
+/// hash (a password typed into the username field must not land in the audit log).
+fn audit_username(username: &str, exists: bool) -> String {
+    if exists {
+        username.chars().take(64).collect()
+    } else {
+        let h = hex::encode(crate::crypto::sha256(username.to_lowercase().as_bytes()));
+        format!("unknown user #{}", &h[..12])
+    }
+}
+
 fn locked(wait: std::time::Duration) -> ApiError {
     ApiError::TooManyRequests {
         retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
@@ -140,25 +166,22 @@ async fn login(
     Json(body): Json<LoginBody>,
 ) -> ApiResult<Response> {
     let ip = peer.ip().to_string();
-    let user_key = body.username.to_lowercase();
+    let user_key = limiter_key(&body.username);
     let now = Instant::now();
     let limits = state.limits();
-    if let Some(wait) = limits
-        .by_ip
-        .check(&ip, now)
-        .max(limits.by_user.check(&user_key, now))
-    {
-        return Err(locked(wait));
-    }
+    // Both attempts are reserved before any hashing, so concurrent guesses are counted as
+    // they start, not as they finish.
+    let by_ip = limits.by_ip.begin(&ip, now).map_err(locked)?;
+    let by_user = limits.by_user.begin(&user_key, now).map_err(locked)?;
     if body.password.chars().count() > password::MAX_LEN {
         return Err(ApiError::BadRequest(format!(
             "password is too long: at most {} characters are allowed",
             password::MAX_LEN
         )));
     }
-    let failed = |reason: ApiError| {
-        limits.by_ip.fail(&ip, now);
-        limits.by_user.fail(&user_key, now);
+    let failed = |reason: ApiError, by_ip: Attempt<'_>, by_user: Attempt<'_>| {
+        by_ip.failed(now);
+        by_user.failed(now);
         reason
     };
     let creds = if validate_username(&body.username).is_ok() {
@@ -176,10 +199,15 @@ async fn login(
     let creds = match creds {
         Some(c) if verified => c,
         _ => {
-            let mut resp = failed(ApiError::Unauthorized(BAD_CREDENTIALS.into())).into_response();
+            let mut resp = failed(
+                ApiError::Unauthorized(BAD_CREDENTIALS.into()),
+                by_ip,
+                by_user,
+            )
+            .into_response();
             resp.extensions_mut().insert(Actor {
                 id: None,
-                name: body.username.chars().take(64).collect(),
+                name: audit_username(&body.username, creds.is_some()),
             });
             return Ok(resp);
         }
@@ -187,6 +215,7 @@ async fn login(
     if let Some(sealed) = &creds.totp_secret {
         let code = body.totp.as_deref().map(str::trim).unwrap_or_default();
         if code.is_empty() {
+            // Neither a failure nor a success: the reservations are just released.
             return Err(ApiError::Unauthorized("TOTP_REQUIRED".into()));
         }
         let secret = state
@@ -195,19 +224,26 @@ async fn login(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let unix = u64::try_from(crate::time::now_secs()).unwrap_or(0);
         let Some(step) = totp::matching_step(&secret, code, unix) else {
-            return Err(failed(ApiError::Unauthorized("invalid TOTP code".into())));
+            return Err(failed(
+                ApiError::Unauthorized("invalid TOTP code".into()),
+                by_ip,
+                by_user,
+            ));
         };
         if !state
             .store()
             .consume_totp_step(creds.user.id, step as i64)
             .await?
         {
-            return Err(failed(ApiError::Unauthorized(
-                "TOTP code already used; wait for the next one".into(),
-            )));
+            return Err(failed(
+                ApiError::Unauthorized("TOTP code already used; wait for the next one".into()),
+                by_ip,
+                by_user,
+            ));
         }
     }
-    limits.by_user.succeed(&user_key);
+    by_user.succeeded();
+    drop(by_ip);
     start_session(
         &state,
         &creds.user,
@@ -243,11 +279,9 @@ async fn verify_own_password(
     username: &str,
     password: &str,
 ) -> ApiResult<()> {
-    let key = username.to_lowercase();
+    let key = limiter_key(username);
     let now = Instant::now();
-    if let Some(wait) = state.limits().by_user.check(&key, now) {
-        return Err(locked(wait));
-    }
+    let attempt = state.limits().by_user.begin(&key, now).map_err(locked)?;
     let creds = state
         .store()
         .credentials_by_id(user_id)
@@ -259,7 +293,7 @@ async fn verify_own_password(
             .verify(password, Some(&creds.password_hash))
             .await?
     {
-        state.limits().by_user.fail(&key, now);
+        attempt.failed(now);
         return Err(ApiError::Forbidden("current password is incorrect".into()));
     }
     Ok(())
