@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Docker Hub as image references name it, and where its API lives.
-const HUB: &str = "docker.io";
+/// Where Docker Hub's API lives.
 const HUB_API: &str = "registry-1.docker.io";
+const HUB: &str = mezzanine_proto::image::HUB;
 /// Manifest media types we accept, so the registry answers with the digest of what a pull
 /// of the tag resolves to (an index when there is one).
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -20,7 +20,8 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json";
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 
-/// A parsed image reference: `[registry/]repository[:tag][@digest]`.
+/// What an update check looks up: `registry/repository:tag` (a reference without a tag
+/// checks `latest`, as a pull of it would).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
     /// `docker.io` for Docker Hub, else `host[:port]`.
@@ -30,75 +31,17 @@ pub struct ImageRef {
     pub tag: String,
 }
 
-/// Parses a reference as Docker does. Only what the registry API path allows passes.
+/// Parses a reference with the parser the agent pulls with.
 pub fn parse_reference(reference: &str) -> Result<ImageRef, String> {
-    let bad = |why: &str| format!("cannot read image reference {reference:?}: {why}");
-    let name_part = reference.split('@').next().unwrap_or_default();
-    let (name, tag) = match name_part.rfind(':') {
-        Some(i) if !name_part[i..].contains('/') => {
-            (&name_part[..i], name_part[i + 1..].to_owned())
-        }
-        _ => (name_part, "latest".to_owned()),
-    };
-    let (registry, repository) = split_registry(name);
-    if repository.is_empty() {
-        return Err(bad("no repository"));
-    }
-    let repo_ok = repository.split('/').all(|c| {
-        !c.is_empty()
-            && c.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            })
-            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-    });
-    if !repo_ok {
-        return Err(bad("invalid repository name"));
-    }
-    let tag_ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && tag.bytes().next().is_some_and(|b| b != b'.' && b != b'-');
-    if !tag_ok {
-        return Err(bad("invalid tag"));
-    }
-    let registry_ok = registry
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-        && !registry.is_empty();
-    if !registry_ok {
-        return Err(bad("invalid registry host"));
-    }
+    let r = mezzanine_proto::image::parse(reference)?;
     Ok(ImageRef {
-        registry,
-        repository,
-        tag,
+        tag: r.tag_or_latest().to_owned(),
+        registry: r.registry,
+        repository: r.repository,
     })
 }
 
-/// `(registry, repository)` of a name without tag or digest, normalized as Docker does.
-fn split_registry(name: &str) -> (String, String) {
-    let (registry, rest) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (first.to_owned(), rest.to_owned())
-        }
-        _ => (HUB.to_owned(), name.to_owned()),
-    };
-    let registry = if registry == "index.docker.io" {
-        HUB.to_owned()
-    } else {
-        registry
-    };
-    let rest = if registry == HUB && !rest.contains('/') {
-        format!("library/{rest}")
-    } else {
-        rest
-    };
-    (registry, rest)
-}
+use mezzanine_proto::image::split_registry;
 
 /// The digests an image has in `registry/repository`, from its `RepoDigests`
 /// (`name@sha256:…`).
@@ -581,7 +524,10 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
             ("10.0.0.1:5000", "app", "latest")
         );
-        let r = parse_reference("localhost/app:v1@sha256:abc").unwrap();
+        let r = parse_reference(
+            "localhost/app:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        )
+        .unwrap();
         assert_eq!((r.registry.as_str(), r.tag.as_str()), ("localhost", "v1"));
         assert!(parse_reference("Upper/Case").is_err());
         assert!(parse_reference("a/../b").is_err());
