@@ -21,8 +21,8 @@ use tokio::sync::{watch, Mutex, Semaphore};
 
 /// The largest chunk of log output sent in one message.
 pub const MAX_CHUNK: usize = 64 * 1024;
-/// What one chunk costs in credit beyond its bytes, so floods of tiny chunks stay bounded.
-pub const CHUNK_OVERHEAD: usize = 64;
+/// Shared with the controller: see `mezzanine_proto::CHUNK_OVERHEAD`.
+pub const CHUNK_OVERHEAD: usize = mezzanine_proto::CHUNK_OVERHEAD as usize;
 /// The longest a log line waits to share a chunk with the lines after it.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Engine calls that take longer than this fail (the controller gives up sooner).
@@ -33,6 +33,9 @@ const ENGINE_TIMEOUT_SECS: u64 = 120;
 pub struct Engine {
     socket: String,
     client: Mutex<Option<Docker>>,
+    /// One `docker.run` at a time per container name: a step the controller gave up on
+    /// must not race the next run's replacement of the same container.
+    replacing: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn err(status: u16, message: impl Into<String>) -> reply::Body {
@@ -47,6 +50,7 @@ impl Engine {
         Engine {
             socket: socket.trim_start_matches("unix://").to_owned(),
             client: Mutex::new(None),
+            replacing: Default::default(),
         }
     }
 
@@ -445,8 +449,53 @@ fn container(c: bollard::models::ContainerSummary) -> Container {
 }
 
 /// The reply of a `docker.run` step: `Ok(lines)` when the new container runs under the
-/// name, or `Err(lines, reason)`.
-pub type RunOutcome = Result<Vec<String>, (Vec<String>, String)>;
+/// name, or why not.
+pub type RunOutcome = Result<Vec<String>, RunFailure>;
+
+#[derive(Debug)]
+pub struct RunFailure {
+    pub log: Vec<String>,
+    pub reason: String,
+    /// Set when the step's time ran out or it was cancelled (else it failed).
+    pub stopped: Option<Stopped>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    TimedOut,
+    Cancelled,
+}
+
+/// A step's deadline and cancel switch, checked while a `docker.run` waits (for its
+/// container name, for a pull). Once the old container is being replaced the step is no
+/// longer interrupted: that part is short and bounded, and stopping in the middle of it
+/// would leave neither container running.
+pub struct Interrupt {
+    pub deadline: tokio::time::Instant,
+    pub cancel: watch::Receiver<bool>,
+}
+
+impl Interrupt {
+    /// Whether the step may go on now.
+    fn check(&self) -> Result<(), Stopped> {
+        if *self.cancel.borrow() {
+            Err(Stopped::Cancelled)
+        } else if tokio::time::Instant::now() >= self.deadline {
+            Err(Stopped::TimedOut)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn run<F: std::future::Future>(&mut self, f: F) -> Result<F::Output, Stopped> {
+        self.check()?;
+        tokio::select! {
+            out = f => Ok(out),
+            () = tokio::time::sleep_until(self.deadline) => Err(Stopped::TimedOut),
+            _ = self.cancel.wait_for(|c| *c) => Err(Stopped::Cancelled),
+        }
+    }
+}
 
 impl Engine {
     /// Replaces container `step.name` with a new one from `step.image` (see the proto's
@@ -455,6 +504,7 @@ impl Engine {
         &self,
         step: &mezzanine_proto::v1::DockerRunStep,
         run_id: u64,
+        mut interrupt: Interrupt,
     ) -> RunOutcome {
         use bollard::models::{
             ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
@@ -463,7 +513,44 @@ impl Engine {
             CreateContainerOptions, CreateImageOptions, RenameContainerOptions,
         };
         let mut log: Vec<String> = Vec::new();
-        let fail = |log: Vec<String>, why: String| Err((log, why));
+        let fail = |log: Vec<String>, reason: String| {
+            Err(RunFailure {
+                log,
+                reason,
+                stopped: None,
+            })
+        };
+        let stopped = |log: Vec<String>, how: Stopped, doing: &str| {
+            let reason = match how {
+                Stopped::TimedOut => format!("the step ran out of time while {doing}"),
+                Stopped::Cancelled => format!("cancelled while {doing}"),
+            };
+            Err(RunFailure {
+                log,
+                reason,
+                stopped: Some(how),
+            })
+        };
+        let name_lock = self
+            .replacing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(step.name.clone())
+            .or_default()
+            .clone();
+        let _replacing = match name_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                log.push(format!(
+                    "waiting for another deploy of {} to finish",
+                    step.name
+                ));
+                match interrupt.run(name_lock.lock()).await {
+                    Ok(g) => g,
+                    Err(how) => return stopped(log, how, "waiting for the other deploy"),
+                }
+            }
+        };
         let engine_err = |e: bollard::errors::Error| match e {
             EngineError::DockerResponseServerError { message, .. } => message,
             other => crate::error_chain(&other),
@@ -476,9 +563,10 @@ impl Engine {
         // The image: here already, or pulled.
         if docker.inspect_image(&step.image).await.is_err() {
             log.push(format!("pulling {}", step.image));
-            let (from, tag) = match step.image.rsplit_once(':') {
-                Some((f, t)) if !t.contains('/') => (f.to_owned(), t.to_owned()),
-                _ => (step.image.clone(), "latest".to_owned()),
+            // The controller validated the reference with the same parser.
+            let (from, tag) = match mezzanine_proto::image::parse(&step.image) {
+                Ok(r) => r.pull_args(),
+                Err(e) => return fail(log, e),
             };
             let options = CreateImageOptions {
                 from_image: Some(from),
@@ -486,15 +574,24 @@ impl Engine {
                 ..Default::default()
             };
             let mut pull = docker.create_image(Some(options), None, None);
-            while let Some(item) = pull.next().await {
-                if let Err(e) = item {
-                    return fail(
-                        log,
-                        format!("cannot pull {}: {}", step.image, engine_err(e)),
-                    );
+            loop {
+                match interrupt.run(pull.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(e))) => {
+                        return fail(
+                            log,
+                            format!("cannot pull {}: {}", step.image, engine_err(e)),
+                        );
+                    }
+                    // Dropping the stream ends the pull request.
+                    Err(how) => return stopped(log, how, &format!("pulling {}", step.image)),
                 }
             }
             log.push(format!("pulled {}", step.image));
+        }
+        if let Err(how) = interrupt.check() {
+            return stopped(log, how, "preparing the container");
         }
         let old = match docker.inspect_container(&step.name, None).await {
             Ok(c) => Some((

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// `(run_id, step_index)`.
 pub type StepKey = (u64, u32);
 
-/// Credit one chunk costs beyond its bytes (the controller counts the same).
-pub const CHUNK_OVERHEAD: usize = 64;
+/// Shared with the controller: see `mezzanine_proto::CHUNK_OVERHEAD`.
+pub const CHUNK_OVERHEAD: usize = mezzanine_proto::CHUNK_OVERHEAD as usize;
 /// Bounds on the credit window a controller may ask for.
 pub const MIN_WINDOW: u64 = 256 * 1024;
 pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;

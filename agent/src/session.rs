@@ -503,6 +503,18 @@ async fn execute(
             ctx.streams.close(id);
             last
         }
+        Some(command::Body::EndRun(e)) => {
+            // Steps that named their own workdir keep it; the run's default one goes.
+            let dir = crate::steps::default_workdir(&ctx.work_root, e.run_id);
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => tracing::debug!(run_id = e.run_id, "removed the run's work directory"),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(run_id = e.run_id, error = %err, "cannot remove the run's work directory")
+                }
+            }
+            reply::Body::Ack(Ack {})
+        }
         Some(
             command::Body::Cancel(_)
             | command::Body::Credit(_)

@@ -5,6 +5,7 @@
 //! end the whole process group: SIGTERM, then SIGKILL five seconds later.
 
 use crate::runs::Slot;
+use mezzanine_proto::mask::Masker;
 use mezzanine_proto::v1::{reply, LogStream, RunStep, StepResult};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,15 +27,6 @@ fn result(exit_code: i32, timed_out: bool, cancelled: bool, error: String) -> re
         cancelled,
         error,
     })
-}
-
-/// Replaces every occurrence of each secret with `***`.
-pub fn mask(line: &mut String, secrets: &[String]) {
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        if line.contains(s.as_str()) {
-            *line = line.replace(s.as_str(), "***");
-        }
-    }
 }
 
 /// Where a step without a `workdir` runs: one directory per run under the state dir.
@@ -74,7 +66,7 @@ async fn git(
     g: &mezzanine_proto::v1::GitStep,
     deploy_key: &Path,
     mut env: HashMap<String, String>,
-    secrets: &[String],
+    secrets: &Masker,
     deadline: tokio::time::Instant,
     out: &Slot,
     cancel: &mut watch::Receiver<bool>,
@@ -153,6 +145,7 @@ pub async fn run(
     out: &Slot,
 ) -> reply::Body {
     let mut cancel = out.cancelled();
+    let masker = Masker::new(step.mask.iter().map(String::as_str));
     let shell = match step.kind {
         Some(mezzanine_proto::v1::run_step::Kind::Shell(shell)) => shell,
         Some(mezzanine_proto::v1::run_step::Kind::Git(g)) => {
@@ -160,17 +153,22 @@ pub async fn run(
             let deadline = tokio::time::Instant::now() + timeout;
             let mut env = base_env();
             env.extend(step.env);
-            return git(&g, deploy_key, env, &step.mask, deadline, out, &mut cancel).await;
+            return git(&g, deploy_key, env, &masker, deadline, out, &mut cancel).await;
         }
         Some(mezzanine_proto::v1::run_step::Kind::DockerBuild(b)) => {
             let timeout = Duration::from_secs(u64::from(step.timeout_secs.max(1)));
-            return docker_build(engine, &b, &step.mask, timeout, out, cancel).await;
+            return docker_build(engine, &b, &masker, timeout, out, cancel).await;
         }
         Some(mezzanine_proto::v1::run_step::Kind::DockerRun(d)) => {
-            return docker_run(engine, &d, step.run_id, &step.mask, out).await
+            let interrupt = crate::docker::Interrupt {
+                deadline: tokio::time::Instant::now()
+                    + Duration::from_secs(u64::from(step.timeout_secs.max(1))),
+                cancel,
+            };
+            return docker_run(engine, &d, step.run_id, &masker, interrupt, out).await;
         }
         Some(mezzanine_proto::v1::run_step::Kind::HttpCheck(h)) => {
-            return http_check(h, &step.mask, step.timeout_secs, out, cancel).await
+            return http_check(h, &masker, step.timeout_secs, out, cancel).await
         }
         None => {
             return result(
@@ -211,7 +209,7 @@ pub async fn run(
         &["-e", "-c", &shell.script],
         &workdir,
         &env,
-        &step.mask,
+        &masker,
         deadline,
         out,
         &mut cancel,
@@ -227,7 +225,7 @@ async fn exec(
     args: &[&str],
     workdir: &Path,
     env: &HashMap<String, String>,
-    secrets: &[String],
+    secrets: &Masker,
     deadline: tokio::time::Instant,
     out: &Slot,
     cancel: &mut watch::Receiver<bool>,
@@ -292,12 +290,12 @@ async fn exec(
             line = lines.recv(), if open => match line {
                 Some((kind, text)) => {
                     let mut batch = text;
-                    mask(&mut batch, secrets);
+                    secrets.apply(&mut batch);
                     let mut next = None;
                     while batch.len() < MAX_CHUNK {
                         match lines.try_recv() {
                             Ok((k, mut t)) if k == kind => {
-                                mask(&mut t, secrets);
+                                secrets.apply(&mut t);
                                 batch.push_str(&t);
                             }
                             Ok(other) => { next = Some(other); break; }
@@ -308,7 +306,7 @@ async fn exec(
                         ended.get_or_insert((false, true));
                     }
                     if let Some((k, mut t)) = next {
-                        mask(&mut t, secrets);
+                        secrets.apply(&mut t);
                         if !out.output(k, t).await {
                             ended.get_or_insert((false, true));
                         }
@@ -375,7 +373,7 @@ async fn exec(
 async fn docker_build(
     engine: &crate::docker::Engine,
     b: &mezzanine_proto::v1::DockerBuildStep,
-    secrets: &[String],
+    secrets: &Masker,
     limit: Duration,
     out: &Slot,
     mut cancel: watch::Receiver<bool>,
@@ -386,7 +384,7 @@ async fn docker_build(
         Ended::Done(Ok(())) => result(0, false, false, String::new()),
         Ended::Done(Err(why)) => {
             let mut line = format!("build failed: {why}\n");
-            mask(&mut line, secrets);
+            secrets.apply(&mut line);
             let _ = out.output(LogStream::Stderr, line).await;
             result(1, false, false, format!("the build of {} failed", b.tag))
         }
@@ -405,31 +403,37 @@ async fn docker_run(
     engine: &crate::docker::Engine,
     d: &mezzanine_proto::v1::DockerRunStep,
     run_id: u64,
-    secrets: &[String],
+    secrets: &Masker,
+    interrupt: crate::docker::Interrupt,
     out: &Slot,
 ) -> reply::Body {
-    let (lines, failure) = match engine.run_replace(d, run_id).await {
+    use crate::docker::Stopped;
+    let (lines, failure) = match engine.run_replace(d, run_id, interrupt).await {
         Ok(lines) => (lines, None),
-        Err((lines, why)) => (lines, Some(why)),
+        Err(f) => (f.log.clone(), Some(f)),
     };
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    if let Some(why) = &failure {
-        text.push_str(&format!("{why}\n"));
+    if let Some(f) = &failure {
+        text.push_str(&format!("{}\n", f.reason));
     }
-    mask(&mut text, secrets);
+    secrets.apply(&mut text);
     if !text.is_empty() && !out.output(LogStream::Stdout, text).await {
         return result(-1, false, true, "cancelled".into());
     }
     match failure {
         None => result(0, false, false, String::new()),
-        Some(why) => result(1, false, false, why),
+        Some(f) => match f.stopped {
+            Some(Stopped::TimedOut) => result(-1, true, false, f.reason),
+            Some(Stopped::Cancelled) => result(-1, false, true, f.reason),
+            None => result(1, false, false, f.reason),
+        },
     }
 }
 
 /// The `http.check` step: each attempt is a line of output.
 async fn http_check(
     h: mezzanine_proto::v1::HttpCheckStep,
-    secrets: &[String],
+    secrets: &Masker,
     timeout_secs: u32,
     out: &Slot,
     mut cancel: watch::Receiver<bool>,
@@ -470,7 +474,7 @@ enum Ended<T> {
 async fn pump_lines<T, W>(
     work: W,
     mut lines: mpsc::Receiver<String>,
-    secrets: &[String],
+    secrets: &Masker,
     limit: Duration,
     out: &Slot,
     cancel: &mut watch::Receiver<bool>,
@@ -493,7 +497,7 @@ where
                             break;
                         }
                     }
-                    mask(&mut line, secrets);
+                    secrets.apply(&mut line);
                     line.push('\n');
                     if !out.output(LogStream::Stdout, line).await {
                         return Ended::Cancelled;
@@ -557,20 +561,5 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
         if tx.send((kind, text)).await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask;
-
-    #[test]
-    fn secrets_are_masked_everywhere_in_a_line() {
-        let mut line = "token=s3cr3t and again s3cr3t; other=hunter2\n".to_owned();
-        mask(
-            &mut line,
-            &["s3cr3t".into(), "hunter2".into(), String::new()],
-        );
-        assert_eq!(line, "token=*** and again ***; other=***\n");
     }
 }

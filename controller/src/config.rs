@@ -95,6 +95,21 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_RUN_OUTPUT_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub run_output_cap_bytes: u64,
 
+    /// Finished runs kept per workflow (with their output); older ones are deleted when a
+    /// run ends. At least 1.
+    #[arg(long, env = "MEZZANINE_KEEP_RUNS", default_value_t = 200)]
+    pub keep_runs: u32,
+
+    /// Days audit records are kept (0 keeps none past the next sweep, which runs at start
+    /// and hourly).
+    #[arg(long, env = "MEZZANINE_KEEP_AUDIT_DAYS", default_value_t = 180)]
+    pub keep_audit_days: u32,
+
+    /// Days webhook delivery ids are remembered for duplicate detection (providers retry
+    /// within hours).
+    #[arg(long, env = "MEZZANINE_KEEP_DELIVERIES_DAYS", default_value_t = 30)]
+    pub keep_deliveries_days: u32,
+
     /// Registries image update checks may reach over plain HTTP: `host:port` or a network
     /// (`10.0.0.0/8`), as Docker's option of the same name. Loopback always may. Repeat
     /// the flag or separate with commas.
@@ -133,6 +148,9 @@ pub struct Config {
     pub insecure_registries: crate::images::Insecure,
     pub docker_timeout: std::time::Duration,
     pub run_output_cap_bytes: i64,
+    pub keep_runs: i64,
+    pub keep_audit: std::time::Duration,
+    pub keep_deliveries: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,11 +313,18 @@ impl ServeArgs {
             agent_binary,
             ssh_timeout_secs: self.ssh_timeout_secs.clamp(1, 600),
             run_output_cap_bytes: i64::try_from(self.run_output_cap_bytes).unwrap_or(i64::MAX),
+            keep_runs: i64::from(self.keep_runs.max(1)),
+            keep_audit: days(self.keep_audit_days),
+            keep_deliveries: days(self.keep_deliveries_days),
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
                 .map_err(ConfigError)?,
         })
     }
+}
+
+fn days(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(n) * 86_400)
 }
 
 #[cfg(test)]

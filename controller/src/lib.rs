@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod deploy;
+pub mod deploy_keys;
 pub mod gateway;
 pub mod images;
 pub mod install;
@@ -88,9 +89,17 @@ pub async fn serve(
         .map_err(|e| StartError::Serve(e.to_string()))?
         .port();
     state.set_agent_port(agent_port);
-    let shutdown = shutdown.shared();
+    // The first thing a shutdown does: end event streams (so the HTTP server's graceful
+    // stop is not held by viewers) and tell background work to wind down.
+    let closing = state.closing().clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    }
+    .shared();
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
+    crate::deploy_keys::backfill(&state).await;
     crate::deploy::recover(&state).await;
     // Responses (event streams especially) go out as written: without TCP_NODELAY a small
     // write can wait ~40 ms for the client's delayed ACK.
@@ -134,25 +143,63 @@ pub async fn serve(
     };
     let (web, grpc) = tokio::join!(web, grpc);
     janitor.abort();
+    // Runs detach from their steps once the agent sessions are gone (the next process
+    // resumes them), adoptions and deliveries finish or give up: wait for them, within a
+    // bound, so none writes to a closed database.
+    state.tasks().close();
+    if tokio::time::timeout(SHUTDOWN_DRAIN, state.tasks().wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tasks().len(),
+            "background tasks still running at shutdown were abandoned"
+        );
+    }
     state.store().close().await;
     web.map_err(|e| StartError::Serve(format!("HTTP server: {e}")))?;
     grpc.map_err(StartError::Serve)
 }
 
-/// Deletes expired sessions every ten minutes.
+/// How long a graceful stop waits for background tasks.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Housekeeping, at start and every ten minutes: expired sessions, idle login-limiter
+/// entries, and audit records and webhook delivery ids past their retention (runs are
+/// pruned as they end).
 async fn purge_sessions(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
         let now = time::now_secs();
-        match state
-            .store()
-            .purge_sessions(now, state.config().session_idle_secs)
-            .await
-        {
+        let store = state.store();
+        let config = state.config();
+        match store.purge_sessions(now, config.session_idle_secs).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired sessions removed"),
             Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
+        }
+        let before_ms = |keep: Duration| {
+            time::now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+        };
+        match store.prune_audit(before_ms(config.keep_audit)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "audit records past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the audit log"),
+        }
+        let instant = std::time::Instant::now();
+        let limits = state.limits();
+        let freed = limits.by_user.prune(instant) + limits.by_ip.prune(instant);
+        if freed > 0 {
+            tracing::debug!(freed, "idle login limiter entries dropped");
+        }
+        match store
+            .prune_deliveries(before_ms(config.keep_deliveries) / 1000)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "old webhook delivery ids forgotten"),
+            Err(e) => tracing::warn!(error = %e, "could not prune webhook deliveries"),
         }
     }
 }

@@ -34,6 +34,8 @@ struct Inner {
     adopting: std::sync::Mutex<std::collections::HashSet<i64>>,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: crate::deploy::Deploys,
+    tasks: tokio_util::task::TaskTracker,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +86,21 @@ impl AppState {
             adopting: Default::default(),
             updates,
             deploys: Default::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }))
+    }
+
+    /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with
+    /// a deadline, before it closes the database.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.0.tasks
+    }
+
+    /// Cancelled when the controller begins to shut down: long-lived responses (event
+    /// streams) end on it so a graceful stop does not wait for their clients.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        &self.0.closing
     }
 
     pub fn deploys(&self) -> &crate::deploy::Deploys {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// (id, event, data) of each SSE event read until `done` or the stream ends.
-async fn sse(
+pub(crate) async fn sse(
     resp: &mut reqwest::Response,
     within: Duration,
     mut done: impl FnMut(&[(i64, String, Value)]) -> bool,
@@ -52,11 +52,11 @@ async fn sse(
     }
 }
 
-fn ended(ev: &[(i64, String, Value)]) -> bool {
+pub(crate) fn ended(ev: &[(i64, String, Value)]) -> bool {
     ev.iter().any(|(_, e, _)| e == "end")
 }
 
-async fn create(admin: &mut Client, name: &str, server: i64, definition: Value) -> i64 {
+pub(crate) async fn create(admin: &mut Client, name: &str, server: i64, definition: Value) -> i64 {
     let r = admin
         .post(
             "/api/workflows",
@@ -67,7 +67,7 @@ async fn create(admin: &mut Client, name: &str, server: i64, definition: Value) 
     r.body["id"].as_i64().expect("id")
 }
 
-async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
+pub(crate) async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let r = c.get(&format!("/api/deployments/runs/{run}")).await;
@@ -82,7 +82,7 @@ async fn wait_run(c: &mut Client, run: i64, within: Duration) -> Value {
 }
 
 /// Replaces the workflow's definition, runs it and waits for the run's end.
-async fn run_with(admin: &mut Client, wf: i64, definition: Value) -> Value {
+pub(crate) async fn run_with(admin: &mut Client, wf: i64, definition: Value) -> Value {
     let r = admin
         .patch(
             &format!("/api/workflows/{wf}"),
@@ -94,7 +94,7 @@ async fn run_with(admin: &mut Client, wf: i64, definition: Value) -> Value {
     wait_run(admin, id, Duration::from_secs(60)).await
 }
 
-async fn trigger(admin: &mut Client, wf: i64) -> i64 {
+pub(crate) async fn trigger(admin: &mut Client, wf: i64) -> i64 {
     let r = admin
         .post(&format!("/api/workflows/{wf}/run"), json!({}))
         .await;
@@ -556,7 +556,7 @@ async fn secrets_are_masked_runs_queue_and_cancel() {
 }
 
 /// A controller process the test can kill and start again, and its agents.
-struct OwnController(ControllerProcess);
+pub(crate) struct OwnController(ControllerProcess);
 
 impl std::ops::Deref for OwnController {
     type Target = ControllerProcess;
@@ -572,12 +572,12 @@ impl std::ops::DerefMut for OwnController {
 }
 
 impl OwnController {
-    fn start() -> OwnController {
+    pub(crate) fn start() -> OwnController {
         OwnController(ControllerProcess::start(false, &[]))
     }
 
     /// Starts the controller again (after it was killed or stopped) and logs in.
-    async fn restart(&mut self) -> Client {
+    pub(crate) async fn restart(&mut self) -> Client {
         self.respawn();
         let mut admin = Client::new(&self.base);
         assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
@@ -585,7 +585,12 @@ impl OwnController {
     }
 
     /// Enrolls and starts an agent (`extra` flags for `run`) and waits for it online.
-    async fn agent(&self, admin: &mut Client, name: &str, extra: &[&str]) -> (i64, Agent, Process) {
+    pub(crate) async fn agent(
+        &self,
+        admin: &mut Client,
+        name: &str,
+        extra: &[&str],
+    ) -> (i64, Agent, Process) {
         let (server, token, _) = mezzanine_tests::add_server(admin, name).await;
         let agent = Agent::new();
         let (ok, out) = agent.enroll(&token);
@@ -600,7 +605,7 @@ impl OwnController {
 }
 
 /// Opens the run's event stream and waits for its first output line.
-async fn first_output(admin: &mut Client, run: i64) {
+pub(crate) async fn first_output(admin: &mut Client, run: i64) {
     let mut resp = admin
         .open(&format!("/api/deployments/runs/{run}/events"))
         .await;
@@ -954,6 +959,67 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     );
     serves("v2");
     rejected(&mut admin, server, json!({ "name": "x", "uses": "docker.run", "with": { "image": "web:v1", "name": "x", "ports": ["80"] } }), "definition.steps[0].with.ports[0]:").await;
+
+    // A pull that hangs (a "registry" inside the node that accepts and never answers):
+    // the step's timeout and a cancel both stop it, and the running container stays.
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed by tests/run");
+    let out = std::process::Command::new("docker")
+        .args(["cp", busybox, &format!("{node}:/usr/local/bin/busybox")])
+        .output()
+        .expect("docker cp");
+    assert!(out.status.success(), "{out:?}");
+    // nc accepts one connection: each attempt gets a listener (and image) of its own.
+    let hang = |port: u16| {
+        let (ok, out) = fleet.exec(
+            &node,
+            &format!(
+                "setsid sh -c 'sleep 300 | busybox nc -l -p {port}' >/dev/null 2>&1 < /dev/null &"
+            ),
+        );
+        assert!(ok, "{out}");
+        json!({ "steps": [
+            { "name": "run", "uses": "docker.run", "timeout_s": 3, "with": { "image": format!("127.0.0.1:{port}/hang:1"), "name": "site", "ports": ["8080:80"] } },
+        ] })
+    };
+    let done = run_with(&mut admin, wf, hang(5999)).await;
+    assert_eq!(done["status"], "timed_out", "{done}");
+    assert!(
+        done["steps"][0]["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("ran out of time while pulling")),
+        "{done}"
+    );
+    serves("v2");
+    let r = admin
+        .patch(
+            &format!("/api/workflows/{wf}"),
+            json!({ "definition": hang(5998) }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run = trigger(&mut admin, wf).await;
+    // Cancelled while it pulls, not while it waits in the queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin
+        .get(&format!("/api/deployments/runs/{run}"))
+        .await
+        .body["steps"][0]["status"]
+        != "running"
+    {
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = admin
+        .post(&format!("/api/deployments/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    serves("v2");
 }
 
 /// `git` steps over SSH with the server's deploy key against a node serving a bare repo.

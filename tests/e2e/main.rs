@@ -10,3 +10,4 @@ mod docker;
 mod nodes;
 mod panel;
 mod roles;
+mod runs;

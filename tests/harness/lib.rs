@@ -90,6 +90,23 @@ impl Controller {
         Client::new(&self.base)
     }
 
+    /// Runs `statement` on the controller's own SQLite database from a second
+    /// connection: how a test makes the store refuse a write (a trigger that raises).
+    pub async fn sql(&self, statement: &str) {
+        use sqlx::ConnectOptions;
+        let path = self.dir.path().join("data").join("mezzanine.db");
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("open the controller's database");
+        sqlx::raw_sql(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
     /// Stops gracefully and hands back the data dir (for restart tests).
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {

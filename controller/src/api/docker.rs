@@ -24,7 +24,7 @@ use std::time::Duration;
 /// Credit the agent may run ahead of an SSE client by.
 const LOG_WINDOW: u64 = 4 * 1024 * 1024;
 /// What one log chunk costs in credit beyond its bytes (the agent charges the same).
-const CHUNK_OVERHEAD: u64 = 64;
+use mezzanine_proto::CHUNK_OVERHEAD;
 /// Cap on a non-follow log answer.
 const MAX_LOG_JSON: usize = 8 * 1024 * 1024;
 
@@ -482,8 +482,8 @@ async fn logs(
             .map(IntoResponse::into_response);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::spawn(pump_sse(first, stream, tx));
-    Ok(super::event_stream(rx))
+    state.tasks().spawn(pump_sse(first, stream, tx));
+    Ok(super::event_stream(rx, state.closing()))
 }
 
 /// Reads a non-follow log to its end into `{ lines, truncated }`.

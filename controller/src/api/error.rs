@@ -52,6 +52,15 @@ impl From<crate::auth::password::HashError> for ApiError {
     }
 }
 
+impl From<crate::deploy_keys::DeployKeyError> for ApiError {
+    fn from(e: crate::deploy_keys::DeployKeyError) -> Self {
+        match e {
+            crate::deploy_keys::DeployKeyError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<crate::crypto::KeyError> for ApiError {
     fn from(e: crate::crypto::KeyError) -> Self {
         ApiError::Internal(e.to_string())

@@ -269,11 +269,16 @@ pub fn matched(req_ext: &axum::http::Extensions) -> Option<String> {
 
 /// A `text/event-stream` response whose body is what the pump sends on `rx`; the pump
 /// sees the client leave as a closed channel.
+/// A `text/event-stream` response fed by `rx`; it ends when the controller begins to shut
+/// down (`closing`), so a graceful stop never waits on a viewer.
 pub(crate) fn event_stream(
     rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+    closing: &tokio_util::sync::CancellationToken,
 ) -> Response {
-    let mut resp =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response();
+    use futures_util::StreamExt;
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .take_until(closing.clone().cancelled_owned());
+    let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

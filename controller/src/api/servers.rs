@@ -8,7 +8,7 @@ use crate::auth::Role;
 use crate::gateway::{token, CallError, LiveView};
 use crate::ssh::{SshAuth, SshLogin};
 use crate::state::AppState;
-use crate::store::{NewServer, ServerPatch, ServerRow, Written};
+use crate::store::{NewServer, ServerDelete, ServerPatch, ServerRow, Written};
 use crate::validate;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
@@ -264,7 +264,9 @@ async fn start_adoption(
             crate::time::now_secs(),
         )
         .await;
-    tokio::spawn(crate::ssh::adopt(state.clone(), id, login, fingerprint));
+    state
+        .tasks()
+        .spawn(crate::ssh::adopt(state.clone(), id, login, fingerprint));
     Ok(())
 }
 
@@ -339,6 +341,7 @@ async fn create(
         .create_server(&new, crate::time::now_secs())
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", body.name)))?;
+    crate::deploy_keys::create(&state, server.id, false).await?;
     let mut resp = match login {
         Some(login) => {
             start_adoption(
@@ -379,49 +382,25 @@ async fn install_command(
     ))
 }
 
-/// `{ public_key, fingerprint }`, creating the key on first use (or always, rotating).
-async fn deploy_key_json(state: &AppState, id: i64, rotate: bool) -> ApiResult<Value> {
-    let server = state
-        .store()
-        .server(id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    if !rotate {
-        if let Some((public, _)) = state.store().deploy_key(id).await? {
-            let fingerprint = crate::ssh::public_fingerprint(&public);
-            return Ok(json!({ "public_key": public, "fingerprint": fingerprint }));
-        }
-    }
-    let (public, private) = crate::ssh::generate_deploy_key(&format!("mezzanine@{}", server.name))
-        .map_err(ApiError::Internal)?;
-    let sealed = state
-        .key()
-        .seal(&crate::ssh::deploy_key_context(id), private.as_bytes())?;
-    state
-        .store()
-        .set_deploy_key(id, &public, &sealed, !rotate)
-        .await?;
-    let (public, _) = state
-        .store()
-        .deploy_key(id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    let deliver = state.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::gateway::deliver_deploy_key(&deliver, id).await {
-            tracing::warn!(server_id = id, error = %e, "could not deliver the deploy key");
-        }
-    });
-    let fingerprint = crate::ssh::public_fingerprint(&public);
-    Ok(json!({ "public_key": public, "fingerprint": fingerprint }))
+fn deploy_key_json(k: &crate::deploy_keys::PublicKey) -> Value {
+    json!({ "public_key": k.openssh, "fingerprint": k.fingerprint })
 }
 
+/// Reads only: keys are made with the server (or by rotation), never by a viewer's GET.
 async fn deploy_key(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    Ok(Json(deploy_key_json(&state, id, false).await?))
+    if !state.store().server_exists(id).await? {
+        return Err(not_found(id));
+    }
+    let key = crate::deploy_keys::get(&state, id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "server {id} has no deploy key; POST /api/servers/{id}/deploy-key/rotate creates one"
+        ))
+    })?;
+    Ok(Json(deploy_key_json(&key)))
 }
 
 async fn rotate_deploy_key(
@@ -429,8 +408,8 @@ async fn rotate_deploy_key(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let v = deploy_key_json(&state, id, true).await?;
-    Ok(ok(v))
+    let key = crate::deploy_keys::create(&state, id, true).await?;
+    Ok(ok(deploy_key_json(&key)))
 }
 
 #[derive(Deserialize, Default)]
@@ -564,11 +543,20 @@ async fn update(
 
 async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let serials = state
+    let serials = match state
         .store()
         .delete_server(id, crate::time::now_secs())
         .await?
-        .ok_or_else(|| not_found(id))?;
+    {
+        ServerDelete::Deleted(serials) => serials,
+        ServerDelete::NotFound => return Err(not_found(id)),
+        ServerDelete::HasWorkflows(names) => {
+            return Err(ApiError::Conflict(format!(
+                "workflows run on this server: {}; deleting it would delete them and their run history, so delete or move them first",
+                names.join(", ")
+            )))
+        }
+    };
     let registry = &state.gateway().registry;
     registry.revoke(serials);
     registry.remove(id, "this server was deleted from Mezzanine");

@@ -6,6 +6,7 @@ use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::{self, definition};
 use crate::state::AppState;
+use crate::store::{NewRun, Queued, WorkflowDelete};
 use crate::store::{RunEvent, RunRow};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -233,28 +234,23 @@ async fn patch(
 
 async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "workflow")?;
-    workflow_or_404(&state, id).await?;
-    let busy = state
-        .store()
-        .recent_runs(id, RECENT_RUNS)
-        .await?
-        .iter()
-        .any(|r| r.status == "queued" || r.status == "running");
-    if busy {
-        return Err(ApiError::Conflict(
+    match state.store().delete_workflow(id).await? {
+        WorkflowDelete::Deleted => Ok(ok(json!({}))),
+        WorkflowDelete::NotFound => Err(ApiError::NotFound(format!("workflow {id} not found"))),
+        WorkflowDelete::Busy => Err(ApiError::Conflict(
             "a run of this workflow is queued or running; cancel it first".into(),
-        ));
+        )),
     }
-    state.store().delete_workflow(id).await?;
-    Ok(ok(json!({})))
 }
 
+/// Queues a run of `wf` on its server; `None` when `delivery` was seen before.
 async fn enqueue(
     state: &AppState,
     wf: &crate::store::WorkflowRow,
     trigger: &str,
     detail: Value,
-) -> ApiResult<i64> {
+    delivery: Option<&str>,
+) -> ApiResult<Option<i64>> {
     let parsed = definition::parse(&wf.definition)
         .map_err(|e| ApiError::Conflict(format!("the stored definition is invalid: {e}")))?;
     let names: Vec<String> = parsed
@@ -263,20 +259,26 @@ async fn enqueue(
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    let run_id = state
+    let run = NewRun {
+        workflow_id: wf.id,
+        server_id: wf.server_id,
+        trigger,
+        detail: &detail,
+        definition: &wf.definition,
+        steps: &names,
+        delivery,
+    };
+    let run_id = match state
         .store()
-        .create_run(
-            wf.id,
-            trigger,
-            &detail,
-            &wf.definition,
-            &names,
-            crate::time::now_ms(),
-        )
-        .await?;
+        .create_run(&run, crate::time::now_ms())
+        .await?
+    {
+        Queued::Run(id) => id,
+        Queued::Duplicate => return Ok(None),
+    };
     state.deploys().register(run_id);
     deploy::kick(state, wf.id);
-    Ok(run_id)
+    Ok(Some(run_id))
 }
 
 async fn run_now(
@@ -287,7 +289,9 @@ async fn run_now(
     let id = parse_id(&raw, "workflow")?;
     let wf = workflow_or_404(&state, id).await?;
     let user = session.require()?.user.username.clone();
-    let run_id = enqueue(&state, &wf, "manual", json!({ "user": user })).await?;
+    let run_id = enqueue(&state, &wf, "manual", json!({ "user": user }), None)
+        .await?
+        .ok_or_else(|| ApiError::Internal("a manual run was taken for a duplicate".into()))?;
     Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
 }
 
@@ -432,8 +436,11 @@ async fn events(
             .ok_or_else(|| ApiError::BadRequest("Last-Event-ID: not an event id".into()))?,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(pump_events(state, id, after, tx));
-    Ok(super::event_stream(rx))
+    let closing = state.closing().clone();
+    state
+        .tasks()
+        .spawn(pump_events(state.clone(), id, after, tx));
+    Ok(super::event_stream(rx, &closing))
 }
 
 /// Replays stored events after `after`, then follows the live run; ends after `end`.
@@ -482,6 +489,7 @@ async fn pump_events(
         loop {
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
+                () = tx.closed() => return,
                 () = tokio::time::sleep(Duration::from_secs(15)) => {
                     if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
                         return;
@@ -584,15 +592,6 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|d| !d.is_empty() && d.len() <= 200);
-    if let Some(d) = delivery {
-        if !state
-            .store()
-            .record_delivery(id, d, crate::time::now_secs())
-            .await?
-        {
-            return Ok(ok(json!({ "duplicate": true })).into_response());
-        }
-    }
     let git_ref = payload_string(&payload, &["ref"]);
     let parsed = definition::parse(&wf.definition)
         .map_err(|e| ApiError::Conflict(format!("the stored definition is invalid: {e}")))?;
@@ -608,8 +607,12 @@ async fn webhook(
     let repo = payload_string(&payload, &["repository", "full_name"])
         .or_else(|| payload_string(&payload, &["repository", "clone_url"]));
     let detail = json!({ "ref": git_ref, "commit": commit, "repo": repo, "delivery": delivery });
-    let run_id = enqueue(&state, &wf, "webhook", detail).await?;
-    Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
+    // The delivery id is recorded with the run: if queuing fails, the provider's retry
+    // queues it rather than being told it is a duplicate.
+    match enqueue(&state, &wf, "webhook", detail, delivery).await? {
+        Some(run_id) => Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response()),
+        None => Ok(ok(json!({ "duplicate": true })).into_response()),
+    }
 }
 
 pub(super) fn routes(reg: &mut Registry) {

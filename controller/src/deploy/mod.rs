@@ -11,8 +11,9 @@ pub mod definition;
 
 use crate::gateway::CallError;
 use crate::state::AppState;
-use crate::store::RunEvent;
+use crate::store::{RunEvent, StoreError};
 use definition::{Action, Definition};
+use mezzanine_proto::mask::Masker;
 use mezzanine_proto::v1::{
     command, reply, HttpCheckStep, LogStream, ResumeStep, RunStep, ShellStep,
 };
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 /// Credit the agent may run ahead of the controller by, per step.
 const STEP_WINDOW: u64 = 4 * 1024 * 1024;
-const CHUNK_OVERHEAD: u64 = 64;
+use mezzanine_proto::CHUNK_OVERHEAD;
 /// Extra time the controller waits for a step beyond its own timeout before calling the
 /// run interrupted (the agent enforces the timeout; this covers a silent agent).
 const STEP_GRACE: Duration = Duration::from_secs(60);
@@ -197,7 +198,7 @@ pub fn kick(state: &AppState, workflow_id: i64) {
         Some(kicked) => *kicked = true,
         None => {
             drivers.insert(workflow_id, false);
-            tokio::spawn(drive(state.clone(), workflow_id));
+            state.tasks().spawn(drive(state.clone(), workflow_id));
         }
     }
 }
@@ -277,7 +278,7 @@ struct Recorder {
     dropped: i64,
     dropped_bytes: i64,
     noted_cap: bool,
-    mask: Vec<String>,
+    mask: Masker,
     live: Arc<LiveRun>,
     /// The last output chunk of the current step that was recorded (agent numbering).
     agent_seq: i64,
@@ -296,8 +297,14 @@ impl Recorder {
     }
 
     /// Stores then publishes: a viewer that subscribes and then reads the store misses
-    /// nothing.
-    async fn emit(&mut self, events: Vec<RunEvent>, stored: Vec<bool>, ack: Option<(i64, i64)>) {
+    /// nothing. Events the store refused are not published and `ack` is not recorded:
+    /// the caller ends the run (and never acknowledges output that was not stored).
+    async fn emit(
+        &mut self,
+        events: Vec<RunEvent>,
+        stored: Vec<bool>,
+        ack: Option<(i64, i64)>,
+    ) -> Result<(), StoreError> {
         let keep: Vec<RunEvent> = events
             .iter()
             .zip(&stored)
@@ -317,22 +324,49 @@ impl Recorder {
             .await
         {
             tracing::error!(run_id = self.run_id, error = %e, "cannot store run events");
+            return Err(e);
         }
         self.live.publish(Arc::new(events)).await;
+        Ok(())
     }
 
-    async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) {
+    async fn note(&mut self, step: Option<i64>, kind: &str, data: Value) -> Result<(), StoreError> {
         let e = self.event(step, kind, data.to_string());
-        self.emit(vec![e], vec![true], None).await;
+        self.emit(vec![e], vec![true], None).await
+    }
+
+    /// The run's last event. Live viewers get it even when the store refuses it, so
+    /// nobody waits for a run that is over.
+    async fn end(&mut self, status: RunStatus, error: Option<&str>) {
+        let e = self.event(
+            None,
+            "end",
+            json!({ "status": status.as_str(), "error": error }).to_string(),
+        );
+        if let Err(err) = self
+            .state
+            .store()
+            .append_events(self.run_id, std::slice::from_ref(&e), 0, 0, None)
+            .await
+        {
+            tracing::error!(run_id = self.run_id, error = %err, "cannot store a run's end");
+        }
+        self.live.publish(Arc::new(vec![e])).await;
     }
 
     /// One chunk of a step's output (the agent's chunk `seq`): whole lines, masked, stored
     /// while under the cap. A chunk already recorded (sent again after a resume) is
     /// dropped.
-    async fn output(&mut self, step: i64, stream: &str, data: &[u8], seq: u64) {
+    async fn output(
+        &mut self,
+        step: i64,
+        stream: &str,
+        data: &[u8],
+        seq: u64,
+    ) -> Result<(), StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         if seq != 0 && seq <= self.agent_seq {
-            return;
+            return Ok(());
         }
         self.agent_seq = seq;
         let text = String::from_utf8_lossy(data);
@@ -342,11 +376,7 @@ impl Recorder {
         let mut cap_note = None;
         for line in text.split('\n') {
             let mut line = line.strip_suffix('\r').unwrap_or(line).to_owned();
-            for s in &self.mask {
-                if line.contains(s.as_str()) {
-                    line = line.replace(s.as_str(), "***");
-                }
-            }
+            self.mask.apply(&mut line);
             let len = line.len() as i64;
             let keep = self.stored + len <= self.cap;
             if keep {
@@ -371,7 +401,7 @@ impl Recorder {
             stored.push(keep);
         }
         self.emit(events, stored, (seq != 0).then_some((step, seq)))
-            .await;
+            .await
     }
 }
 
@@ -414,6 +444,28 @@ pub fn open_secrets(
     }
 }
 
+/// How a run ended (`queued` and `running` are the store's business until then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// How one step ended.
 enum StepEnd {
     Exited(i32),
@@ -423,8 +475,58 @@ enum StepEnd {
     Interrupted(String),
     /// The step could not start on the agent.
     Error(String),
+    /// The controller could not store the step's output: the step was stopped (its
+    /// unstored output never acknowledged) and the run fails with the reason.
+    NotStored(StoreError),
     /// The controller is shutting down: the step is left to the next process.
     Detached,
+}
+
+impl StepEnd {
+    /// `(step status, exit code, run status if the run ends here, the run's error)`.
+    fn outcome(
+        self,
+        name: &str,
+        timeout_s: u32,
+    ) -> (&'static str, Option<i64>, Option<RunStatus>, Option<String>) {
+        match self {
+            StepEnd::Exited(0) => ("succeeded", Some(0), None, None),
+            StepEnd::Exited(code) => (
+                "failed",
+                Some(i64::from(code)),
+                Some(RunStatus::Failed),
+                Some(format!("step {name:?} exited with {code}")),
+            ),
+            StepEnd::TimedOut => (
+                "timed_out",
+                None,
+                Some(RunStatus::TimedOut),
+                Some(format!("step {name:?} ran longer than {timeout_s} s")),
+            ),
+            StepEnd::Cancelled => (
+                "cancelled",
+                None,
+                Some(RunStatus::Cancelled),
+                Some("cancelled".into()),
+            ),
+            StepEnd::Interrupted(why) => {
+                ("interrupted", None, Some(RunStatus::Interrupted), Some(why))
+            }
+            StepEnd::Error(why) => ("failed", None, Some(RunStatus::Failed), Some(why)),
+            StepEnd::NotStored(e) => (
+                "failed",
+                None,
+                Some(RunStatus::Failed),
+                Some(not_stored(&e)),
+            ),
+            // Handled before: the run is left as it is.
+            StepEnd::Detached => ("running", None, None, None),
+        }
+    }
+}
+
+fn not_stored(e: &StoreError) -> String {
+    format!("the controller could not store the run's output, so the run was stopped: {e}")
 }
 
 /// Where a run starts: its first step, or for a run resumed after a restart, the first
@@ -435,30 +537,50 @@ struct Start {
 }
 
 /// Carries out a run: a queued one from its first step, or (`resumed`) one a previous
-/// controller process left running.
+/// controller process left running. Every way out of here but a shutdown gives the run
+/// its end in the store and one `end` event for its viewers.
 async fn execute(state: &AppState, run_id: i64, resumed: bool) {
     let store = state.store();
-    let (run, wf) = match store.run(run_id).await {
-        Ok(Some(run)) => match store.workflow(run.workflow_id).await {
-            Ok(Some(wf)) => (run, wf),
-            _ => return,
-        },
-        _ => return,
+    let run = match store.run(run_id).await {
+        Ok(Some(run)) => run,
+        // Deleted meanwhile (with its workflow): nothing is left to end but the viewers.
+        Ok(None) => {
+            return end_without_steps(
+                state,
+                run_id,
+                RunStatus::Interrupted,
+                "the run no longer exists",
+            )
+            .await
+        }
+        Err(e) => {
+            return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
+        }
+    };
+    let wf = match store.workflow(run.workflow_id).await {
+        Ok(Some(wf)) => wf,
+        Ok(None) => {
+            return end_without_steps(
+                state,
+                run_id,
+                RunStatus::Interrupted,
+                "the workflow no longer exists",
+            )
+            .await
+        }
+        Err(e) => {
+            return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
+        }
     };
     let def = match definition::parse(run.definition.as_ref().unwrap_or(&wf.definition)) {
         Ok(p) => p.definition,
         Err(e) => {
-            let _ = store
-                .finish_run(
-                    run_id,
-                    "failed",
-                    Some(&format!("stored definition is invalid: {e}")),
-                    crate::time::now_ms(),
-                )
-                .await;
-            return;
+            let why = format!("stored definition is invalid: {e}");
+            return end_without_steps(state, run_id, RunStatus::Failed, &why).await;
         }
     };
+    // A run goes to the server it was queued for (pools queue one workflow for many).
+    let server_id = run.server_id.unwrap_or(wf.server_id);
     let secrets = open_secrets(state, wf.id, wf.secrets.as_deref());
     let live = state.deploys().register(run_id);
     let cancel_rx = live.cancel.subscribe();
@@ -482,9 +604,13 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
     } else {
         match store.start_run(run_id, crate::time::now_ms()).await {
             Ok(true) => {}
-            _ => {
+            // Cancelled while queued: that path gave it its end.
+            Ok(false) => {
                 state.deploys().forget(run_id);
                 return;
+            }
+            Err(e) => {
+                return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
             }
         }
         Start {
@@ -502,36 +628,33 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
         dropped: 0,
         dropped_bytes: 0,
         noted_cap: false,
-        mask: secrets
-            .values()
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .collect(),
+        mask: Masker::new(secrets.values().map(String::as_str)),
         live: live.clone(),
         agent_seq: 0,
     };
-    if resumed {
+    let noted = if resumed {
         rec.note(
             None,
             "note",
             json!({ "message": "the controller restarted during the run; resuming it" }),
         )
-        .await;
-    }
-    let ended = if resumed && start.from == def.steps.len() {
-        Some(ended_before_restart(state, run_id).await)
-    } else {
-        run_steps(
-            state,
-            &run,
-            wf.server_id,
-            &def,
-            &secrets,
-            &mut rec,
-            cancel_rx,
-            start,
-        )
         .await
+    } else {
+        Ok(())
+    };
+    let ended = match noted {
+        Err(e) => Some((RunStatus::Failed, Some(not_stored(&e)))),
+        Ok(()) if resumed && start.from == def.steps.len() => {
+            Some(ended_before_restart(state, run_id).await)
+        }
+        Ok(()) => {
+            let target = Target {
+                server_id,
+                def: &def,
+                secrets: &secrets,
+            };
+            run_steps(state, &run, target, &mut rec, cancel_rx, start).await
+        }
     };
     // None: the controller is shutting down and leaves the run to its next start.
     let Some((status, error)) = ended else {
@@ -542,58 +665,110 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
             "{} lines ({} bytes) of output were not stored (cap {} bytes)",
             rec.dropped, rec.dropped_bytes, rec.cap
         );
-        rec.note(None, "note", json!({ "message": msg })).await;
+        // A failure here is logged by emit; the end below still goes out.
+        let _ = rec.note(None, "note", json!({ "message": msg })).await;
     }
     let now = crate::time::now_ms();
     if let Err(e) = store
-        .finish_run(run_id, status, error.as_deref(), now)
+        .finish_run(run_id, status.as_str(), error.as_deref(), now)
         .await
     {
         tracing::error!(run_id, error = %e, "cannot record the end of a run");
     }
-    rec.note(None, "end", json!({ "status": status, "error": error }))
-        .await;
+    rec.end(status, error.as_deref()).await;
+    end_run_on_agent(state, server_id, run_id);
+    match store.prune_runs(wf.id, state.config().keep_runs).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(workflow_id = wf.id, deleted = n, "old runs deleted"),
+        Err(e) => tracing::warn!(workflow_id = wf.id, error = %e, "cannot prune old runs"),
+    }
     state.deploys().forget(run_id);
+}
+
+/// Tells the run's agent the run is over (it removes the run's work directory). Best
+/// effort: an agent that is offline now keeps the directory.
+fn end_run_on_agent(state: &AppState, server_id: i64, run_id: i64) {
+    let registry = state.gateway().registry.clone();
+    state.tasks().spawn(async move {
+        let body = command::Body::EndRun(mezzanine_proto::v1::EndRun {
+            run_id: run_id as u64,
+        });
+        if let Err(e) = registry.call(server_id, body, Duration::from_secs(10)).await {
+            if !matches!(e, CallError::Offline) {
+                tracing::debug!(run_id, server_id, error = %e, "the agent did not confirm a run's end");
+            }
+        }
+    });
 }
 
 /// How a resumed run whose steps had all ended (or no longer match its definition)
 /// ends: as its first unsuccessful step did, else succeeded.
-async fn ended_before_restart(state: &AppState, run_id: i64) -> (&'static str, Option<String>) {
+async fn ended_before_restart(state: &AppState, run_id: i64) -> (RunStatus, Option<String>) {
     let steps = state.store().run_steps(run_id).await.unwrap_or_default();
     if steps
         .iter()
         .any(|s| s.status == "running" || s.status == "pending")
     {
         return (
-            "interrupted",
+            RunStatus::Interrupted,
             Some("the workflow's steps changed while the controller was down".into()),
         );
     }
     for s in &steps {
         let status = match s.status.as_str() {
             "succeeded" | "skipped" => continue,
-            "failed" => "failed",
-            "timed_out" => "timed_out",
-            "cancelled" => "cancelled",
-            _ => "interrupted",
+            "failed" => RunStatus::Failed,
+            "timed_out" => RunStatus::TimedOut,
+            "cancelled" => RunStatus::Cancelled,
+            _ => RunStatus::Interrupted,
         };
         return (
             status,
             Some(format!("step {:?} ended {}", s.name, s.status)),
         );
     }
-    ("succeeded", None)
+    (RunStatus::Succeeded, None)
 }
 
 /// Ends a run cancelled before it started: its `end` event, for anyone watching.
 pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
+    let end = json!({ "status": "cancelled", "error": "cancelled before it started" });
+    publish_end(state, run_id, end).await;
+}
+
+/// Ends a run that cannot start (its workflow is gone, its definition does not parse,
+/// the store failed): in the store if it can, and for its viewers in any case.
+async fn end_without_steps(state: &AppState, run_id: i64, status: RunStatus, why: &str) {
+    tracing::warn!(
+        run_id,
+        status = status.as_str(),
+        reason = why,
+        "a run ended before its first step"
+    );
+    if let Err(e) = state
+        .store()
+        .finish_run(run_id, status.as_str(), Some(why), crate::time::now_ms())
+        .await
+    {
+        tracing::error!(run_id, error = %e, "cannot record the end of a run");
+    }
+    publish_end(
+        state,
+        run_id,
+        json!({ "status": status.as_str(), "error": why }),
+    )
+    .await;
+}
+
+/// Stores (if it can) and publishes a run's `end` event.
+async fn publish_end(state: &AppState, run_id: i64, end: Value) {
     let store = state.store();
     let seq = store.last_event_seq(run_id).await.unwrap_or(0) + 1;
     let e = RunEvent {
         seq,
         step: None,
         kind: "end".into(),
-        text: json!({ "status": "cancelled", "error": "cancelled before it started" }).to_string(),
+        text: end.to_string(),
         at: crate::time::now_ms(),
     };
     if let Err(err) = store
@@ -608,25 +783,30 @@ pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
     state.deploys().forget(run_id);
 }
 
+/// Where and what a run executes.
+struct Target<'a> {
+    server_id: i64,
+    def: &'a Definition,
+    secrets: &'a BTreeMap<String, String>,
+}
+
 /// Runs the definition's steps from `start`; `None` when the controller is shutting down
 /// and leaves the run to its next start.
-#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     state: &AppState,
     run: &crate::store::RunRow,
-    server_id: i64,
-    def: &Definition,
-    secrets: &BTreeMap<String, String>,
+    target: Target<'_>,
     rec: &mut Recorder,
     mut cancel: watch::Receiver<bool>,
     start: Start,
-) -> Option<(&'static str, Option<String>)> {
+) -> Option<(RunStatus, Option<String>)> {
     let store = state.store();
+    let def = target.def;
     for (i, step) in def.steps.iter().enumerate().skip(start.from) {
         let idx = i as i64;
         let resume_after = start.resume_after.filter(|_| i == start.from);
         if *cancel.borrow() && resume_after.is_none() {
-            return Some(("cancelled", Some("cancelled before step".into())));
+            return Some((RunStatus::Cancelled, Some("cancelled before step".into())));
         }
         rec.agent_seq = resume_after.unwrap_or(0);
         let cmd = match resume_after {
@@ -639,18 +819,22 @@ async fn run_steps(
                 let _ = store
                     .set_step(run.id, idx, "running", None, crate::time::now_ms())
                     .await;
-                rec.note(
-                    Some(idx),
-                    "step",
-                    json!({ "index": idx, "name": step.name, "status": "running" }),
-                )
-                .await;
-                step_command(run, def, step, i, secrets, &rec.mask)
+                if let Err(e) = rec
+                    .note(
+                        Some(idx),
+                        "step",
+                        json!({ "index": idx, "name": step.name, "status": "running" }),
+                    )
+                    .await
+                {
+                    return Some((RunStatus::Failed, Some(not_stored(&e))));
+                }
+                step_command(run, def, step, i, target.secrets, &rec.mask)
             }
         };
         let end = run_step(
             state,
-            server_id,
+            target.server_id,
             cmd,
             idx,
             step.timeout_s,
@@ -662,52 +846,28 @@ async fn run_steps(
         if resume_after.is_some() {
             lock(&state.deploys().resuming).remove(&(run.id, idx));
         }
-        let (step_status, exit, run_status, err): (
-            &str,
-            Option<i64>,
-            Option<&'static str>,
-            Option<String>,
-        ) = match end {
-            StepEnd::Detached => return None,
-            StepEnd::Exited(0) => ("succeeded", Some(0), None, None),
-            StepEnd::Exited(code) => (
-                "failed",
-                Some(i64::from(code)),
-                Some("failed"),
-                Some(format!("step {:?} exited with {code}", step.name)),
-            ),
-            StepEnd::TimedOut => (
-                "timed_out",
-                None,
-                Some("timed_out"),
-                Some(format!(
-                    "step {:?} ran longer than {} s",
-                    step.name, step.timeout_s
-                )),
-            ),
-            StepEnd::Cancelled => (
-                "cancelled",
-                None,
-                Some("cancelled"),
-                Some("cancelled".into()),
-            ),
-            StepEnd::Interrupted(why) => ("interrupted", None, Some("interrupted"), Some(why)),
-            StepEnd::Error(why) => ("failed", None, Some("failed"), Some(why)),
-        };
+        if matches!(end, StepEnd::Detached) {
+            return None;
+        }
+        let (step_status, exit, run_status, err) = end.outcome(&step.name, step.timeout_s);
         let _ = store
             .set_step(run.id, idx, step_status, exit, crate::time::now_ms())
             .await;
-        rec.note(
-            Some(idx),
-            "step",
-            json!({ "index": idx, "name": step.name, "status": step_status, "exit_code": exit }),
-        )
-        .await;
+        let noted = rec
+            .note(
+                Some(idx),
+                "step",
+                json!({ "index": idx, "name": step.name, "status": step_status, "exit_code": exit }),
+            )
+            .await;
         if let Some(s) = run_status {
             return Some((s, err));
         }
+        if let Err(e) = noted {
+            return Some((RunStatus::Failed, Some(not_stored(&e))));
+        }
     }
-    Some(("succeeded", None))
+    Some((RunStatus::Succeeded, None))
 }
 
 /// The command that starts step `i` of `run`: its action, and its environment (the
@@ -718,7 +878,7 @@ fn step_command(
     step: &definition::Step,
     i: usize,
     secrets: &BTreeMap<String, String>,
-    mask: &[String],
+    mask: &Masker,
 ) -> command::Body {
     let mut env: BTreeMap<String, String> = def.env.clone();
     env.extend(step.env.clone());
@@ -790,7 +950,7 @@ fn step_command(
         run_id: run.id as u64,
         step_index: i as u32,
         env: env.into_iter().collect::<HashMap<_, _>>(),
-        mask: mask.to_vec(),
+        mask: mask.needles().to_vec(),
         timeout_secs: step.timeout_s,
         window: STEP_WINDOW,
         kind: Some(kind),
@@ -872,7 +1032,11 @@ async fn run_step(
                 } else {
                     "stdout"
                 };
-                rec.output(idx, name, &o.data, o.seq).await;
+                // Acknowledged only once stored: the agent drops what we acknowledge.
+                if let Err(e) = rec.output(idx, name, &o.data, o.seq).await {
+                    stream.cancel();
+                    return StepEnd::NotStored(e);
+                }
                 stream
                     .credit(o.data.len() as u64 + CHUNK_OVERHEAD, o.seq)
                     .await;

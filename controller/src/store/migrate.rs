@@ -46,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "step_resume",
         sql: include_str!("../../../migrations/sqlite/0007_step_resume.sql"),
     },
+    Migration {
+        version: 8,
+        name: "run_target",
+        sql: include_str!("../../../migrations/sqlite/0008_run_target.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -31,7 +31,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-pub use servers::{JoinTokenRow, NewServer, ServerPatch, ServerRow, Written};
+pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
+pub use workflows::{NewRun, Queued, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -473,6 +474,15 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes audit records older than `before_ms`; returns how many went.
+    pub async fn prune_audit(&self, before_ms: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM audit_log WHERE at_ms < ?")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
     }
 
     /// A page of the audit log, newest first, and the total count.

@@ -103,6 +103,16 @@ fn tags_json(tags: &[String]) -> String {
     Value::from(tags.to_vec()).to_string()
 }
 
+/// What deleting a server did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerDelete {
+    /// Deleted; the serials of the certificates that were revoked.
+    Deleted(Vec<String>),
+    NotFound,
+    /// Workflows run on it (their names): nothing was deleted.
+    HasWorkflows(Vec<String>),
+}
+
 impl Store {
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -189,7 +199,11 @@ impl Store {
 
     /// Deletes a server and revokes every certificate issued to it, in one transaction.
     /// Returns the revoked serials, or `None` when there was no such server.
-    pub async fn delete_server(&self, id: i64, now: i64) -> Result<Option<Vec<String>>> {
+    /// Deletes a server and revokes its certificates, unless workflows run on it (their
+    /// history would go with it): then nothing changes and their names come back. The
+    /// first statement writes, so the transaction holds the write lock from the start and
+    /// no workflow can be created on the server between the check and the delete.
+    pub async fn delete_server(&self, id: i64, now: i64) -> Result<ServerDelete> {
         let mut tx = self.pool().begin().await?;
         let serials: Vec<String> = sqlx::query_scalar(
             "UPDATE agent_certs SET revoked_at = ?2
@@ -199,6 +213,15 @@ impl Store {
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
+        let workflows: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM workflows WHERE server_id = ? ORDER BY name")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        if !workflows.is_empty() {
+            tx.rollback().await?;
+            return Ok(ServerDelete::HasWorkflows(workflows));
+        }
         let gone = sqlx::query("DELETE FROM servers WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -206,10 +229,10 @@ impl Store {
             .rows_affected();
         if gone == 0 {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(ServerDelete::NotFound);
         }
         tx.commit().await?;
-        Ok(Some(serials))
+        Ok(ServerDelete::Deleted(serials))
     }
 
     /// Stores a new join token for a server; its older unused tokens stop working.

@@ -32,6 +32,39 @@ pub struct RunRow {
     pub dropped_lines: i64,
     /// The definition the run was queued with (`None` for runs from before that was kept).
     pub definition: Option<Value>,
+    /// The server it runs on (`None` for runs from before runs had one: the workflow's).
+    pub server_id: Option<i64>,
+}
+
+/// What queuing a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Run(i64),
+    /// The webhook delivery id was seen before: nothing was queued.
+    Duplicate,
+}
+
+/// What deleting a workflow did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowDelete {
+    Deleted,
+    NotFound,
+    /// A run is queued or running: nothing was deleted.
+    Busy,
+}
+
+/// A run to queue.
+#[derive(Debug)]
+pub struct NewRun<'a> {
+    pub workflow_id: i64,
+    pub server_id: i64,
+    pub trigger: &'a str,
+    pub detail: &'a Value,
+    pub definition: &'a Value,
+    pub steps: &'a [String],
+    /// A webhook's delivery id: recorded with the run, in one transaction, so a failed
+    /// insert leaves the provider's retry free to queue it.
+    pub delivery: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +92,7 @@ pub struct RunEvent {
 const WF_COLS: &str =
     "id, name, server_id, definition, secrets, webhook_secret, created_at, updated_at";
 const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
-    finished_at, error, stored_bytes, dropped_lines, definition";
+    finished_at, error, stored_bytes, dropped_lines, definition, server_id";
 
 fn json(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Value> {
     let raw: String = row.try_get(col)?;
@@ -96,6 +129,7 @@ fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
             Some(_) => Some(json(row, "definition")?),
             None => None,
         },
+        server_id: row.try_get("server_id")?,
     })
 }
 
@@ -190,56 +224,60 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_workflow(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM workflows WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    /// Records a webhook delivery id; false when it was seen before.
-    pub async fn record_delivery(
-        &self,
-        workflow_id: i64,
-        delivery: &str,
-        now: i64,
-    ) -> Result<bool> {
+    /// Deletes a workflow unless a run of it is queued or running, in one statement (a
+    /// run queued between a check and the delete cannot be lost).
+    pub async fn delete_workflow(&self, id: i64) -> Result<WorkflowDelete> {
         let r = sqlx::query(
-            "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
-             ON CONFLICT DO NOTHING",
+            "DELETE FROM workflows WHERE id = ?1 AND NOT EXISTS
+             (SELECT 1 FROM runs WHERE workflow_id = ?1 AND status IN ('queued', 'running'))",
         )
-        .bind(workflow_id)
-        .bind(delivery)
-        .bind(now)
+        .bind(id)
         .execute(self.pool())
         .await?;
-        Ok(r.rows_affected() > 0)
+        if r.rows_affected() > 0 {
+            return Ok(WorkflowDelete::Deleted);
+        }
+        Ok(if self.workflow(id).await?.is_some() {
+            WorkflowDelete::Busy
+        } else {
+            WorkflowDelete::NotFound
+        })
     }
 
-    /// Queues a run with its steps (all `pending`).
-    pub async fn create_run(
-        &self,
-        workflow_id: i64,
-        trigger: &str,
-        detail: &Value,
-        definition: &Value,
-        steps: &[String],
-        now_ms: i64,
-    ) -> Result<i64> {
+    /// Queues a run with its steps (all `pending`), and records its webhook delivery id
+    /// in the same transaction.
+    pub async fn create_run(&self, run: &NewRun<'_>, now_ms: i64) -> Result<Queued> {
         let mut tx = self.pool().begin().await?;
+        if let Some(delivery) = run.delivery {
+            let fresh = sqlx::query(
+                "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(run.workflow_id)
+            .bind(delivery)
+            .bind(now_ms / 1000)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !fresh {
+                tx.rollback().await?;
+                return Ok(Queued::Duplicate);
+            }
+        }
         let id = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO runs (workflow_id, status, trigger, trigger_detail, queued_at, definition)
-             VALUES (?, 'queued', ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO runs (workflow_id, server_id, status, trigger, trigger_detail, queued_at, definition)
+             VALUES (?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
         )
-        .bind(workflow_id)
-        .bind(trigger)
-        .bind(detail.to_string())
+        .bind(run.workflow_id)
+        .bind(run.server_id)
+        .bind(run.trigger)
+        .bind(run.detail.to_string())
         .bind(now_ms)
-        .bind(definition.to_string())
+        .bind(run.definition.to_string())
         .fetch_one(&mut *tx)
         .await?;
-        for (i, name) in steps.iter().enumerate() {
+        for (i, name) in run.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO run_steps (run_id, idx, name, status) VALUES (?, ?, ?, 'pending')",
             )
@@ -250,7 +288,32 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(id)
+        Ok(Queued::Run(id))
+    }
+
+    /// Removes the oldest finished runs of a workflow beyond its newest `keep` (their
+    /// steps and events go with them). Returns how many went.
+    pub async fn prune_runs(&self, workflow_id: i64, keep: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM runs WHERE workflow_id = ?1 AND status NOT IN ('queued', 'running')
+             AND id < (SELECT COALESCE(MIN(id), 0) FROM
+                 (SELECT id FROM runs WHERE workflow_id = ?1 ORDER BY id DESC LIMIT ?2))",
+        )
+        .bind(workflow_id)
+        .bind(keep)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Forgets webhook delivery ids received before `before` (seconds): retries come
+    /// within hours, so only a replay older than this could run twice.
+    pub async fn prune_deliveries(&self, before: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < ?")
+            .bind(before)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
@@ -294,7 +357,7 @@ impl Store {
     /// `(run, workflow, server)` of the runs a previous controller process left `running`.
     pub async fn running_runs(&self) -> Result<Vec<(i64, i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.workflow_id, w.server_id FROM runs r
+            "SELECT r.id, r.workflow_id, COALESCE(r.server_id, w.server_id) FROM runs r
              JOIN workflows w ON w.id = r.workflow_id
              WHERE r.status = 'running' ORDER BY r.id",
         )
