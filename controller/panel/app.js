@@ -112,8 +112,18 @@ async function loadServers() {
         flash("Agent answered in " + r.rtt_ms.toFixed(1) + " ms.", true);
       }, "")));
       actions.appendChild(button("Install command", "", async () => {
-        try { showInstall(await api("POST", "/servers/" + srv.id + "/install-command")); }
-        catch (e) { flash(e.message); }
+        const path = "/servers/" + srv.id + "/install-command";
+        try { showInstall(await api("POST", path)); }
+        catch (e) {
+          // An enrolled server: a new token replaces its agent, so ask first (admin only).
+          if (e.status === 409 && me.role === "admin" &&
+              confirm("This server already has an agent. A new install command replaces it: the current agent is told it was removed and stops. Continue?")) {
+            try { showInstall(await api("POST", path, { reenroll: true })); }
+            catch (e2) { flash(e2.message); }
+          } else {
+            flash(e.message);
+          }
+        }
       }));
     }
     if (srv.status === "online") {

@@ -138,14 +138,33 @@ async fn join_tokens_are_single_use_expiring_and_replaced() {
         cert_before
     );
 
-    // A fresh install command makes the older unused one useless.
+    // The server has an agent now: a new token would replace it, which a moderator may
+    // not do and an admin does only on purpose.
+    let mut moderator = ctl.user(&mut admin, "mod-enroll", "moderator").await;
+    let r = moderator
+        .post(
+            &format!("/api/servers/{id}/install-command"),
+            json!({ "reenroll": true }),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
     let r = admin
         .post(&format!("/api/servers/{id}/install-command"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.error().contains("reenroll"), "{}", r.body);
+    // A fresh install command makes the older unused one useless.
+    let reenroll = json!({ "reenroll": true });
+    let r = admin
+        .post(
+            &format!("/api/servers/{id}/install-command"),
+            reenroll.clone(),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let older = r.body["token"].as_str().expect("token").to_owned();
     let r = admin
-        .post(&format!("/api/servers/{id}/install-command"), json!({}))
+        .post(&format!("/api/servers/{id}/install-command"), reenroll)
         .await;
     let newer = r.body["token"].as_str().expect("token").to_owned();
     let (ok, out) = Agent::new().enroll(&older);

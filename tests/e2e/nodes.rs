@@ -160,6 +160,47 @@ async fn ssh_adoption_end_to_end() {
         presented.starts_with("SHA256:") && !presented.starts_with(&pinned),
         "{detail}"
     );
+    // Where kept credentials go is an admin's decision: a moderator cannot repoint the
+    // server or forget its host key (then an admin's reinstall would log into the
+    // moderator's host with the kept key).
+    let mut moderator = mezzanine_tests::user(&mut admin, "mod-nodes", "moderator").await;
+    for body in [
+        json!({ "host": "10.99.0.1" }),
+        json!({ "port": 2222 }),
+        json!({ "forget_host_key": true }),
+    ] {
+        let r = moderator
+            .patch(&format!("/api/servers/{}", ids[2]), body.clone())
+            .await;
+        assert_eq!(r.status, 403, "{body}: {}", r.body);
+    }
+    let r = moderator
+        .patch(
+            &format!("/api/servers/{}", ids[2]),
+            json!({ "tags": ["web"] }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "a moderator still edits tags: {}", r.body);
+    // An admin forgets the key: kept credentials are not sent to an unconfirmed host.
+    let r = admin
+        .patch(
+            &format!("/api/servers/{}", ids[2]),
+            json!({ "forget_host_key": true }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["server"]["keep_credentials"], true, "{}", r.body);
+    let r = admin
+        .post(&format!("/api/servers/{}/reinstall", ids[2]), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.error().contains("host_key_fingerprint"), "{}", r.body);
+    // Moving the server elsewhere drops the credentials kept for the old host.
+    let r = admin
+        .patch(&format!("/api/servers/{}", ids[2]), json!({ "port": 2222 }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["server"]["keep_credentials"], false, "{}", r.body);
     // Without kept credentials, reinstall needs them in the body.
     let r = admin
         .post(&format!("/api/servers/{}/reinstall", ids[0]), json!({}))

@@ -126,19 +126,25 @@ impl Controller {
 
     /// Creates a user with `role` through `admin` and returns a client logged in as it.
     pub async fn user(&self, admin: &mut Client, username: &str, role: &str) -> Client {
-        let password = format!("{username}-password-1");
-        let r = admin
-            .post(
-                "/api/users",
-                json!({ "username": username, "password": password, "role": role }),
-            )
-            .await;
-        assert_eq!(r.status, 201, "create {username}: {}", r.body);
-        let mut c = self.client();
-        let r = c.login(username, &password, None).await;
-        assert_eq!(r.status, 200, "login {username}: {}", r.body);
-        c
+        user(admin, username, role).await
     }
+}
+
+/// Creates a user with `role` through `admin` (on `admin`'s controller) and returns a
+/// client logged in as it.
+pub async fn user(admin: &mut Client, username: &str, role: &str) -> Client {
+    let password = format!("{username}-password-1");
+    let r = admin
+        .post(
+            "/api/users",
+            json!({ "username": username, "password": password, "role": role }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create {username}: {}", r.body);
+    let mut c = Client::new(&admin.base);
+    let r = c.login(username, &password, None).await;
+    assert_eq!(r.status, 200, "login {username}: {}", r.body);
+    c
 }
 
 impl Drop for Controller {

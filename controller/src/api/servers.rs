@@ -3,6 +3,7 @@
 
 use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
+use super::Session;
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::gateway::{token, CallError, LiveView};
@@ -13,7 +14,7 @@ use crate::validate;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use mezzanine_proto::v1::{command, reply, Ping};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -368,13 +369,39 @@ async fn create(
     Ok(resp)
 }
 
+#[derive(Deserialize, Default)]
+struct InstallCommandBody {
+    /// Required to mint a token for a server that already has an agent: enrolling with it
+    /// replaces that agent (which is told it was removed and stops).
+    #[serde(default)]
+    reenroll: bool,
+}
+
 async fn install_command(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Path(raw): Path<String>,
+    body: Option<Json<InstallCommandBody>>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
+    }
+    // A token for an enrolled server lets whoever holds it take the server's identity
+    // (deploy key, future runs): only an admin, and only on purpose.
+    if state.store().is_enrolled(id).await? {
+        if session.require()?.user.role < Role::Admin {
+            return Err(ApiError::Forbidden(
+                "this server already has an agent; replacing it (re-enrolling) is admin-only"
+                    .into(),
+            ));
+        }
+        if !body.reenroll {
+            return Err(ApiError::Conflict(
+                "this server already has an agent; send {\"reenroll\": true} to mint a token that replaces it".into(),
+            ));
+        }
     }
     let (tok, cmd, expires) = mint_join_token(&state, id).await?;
     Ok(ok(
@@ -414,6 +441,9 @@ async fn rotate_deploy_key(
 
 #[derive(Deserialize, Default)]
 struct ReinstallBody {
+    /// Pins the host key for this bootstrap (required with kept credentials when no key
+    /// is pinned: they are never sent to a host whose key was not confirmed).
+    host_key_fingerprint: Option<String>,
     auth_type: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -455,6 +485,11 @@ async fn reinstall(
             body.keep_credentials.unwrap_or(server.has_credentials),
         )
     } else {
+        if server.host_key_fingerprint.is_none() && body.host_key_fingerprint.is_none() {
+            return Err(ApiError::Conflict(
+                "the server's host key is not pinned (it was forgotten): kept credentials are sent only to a confirmed host; give host_key_fingerprint, or the credentials again".into(),
+            ));
+        }
         let sealed = state.store().ssh_credentials(id).await?.ok_or_else(|| {
             ApiError::BadRequest(
                 "no credentials: give password or private_key (they were not kept)".into(),
@@ -470,7 +505,10 @@ async fn reinstall(
             .ok_or_else(|| ApiError::Internal("kept credentials are unreadable".into()))?;
         (login, body.keep_credentials.unwrap_or(true))
     };
-    start_adoption(&state, id, login, keep, None).await?;
+    if let Some(fp) = &body.host_key_fingerprint {
+        check_fingerprint(fp)?;
+    }
+    start_adoption(&state, id, login, keep, body.host_key_fingerprint.clone()).await?;
     let mut resp = (StatusCode::ACCEPTED, ok(json!({ "id": id }))).into_response();
     resp.extensions_mut()
         .insert(Target(format!("server {}", server.name)));
@@ -490,6 +528,7 @@ struct PatchBody {
 
 async fn update(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Path(raw): Path<String>,
     Json(body): Json<PatchBody>,
 ) -> ApiResult<Json<Value>> {
@@ -499,11 +538,29 @@ async fn update(
         && body.port.is_none()
         && body.username.is_none()
         && body.tags.is_none()
+        && !body.forget_host_key
     {
         return Err(ApiError::BadRequest(
-            "nothing to change: give name, host, port, username and/or tags".into(),
+            "nothing to change: give name, host, port, username, tags and/or forget_host_key"
+                .into(),
         ));
     }
+    // Where kept root credentials are sent is an admin's decision: a moderator who could
+    // point the server at their own host would receive them at the next reinstall.
+    let connection = body.host.is_some()
+        || body.port.is_some()
+        || body.username.is_some()
+        || body.forget_host_key;
+    if connection && session.require()?.user.role < Role::Admin {
+        return Err(ApiError::Forbidden(
+            "changing host, port or username, or forgetting the host key, is admin-only".into(),
+        ));
+    }
+    let before = state
+        .store()
+        .server(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     check_fields(
         body.name.as_deref(),
         body.host.as_deref(),
@@ -530,6 +587,17 @@ async fn update(
         .await?
     {
         Written::Done(s) => {
+            // Kept credentials belong to the host they were given for.
+            let moved =
+                s.host != before.host || s.port != before.port || s.username != before.username;
+            if moved && before.has_credentials {
+                state.store().set_ssh_credentials(id, None).await?;
+                tracing::info!(
+                    server_id = id,
+                    "connection changed: kept SSH credentials forgotten"
+                );
+            }
+            let s = state.store().server(id).await?.unwrap_or(s);
             let live = state.gateway().registry.view(id);
             Ok(ok(json!({ "server": server_json(&s, live, true) })))
         }

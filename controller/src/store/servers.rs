@@ -197,8 +197,6 @@ impl Store {
         }
     }
 
-    /// Deletes a server and revokes every certificate issued to it, in one transaction.
-    /// Returns the revoked serials, or `None` when there was no such server.
     /// Deletes a server and revokes its certificates, unless workflows run on it (their
     /// history would go with it): then nothing changes and their names come back. The
     /// first statement writes, so the transaction holds the write lock from the start and
@@ -439,6 +437,17 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// Whether the server has an agent certificate that is not revoked (it is enrolled).
+    pub async fn is_enrolled(&self, id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM agent_certs WHERE server_id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?
+            > 0)
     }
 
     /// Stores (or with `None`, forgets) sealed SSH credentials.
