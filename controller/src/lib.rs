@@ -66,12 +66,34 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+    restrict_data_dir(&config.data_dir)?;
     let create_key = config.master_key_file == config.data_dir.join("master.key");
     let key = crypto::MasterKey::load_or_create(&config.master_key_file, create_key)?;
     let store = store::Store::open(&config.database_url).await?;
     store.mark_online_servers_offline(time::now_secs()).await?;
     let gateway = gateway::Gateway::load(&store, &key).await?;
     Ok(AppState::new(config, store, key, gateway))
+}
+
+/// A data dir that already existed keeps the mode it had; one that others may read or
+/// enter would expose the database (hashes, sealed secrets, run output), so it is made
+/// 0700 with a warning.
+fn restrict_data_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        tracing::warn!(
+            data_dir = %dir.display(),
+            was = format!("{mode:o}"),
+            "the data dir was readable by other users; its mode is now 0700"
+        );
+    }
+    Ok(())
 }
 
 /// Serves the HTTP API and panel on `http` and the agent gateway on `agents` until

@@ -83,6 +83,26 @@ pub fn username(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A string an agent sent (its version, say), made safe to log and show: control
+/// characters and anything outside printable ASCII are escaped (`\n`, `\u{1b}`), so a
+/// forged value cannot start a new log line or colour a terminal, and it is cut at `max`
+/// characters.
+pub fn agent_text(raw: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in raw.chars() {
+        if out.chars().count() >= max {
+            out.push('…');
+            break;
+        }
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +134,17 @@ mod tests {
         assert!(tags(&["bad tag".into()]).is_err());
         assert!(username("root").is_ok());
         assert!(username("-oProxyCommand").is_err());
+    }
+
+    #[test]
+    fn agent_text_cannot_forge_log_lines() {
+        assert_eq!(agent_text("0.1.0", 64), "0.1.0");
+        let forged = agent_text("1.0\n2026-11-30 INFO audit actor=admin\u{1b}[31m", 64);
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}'),
+            "{forged}"
+        );
+        assert!(forged.starts_with("1.0\\n2026"), "{forged}");
+        assert_eq!(agent_text(&"v".repeat(100), 8), "vvvvvvvv…");
     }
 }

@@ -147,4 +147,17 @@ async fn first_start_creates_state_and_restart_reuses_it() {
         "log must not hold the password"
     );
     assert!(p.terminate(Duration::from_secs(10)).success());
+
+    // A data dir left readable by others (0755) is closed again at start, with a warning.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut p = Process::spawn(&bin, &args);
+    p.wait_ready(Duration::from_secs(10));
+    let dir_mode = std::fs::metadata(&data).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    assert!(
+        p.output().contains("readable by other users"),
+        "{}",
+        p.output()
+    );
+    assert!(p.terminate(Duration::from_secs(10)).success());
 }

@@ -241,6 +241,17 @@ async fn docker_on_nodes_end_to_end() {
         .post(&act("stop", "web"), json!({ "timeout_secs": "soon" }))
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+    // `.` and `..` (percent-encoded, so the client does not fold them) used to reach the
+    // engine's URL and break the agent's engine client.
+    for name in ["%2E", "%2E%2E", "-x"] {
+        let r = moderator.post(&act("stop", name), json!({})).await;
+        assert_eq!(r.status, 400, "{name}: {}", r.body);
+        assert!(
+            r.error().contains("not a container id or name"),
+            "{}",
+            r.body
+        );
+    }
     let r = viewer.get("/api/servers/999/docker/containers").await;
     assert_eq!(r.status, 404, "{}", r.body);
 

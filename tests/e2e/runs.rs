@@ -391,3 +391,33 @@ async fn multi_line_secrets_are_masked_line_by_line() {
         "***\n***\n***\n***\ninline *** end\n"
     );
 }
+
+/// At most 20 runs of a workflow wait at once: a replayed webhook body or a runaway
+/// script cannot pile up an unbounded queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflows_queue_is_bounded() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "engine-9", 1).await;
+    let wf = create(
+        &mut admin,
+        "queued",
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "sleep 30" } }] }),
+    )
+    .await;
+    let first = trigger(&mut admin, wf).await;
+    first_run_running(&mut admin, first).await;
+    for _ in 0..20 {
+        trigger(&mut admin, wf).await;
+    }
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.error().contains("20 runs"), "{}", r.body);
+    let r = admin
+        .post(&format!("/api/deployments/runs/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

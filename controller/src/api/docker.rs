@@ -35,10 +35,14 @@ fn parse_server(raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::BadRequest(format!("id: {raw:?} is not a server id")))
 }
 
-/// Container ids and names as the engine accepts them (they travel as one path segment).
+/// Container ids and names as the engine accepts them (they travel as one path segment):
+/// the first character alphanumeric, so `.` and `..` never reach the engine's URL.
 fn check_container(raw: &str) -> ApiResult<&str> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 128
+    let ok = raw.len() <= 128
+        && raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && raw
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const RECENT_RUNS: i64 = 20;
+/// Runs of one workflow that may wait at once. Bounds what a replayed webhook body (its
+/// signature has no timestamp) or a runaway script can pile up.
+const MAX_QUEUED_RUNS: i64 = 20;
 const TERMINAL: &[&str] = &[
     "succeeded",
     "failed",
@@ -268,13 +271,18 @@ async fn enqueue(
         steps: &names,
         delivery,
     };
-    let run_id = match state
+    let queued = state
         .store()
-        .create_run(&run, crate::time::now_ms())
-        .await?
-    {
+        .create_run(&run, MAX_QUEUED_RUNS, crate::time::now_ms())
+        .await?;
+    let run_id = match queued {
         Queued::Run(id) => id,
         Queued::Duplicate => return Ok(None),
+        Queued::Full(n) => {
+            return Err(ApiError::Conflict(format!(
+                "{n} runs of this workflow are already queued; cancel some or wait for them"
+            )))
+        }
     };
     state.deploys().register(run_id);
     deploy::kick(state, wf.id);

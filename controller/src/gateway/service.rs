@@ -143,7 +143,8 @@ impl Enrollment for Gateway {
             )
             .await
             .map_err(internal)?;
-        tracing::info!(server_id = row.server_id, ?peer, agent_version = %body.agent_version, "agent enrolled");
+        let version = crate::validate::agent_text(&body.agent_version, 64);
+        tracing::info!(server_id = row.server_id, ?peer, agent_version = %version, "agent enrolled");
         Ok(Response::new(EnrollResponse {
             server_id: row.server_id as u64,
             certificate_der: issued.der,
@@ -178,22 +179,19 @@ impl Session for Gateway {
             ));
         };
         let heartbeat = Duration::from_secs(u64::from(hello.heartbeat_secs.clamp(1, 300)));
+        // Stored, shown and logged: never raw.
+        let version = crate::validate::agent_text(&hello.agent_version, 64);
         let facts = hello.facts.as_ref().map(facts_json).unwrap_or(Value::Null);
         // The database says online before the session is registered, so the session's
         // own "offline" write can never be overtaken by this one.
         store
-            .set_server_online(
-                server_id,
-                &hello.agent_version,
-                &facts,
-                crate::time::now_secs(),
-            )
+            .set_server_online(server_id, &version, &facts, crate::time::now_secs())
             .await
             .map_err(internal)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let registry = self.state.gateway().registry.clone();
         let live = registry.attach(server_id, tx, heartbeat);
-        tracing::info!(server_id, agent_version = %hello.agent_version, running = hello.running.len(), "agent attached");
+        tracing::info!(server_id, agent_version = %version, running = hello.running.len(), "agent attached");
         tokio::spawn(read_session(
             self.state.clone(),
             registry,

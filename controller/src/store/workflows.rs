@@ -42,6 +42,8 @@ pub enum Queued {
     Run(i64),
     /// The webhook delivery id was seen before: nothing was queued.
     Duplicate,
+    /// The workflow already has this many queued runs: nothing was queued.
+    Full(i64),
 }
 
 /// What deleting a workflow did.
@@ -245,8 +247,14 @@ impl Store {
     }
 
     /// Queues a run with its steps (all `pending`), and records its webhook delivery id
-    /// in the same transaction.
-    pub async fn create_run(&self, run: &NewRun<'_>, now_ms: i64) -> Result<Queued> {
+    /// in the same transaction. At most `max_queued` runs of a workflow wait (checked in
+    /// the insert itself, so concurrent triggers cannot overshoot).
+    pub async fn create_run(
+        &self,
+        run: &NewRun<'_>,
+        max_queued: i64,
+        now_ms: i64,
+    ) -> Result<Queued> {
         let mut tx = self.pool().begin().await?;
         if let Some(delivery) = run.delivery {
             let fresh = sqlx::query(
@@ -267,7 +275,9 @@ impl Store {
         }
         let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO runs (workflow_id, server_id, status, trigger, trigger_detail, queued_at, definition)
-             VALUES (?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
+             SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6
+             WHERE (SELECT COUNT(*) FROM runs WHERE workflow_id = ?1 AND status = 'queued') < ?7
+             RETURNING id",
         )
         .bind(run.workflow_id)
         .bind(run.server_id)
@@ -275,8 +285,13 @@ impl Store {
         .bind(run.detail.to_string())
         .bind(now_ms)
         .bind(run.definition.to_string())
-        .fetch_one(&mut *tx)
+        .bind(max_queued)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(id) = id else {
+            tx.rollback().await?;
+            return Ok(Queued::Full(max_queued));
+        };
         for (i, name) in run.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO run_steps (run_id, idx, name, status) VALUES (?, ?, ?, 'pending')",
