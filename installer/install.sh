@@ -1,8 +1,11 @@
 #!/bin/sh
 # Mezzanine agent installer.
 #
-#   sh install.sh --token MZ1....        install (or upgrade) and enroll this server
+#   MZ_TOKEN=MZ1.... sh install.sh       install (or upgrade) and enroll this server
+#   sh install.sh --token-stdin < FILE   the same, the token read from standard input
 #   sh install.sh --uninstall            stop and remove the agent and its identity
+#   --token MZ1...  also works, but puts the token where any local user can read it
+#                   (/proc/*/cmdline) while the installer runs
 #   --binary FILE   use an agent binary already on this machine (SSH adoption uploads it)
 #   --reenroll      enroll with the token even if an identity exists
 #
@@ -37,7 +40,8 @@ need_cmd() {
 
 usage() {
     cat <<USAGE
-usage: install.sh --token TOKEN [--url URL] [--binary FILE] [--reenroll]
+usage: MZ_TOKEN=TOKEN install.sh [--url URL] [--binary FILE] [--reenroll]
+       install.sh --token-stdin [--url URL] [--binary FILE] [--reenroll]
        install.sh --uninstall
 USAGE
 }
@@ -136,8 +140,10 @@ install_agent() {
     if [ -f "$STATE_DIR/cert.pem" ] && [ "$reenroll" = no ]; then
         say "keeping the existing identity in $STATE_DIR"
     else
-        [ -n "$token" ] || err "--token is required for a first install"
-        "$BIN" enroll "$token" --state-dir "$STATE_DIR" || err "enrollment failed"
+        [ -n "$token" ] || err "a join token is required for a first install (MZ_TOKEN or --token-stdin)"
+        # In the environment, not the arguments: a process's environment is readable
+        # only by its own user, its arguments by everyone.
+        MEZZANINE_JOIN_TOKEN="$token" "$BIN" enroll --state-dir "$STATE_DIR" || err "enrollment failed"
     fi
 
     if has_systemd; then
@@ -159,13 +165,15 @@ install_agent() {
 }
 
 main() {
-    token=""
+    token="${MZ_TOKEN:-}"
+    unset MZ_TOKEN
     binary=""
     reenroll=no
     action=install
     while [ $# -gt 0 ]; do
         case "$1" in
             --token) [ $# -ge 2 ] || err "--token needs a value"; token="$2"; shift 2 ;;
+            --token-stdin) IFS= read -r token || [ -n "$token" ] || err "no token on standard input"; shift ;;
             --url) [ $# -ge 2 ] || err "--url needs a value"; MZ_URL="$2"; shift 2 ;;
             --binary) [ $# -ge 2 ] || err "--binary needs a value"; binary="$2"; shift 2 ;;
             --reenroll) reenroll=yes; shift ;;

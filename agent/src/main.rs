@@ -23,7 +23,9 @@ struct Cli {
 enum Cmd {
     /// Enroll this server with a join token (generates the key locally; only a CSR is sent).
     Enroll {
-        /// The join token from the controller (MZ1.…).
+        /// The join token from the controller (MZ1.…). Prefer the environment variable:
+        /// arguments are visible to every local user while the process runs.
+        #[arg(env = "MEZZANINE_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         #[arg(long, env = "MEZZANINE_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,

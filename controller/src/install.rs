@@ -67,11 +67,13 @@ pub async fn script(state: &AppState) -> Result<(String, String), MissingAgent> 
     Ok((body, digest))
 }
 
-/// The one-liner to paste as root. The URL is validated at start and the token is
-/// `[A-Za-z0-9._-]`, so neither can break out of the single quotes.
+/// The one-liner to paste into a root shell. No `sh -c` around it and the token only in
+/// the installer's environment: a process's arguments are readable by every local user
+/// (`/proc/*/cmdline`), its environment only by root. The URL is validated at start and
+/// the token is `[A-Za-z0-9._-]`, so neither needs quoting.
 pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
     format!(
-        "sh -c 'f=$(mktemp) && curl -fsSL {public_url}/install.sh -o \"$f\" && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && sh \"$f\" --token {token}; rc=$?; rm -f \"$f\"; exit $rc'"
+        "f=$(mktemp) && curl -fsSL {public_url}/install.sh -o \"$f\" && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rm -f \"$f\""
     )
 }
 
@@ -95,24 +97,38 @@ async fn install_sh(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Streams the binary from disk (64 KiB at a time): many slow downloads cost a buffer
+/// each, not a copy of the binary each.
 async fn agent_binary(State(state): State<AppState>) -> Response {
     if let Err(e) = agent_sha256(&state).await {
         return unavailable(e);
     }
-    match tokio::fs::read(&state.config().agent_binary).await {
-        Ok(bytes) => (
-            [
-                (header::CONTENT_TYPE, "application/octet-stream"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"mezzanine-agent\"",
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
+    let path = &state.config().agent_binary;
+    let opened = match tokio::fs::File::open(path).await {
+        Ok(f) => f.metadata().await.map(|m| (f, m.len())),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((file, len)) => {
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                64 * 1024,
+            ));
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"mezzanine-agent\"".to_owned(),
+                    ),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
         Err(e) => unavailable(MissingAgent {
-            path: state.config().agent_binary.display().to_string(),
+            path: path.display().to_string(),
             reason: e.to_string(),
         }),
     }

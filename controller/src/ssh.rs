@@ -414,12 +414,18 @@ async fn run(
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?;
     step(state, id, None, "running the installer").await;
+    // The token goes on standard input: on the command line any local user could read
+    // it from /proc while the installer runs, and enroll first.
     let cmd = format!(
-        "{prefix}sh {dir}/install.sh --token {token} --binary {dir}/mezzanine-agent --reenroll; rc=$?; rm -rf {dir}; exit $rc"
+        "{prefix}sh {dir}/install.sh --token-stdin --binary {dir}/mezzanine-agent --reenroll; rc=$?; rm -rf {dir}; exit $rc"
     );
-    let install = tokio::time::timeout(Duration::from_secs(180), exec(&handle, &cmd, None))
-        .await
-        .map_err(|_| AdoptError::Timeout(180, "running the installer"))??;
+    let stdin = format!("{token}\n");
+    let install = tokio::time::timeout(
+        Duration::from_secs(180),
+        exec(&handle, &cmd, Some(stdin.as_bytes())),
+    )
+    .await
+    .map_err(|_| AdoptError::Timeout(180, "running the installer"))??;
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;

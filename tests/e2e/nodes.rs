@@ -296,9 +296,37 @@ async fn the_install_one_liner_pasted_in_a_node() {
         .as_str()
         .expect("command")
         .to_owned();
-    let (ok, out) = fleet.exec(&container, &command);
+    // Pasted into a root shell (a file run by sh stands in for the terminal), while a
+    // poller records every process's arguments that hold a join token: a local user could
+    // read those and enroll first.
+    let (ok, out) = fleet.exec(
+        &container,
+        "setsid sh -c 'while [ ! -e /tmp/stop-watch ]; do cat /proc/[0-9]*/cmdline 2>/dev/null | tr \"\\000\" \" \" | grep -o \"MZ1\\.[A-Za-z0-9._-]*\" >> /tmp/seen-tokens; done; touch /tmp/watch-done' >/dev/null 2>&1 </dev/null &",
+    );
+    assert!(ok, "{out}");
+    let paste = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(paste.path(), format!("{command}\n")).expect("write");
+    let cp = std::process::Command::new("docker")
+        .args([
+            "cp",
+            &paste.path().display().to_string(),
+            &format!("{container}:/root/paste.sh"),
+        ])
+        .output()
+        .expect("docker cp");
+    assert!(cp.status.success(), "{cp:?}");
+    let (ok, out) = fleet.exec(&container, "sh /root/paste.sh");
     assert!(ok, "{out}");
     let s = wait_status(&mut admin, id, "online", Duration::from_secs(30)).await;
+    let (ok, seen) = fleet.exec(
+        &container,
+        "touch /tmp/stop-watch; while [ ! -e /tmp/watch-done ]; do sleep 0.1; done; cat /tmp/seen-tokens",
+    );
+    assert!(ok, "{seen}");
+    assert!(
+        seen.trim().is_empty(),
+        "the token was visible in process arguments: {seen}"
+    );
     assert_eq!(s["facts"]["hostname"], "pasted");
     assert!(
         s["facts"]["os"].as_str().unwrap_or("").contains("Debian"),

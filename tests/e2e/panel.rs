@@ -234,7 +234,7 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     assert!(
         command
             .as_str()
-            .is_some_and(|c| c.starts_with("sh -c '") && c.contains("--token MZ1.")),
+            .is_some_and(|c| c.starts_with("f=$(mktemp)") && c.contains("MZ_TOKEN=MZ1.")),
         "{command}"
     );
     b.until(
