@@ -70,10 +70,11 @@ pub async fn script(state: &AppState) -> Result<(String, String), MissingAgent> 
 /// The one-liner to paste into a root shell. No `sh -c` around it and the token only in
 /// the installer's environment: a process's arguments are readable by every local user
 /// (`/proc/*/cmdline`), its environment only by root. The URL is validated at start and
-/// the token is `[A-Za-z0-9._-]`, so neither needs quoting.
+/// the token is `[A-Za-z0-9._-]`, so neither needs quoting. It ends with the installer's
+/// status (`(exit $rc)` in a subshell, so a pasted line does not close the terminal).
 pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
     format!(
-        "f=$(mktemp) && curl -fsSL {public_url}/install.sh -o \"$f\" && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rm -f \"$f\""
+        "f=$(mktemp) && curl -fsSL {public_url}/install.sh -o \"$f\" && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rc=$?; rm -f \"$f\"; (exit $rc)"
     )
 }
 

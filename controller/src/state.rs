@@ -71,6 +71,8 @@ impl AppState {
         if let Err(e) = &updates {
             tracing::error!(error = %e, "image update checks are unavailable");
         }
+        let gateway = Arc::new(gateway);
+        let deploys = crate::deploy::Deploys::new(gateway.registry.clone());
         AppState(Arc::new(Inner {
             config,
             store,
@@ -80,12 +82,12 @@ impl AppState {
             setup_done: AtomicBool::new(false),
             routes: OnceLock::new(),
             openapi: OnceLock::new(),
-            gateway: Arc::new(gateway),
+            gateway,
             agent_endpoint: OnceLock::new(),
             agent_digest: Default::default(),
             adopting: Default::default(),
             updates,
-            deploys: Default::default(),
+            deploys,
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
         }))

@@ -241,9 +241,10 @@ async fn docker_on_nodes_end_to_end() {
         .post(&act("stop", "web"), json!({ "timeout_secs": "soon" }))
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    // `.` and `..` (percent-encoded, so the client does not fold them) used to reach the
-    // engine's URL and break the agent's engine client.
-    for name in ["%2E", "%2E%2E", "-x"] {
+    // A name must start alphanumeric: `.` and `..` used to reach the engine's URL and
+    // break the agent's engine client (HTTP clients fold those two in the path, so the
+    // test sends other names the rule refuses for the same reason).
+    for name in [".hidden", "...", "-x"] {
         let r = moderator.post(&act("stop", name), json!({})).await;
         assert_eq!(r.status, 400, "{name}: {}", r.body);
         assert!(

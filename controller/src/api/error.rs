@@ -52,6 +52,27 @@ impl From<crate::auth::password::HashError> for ApiError {
     }
 }
 
+impl From<crate::deploy::EnqueueError> for ApiError {
+    fn from(e: crate::deploy::EnqueueError) -> Self {
+        use crate::deploy::EnqueueError as E;
+        match e {
+            E::InvalidDefinition(_) | E::Full(_) => ApiError::Conflict(e.to_string()),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::deploy::CancelError> for ApiError {
+    fn from(e: crate::deploy::CancelError) -> Self {
+        use crate::deploy::CancelError as E;
+        match e {
+            E::NotFound(_) => ApiError::NotFound(e.to_string()),
+            E::Ended { .. } | E::Busy { .. } => ApiError::Conflict(e.to_string()),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<crate::deploy_keys::DeployKeyError> for ApiError {
     fn from(e: crate::deploy_keys::DeployKeyError) -> Self {
         match e {

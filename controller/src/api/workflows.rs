@@ -6,7 +6,7 @@ use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::{self, definition};
 use crate::state::AppState;
-use crate::store::{NewRun, Queued, WorkflowDelete};
+use crate::store::WorkflowDelete;
 use crate::store::{RunEvent, RunRow};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -20,16 +20,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const RECENT_RUNS: i64 = 20;
-/// Runs of one workflow that may wait at once. Bounds what a replayed webhook body (its
-/// signature has no timestamp) or a runaway script can pile up.
-const MAX_QUEUED_RUNS: i64 = 20;
-const TERMINAL: &[&str] = &[
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "interrupted",
-];
 
 fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
     raw.parse::<i64>()
@@ -246,49 +236,6 @@ async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
     }
 }
 
-/// Queues a run of `wf` on its server; `None` when `delivery` was seen before.
-async fn enqueue(
-    state: &AppState,
-    wf: &crate::store::WorkflowRow,
-    trigger: &str,
-    detail: Value,
-    delivery: Option<&str>,
-) -> ApiResult<Option<i64>> {
-    let parsed = definition::parse(&wf.definition)
-        .map_err(|e| ApiError::Conflict(format!("the stored definition is invalid: {e}")))?;
-    let names: Vec<String> = parsed
-        .definition
-        .steps
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    let run = NewRun {
-        workflow_id: wf.id,
-        server_id: wf.server_id,
-        trigger,
-        detail: &detail,
-        definition: &wf.definition,
-        steps: &names,
-        delivery,
-    };
-    let queued = state
-        .store()
-        .create_run(&run, MAX_QUEUED_RUNS, crate::time::now_ms())
-        .await?;
-    let run_id = match queued {
-        Queued::Run(id) => id,
-        Queued::Duplicate => return Ok(None),
-        Queued::Full(n) => {
-            return Err(ApiError::Conflict(format!(
-                "{n} runs of this workflow are already queued; cancel some or wait for them"
-            )))
-        }
-    };
-    state.deploys().register(run_id);
-    deploy::kick(state, wf.id);
-    Ok(Some(run_id))
-}
-
 async fn run_now(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
@@ -297,7 +244,7 @@ async fn run_now(
     let id = parse_id(&raw, "workflow")?;
     let wf = workflow_or_404(&state, id).await?;
     let user = session.require()?.user.username.clone();
-    let run_id = enqueue(&state, &wf, "manual", json!({ "user": user }), None)
+    let run_id = deploy::enqueue(&state, &wf, "manual", json!({ "user": user }), None)
         .await?
         .ok_or_else(|| ApiError::Internal("a manual run was taken for a duplicate".into()))?;
     Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
@@ -372,35 +319,11 @@ async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiR
 
 async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "run")?;
-    let run = run_or_404(&state, id).await?;
-    let queued_cancelled = run.status == "queued"
-        && state
-            .store()
-            .cancel_queued_run(id, crate::time::now_ms())
-            .await?;
-    if queued_cancelled {
-        deploy::cancelled_while_queued(&state, id).await;
-        return Ok(ok(json!({ "status": "cancelled" })));
-    }
-    if state.deploys().cancel(id) {
-        return Ok(ok(json!({ "status": "cancelling" })));
-    }
-    let now = state
-        .store()
-        .run(id)
-        .await?
-        .map(|r| r.status)
-        .unwrap_or_default();
-    if TERMINAL.contains(&now.as_str()) {
-        return Err(ApiError::Conflict(format!(
-            "run {id} already ended ({now})"
-        )));
-    }
-    // Started between our two reads: cancel the live run.
-    if state.deploys().cancel(id) {
-        return Ok(ok(json!({ "status": "cancelling" })));
-    }
-    Err(ApiError::Conflict(format!("run {id} is {now}; try again")))
+    let status = match deploy::cancel(&state, id).await? {
+        deploy::Cancel::Queued => "cancelled",
+        deploy::Cancel::Cancelling => "cancelling",
+    };
+    Ok(ok(json!({ "status": status })))
 }
 
 /// One SSE event for a stored or live run event.
@@ -483,7 +406,7 @@ async fn pump_events(
         let Some(rx) = live.as_mut() else {
             // Not running here: a queued run starts later; look again shortly.
             match state.store().run(run_id).await {
-                Ok(Some(r)) if TERMINAL.contains(&r.status.as_str()) => return,
+                Ok(Some(r)) if deploy::is_terminal(&r.status) => return,
                 Ok(Some(_)) => {}
                 _ => return,
             }
@@ -617,7 +540,7 @@ async fn webhook(
     let detail = json!({ "ref": git_ref, "commit": commit, "repo": repo, "delivery": delivery });
     // The delivery id is recorded with the run: if queuing fails, the provider's retry
     // queues it rather than being told it is a duplicate.
-    match enqueue(&state, &wf, "webhook", detail, delivery).await? {
+    match deploy::enqueue(&state, &wf, "webhook", detail, delivery).await? {
         Some(run_id) => Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response()),
         None => Ok(ok(json!({ "duplicate": true })).into_response()),
     }

@@ -7,7 +7,10 @@
 //! resumes the step after the last output chunk it stored; steps that never started run
 //! as usual. If the agent no longer holds the step, the run is `interrupted`.
 
+pub mod agents;
 pub mod definition;
+#[cfg(test)]
+mod tests;
 
 use crate::gateway::CallError;
 use crate::state::AppState;
@@ -33,6 +36,9 @@ const STEP_GRACE: Duration = Duration::from_secs(60);
 /// How long a step waits for its server's agent to be attached before the run is
 /// called interrupted.
 const OFFLINE_GRACE: Duration = Duration::from_secs(20);
+/// Runs of one workflow that may wait at once. Bounds what a replayed webhook body (its
+/// signature has no timestamp) or a runaway script can pile up.
+pub const MAX_QUEUED_RUNS: i64 = 20;
 
 /// Batches (output chunks) queued for one viewer.
 const VIEWER_BATCHES: usize = 64;
@@ -121,8 +127,12 @@ impl LiveRun {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deploys {
+    /// How the engine reaches agents (the gateway; a fake in the engine's tests).
+    agents: std::sync::RwLock<Arc<dyn agents::Agents>>,
+    /// How long a step waits for its server's agent before the run is interrupted.
+    offline_grace: Mutex<Duration>,
     /// Workflows whose queue is being driven, and whether a run arrived since the driver
     /// last looked.
     drivers: Mutex<HashMap<i64, bool>>,
@@ -141,6 +151,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Deploys {
+    pub fn new(agents: Arc<dyn agents::Agents>) -> Deploys {
+        Deploys {
+            agents: std::sync::RwLock::new(agents),
+            offline_grace: Mutex::new(OFFLINE_GRACE),
+            drivers: Mutex::default(),
+            live: Mutex::default(),
+            resume: Mutex::default(),
+            resuming: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn agents(&self) -> Arc<dyn agents::Agents> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tests: the engine against a scripted agent, with a short offline grace.
+    #[cfg(test)]
+    pub(crate) fn set_agents(&self, agents: Arc<dyn agents::Agents>, offline_grace: Duration) {
+        *self.agents.write().unwrap_or_else(|p| p.into_inner()) = agents;
+        *lock(&self.offline_grace) = offline_grace;
+    }
+
     pub fn live(&self, run_id: i64) -> Option<Arc<LiveRun>> {
         lock(&self.live).get(&run_id).cloned()
     }
@@ -180,7 +216,7 @@ impl Deploys {
     }
 
     /// Asks a running run to stop; false when it is not running here.
-    pub fn cancel(&self, run_id: i64) -> bool {
+    fn signal_cancel(&self, run_id: i64) -> bool {
         match self.live(run_id) {
             Some(l) => {
                 let _ = l.cancel.send(true);
@@ -191,8 +227,134 @@ impl Deploys {
     }
 }
 
+/// Why a run was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("the stored definition is invalid: {0}")]
+    InvalidDefinition(String),
+    #[error("{0} runs of this workflow are already queued; cancel some or wait for them")]
+    Full(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Queues a run of `wf` on its server and makes sure the workflow's queue is worked on;
+/// `Ok(None)` when `delivery` (a webhook's delivery id) was seen before. The run keeps the
+/// definition it was queued with.
+pub async fn enqueue(
+    state: &AppState,
+    wf: &crate::store::WorkflowRow,
+    trigger: &str,
+    detail: Value,
+    delivery: Option<&str>,
+) -> Result<Option<i64>, EnqueueError> {
+    let parsed = definition::parse(&wf.definition)
+        .map_err(|e| EnqueueError::InvalidDefinition(e.to_string()))?;
+    let names: Vec<String> = parsed
+        .definition
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let run = crate::store::NewRun {
+        workflow_id: wf.id,
+        server_id: wf.server_id,
+        trigger,
+        detail: &detail,
+        definition: &wf.definition,
+        steps: &names,
+        delivery,
+    };
+    let queued = state
+        .store()
+        .create_run(&run, MAX_QUEUED_RUNS, crate::time::now_ms())
+        .await?;
+    let run_id = match queued {
+        crate::store::Queued::Run(id) => id,
+        crate::store::Queued::Duplicate => return Ok(None),
+        crate::store::Queued::Full(n) => return Err(EnqueueError::Full(n)),
+    };
+    state.deploys().register(run_id);
+    kick(state, wf.id);
+    Ok(Some(run_id))
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The run had not started: it is over (`cancelled`).
+    Queued,
+    /// The run is running: its step is being stopped; the run ends `cancelled` shortly.
+    Cancelling,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("run {0} not found")]
+    NotFound(i64),
+    #[error("run {id} already ended ({status})")]
+    Ended { id: i64, status: String },
+    #[error("run {id} is {status}; try again")]
+    Busy { id: i64, status: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+const TERMINAL: &[&str] = &[
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "interrupted",
+];
+
+/// Whether a stored run status is final.
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL.contains(&status)
+}
+
+/// Cancels a run: a queued one at once (one conditional update, then its `end`), a
+/// running one by stopping its step.
+pub async fn cancel(state: &AppState, run_id: i64) -> Result<Cancel, CancelError> {
+    let store = state.store();
+    let run = store
+        .run(run_id)
+        .await?
+        .ok_or(CancelError::NotFound(run_id))?;
+    if run.status == "queued"
+        && store
+            .cancel_queued_run(run_id, crate::time::now_ms())
+            .await?
+    {
+        cancelled_while_queued(state, run_id).await;
+        return Ok(Cancel::Queued);
+    }
+    if state.deploys().signal_cancel(run_id) {
+        return Ok(Cancel::Cancelling);
+    }
+    let now = store
+        .run(run_id)
+        .await?
+        .map(|r| r.status)
+        .unwrap_or_default();
+    if is_terminal(&now) {
+        return Err(CancelError::Ended {
+            id: run_id,
+            status: now,
+        });
+    }
+    // Started between our two reads: cancel the live run.
+    if state.deploys().signal_cancel(run_id) {
+        return Ok(Cancel::Cancelling);
+    }
+    Err(CancelError::Busy {
+        id: run_id,
+        status: now,
+    })
+}
+
 /// Makes sure `workflow_id`'s queue is being worked on.
-pub fn kick(state: &AppState, workflow_id: i64) {
+fn kick(state: &AppState, workflow_id: i64) {
     let mut drivers = lock(&state.deploys().drivers);
     match drivers.get_mut(&workflow_id) {
         Some(kicked) => *kicked = true,
@@ -688,12 +850,12 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
 /// Tells the run's agent the run is over (it removes the run's work directory). Best
 /// effort: an agent that is offline now keeps the directory.
 fn end_run_on_agent(state: &AppState, server_id: i64, run_id: i64) {
-    let registry = state.gateway().registry.clone();
+    let agents = state.deploys().agents();
     state.tasks().spawn(async move {
         let body = command::Body::EndRun(mezzanine_proto::v1::EndRun {
             run_id: run_id as u64,
         });
-        if let Err(e) = registry.call(server_id, body, Duration::from_secs(10)).await {
+        if let Err(e) = agents.call(server_id, body, Duration::from_secs(10)).await {
             if !matches!(e, CallError::Offline) {
                 tracing::debug!(run_id, server_id, error = %e, "the agent did not confirm a run's end");
             }
@@ -731,7 +893,7 @@ async fn ended_before_restart(state: &AppState, run_id: i64) -> (RunStatus, Opti
 }
 
 /// Ends a run cancelled before it started: its `end` event, for anyone watching.
-pub async fn cancelled_while_queued(state: &AppState, run_id: i64) {
+async fn cancelled_while_queued(state: &AppState, run_id: i64) {
     let end = json!({ "status": "cancelled", "error": "cancelled before it started" });
     publish_end(state, run_id, end).await;
 }
@@ -971,10 +1133,9 @@ async fn run_step(
     resuming: bool,
 ) -> StepEnd {
     // A server that is reconnecting (after a controller restart, say) gets a moment.
-    let wait_until = tokio::time::Instant::now() + OFFLINE_GRACE;
-    while !state.gateway().registry.is_attached(server_id)
-        && tokio::time::Instant::now() < wait_until
-    {
+    let agents = state.deploys().agents();
+    let wait_until = tokio::time::Instant::now() + *lock(&state.deploys().offline_grace);
+    while !agents.is_attached(server_id) && tokio::time::Instant::now() < wait_until {
         // A step being resumed is stopped through the agent once it is back.
         if *cancel.borrow() && !resuming {
             return StepEnd::Cancelled;
@@ -995,7 +1156,7 @@ async fn run_step(
             StepEnd::Interrupted(why)
         }
     };
-    let mut stream = match state.gateway().registry.open_stream(server_id, cmd) {
+    let mut stream = match agents.open(server_id, cmd) {
         Ok(s) => s,
         Err(CallError::Offline) => return lost("server offline".into()),
         Err(e) => return lost(e.to_string()),

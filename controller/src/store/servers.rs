@@ -118,6 +118,13 @@ impl Store {
         &self.pool
     }
 
+    /// Tests: runs raw SQL (a trigger that makes a write fail, say).
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &str) -> Result<()> {
+        sqlx::raw_sql(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn create_server(&self, new: &NewServer<'_>, now: i64) -> Result<Option<ServerRow>> {
         let r = sqlx::query_scalar::<_, i64>(
             "INSERT INTO servers (name, host, port, username, auth_type, tags, created_at, updated_at)

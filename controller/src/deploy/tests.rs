@@ -1,0 +1,518 @@
+//! The run engine without processes: a real store in a temporary directory and a scripted
+//! agent (`FakeAgents`) in place of the gateway. What the engine sends (credits, acks,
+//! cancels, commands) is recorded and asserted; replies come from the script.
+//!
+//! Real time with short bounds, not `tokio::time::pause`: sqlx's SQLite worker is an OS
+//! thread, so a paused runtime waiting on it counts as idle and auto-advances the clock,
+//! firing step deadlines that never expired.
+
+use super::agents::{Agents, StepStream};
+use super::*;
+use crate::store::NewServer;
+use mezzanine_proto::v1::{run_step, StepOutput, StepResult};
+use std::collections::VecDeque;
+use tokio::sync::Notify;
+
+/// What a fake step does: send these chunks, then exit with `exit` — or, with `hang`,
+/// wait for a cancel and then report one.
+#[derive(Debug, Clone, Default)]
+struct Script {
+    lines: Vec<&'static str>,
+    exit: i32,
+    hang: bool,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    /// `(bytes, acked_seq)` of every credit.
+    credits: Vec<(u64, u64)>,
+    cancels: usize,
+    /// Steps started, by `(run, index)`, and other commands by name.
+    started: Vec<(u64, u32)>,
+    commands: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct FakeAgents {
+    attached: AtomicBool,
+    scripts: Mutex<VecDeque<Script>>,
+    seen: Arc<Mutex<Recorded>>,
+    /// Wakes hanging steps when a cancel arrives.
+    cancelled: Arc<Notify>,
+}
+
+impl FakeAgents {
+    fn new(attached: bool, scripts: Vec<Script>) -> Arc<FakeAgents> {
+        Arc::new(FakeAgents {
+            attached: AtomicBool::new(attached),
+            scripts: Mutex::new(scripts.into()),
+            ..Default::default()
+        })
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        lock(&self.seen)
+    }
+}
+
+struct FakeStream {
+    replies: VecDeque<reply::Body>,
+    hang: bool,
+    seen: Arc<Mutex<Recorded>>,
+    cancelled: Arc<Notify>,
+    was_cancelled: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl Agents for FakeAgents {
+    fn is_attached(&self, _server_id: i64) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    fn open(&self, _server_id: i64, cmd: command::Body) -> Result<Box<dyn StepStream>, CallError> {
+        if !self.is_attached(0) {
+            return Err(CallError::Offline);
+        }
+        if let command::Body::RunStep(s) = &cmd {
+            lock(&self.seen).started.push((s.run_id, s.step_index));
+            assert!(matches!(s.kind, Some(run_step::Kind::Shell(_))));
+        }
+        let script = lock(&self.scripts).pop_front().unwrap_or_default();
+        let mut replies: VecDeque<reply::Body> = script
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                reply::Body::StepOutput(StepOutput {
+                    stream: LogStream::Stdout as i32,
+                    data: format!("{l}\n").into_bytes(),
+                    seq: i as u64 + 1,
+                })
+            })
+            .collect();
+        if !script.hang {
+            replies.push_back(reply::Body::StepResult(StepResult {
+                exit_code: script.exit,
+                timed_out: false,
+                cancelled: false,
+                error: String::new(),
+            }));
+        }
+        Ok(Box::new(FakeStream {
+            replies,
+            hang: script.hang,
+            seen: self.seen.clone(),
+            cancelled: self.cancelled.clone(),
+            was_cancelled: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    async fn call(
+        &self,
+        _server_id: i64,
+        cmd: command::Body,
+        _timeout: Duration,
+    ) -> Result<reply::Body, CallError> {
+        let name = match cmd {
+            command::Body::EndRun(e) => format!("end-run {}", e.run_id),
+            other => format!("{other:?}"),
+        };
+        lock(&self.seen).commands.push(name);
+        Ok(reply::Body::Ack(mezzanine_proto::v1::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl StepStream for FakeStream {
+    async fn next(&mut self) -> Option<reply::Body> {
+        if let Some(r) = self.replies.pop_front() {
+            return Some(r);
+        }
+        if !self.hang {
+            return None;
+        }
+        while !self.was_cancelled.load(Ordering::Acquire) {
+            self.cancelled.notified().await;
+        }
+        self.hang = false;
+        Some(reply::Body::StepResult(StepResult {
+            exit_code: -1,
+            timed_out: false,
+            cancelled: true,
+            error: String::new(),
+        }))
+    }
+
+    fn cancel(&self) {
+        lock(&self.seen).cancels += 1;
+        self.was_cancelled.store(true, Ordering::Release);
+        self.cancelled.notify_waiters();
+        // Also cover a step that is not waiting yet.
+        self.cancelled.notify_one();
+    }
+
+    async fn credit(&self, bytes: u64, acked_seq: u64) {
+        lock(&self.seen).credits.push((bytes, acked_seq));
+    }
+}
+
+struct Bench {
+    state: AppState,
+    _dir: tempfile::TempDir,
+    server: i64,
+}
+
+async fn bench(agents: Arc<FakeAgents>) -> Bench {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let cli = <crate::Cli as clap::Parser>::try_parse_from([
+        "mezzanine",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ])
+    .expect("flags");
+    let crate::Command::Serve(args) = cli.command;
+    let state = crate::prepare(args.validate().expect("config"))
+        .await
+        .expect("prepare");
+    state
+        .deploys()
+        .set_agents(agents, Duration::from_millis(300));
+    let server = state
+        .store()
+        .create_server(
+            &NewServer {
+                name: "fake",
+                host: "fake.invalid",
+                port: 22,
+                username: None,
+                auth_type: "manual",
+                tags: &[],
+            },
+            crate::time::now_secs(),
+        )
+        .await
+        .expect("store")
+        .expect("created")
+        .id;
+    Bench {
+        state,
+        _dir: dir,
+        server,
+    }
+}
+
+impl Bench {
+    /// A workflow with `steps` shell steps.
+    async fn workflow(&self, name: &str, steps: usize) -> crate::store::WorkflowRow {
+        let steps: Vec<Value> = (0..steps)
+            .map(|i| json!({ "name": format!("s{i}"), "uses": "shell", "with": { "script": "true" } }))
+            .collect();
+        let id = self
+            .state
+            .store()
+            .create_workflow(name, self.server, &json!({ "steps": steps }), 0)
+            .await
+            .expect("store")
+            .expect("created");
+        self.state
+            .store()
+            .workflow(id)
+            .await
+            .expect("store")
+            .expect("exists")
+    }
+
+    async fn run(&self, wf: &crate::store::WorkflowRow) -> i64 {
+        enqueue(&self.state, wf, "manual", json!({}), None)
+            .await
+            .expect("enqueue")
+            .expect("queued")
+    }
+
+    /// Waits for the run to end; its row.
+    async fn ended(&self, run: i64) -> crate::store::RunRow {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .state
+                .store()
+                .run(run)
+                .await
+                .expect("store")
+                .expect("run");
+            if is_terminal(&r.status) {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run} still {}",
+                r.status
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn events(&self, run: i64) -> Vec<RunEvent> {
+        self.state
+            .store()
+            .run_events(run, 0, 10_000)
+            .await
+            .expect("events")
+    }
+
+    async fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn lines(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == "stdout")
+        .map(|e| e.text.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn output_is_stored_then_acknowledged_chunk_by_chunk() {
+    let fake = FakeAgents::new(
+        true,
+        vec![Script {
+            lines: vec!["one", "two", "three"],
+            ..Default::default()
+        }],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("acks", 1).await;
+    let run = b.run(&wf).await;
+    let r = b.ended(run).await;
+    assert_eq!(r.status, "succeeded", "{:?}", r.error);
+    assert_eq!(lines(&b.events(run).await), ["one", "two", "three"]);
+    let acked: Vec<u64> = fake.seen().credits.iter().map(|c| c.1).collect();
+    assert_eq!(acked, [1, 2, 3]);
+    let ends: Vec<RunEvent> = b
+        .events(run)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "end")
+        .collect();
+    assert_eq!(ends.len(), 1);
+    b.wait_for("EndRun", || {
+        fake.seen().commands.contains(&format!("end-run {run}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn output_the_store_refuses_is_never_acknowledged() {
+    let fake = FakeAgents::new(
+        true,
+        vec![Script {
+            lines: vec!["fine", "poison", "after"],
+            hang: true,
+            ..Default::default()
+        }],
+    );
+    let b = bench(fake.clone()).await;
+    b.state
+        .store()
+        .execute_raw(
+            "CREATE TRIGGER refuse BEFORE INSERT ON run_events WHEN NEW.text = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
+        )
+        .await
+        .expect("trigger");
+    let wf = b.workflow("unstorable", 1).await;
+    let run = b.run(&wf).await;
+    let r = b.ended(run).await;
+    assert_eq!(r.status, "failed");
+    let why = r.error.unwrap_or_default();
+    assert!(
+        why.contains("could not store") && why.contains("disk full"),
+        "{why}"
+    );
+    let (acked, cancels) = {
+        let seen = fake.seen();
+        let acked: Vec<u64> = seen.credits.iter().map(|c| c.1).collect();
+        (acked, seen.cancels)
+    };
+    assert_eq!(acked, [1], "only the stored chunk is acknowledged");
+    assert!(cancels >= 1, "the step was stopped");
+    assert_eq!(lines(&b.events(run).await), ["fine"]);
+}
+
+#[tokio::test]
+async fn runs_of_a_workflow_go_one_at_a_time_in_order() {
+    let fake = FakeAgents::new(
+        true,
+        vec![
+            Script {
+                hang: true,
+                ..Default::default()
+            },
+            Script {
+                lines: vec!["second"],
+                ..Default::default()
+            },
+        ],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("queue", 1).await;
+    let first = b.run(&wf).await;
+    let second = b.run(&wf).await;
+    b.wait_for("the first step", || !fake.seen().started.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = b
+        .state
+        .store()
+        .run(second)
+        .await
+        .expect("store")
+        .expect("run");
+    assert_eq!(waiting.status, "queued", "the second waits for the first");
+    assert_eq!(
+        cancel(&b.state, first).await.expect("cancel"),
+        Cancel::Cancelling
+    );
+    assert_eq!(b.ended(first).await.status, "cancelled");
+    assert_eq!(b.ended(second).await.status, "succeeded");
+    let started: Vec<u64> = fake.seen().started.iter().map(|s| s.0).collect();
+    assert_eq!(started, [first as u64, second as u64]);
+}
+
+#[tokio::test]
+async fn a_queued_run_cancelled_ends_once_and_never_starts() {
+    let fake = FakeAgents::new(
+        true,
+        vec![Script {
+            hang: true,
+            ..Default::default()
+        }],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("skip", 1).await;
+    let first = b.run(&wf).await;
+    let second = b.run(&wf).await;
+    b.wait_for("the first step", || !fake.seen().started.is_empty())
+        .await;
+    assert_eq!(
+        cancel(&b.state, second).await.expect("cancel"),
+        Cancel::Queued
+    );
+    assert!(matches!(
+        cancel(&b.state, second).await,
+        Err(CancelError::Ended { .. })
+    ));
+    assert!(matches!(
+        cancel(&b.state, 9999).await,
+        Err(CancelError::NotFound(9999))
+    ));
+    cancel(&b.state, first).await.expect("cancel");
+    b.ended(first).await;
+    let ends = b
+        .events(second)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "end")
+        .count();
+    assert_eq!(ends, 1);
+    assert_eq!(
+        fake.seen().started.len(),
+        1,
+        "the cancelled run never started"
+    );
+}
+
+#[tokio::test]
+async fn a_step_whose_server_stays_offline_interrupts_the_run() {
+    let fake = FakeAgents::new(false, vec![]);
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("offline", 2).await;
+    let run = b.run(&wf).await;
+    let r = b.ended(run).await;
+    assert_eq!(r.status, "interrupted");
+    assert_eq!(r.error.as_deref(), Some("server offline"));
+    let steps = b.state.store().run_steps(run).await.expect("steps");
+    assert_eq!(steps[0].status, "interrupted");
+    assert_eq!(steps[1].status, "skipped");
+}
+
+#[tokio::test]
+async fn a_failing_step_ends_the_run_and_skips_the_rest() {
+    let fake = FakeAgents::new(
+        true,
+        vec![Script {
+            lines: vec!["boom"],
+            exit: 3,
+            ..Default::default()
+        }],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("fails", 3).await;
+    let run = b.run(&wf).await;
+    let r = b.ended(run).await;
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.error.as_deref(), Some("step \"s0\" exited with 3"));
+    let steps: Vec<String> = b
+        .state
+        .store()
+        .run_steps(run)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(steps, ["failed", "skipped", "skipped"]);
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded_and_deliveries_are_recorded_with_their_run() {
+    let fake = FakeAgents::new(
+        true,
+        vec![Script {
+            hang: true,
+            ..Default::default()
+        }],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("bounded", 1).await;
+    let first = b.run(&wf).await;
+    b.wait_for("the first step", || !fake.seen().started.is_empty())
+        .await;
+    let hook = |d: &'static str| enqueue(&b.state, &wf, "webhook", json!({}), Some(d));
+    assert!(hook("d-1").await.expect("queued").is_some());
+    assert!(
+        hook("d-1").await.expect("duplicate").is_none(),
+        "a repeated delivery"
+    );
+    for _ in 1..MAX_QUEUED_RUNS {
+        b.run(&wf).await;
+    }
+    assert!(matches!(
+        hook("d-2").await,
+        Err(EnqueueError::Full(MAX_QUEUED_RUNS))
+    ));
+    // Refused, so not recorded: once there is room, the same delivery queues.
+    let queued = b
+        .state
+        .store()
+        .next_queued(wf.id)
+        .await
+        .expect("store")
+        .expect("one");
+    cancel(&b.state, queued).await.expect("cancel");
+    assert!(hook("d-2").await.expect("queued").is_some());
+    cancel(&b.state, first).await.expect("cancel");
+}
