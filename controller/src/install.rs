@@ -67,6 +67,57 @@ pub async fn script(state: &AppState) -> Result<(String, String), MissingAgent> 
     Ok((body, digest))
 }
 
+/// A fresh join token and the one-liner that carries it.
+#[derive(Debug)]
+pub struct Minted {
+    pub token: String,
+    pub command: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    MissingAgent(#[from] MissingAgent),
+    #[error(transparent)]
+    Random(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Mints a single-use join token for `server_id` (only the SHA-256 of its secret is
+/// stored; older unused tokens of the server stop working) and the install one-liner.
+pub async fn mint(state: &AppState, server_id: i64) -> Result<Minted, MintError> {
+    let (_, sha) = script(state).await?;
+    let id = hex::encode(crate::crypto::random_bytes::<16>()?);
+    let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
+    let now = crate::time::now_secs();
+    let expires_at = now + state.config().join_token_ttl_secs;
+    state
+        .store()
+        .create_join_token(
+            server_id,
+            &id,
+            &crate::crypto::sha256(secret.as_bytes()),
+            now,
+            expires_at,
+        )
+        .await?;
+    let token = crate::gateway::token::format(
+        state.agent_endpoint(),
+        &state.gateway().ca.pin_hex(),
+        &id,
+        &secret,
+    );
+    let command = command(&state.config().public_url, &sha, &token);
+    Ok(Minted {
+        token,
+        command,
+        expires_at,
+    })
+}
+
 /// The one-liner to paste into a root shell. No `sh -c` around it and the token only in
 /// the installer's environment: a process's arguments are readable by every local user
 /// (`/proc/*/cmdline`), its environment only by root. The URL is validated at start and

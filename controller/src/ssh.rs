@@ -410,9 +410,10 @@ async fn run(
         });
     }
 
-    let (token, _, _) = crate::api::mint_join_token(state, id)
+    let token = crate::install::mint(state, id)
         .await
-        .map_err(|e| AdoptError::Internal(e.to_string()))?;
+        .map_err(|e| AdoptError::Internal(e.to_string()))?
+        .token;
     step(state, id, None, "running the installer").await;
     // The token goes on standard input: on the command line any local user could read
     // it from /proc while the installer runs, and enroll first.

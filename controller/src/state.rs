@@ -1,7 +1,6 @@
 //! The shared application state handed to every handler: configuration, the store, the
 //! master key, the password hasher and the login limiters.
 
-use crate::api::{openapi, RouteInfo};
 use crate::auth::limiter::{Limiter, Policy};
 use crate::auth::password::Hasher;
 use crate::config::Config;
@@ -26,8 +25,6 @@ struct Inner {
     hasher: Hasher,
     limits: Limits,
     setup_done: AtomicBool,
-    routes: OnceLock<Vec<RouteInfo>>,
-    openapi: OnceLock<String>,
     gateway: Arc<Gateway>,
     agent_endpoint: OnceLock<String>,
     agent_digest: crate::install::AgentDigest,
@@ -80,8 +77,6 @@ impl AppState {
             hasher,
             limits,
             setup_done: AtomicBool::new(false),
-            routes: OnceLock::new(),
-            openapi: OnceLock::new(),
             gateway,
             agent_endpoint: OnceLock::new(),
             agent_digest: Default::default(),
@@ -190,20 +185,5 @@ impl AppState {
 
     pub fn mark_setup_done(&self) {
         self.0.setup_done.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn set_routes(&self, routes: Vec<RouteInfo>) {
-        let doc = openapi::document(&routes).to_string();
-        let _ = self.0.openapi.set(doc);
-        let _ = self.0.routes.set(routes);
-    }
-
-    /// Every registered `/api` route (empty before the router is built).
-    pub fn routes(&self) -> &[RouteInfo] {
-        self.0.routes.get().map_or(&[], Vec::as_slice)
-    }
-
-    pub fn openapi_json(&self) -> String {
-        self.0.openapi.get().cloned().unwrap_or_default()
     }
 }

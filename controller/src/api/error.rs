@@ -52,6 +52,16 @@ impl From<crate::auth::password::HashError> for ApiError {
     }
 }
 
+impl From<crate::install::MintError> for ApiError {
+    fn from(e: crate::install::MintError) -> Self {
+        match e {
+            // The install command needs an agent binary to serve: the operator's setup.
+            crate::install::MintError::MissingAgent(m) => ApiError::Conflict(m.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<crate::deploy::EnqueueError> for ApiError {
     fn from(e: crate::deploy::EnqueueError) -> Self {
         use crate::deploy::EnqueueError as E;

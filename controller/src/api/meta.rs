@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-async fn openapi(State(state): State<AppState>) -> Response {
+async fn openapi(axum::Extension(doc): axum::Extension<super::OpenApiDoc>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.openapi_json(),
+        doc.0.as_str().to_owned(),
     )
         .into_response()
 }

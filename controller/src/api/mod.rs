@@ -26,9 +26,9 @@ use axum::{Json, Router};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use error::{ApiError, ApiResult};
-pub use servers::mint_join_token;
 pub use session::{Session, SessionCtx};
 
 /// Who may call a route.
@@ -122,6 +122,10 @@ impl Registry {
     }
 }
 
+/// The rendered OpenAPI document of this router.
+#[derive(Debug, Clone)]
+pub struct OpenApiDoc(pub Arc<String>);
+
 /// Assembles the whole HTTP application for `state`.
 pub fn router(state: AppState) -> Router {
     let mut reg = Registry::new(state.clone());
@@ -133,9 +137,13 @@ pub fn router(state: AppState) -> Router {
     workflows::routes(reg.tag("workflows"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
-    state.set_routes(routes);
+    // The document is rendered once and handed to its route as an extension: it belongs
+    // to the HTTP layer, not to the application state.
+    let doc = OpenApiDoc(Arc::new(openapi::document(&routes).to_string()));
 
-    let api = router.layer(from_fn_with_state(state.clone(), audit::record));
+    let api = router
+        .layer(axum::Extension(doc))
+        .layer(from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .merge(api)
         .route("/healthz", axum::routing::get(meta::healthz))

@@ -6,7 +6,7 @@ use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::Session;
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
-use crate::gateway::{token, CallError, LiveView};
+use crate::gateway::{CallError, LiveView};
 use crate::ssh::{SshAuth, SshLogin};
 use crate::state::AppState;
 use crate::store::{NewServer, ServerDelete, ServerPatch, ServerRow, Written};
@@ -109,40 +109,6 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
         .collect();
     v["events"] = Value::Array(events);
     Ok(Json(v))
-}
-
-/// Mints a join token for `server_id` and the install one-liner that carries it:
-/// `(token, install_command, expires_at)`.
-pub async fn mint_join_token(
-    state: &AppState,
-    server_id: i64,
-) -> ApiResult<(String, String, String)> {
-    let (script, sha) = crate::install::script(state)
-        .await
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    drop(script);
-    let id = hex::encode(crate::crypto::random_bytes::<16>()?);
-    let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
-    let now = crate::time::now_secs();
-    let expires = now + state.config().join_token_ttl_secs;
-    state
-        .store()
-        .create_join_token(
-            server_id,
-            &id,
-            &crate::crypto::sha256(secret.as_bytes()),
-            now,
-            expires,
-        )
-        .await?;
-    let tok = token::format(
-        state.agent_endpoint(),
-        &state.gateway().ca.pin_hex(),
-        &id,
-        &secret,
-    );
-    let cmd = crate::install::command(&state.config().public_url, &sha, &tok);
-    Ok((tok, cmd, crate::time::rfc3339(expires)))
 }
 
 #[derive(Deserialize)]
@@ -356,7 +322,8 @@ async fn create(
             (StatusCode::CREATED, ok(json!({ "id": server.id }))).into_response()
         }
         None => {
-            let (tok, cmd, expires) = mint_join_token(&state, server.id).await?;
+            let m = crate::install::mint(&state, server.id).await?;
+            let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
             (
                 StatusCode::CREATED,
                 ok(json!({ "id": server.id, "token": tok, "install_command": cmd, "token_expires_at": expires })),
@@ -403,7 +370,8 @@ async fn install_command(
             ));
         }
     }
-    let (tok, cmd, expires) = mint_join_token(&state, id).await?;
+    let m = crate::install::mint(&state, id).await?;
+    let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
     Ok(ok(
         json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires }),
     ))

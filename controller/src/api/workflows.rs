@@ -4,6 +4,7 @@
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
 use crate::auth::Role;
+use crate::deploy::follow::Follow;
 use crate::deploy::{self, definition};
 use crate::state::AppState;
 use crate::store::WorkflowDelete;
@@ -17,7 +18,6 @@ use hmac::Mac;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 const RECENT_RUNS: i64 = 20;
 
@@ -374,97 +374,34 @@ async fn events(
     Ok(super::event_stream(rx, &closing))
 }
 
-/// Replays stored events after `after`, then follows the live run; ends after `end`.
+/// Encodes what `deploy::follow` yields as SSE.
 async fn pump_events(
     state: AppState,
     run_id: i64,
-    mut after: i64,
+    after: i64,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    // Subscribe before reading the store: events are stored before they are published, so
-    // nothing falls between the two.
-    let subscribe = |state: &AppState| state.deploys().live(run_id).map(|l| l.subscribe());
-    let mut live = subscribe(&state);
-    loop {
-        // Catch up from the store.
-        loop {
-            let batch = match state.store().run_events(run_id, after, 2000).await {
-                Ok(b) => b,
-                Err(_) => return,
-            };
-            let Some(last) = batch.last() else { break };
-            let ended = batch.iter().any(|e| e.kind == "end");
-            after = last.seq;
-            let mut out = Vec::new();
-            for e in &batch {
-                sse(&mut out, e);
+    let viewer = tx.clone();
+    let left = async move { viewer.closed().await };
+    deploy::follow::follow(&state, run_id, after, left, |piece| {
+        let out = match piece {
+            Follow::Events(batch) => {
+                let mut out = Vec::new();
+                for e in batch.iter() {
+                    sse(&mut out, e);
+                }
+                Bytes::from(out)
             }
-            if tx.send(Ok(out.into())).await.is_err() || ended {
-                return;
+            Follow::LeftBehind => {
+                let note = json!({ "message": "this connection fell behind and live output was skipped; continuing from stored output" });
+                Bytes::from(format!("event: note\ndata: {note}\n\n"))
             }
-        }
-        let Some(rx) = live.as_mut() else {
-            // Not running here: a queued run starts later; look again shortly.
-            match state.store().run(run_id).await {
-                Ok(Some(r)) if deploy::is_terminal(&r.status) => return,
-                Ok(Some(_)) => {}
-                _ => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                () = tx.closed() => return,
-            }
-            live = subscribe(&state);
-            continue;
+            Follow::Idle => Bytes::from_static(b": keep-alive\n\n"),
         };
-        loop {
-            let ev = tokio::select! {
-                ev = rx.recv() => ev,
-                () = tx.closed() => return,
-                () = tokio::time::sleep(Duration::from_secs(15)) => {
-                    if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            match ev {
-                Some(batch) => {
-                    let mut out = Vec::new();
-                    let mut ended = false;
-                    for e in batch.iter() {
-                        if e.seq <= after {
-                            continue;
-                        }
-                        after = e.seq;
-                        sse(&mut out, e);
-                        ended |= e.kind == "end";
-                    }
-                    if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
-                        return;
-                    }
-                    if ended {
-                        return;
-                    }
-                }
-                // This viewer fell so far behind that the run stopped waiting for it: it
-                // goes on from the store, told that live output was skipped (output past
-                // the storage cap is not there). Otherwise the run ended: what is left is in
-                // the store.
-                None => {
-                    if rx.left_behind() {
-                        let note = json!({ "message": "this connection fell behind and live output was skipped; continuing from stored output" });
-                        let text = format!("event: note\ndata: {note}\n\n");
-                        if tx.send(Ok(Bytes::from(text))).await.is_err() {
-                            return;
-                        }
-                    }
-                    live = None;
-                    break;
-                }
-            }
-        }
-    }
+        let tx = tx.clone();
+        async move { tx.send(Ok(out)).await.is_ok() }
+    })
+    .await;
 }
 
 /// Constant-time check of `X-Hub-Signature-256: sha256=<hex>` over the raw body.

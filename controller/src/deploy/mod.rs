@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod definition;
+pub mod follow;
 #[cfg(test)]
 mod tests;
 

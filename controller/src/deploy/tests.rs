@@ -516,3 +516,62 @@ async fn the_queue_is_bounded_and_deliveries_are_recorded_with_their_run() {
     assert!(hook("d-2").await.expect("queued").is_some());
     cancel(&b.state, first).await.expect("cancel");
 }
+
+/// Collects what a viewer receives (event sequence numbers and kinds) until the end.
+async fn watch(state: &AppState, run: i64, after: i64) -> Vec<(i64, String)> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    follow::follow(state, run, after, std::future::pending(), |piece| {
+        if let follow::Follow::Events(batch) = piece {
+            lock(&sink).extend(batch.iter().map(|e| (e.seq, e.kind.clone())));
+        }
+        async { true }
+    })
+    .await;
+    let out = lock(&got).clone();
+    out
+}
+
+#[tokio::test]
+async fn viewers_get_every_event_once_in_order_live_or_replayed() {
+    let fake = FakeAgents::new(
+        true,
+        vec![
+            Script {
+                hang: true,
+                ..Default::default()
+            },
+            Script {
+                lines: vec!["a", "b", "c"],
+                ..Default::default()
+            },
+        ],
+    );
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("watched", 1).await;
+    let blocker = b.run(&wf).await;
+    let run = b.run(&wf).await;
+    // Subscribed while the run is still queued: it sees the run from its first event.
+    let live = tokio::spawn({
+        let state = b.state.clone();
+        async move { watch(&state, run, 0).await }
+    });
+    b.wait_for("the first step", || !fake.seen().started.is_empty())
+        .await;
+    cancel(&b.state, blocker).await.expect("cancel");
+    let live = tokio::time::timeout(Duration::from_secs(20), live)
+        .await
+        .expect("the viewer ends with the run")
+        .expect("join");
+    let seqs: Vec<i64> = live.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{live:?}"
+    );
+    assert_eq!(live.last().map(|e| e.1.as_str()), Some("end"));
+    assert_eq!(live.iter().filter(|e| e.1 == "stdout").count(), 3);
+    // Replayed after the end, from a Last-Event-ID: the rest, once.
+    let replay = watch(&b.state, run, 2).await;
+    assert_eq!(replay, live[2..].to_vec());
+}

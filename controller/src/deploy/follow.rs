@@ -1,0 +1,104 @@
+//! The live viewer protocol, without HTTP: a viewer gets a run's stored events after the
+//! one it names, then the live ones as they are recorded, each event exactly once and in
+//! order, until the run's `end`. A viewer the run left behind (see `LiveRun::publish`) is
+//! told so and continues from the store. The HTTP layer only encodes what this yields.
+
+use super::{is_terminal, Viewer};
+use crate::state::AppState;
+use crate::store::RunEvent;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Stored events read per query while catching up.
+const REPLAY_BATCH: i64 = 2000;
+/// How often a viewer of a queued run (not live here yet) looks again.
+const QUEUED_POLL: Duration = Duration::from_millis(200);
+/// A viewer that hears nothing this long gets `Idle` (the HTTP layer sends a keep-alive).
+const IDLE: Duration = Duration::from_secs(15);
+
+/// What a viewer receives.
+#[derive(Debug)]
+pub enum Follow {
+    /// Events in order, none at or below the last one delivered.
+    Events(Arc<Vec<RunEvent>>),
+    /// The run stopped waiting for this viewer: live output was skipped; what follows
+    /// comes from the store.
+    LeftBehind,
+    /// Nothing happened for a while.
+    Idle,
+}
+
+/// Follows run `run_id` from after event `after`, handing each piece to `deliver` until
+/// the run's `end` has been delivered, the viewer leaves (`deliver` answers false, or
+/// `left` resolves — noticed even while nothing is delivered), or the store fails.
+pub async fn follow<F, Fut>(
+    state: &AppState,
+    run_id: i64,
+    mut after: i64,
+    left: impl Future<Output = ()>,
+    mut deliver: F,
+) where
+    F: FnMut(Follow) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut left = std::pin::pin!(left);
+    // Subscribe before reading the store: events are stored before they are published,
+    // so nothing falls between the two.
+    let subscribe = |state: &AppState| state.deploys().live(run_id).map(|l| l.subscribe());
+    let mut live: Option<Viewer> = subscribe(state);
+    loop {
+        // Catch up from the store.
+        loop {
+            let Ok(batch) = state.store().run_events(run_id, after, REPLAY_BATCH).await else {
+                return;
+            };
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            let ended = batch.iter().any(|e| e.kind == "end");
+            if !deliver(Follow::Events(Arc::new(batch))).await || ended {
+                return;
+            }
+        }
+        let Some(rx) = live.as_mut() else {
+            // Not live here: a queued run starts later; look again shortly.
+            match state.store().run(run_id).await {
+                Ok(Some(r)) if !is_terminal(&r.status) => {}
+                _ => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(QUEUED_POLL) => {}
+                () = &mut left => return,
+            }
+            live = subscribe(state);
+            continue;
+        };
+        loop {
+            let waited = tokio::select! {
+                w = tokio::time::timeout(IDLE, rx.recv()) => w,
+                () = &mut left => return,
+            };
+            let Ok(next) = waited else {
+                if !deliver(Follow::Idle).await {
+                    return;
+                }
+                continue;
+            };
+            let Some(batch) = next else {
+                // Left behind, or the run ended: what is left is in the store.
+                if rx.left_behind() && !deliver(Follow::LeftBehind).await {
+                    return;
+                }
+                live = None;
+                break;
+            };
+            let fresh: Vec<RunEvent> = batch.iter().filter(|e| e.seq > after).cloned().collect();
+            let Some(last) = fresh.last() else { continue };
+            after = last.seq;
+            let ended = fresh.iter().any(|e| e.kind == "end");
+            if !deliver(Follow::Events(Arc::new(fresh))).await || ended {
+                return;
+            }
+        }
+    }
+}
