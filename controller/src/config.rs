@@ -128,6 +128,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub public_url: String,
+    /// Whether `--public-url` was given (else it follows the bound listen address).
+    pub public_url_given: bool,
     /// `scheme://host[:port]` of the public URL, compared with `Origin` headers.
     pub public_origin: String,
     pub secure_cookies: bool,
@@ -229,6 +231,19 @@ fn parse_agent_endpoint(url: &str) -> Result<(String, Option<u16>), ConfigError>
     Ok((host, port))
 }
 
+impl Config {
+    /// Once the API listener is bound: a public URL that was not given follows the
+    /// address really bound (`--listen 127.0.0.1:0` then names the port it got).
+    pub fn listening_on(&mut self, bound: SocketAddr) {
+        if self.public_url_given || bound == self.listen {
+            return;
+        }
+        self.listen = bound;
+        self.public_url = format!("http://{bound}");
+        self.public_origin = self.public_url.clone();
+    }
+}
+
 impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let public_url = self
@@ -301,6 +316,7 @@ impl ServeArgs {
             secure_cookies: scheme == "https",
             public_origin: format!("{scheme}://{authority}"),
             public_url,
+            public_url_given: self.public_url.is_some(),
             max_body_bytes: self.max_body_bytes,
             session_idle_secs: clamp(self.session_idle_secs),
             session_max_secs: clamp(self.session_max_secs),

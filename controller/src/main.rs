@@ -89,16 +89,10 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let mut config = config;
         let listen = config.listen;
         let agent_listen = config.agent_listen;
-        let public_url = config.public_url.clone();
-        let state = match mezzanine::prepare(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("mezzanine: {e}");
-                return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
-            }
-        };
+        // Bound before anything else, so a defaulted public URL can name the real port.
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -111,6 +105,17 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("mezzanine: cannot listen for agents on {agent_listen}: {e}");
                 return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(bound) = listener.local_addr() {
+            config.listening_on(bound);
+        }
+        let public_url = config.public_url.clone();
+        let state = match mezzanine::prepare(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mezzanine: {e}");
+                return ExitCode::from(if e.is_config() { EXIT_CONFIG } else { 1 });
             }
         };
         let shutdown = shutdown_signal();

@@ -574,8 +574,9 @@ async fn docker_on_nodes_end_to_end() {
         let r = viewer.get(&p).await;
         assert_eq!(r.status, 503, "{p}: {}", r.body);
         assert_eq!(r.body["error"], "server offline");
+        // Without waiting for the Docker timeout (4 s here): a ceiling, not a latency.
         assert!(
-            t.elapsed() < Duration::from_millis(500),
+            t.elapsed() < Duration::from_secs(3),
             "{p}: {:?}",
             t.elapsed()
         );

@@ -374,6 +374,15 @@ impl Process {
         self.lines.lock().expect("lines").join("\n")
     }
 
+    /// A field of the "ready" log line (once it was logged), e.g. `agent_listen`.
+    pub fn ready_field(&self, name: &str) -> Option<String> {
+        self.lines.lock().expect("lines").iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["fields"]["listen"].as_str()?;
+            Some(v["fields"][name].as_str()?.to_owned())
+        })
+    }
+
     /// Waits for the "ready" log line and returns the address it says it listens on.
     pub fn wait_ready(&mut self, within: Duration) -> std::net::SocketAddr {
         let deadline = Instant::now() + within;
@@ -476,23 +485,25 @@ impl ControllerProcess {
     /// Starts the debug or `release` binary with `extra` flags and waits until it is ready.
     pub fn start(release: bool, extra: &[&str]) -> ControllerProcess {
         let data = tempfile::tempdir().expect("tmp");
-        let http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-        let agents = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let dir = data.path().join("data");
+        // Port 0: the controller binds and says in its ready line what it got; a respawn
+        // then asks for those same ports (agents know the agent port from their token).
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
-            http.clone(),
+            "127.0.0.1:0".into(),
             "--agent-listen".into(),
-            agents.clone(),
-            "--agent-endpoint".into(),
-            format!("https://{agents}"),
+            "127.0.0.1:0".into(),
             "--data-dir".into(),
             dir.to_str().expect("utf8").into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = binary("mezzanine", release);
         let proc = Self::spawn(&bin, &args);
+        let http = proc.ready_field("listen").expect("listen");
+        let agents = proc.ready_field("agent_listen").expect("agent_listen");
+        args[2] = http.clone();
+        args[4] = agents;
         ControllerProcess {
             _data: data,
             bin,
@@ -1087,9 +1098,8 @@ pub fn ssh_keypair(dir: &Path, name: &str, passphrase: &str) -> (String, String)
 /// its HTTP API at the returned base URL. `release` picks the release binaries.
 pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempfile::TempDir) {
     let data = tempfile::tempdir().expect("tmp");
-    let port = free_port(&fleet.gateway);
-    let listen = format!("{}:{port}", fleet.gateway);
-    let base = format!("http://{listen}");
+    // Port 0: the public URL (which install scripts download from) follows the bound port.
+    let listen = format!("{}:0", fleet.gateway);
     let agent_listen = format!("{}:0", fleet.gateway);
     let data_dir = data.path().join("data");
     let agent = binary("mezzanine-agent", release);
@@ -1099,8 +1109,6 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
             "serve",
             "--listen",
             &listen,
-            "--public-url",
-            &base,
             "--agent-listen",
             &agent_listen,
             "--data-dir",
@@ -1115,6 +1123,6 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
             "4",
         ],
     );
-    proc.wait_ready(Duration::from_secs(15));
-    (proc, base, data)
+    let bound = proc.wait_ready(Duration::from_secs(15));
+    (proc, format!("http://{bound}"), data)
 }
