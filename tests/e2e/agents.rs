@@ -366,14 +366,7 @@ async fn agents_come_back_after_a_controller_restart() {
     );
     let restarted = Instant::now();
     let ctl = Controller::start_on(dir, &http, &agents_addr, &[]).await;
-    let mut admin = ctl.client();
-    assert_eq!(
-        admin
-            .login("admin", mezzanine_tests::ADMIN_PASSWORD, None)
-            .await
-            .status,
-        200
-    );
+    let mut admin = mezzanine_tests::admin_login(&ctl.base).await;
     wait_server(
         &mut admin,
         id,

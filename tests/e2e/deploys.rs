@@ -5,7 +5,6 @@
 
 use mezzanine_tests::{
     attached_agent, free_port, Agent, Client, Controller, ControllerProcess, Process,
-    ADMIN_PASSWORD,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -579,9 +578,7 @@ impl OwnController {
     /// Starts the controller again (after it was killed or stopped) and logs in.
     pub(crate) async fn restart(&mut self) -> Client {
         self.respawn();
-        let mut admin = Client::new(&self.base);
-        assert_eq!(admin.login("admin", ADMIN_PASSWORD, None).await.status, 200);
-        admin
+        mezzanine_tests::admin_login(&self.base).await
     }
 
     /// Enrolls and starts an agent (`extra` flags for `run`) and waits for it online.

@@ -63,16 +63,7 @@ async fn a_store_that_refuses_output_ends_the_run_and_stops_the_step() {
 /// event that a viewer already waiting receives (it used to wait forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_start_still_ends_for_its_viewers() {
-    let ctl = Controller::start().await;
-    let mut admin = ctl.admin().await;
-    let (server, _agent, _proc) = attached_agent(&mut admin, "engine-2", 1).await;
-    let wf = create(
-        &mut admin,
-        "blocked",
-        server,
-        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "sleep 30" } }] }),
-    )
-    .await;
+    let (ctl, mut admin, (_, wf), _agent) = blocking("engine-2", "blocked").await;
     let first = trigger(&mut admin, wf).await;
     first_run_running(&mut admin, first).await;
     let second = trigger(&mut admin, wf).await;
@@ -103,6 +94,30 @@ async fn a_run_that_cannot_start_still_ends_for_its_viewers() {
     );
     let done = wait_run(&mut admin, second, Duration::from_secs(5)).await;
     assert_eq!(done["status"], "failed", "{done}");
+}
+
+/// A controller with an attached agent and a workflow whose one step sleeps 30 s:
+/// `(controller, admin, (server, workflow), agent)`.
+async fn blocking(
+    agent: &str,
+    workflow: &str,
+) -> (
+    Controller,
+    mezzanine_tests::Client,
+    (i64, i64),
+    (mezzanine_tests::Agent, mezzanine_tests::Process),
+) {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, a, proc) = attached_agent(&mut admin, agent, 1).await;
+    let wf = create(
+        &mut admin,
+        workflow,
+        server,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "sleep 30" } }] }),
+    )
+    .await;
+    (ctl, admin, (server, wf), (a, proc))
 }
 
 async fn first_run_running(admin: &mut mezzanine_tests::Client, run: i64) {
@@ -224,16 +239,7 @@ async fn a_failed_webhook_delivery_can_be_retried() {
 /// nothing is deleted; once out of the way, the deletes go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_refuse_to_take_workflows_and_runs_with_them() {
-    let ctl = Controller::start().await;
-    let mut admin = ctl.admin().await;
-    let (server, _agent, _proc) = attached_agent(&mut admin, "engine-5", 1).await;
-    let wf = create(
-        &mut admin,
-        "busy-site",
-        server,
-        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "sleep 30" } }] }),
-    )
-    .await;
+    let (_ctl, mut admin, (server, wf), _agent) = blocking("engine-5", "busy-site").await;
     let run = trigger(&mut admin, wf).await;
     first_run_running(&mut admin, run).await;
     let r = admin.delete(&format!("/api/servers/{server}")).await;
@@ -303,14 +309,7 @@ async fn old_runs_and_audit_records_are_pruned() {
     drop(_proc);
     let dir = ctl.stop().await;
     let ctl = Controller::start_in(dir, &["--keep-audit-days", "0"]).await;
-    let mut admin = ctl.client();
-    assert_eq!(
-        admin
-            .login("admin", mezzanine_tests::ADMIN_PASSWORD, None)
-            .await
-            .status,
-        200
-    );
+    let admin = mezzanine_tests::admin_login(&ctl.base).await;
     let after = mezzanine_tests::eventually(Duration::from_secs(10), "the sweep", || {
         let mut c = admin.clone();
         async move {
@@ -396,16 +395,7 @@ async fn multi_line_secrets_are_masked_line_by_line() {
 /// script cannot pile up an unbounded queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflows_queue_is_bounded() {
-    let ctl = Controller::start().await;
-    let mut admin = ctl.admin().await;
-    let (server, _agent, _proc) = attached_agent(&mut admin, "engine-9", 1).await;
-    let wf = create(
-        &mut admin,
-        "queued",
-        server,
-        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script": "sleep 30" } }] }),
-    )
-    .await;
+    let (_ctl, mut admin, (_, wf), _agent) = blocking("engine-9", "queued").await;
     let first = trigger(&mut admin, wf).await;
     first_run_running(&mut admin, first).await;
     for _ in 0..20 {

@@ -130,6 +130,14 @@ impl Controller {
     }
 }
 
+/// A client logged in as the first admin (made by `first_admin`) on `base`.
+pub async fn admin_login(base: &str) -> Client {
+    let mut c = Client::new(base);
+    let r = c.login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, 200, "admin login: {}", r.body);
+    c
+}
+
 /// Creates a user with `role` through `admin` (on `admin`'s controller) and returns a
 /// client logged in as it.
 pub async fn user(admin: &mut Client, username: &str, role: &str) -> Client {

@@ -99,13 +99,7 @@ impl Limiter {
     pub fn begin(&self, key: &str, now: Instant) -> Result<Attempt<'_>, Duration> {
         let p = self.policy;
         let mut map = self.lock();
-        self.make_room(&mut map, key, now);
-        let entry = map.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            pending: 0,
-            window_start: now,
-            locked_until: None,
-        });
+        let entry = self.entry(&mut map, key, now);
         if let Some(until) = entry.locked_until.filter(|u| *u > now) {
             return Err(until - now);
         }
@@ -141,6 +135,22 @@ impl Limiter {
         before - map.len()
     }
 
+    /// `key`'s entry, created (room made first) if it has none.
+    fn entry<'m>(
+        &self,
+        map: &'m mut HashMap<String, Entry>,
+        key: &str,
+        now: Instant,
+    ) -> &'m mut Entry {
+        self.make_room(map, key, now);
+        map.entry(key.to_owned()).or_insert(Entry {
+            failures: 0,
+            pending: 0,
+            window_start: now,
+            locked_until: None,
+        })
+    }
+
     /// Keeps the map under its capacity before `key` is added.
     fn make_room(&self, map: &mut HashMap<String, Entry>, key: &str, now: Instant) {
         if map.len() < self.capacity || map.contains_key(key) {
@@ -168,13 +178,7 @@ impl Limiter {
     pub fn fail(&self, key: &str, now: Instant) -> Option<Duration> {
         let p = self.policy;
         let mut map = self.lock();
-        self.make_room(&mut map, key, now);
-        let entry = map.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            pending: 0,
-            window_start: now,
-            locked_until: None,
-        });
+        let entry = self.entry(&mut map, key, now);
         if now - entry.window_start >= p.window && entry.locked_until.is_none_or(|u| u <= now) {
             entry.failures = 0;
             entry.window_start = now;

@@ -22,6 +22,25 @@ struct Script {
     hang: bool,
 }
 
+impl Script {
+    /// Runs until cancelled.
+    fn hang() -> Script {
+        Script {
+            hang: true,
+            ..Default::default()
+        }
+    }
+
+    /// Prints `lines`, then exits with `exit`.
+    fn prints(lines: &[&'static str], exit: i32) -> Script {
+        Script {
+            lines: lines.to_vec(),
+            exit,
+            hang: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Recorded {
     /// `(bytes, acked_seq)` of every credit.
@@ -286,13 +305,7 @@ fn lines(events: &[RunEvent]) -> Vec<String> {
 
 #[tokio::test]
 async fn output_is_stored_then_acknowledged_chunk_by_chunk() {
-    let fake = FakeAgents::new(
-        true,
-        vec![Script {
-            lines: vec!["one", "two", "three"],
-            ..Default::default()
-        }],
-    );
+    let fake = FakeAgents::new(true, vec![Script::prints(&["one", "two", "three"], 0)]);
     let b = bench(fake.clone()).await;
     let wf = b.workflow("acks", 1).await;
     let run = b.run(&wf).await;
@@ -319,9 +332,8 @@ async fn output_the_store_refuses_is_never_acknowledged() {
     let fake = FakeAgents::new(
         true,
         vec![Script {
-            lines: vec!["fine", "poison", "after"],
             hang: true,
-            ..Default::default()
+            ..Script::prints(&["fine", "poison", "after"], 0)
         }],
     );
     let b = bench(fake.clone()).await;
@@ -354,19 +366,7 @@ async fn output_the_store_refuses_is_never_acknowledged() {
 
 #[tokio::test]
 async fn runs_of_a_workflow_go_one_at_a_time_in_order() {
-    let fake = FakeAgents::new(
-        true,
-        vec![
-            Script {
-                hang: true,
-                ..Default::default()
-            },
-            Script {
-                lines: vec!["second"],
-                ..Default::default()
-            },
-        ],
-    );
+    let fake = FakeAgents::new(true, vec![Script::hang(), Script::prints(&["second"], 0)]);
     let b = bench(fake.clone()).await;
     let wf = b.workflow("queue", 1).await;
     let first = b.run(&wf).await;
@@ -394,13 +394,7 @@ async fn runs_of_a_workflow_go_one_at_a_time_in_order() {
 
 #[tokio::test]
 async fn a_queued_run_cancelled_ends_once_and_never_starts() {
-    let fake = FakeAgents::new(
-        true,
-        vec![Script {
-            hang: true,
-            ..Default::default()
-        }],
-    );
+    let fake = FakeAgents::new(true, vec![Script::hang()]);
     let b = bench(fake.clone()).await;
     let wf = b.workflow("skip", 1).await;
     let first = b.run(&wf).await;
@@ -451,14 +445,7 @@ async fn a_step_whose_server_stays_offline_interrupts_the_run() {
 
 #[tokio::test]
 async fn a_failing_step_ends_the_run_and_skips_the_rest() {
-    let fake = FakeAgents::new(
-        true,
-        vec![Script {
-            lines: vec!["boom"],
-            exit: 3,
-            ..Default::default()
-        }],
-    );
+    let fake = FakeAgents::new(true, vec![Script::prints(&["boom"], 3)]);
     let b = bench(fake.clone()).await;
     let wf = b.workflow("fails", 3).await;
     let run = b.run(&wf).await;
@@ -479,13 +466,7 @@ async fn a_failing_step_ends_the_run_and_skips_the_rest() {
 
 #[tokio::test]
 async fn the_queue_is_bounded_and_deliveries_are_recorded_with_their_run() {
-    let fake = FakeAgents::new(
-        true,
-        vec![Script {
-            hang: true,
-            ..Default::default()
-        }],
-    );
+    let fake = FakeAgents::new(true, vec![Script::hang()]);
     let b = bench(fake.clone()).await;
     let wf = b.workflow("bounded", 1).await;
     let first = b.run(&wf).await;
@@ -536,16 +517,7 @@ async fn watch(state: &AppState, run: i64, after: i64) -> Vec<(i64, String)> {
 async fn viewers_get_every_event_once_in_order_live_or_replayed() {
     let fake = FakeAgents::new(
         true,
-        vec![
-            Script {
-                hang: true,
-                ..Default::default()
-            },
-            Script {
-                lines: vec!["a", "b", "c"],
-                ..Default::default()
-            },
-        ],
+        vec![Script::hang(), Script::prints(&["a", "b", "c"], 0)],
     );
     let b = bench(fake.clone()).await;
     let wf = b.workflow("watched", 1).await;
