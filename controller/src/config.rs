@@ -64,6 +64,30 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_AGENT_LISTEN", default_value = "0.0.0.0:7443")]
     pub agent_listen: SocketAddr,
 
+    /// Connections the API port holds at once (beyond it, new ones are closed at once).
+    /// Default: a quarter of the descriptor limit, at most 4096.
+    #[arg(long, env = "MEZZANINE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Connections one client address may hold on the API port (a reverse proxy in front
+    /// counts as one address: raise it there).
+    #[arg(long, env = "MEZZANINE_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds an HTTP/1 client has to send a request's headers.
+    #[arg(long, env = "MEZZANINE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a connection to the agent port without a client certificate (enrollment
+    /// only) may stay open, counted from its TLS handshake.
+    #[arg(long, env = "MEZZANINE_AGENT_ANONYMOUS_SECS", default_value_t = 30)]
+    pub agent_anonymous_secs: u64,
+
+    /// Connections one address may have on the agent port before presenting a client
+    /// certificate (handshaking or enrolling). Attached agents are not counted here.
+    #[arg(long, env = "MEZZANINE_AGENT_ANONYMOUS_PER_IP", default_value_t = 32)]
+    pub agent_anonymous_per_ip: usize,
+
     /// The URL agents dial, https://HOST[:PORT]; HOST goes into the gateway certificate.
     /// Default: the public URL's host and the agent listen port.
     #[arg(long, env = "MEZZANINE_AGENT_ENDPOINT")]
@@ -139,6 +163,11 @@ pub struct Config {
     pub session_max_secs: i64,
     pub hash_concurrency: usize,
     pub agent_listen: SocketAddr,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: usize,
+    pub http_header_timeout: std::time::Duration,
+    pub agent_anonymous: std::time::Duration,
+    pub agent_anonymous_per_ip: usize,
     /// Host (DNS name or IP) agents dial; the gateway certificate is issued for it.
     pub agent_endpoint_host: String,
     /// Port agents dial; `None` means the port the agent listener is bound to.
@@ -322,6 +351,15 @@ impl ServeArgs {
             session_max_secs: clamp(self.session_max_secs),
             hash_concurrency,
             agent_listen: self.agent_listen,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip.max(1),
+            http_header_timeout: std::time::Duration::from_secs(
+                self.http_header_timeout_secs.clamp(1, 600),
+            ),
+            agent_anonymous: std::time::Duration::from_secs(
+                self.agent_anonymous_secs.clamp(1, 3600),
+            ),
+            agent_anonymous_per_ip: self.agent_anonymous_per_ip.max(1),
             agent_endpoint_host,
             agent_endpoint_port,
             agent_cert_ttl_secs: self.agent_cert_ttl_secs,

@@ -12,6 +12,7 @@ pub mod deploy_keys;
 pub mod gateway;
 pub mod images;
 pub mod install;
+pub mod net;
 mod panel;
 pub mod ssh;
 pub mod state;
@@ -123,16 +124,7 @@ pub async fn serve(
     let janitor = tokio::spawn(purge_sessions(state.clone()));
     crate::deploy_keys::backfill(&state).await;
     crate::deploy::recover(&state).await;
-    // Responses (event streams especially) go out as written: without TCP_NODELAY a small
-    // write can wait ~40 ms for the client's delayed ACK.
-    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let web = axum::serve(
-        http,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone());
+    let web = serve_http(http, app, &state, shutdown.clone());
     // The gateway runs on its own single-threaded runtime: thousands of mostly idle
     // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API
     // work cannot delay heartbeats.
@@ -181,6 +173,98 @@ pub async fn serve(
     state.store().close().await;
     web.map_err(|e| StartError::Serve(format!("HTTP server: {e}")))?;
     grpc.map_err(StartError::Serve)
+}
+
+/// The API's accept loop: connection caps (in all and per address; a connection over a
+/// cap is closed at once), an HTTP/1 header-read timeout, TCP_NODELAY, the peer address
+/// for handlers (`ConnectInfo`), and on shutdown a graceful close of every connection
+/// (event streams have already ended through `closing()`).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    state: &AppState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    let config = state.config();
+    let fd_limit = usize::try_from(net::fd_limit()).unwrap_or(usize::MAX);
+    let max_total = config
+        .max_connections
+        .unwrap_or_else(|| (fd_limit / 4).clamp(64, 4096));
+    let limits = net::ConnLimits::new(max_total, config.max_connections_per_ip);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.http_header_timeout);
+    let connections = tokio_util::task::TaskTracker::new();
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = limits.try_acquire(peer.ip()) else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, open = limits.open(), "API connection refused: connection cap reached");
+            }
+            continue;
+        };
+        // Responses (event streams especially) go out as written: without TCP_NODELAY a
+        // small write can wait ~40 ms for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        // hyper's header timeout starts with a request's first bytes, and the HTTP/1-or-2
+        // detection before it waits for them with no limit: a connection must send its
+        // first 24 bytes (the HTTP/2 preface's length) within the header timeout too.
+        let io = TokioIo::new(
+            net::Guarded::new(tcp, slot, Some(config.http_header_timeout)).disarm_after(24),
+        );
+        let app = app.clone();
+        let svc = hyper_util::service::TowerToHyperService::new(tower::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            },
+        ));
+        let builder = builder.clone();
+        let mut close = close_rx.clone();
+        connections.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = close.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = close_tx.send(true);
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "HTTP connections still open at shutdown were abandoned"
+        );
+    }
+    Ok(())
 }
 
 /// How long a graceful stop waits for background tasks.

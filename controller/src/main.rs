@@ -107,6 +107,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Every connection costs a descriptor: take what the system allows (systemd's
+        // LimitNOFILE, or the shell's hard limit) rather than the 1024 soft default.
+        let fds = mezzanine::net::raise_fd_limit();
         if let Ok(bound) = listener.local_addr() {
             config.listening_on(bound);
         }
@@ -121,7 +124,7 @@ fn main() -> ExitCode {
         let shutdown = shutdown_signal();
         let local = listener.local_addr().map_or(listen, |a| a);
         let agent_local = agents.local_addr().map_or(agent_listen, |a| a);
-        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, "Mezzanine is ready: open {public_url}");
+        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, open_files_limit = fds, "Mezzanine is ready: open {public_url}");
         match mezzanine::serve(listener, agents, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,6 +7,7 @@ mod cli;
 mod conventions;
 mod deploys;
 mod docker;
+mod limits;
 mod nodes;
 mod panel;
 mod roles;

@@ -61,6 +61,21 @@ fn tune(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Unauthenticated connections (handshaking or enrolling) the agent port holds at once.
+const ANONYMOUS_TOTAL: usize = 256;
+/// Descriptors kept for the database, logs and outbound calls.
+const RESERVED_FDS: usize = 128;
+
+impl tonic::transport::server::Connected
+    for crate::net::Guarded<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>
+{
+    type ConnectInfo = <tokio_rustls::server::TlsStream<tokio::net::TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
 /// Serves the gateway on `listener` until `shutdown`, then ends every session.
 pub async fn serve(
     listener: TcpListener,
@@ -77,7 +92,24 @@ pub async fn serve(
         .map_err(|e| format!("agent gateway TLS: {e}"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(256);
+    // Connections without a client certificate (handshaking, or enrolling) are capped per
+    // address and live at most `agent_anonymous`; attached agents count only against the
+    // total, which leaves the API its share of the descriptors.
+    let conf = state.config();
+    let anonymous = crate::net::ConnLimits::new(ANONYMOUS_TOTAL, conf.agent_anonymous_per_ip);
+    let fd_limit = usize::try_from(crate::net::fd_limit()).unwrap_or(usize::MAX);
+    let api_share = conf
+        .max_connections
+        .unwrap_or_else(|| (fd_limit / 4).clamp(64, 4096));
+    let sessions = crate::net::ConnLimits::new(
+        fd_limit
+            .saturating_sub(api_share + ANONYMOUS_TOTAL + RESERVED_FDS)
+            .max(64),
+        usize::MAX,
+    );
+    let anonymous_for = conf.agent_anonymous;
     let accept = tokio::spawn(async move {
+        let mut refused: u64 = 0;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -87,16 +119,38 @@ pub async fn serve(
                     continue;
                 }
             };
+            let Some(slot) = anonymous.try_acquire(peer.ip()) else {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused, "agent connection refused: too many unauthenticated connections");
+                }
+                continue;
+            };
             if let Err(e) = tune(&tcp) {
                 tracing::debug!(%peer, error = %e, "could not set socket options");
             }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let sessions = sessions.clone();
             tokio::spawn(async move {
                 let accept = acceptor.accept(tcp).into_fallible();
                 match tokio::time::timeout(Duration::from_secs(10), accept).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let authenticated = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
+                        let io = if authenticated {
+                            let Some(session) = sessions.try_acquire(peer.ip()) else {
+                                tracing::warn!(%peer, "agent connection refused: connection cap reached");
+                                return;
+                            };
+                            crate::net::Guarded::new(tls, session, None)
+                        } else {
+                            crate::net::Guarded::new(tls, slot, Some(anonymous_for))
+                        };
+                        let _ = tx.send(Ok::<_, std::io::Error>(io)).await;
                     }
                     Ok(Err((e, mut io))) => {
                         tracing::info!(%peer, error = %e, "agent TLS handshake refused");

@@ -1,0 +1,230 @@
+//! Connection hygiene for both listeners: how many connections one address and everyone
+//! together may hold, a deadline for connections that have not proved who they are, and
+//! the process's descriptor limit. Without these, ~1000 idle sockets from one host took
+//! the whole controller down (each costs a descriptor; the default soft limit is 1024).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Raises the soft limit on open descriptors to the hard limit (what systemd's
+/// `LimitNOFILE` or the shell allows) and returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
+        if cur < max {
+            lim.current = Some(max);
+            if setrlimit(Resource::Nofile, lim).is_err() {
+                lim.current = Some(cur);
+            }
+        }
+    }
+    lim.current.unwrap_or(u64::MAX)
+}
+
+/// Caps on concurrent connections, in all and per client address.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The soft limit on open descriptors now in force.
+pub fn fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// A held connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl ConnLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max_total: max_total.max(1),
+            max_per_ip: max_per_ip.max(1),
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a connection from `ip`, or `None` when either cap is reached (the
+    /// caller closes the connection at once).
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let mut map = self.map();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip || self.total.load(Ordering::Acquire) >= self.max_total {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Some(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut map = self.limits.map();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection that holds its slot for as long as it lives and, with a deadline, fails
+/// every read and write once the deadline passes (the peer is then disconnected) — unless
+/// the peer has sent `disarm_after` bytes by then.
+pub struct Guarded<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read after which the deadline no longer applies (`usize::MAX`: never).
+    disarm_after: usize,
+    read: usize,
+    _slot: ConnSlot,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, slot: ConnSlot, deadline: Option<std::time::Duration>) -> Guarded<S> {
+        Guarded {
+            inner,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+            disarm_after: usize::MAX,
+            read: 0,
+            _slot: slot,
+        }
+    }
+
+    /// The deadline stops applying once the peer has sent `bytes`.
+    pub fn disarm_after(mut self, bytes: usize) -> Self {
+        self.disarm_after = bytes;
+        self
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn expired_error() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connection deadline passed before the peer identified itself",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.deadline.is_some() {
+            this.read = this.read.saturating_add(buf.filled().len() - before);
+            if this.read >= this.disarm_after {
+                this.deadline = None;
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_per_address_and_in_all() {
+        let l = ConnLimits::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let s1 = l.try_acquire(a).expect("1");
+        let _s2 = l.try_acquire(a).expect("2");
+        assert!(l.try_acquire(a).is_none(), "per address");
+        let _s3 = l.try_acquire(b).expect("3");
+        assert!(l.try_acquire(b).is_none(), "in all");
+        drop(s1);
+        assert!(l.try_acquire(b).is_some(), "released on drop");
+        assert_eq!(l.open(), 3);
+    }
+}
