@@ -21,9 +21,8 @@ pub type StepKey = (u64, u32);
 
 /// Shared with the controller: see `mezzanine_proto::CHUNK_OVERHEAD`.
 pub const CHUNK_OVERHEAD: usize = mezzanine_proto::CHUNK_OVERHEAD as usize;
-/// Bounds on the credit window a controller may ask for.
-pub const MIN_WINDOW: u64 = 256 * 1024;
-pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+/// Bounds on the credit window a controller may ask for (shared with the controller).
+pub use mezzanine_proto::{MAX_WINDOW, MIN_WINDOW};
 
 /// One session's way back to the controller.
 #[derive(Debug, Clone)]

@@ -10,6 +10,17 @@ pub mod mask;
 /// fields), so that many tiny chunks cannot outrun the window.
 pub const CHUNK_OVERHEAD: u64 = 64;
 
+/// Bounds on the credit window a streaming command may ask for (the agent clamps to them).
+pub const MIN_WINDOW: u64 = 256 * 1024;
+pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+
+/// The most a stream may have in flight beyond what it was credited, as the controller
+/// counts it: a resumed step re-sends what was unacknowledged (up to one window) on top
+/// of a fresh window, plus slack for framing. An agent past this is misbehaving.
+pub fn in_flight_limit(window: u64) -> u64 {
+    2 * window.clamp(MIN_WINDOW, MAX_WINDOW) + 1024 * 1024
+}
+
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("mezzanine.agent.v1");

@@ -715,3 +715,105 @@ async fn deploy_keys_are_generated_delivered_and_rotated() {
     }
     assert_eq!(admin.get("/api/servers/999/deploy-key").await.status, 404);
 }
+
+/// A compromised agent that ignores its credit and floods a log stream has its session
+/// ended once it is past what it was credited (plus a re-send's worth), instead of the
+/// controller buffering everything it sends (1 GiB cost +950 MiB before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_ignores_its_credit_loses_its_session() {
+    use mezzanine_proto::v1::session_client::SessionClient;
+    use mezzanine_proto::v1::{
+        agent_message, command, controller_message, reply, AgentMessage, Hello, LogChunk,
+        LogStream, Reply,
+    };
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (id, token, _) = add_server(&mut admin, "flooder").await;
+    let agent = Agent::new();
+    assert!(agent.enroll(&token).0);
+    let state = mezzanine_agent::identity::StateDir::new(&agent.state_dir());
+    let ident = state.load().expect("identity");
+    let key = state.key().expect("key");
+    let config = mezzanine_agent::tls::session_config(
+        &ident.ca,
+        ident.cert.clone(),
+        mezzanine_agent::identity::StateDir::rustls_key(&key),
+    )
+    .expect("tls");
+    let endpoint = format!("https://127.0.0.1:{}", ctl.agent_addr.port());
+    let channel = mezzanine_agent::tls::connect(&endpoint, config)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(64);
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_version: "flooder".into(),
+            heartbeat_secs: 30,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = SessionClient::new(channel)
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    wait_server(&mut admin, id, Duration::from_secs(10), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+    // A viewer opens a log stream and does not read it: no credit comes back.
+    let viewer = admin.clone();
+    let follow = tokio::spawn(async move {
+        viewer
+            .open(&format!(
+                "/api/servers/{id}/docker/containers/web/logs?follow=true"
+            ))
+            .await
+    });
+    let request = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("a command in time")
+            .expect("stream")
+            .expect("message");
+        if let Some(controller_message::Kind::Command(c)) = m.kind {
+            if matches!(c.body, Some(command::Body::DockerLogs(_))) {
+                break c.request_id;
+            }
+        }
+    };
+    // 64 MiB in 64 KiB chunks, without waiting for credit.
+    let chunk = move |data: Vec<u8>| AgentMessage {
+        kind: Some(agent_message::Kind::Reply(Reply {
+            request_id: request,
+            body: Some(reply::Body::LogChunk(LogChunk {
+                stream: LogStream::Stdout as i32,
+                data,
+            })),
+        })),
+    };
+    let flood = tokio::spawn(async move {
+        if tx.send(chunk(Vec::new())).await.is_err() {
+            return;
+        }
+        for _ in 0..1024 {
+            if tx.send(chunk(vec![b'x'; 64 * 1024])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let s = wait_server(&mut admin, id, Duration::from_secs(30), "offline", |v| {
+        v["status"] == "offline"
+    })
+    .await;
+    assert!(
+        s["status_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("more output than it was credited")),
+        "{s}"
+    );
+    flood.abort();
+    follow.abort();
+}

@@ -47,6 +47,9 @@ fn metrics_json(h: &Heartbeat, at_ms: i64) -> Value {
     })
 }
 
+/// The window assumed for a stream whose command names none (a resumed step).
+const DEFAULT_STREAM_WINDOW: u64 = 4 * 1024 * 1024;
+
 /// One attached agent.
 #[derive(Debug)]
 pub struct Live {
@@ -65,7 +68,17 @@ pub struct Live {
 #[derive(Debug)]
 enum Waiter {
     Once(oneshot::Sender<reply::Body>),
-    Stream(mpsc::UnboundedSender<reply::Body>),
+    Stream(mpsc::UnboundedSender<reply::Body>, Arc<InFlight>),
+}
+
+/// What a stream's agent has sent beyond the credit it was given, counted on the
+/// controller: the agent is trusted to respect its window, but not relied on — the
+/// channel to the consumer is unbounded (a full one would stall the whole session), so
+/// an agent past `limit` has its session ended instead.
+#[derive(Debug)]
+struct InFlight {
+    bytes: std::sync::atomic::AtomicU64,
+    limit: u64,
 }
 
 /// The replies of a streaming command. The agent sends only as much as it was credited
@@ -77,6 +90,7 @@ pub struct ReplyStream {
     request_id: u64,
     rx: mpsc::UnboundedReceiver<reply::Body>,
     finished: bool,
+    in_flight: Arc<InFlight>,
 }
 
 impl ReplyStream {
@@ -109,6 +123,11 @@ impl ReplyStream {
     /// Lets the stream send `bytes` more; for a deploy step, `acked_seq` also tells the
     /// agent every chunk up to it is stored (0 for other streams).
     pub async fn credit(&self, bytes: u64, acked_seq: u64) -> bool {
+        let _ = self.in_flight.bytes.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |b| Some(b.saturating_sub(bytes)),
+        );
         let msg = notice(command::Body::Credit(mezzanine_proto::v1::Credit {
             request_id: self.request_id,
             bytes,
@@ -299,12 +318,28 @@ impl Registry {
         })
     }
 
-    /// Completes a pending command with the agent's reply.
-    pub fn complete(live: &Live, request_id: u64, body: reply::Body) {
+    /// Completes a pending command with the agent's reply. False when the agent sent a
+    /// stream more than its credit allows: the caller ends the session.
+    #[must_use]
+    pub fn complete(live: &Live, request_id: u64, body: reply::Body) -> bool {
         let mut pending = lock(&live.pending);
         let chunk = is_chunk(&body);
         match pending.get(&request_id) {
-            Some(Waiter::Stream(tx)) if chunk => {
+            Some(Waiter::Stream(tx, in_flight)) if chunk => {
+                let size = match &body {
+                    reply::Body::LogChunk(c) => c.data.len(),
+                    reply::Body::StepOutput(o) => o.data.len(),
+                    _ => 0,
+                } as u64
+                    + mezzanine_proto::CHUNK_OVERHEAD;
+                let total = in_flight
+                    .bytes
+                    .fetch_add(size, std::sync::atomic::Ordering::AcqRel)
+                    + size;
+                if total > in_flight.limit {
+                    pending.remove(&request_id);
+                    return false;
+                }
                 let gone = tx.send(body).is_err();
                 if gone {
                     pending.remove(&request_id);
@@ -314,13 +349,14 @@ impl Registry {
                 Some(Waiter::Once(tx)) => {
                     let _ = tx.send(body);
                 }
-                Some(Waiter::Stream(tx)) => {
+                Some(Waiter::Stream(tx, _)) => {
                     let _ = tx.send(body);
                 }
                 None => {}
             },
             None => {}
         }
+        true
     }
 
     /// Drops every waiter of an ended session: calls fail as disconnected, streams end.
@@ -366,13 +402,26 @@ impl Registry {
         server_id: i64,
         body: command::Body,
     ) -> Result<ReplyStream, CallError> {
+        let window = match &body {
+            command::Body::RunStep(s) => s.window,
+            command::Body::DockerLogs(l) => l.window,
+            // A resumed step keeps the window it started with; the default is the
+            // engine's, and the limit allows for the re-sent backlog on top of it.
+            _ => DEFAULT_STREAM_WINDOW,
+        };
+        let in_flight = Arc::new(InFlight {
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            limit: mezzanine_proto::in_flight_limit(window),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        let (live, request_id) = self.dispatch(server_id, body, Waiter::Stream(tx))?;
+        let (live, request_id) =
+            self.dispatch(server_id, body, Waiter::Stream(tx, in_flight.clone()))?;
         Ok(ReplyStream {
             live,
             request_id,
             rx,
             finished: false,
+            in_flight,
         })
     }
 

@@ -300,7 +300,10 @@ async fn read_session(
                             Some(agent_message::Kind::Reply(r)) => {
                                 Registry::seen(&live, None);
                                 if let Some(body) = r.body {
-                                    Registry::complete(&live, r.request_id, body);
+                                    if !Registry::complete(&live, r.request_id, body) {
+                                        tracing::warn!(server_id, request_id = r.request_id, "agent sent a stream more than its credit; ending its session");
+                                        break "the agent sent more output than it was credited";
+                                    }
                                 }
                             }
                             Some(agent_message::Kind::Hello(_)) | None => Registry::seen(&live, None),
