@@ -231,3 +231,78 @@ async fn health_probe_and_panel() {
         .expect("404");
     assert_eq!(r.status(), 404);
 }
+
+/// Same-origin requests pass whatever name the browser used for this machine (its
+/// address, `localhost`); other sites, and DNS names other than the public URL's (how a
+/// DNS-rebinding page would arrive), are refused with a message naming the setting.
+/// Requests without a body need no Content-Type (curl -X DELETE).
+#[tokio::test]
+async fn same_origin_is_judged_by_the_browser_and_the_host() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let port = ctl.addr.port();
+    let user =
+        |name: &str| json!({ "username": name, "password": "whatever-123", "role": "viewer" });
+
+    // Opened as http://localhost:<port>: Origin and Host agree, and name this machine.
+    let via_localhost = format!("http://localhost:{port}");
+    let req = admin
+        .request(Method::POST, "/api/users")
+        .header("content-type", "application/json")
+        .header("origin", via_localhost.clone())
+        .header("host", format!("localhost:{port}"))
+        .body(user("local").to_string());
+    let r = admin.raw(req).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // A rebinding page: its own DNS name in Origin and Host.
+    let req = admin
+        .request(Method::POST, "/api/users")
+        .header("content-type", "application/json")
+        .header("origin", format!("http://attacker.example:{port}"))
+        .header("host", format!("attacker.example:{port}"))
+        .body(user("rebound").to_string());
+    let r = admin.raw(req).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.error().contains("--public-url"),
+        "names the setting: {}",
+        r.body
+    );
+
+    // The browser's own word wins when it gives it.
+    let req = admin
+        .request(Method::POST, "/api/users")
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "cross-site")
+        .body(user("forged").to_string());
+    assert_eq!(admin.raw(req).await.status, 403);
+    let req = admin
+        .request(Method::POST, "/api/users")
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", "http://whatever-name-the-user-typed:1")
+        .body(user("samesite").to_string());
+    assert_eq!(admin.raw(req).await.status, 201);
+
+    // No body, no Content-Type needed.
+    let id = admin
+        .get("/api/users")
+        .await
+        .body
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "local")
+        .and_then(|u| u["id"].as_i64())
+        .expect("id");
+    let req = admin.request(Method::DELETE, &format!("/api/users/{id}"));
+    let r = admin.raw(req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A body still needs JSON.
+    let req = admin
+        .request(Method::POST, "/api/auth/logout")
+        .header("content-type", "text/plain")
+        .body("x");
+    assert_eq!(admin.raw(req).await.status, 415);
+}

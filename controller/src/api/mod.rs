@@ -173,27 +173,77 @@ pub(crate) fn check_mutation(state: &AppState, req: &Request) -> Result<(), ApiE
     if is_safe(req.method()) || req.uri().path().starts_with("/api/webhooks/") {
         return Ok(());
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let expected = &state.config().public_origin;
-        if origin.as_bytes() != expected.as_bytes() {
-            let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-            return Err(ApiError::Forbidden(format!(
-                "cross-origin request refused: Origin {shown:?} is not {expected:?}"
-            )));
-        }
-    }
+    same_site(state, req)?;
+    // A form or a `no-cors` fetch cannot send this type cross-site without a preflight;
+    // a request without a body (DELETE, a bare POST) has no type to send.
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let json_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
+    if has_body && !json_type {
         return Err(ApiError::UnsupportedMediaType(
-            "mutations require the header Content-Type: application/json".into(),
+            "a request body must be sent with the header Content-Type: application/json".into(),
         ));
     }
     Ok(())
+}
+
+/// Refuses mutations another site's page makes with the user's cookie. Browsers say where
+/// a request comes from: `Sec-Fetch-Site` (modern browsers), else `Origin`. Same-origin is
+/// judged by the public URL, or by the request's own `Host` when that names this machine
+/// by address or as `localhost` — so the panel works whatever address the browser used,
+/// while a DNS name the operator did not configure (how DNS rebinding reaches a server)
+/// still has to be the public URL's. Clients that send neither (curl, scripts) pass.
+fn same_site(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let expected = &state.config().public_origin;
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if matches!(site, "same-origin" | "none") {
+            return Ok(());
+        }
+        let from = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("another site");
+        return Err(ApiError::Forbidden(format!(
+            "cross-site request refused: it came from {from} ({site}); this API accepts changes from its own pages only"
+        )));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    if origin == *expected {
+        return Ok(());
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    if let (Some(host), Some(authority)) = (host, authority) {
+        if host.eq_ignore_ascii_case(authority) && is_machine_address(host) {
+            return Ok(());
+        }
+    }
+    Err(ApiError::Forbidden(format!(
+        "cross-origin request refused: Origin {origin:?} is not this controller's public URL ({expected}); if you open the panel at {origin}, start the controller with --public-url {origin}"
+    )))
+}
+
+/// `host[:port]` naming a machine by IP address or as `localhost`.
+fn is_machine_address(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Gives every error under `/api` and `/healthz` the `{ "error": … }` shape, including
