@@ -98,7 +98,12 @@ fn init_logging() {
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only on a terminal, not in agent.log or the journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
 }
 
@@ -115,8 +120,8 @@ fn status(state: &StateDir) -> ExitCode {
     println!("identity:     spiffe://mezzanine/server/{}", id.server_id);
     println!("controller:   {}", id.endpoint);
     println!(
-        "certificate:  expires at unix {} ({})",
-        id.not_after,
+        "certificate:  expires {} ({})",
+        mezzanine_agent::rfc3339(id.not_after),
         if left > 0 {
             format!("in {left} s")
         } else {
@@ -180,8 +185,10 @@ fn main() -> ExitCode {
             match runtime.block_on(session::enroll(&state, &token)) {
                 Ok(id) => {
                     println!(
-                        "enrolled as server {} with {}; certificate valid until unix {}",
-                        id.server_id, id.endpoint, id.not_after
+                        "enrolled as server {} with {}; certificate valid until {}",
+                        id.server_id,
+                        id.endpoint,
+                        mezzanine_agent::rfc3339(id.not_after)
                     );
                     ExitCode::SUCCESS
                 }

@@ -15,7 +15,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the controller: REST API under /api, the browser panel, and (later) the agent gateway.
+    /// Run the controller: REST API under /api, the browser panel, and the agent gateway.
     Serve(ServeArgs),
 }
 

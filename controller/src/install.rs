@@ -125,7 +125,7 @@ pub async fn mint(state: &AppState, server_id: i64) -> Result<Minted, MintError>
 /// status (`(exit $rc)` in a subshell, so a pasted line does not close the terminal).
 pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
     format!(
-        "f=$(mktemp) && curl -fsSL {public_url}/install.sh -o \"$f\" && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rc=$?; rm -f \"$f\"; (exit $rc)"
+        "f=$(mktemp) && {{ curl -fsSL {public_url}/install.sh -o \"$f\" || wget -qO \"$f\" {public_url}/install.sh; }} && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rc=$?; rm -f \"$f\"; (exit $rc)"
     )
 }
 

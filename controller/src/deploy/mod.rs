@@ -1135,6 +1135,15 @@ async fn run_step(
 ) -> StepEnd {
     // A server that is reconnecting (after a controller restart, say) gets a moment.
     let agents = state.deploys().agents();
+    // A server that never had an agent will not get one in the next seconds: say so now
+    // rather than after the offline grace.
+    if !resuming && !agents.is_attached(server_id) {
+        if let Ok(false) = state.store().is_enrolled(server_id).await {
+            return StepEnd::Interrupted(
+                "the server has no agent yet: install it with the server's install command".into(),
+            );
+        }
+    }
     let wait_until = tokio::time::Instant::now() + *lock(&state.deploys().offline_grace);
     while !agents.is_attached(server_id) && tokio::time::Instant::now() < wait_until {
         // A step being resumed is stopped through the agent once it is back.

@@ -430,9 +430,28 @@ async fn a_queued_run_cancelled_ends_once_and_never_starts() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_had_an_agent_interrupts_the_run_at_once() {
+    let fake = FakeAgents::new(false, vec![]);
+    let b = bench(fake.clone()).await;
+    let wf = b.workflow("never", 1).await;
+    let started = tokio::time::Instant::now();
+    let run = b.run(&wf).await;
+    let r = b.ended(run).await;
+    assert_eq!(r.status, "interrupted");
+    assert!(r.error.unwrap_or_default().contains("no agent yet"));
+    // Not after the offline grace (300 ms here, 20 s in production).
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_step_whose_server_stays_offline_interrupts_the_run() {
     let fake = FakeAgents::new(false, vec![]);
     let b = bench(fake.clone()).await;
+    b.state
+        .store()
+        .record_cert("01", b.server, 0, i64::MAX, false)
+        .await
+        .expect("an enrolled server");
     let wf = b.workflow("offline", 2).await;
     let run = b.run(&wf).await;
     let r = b.ended(run).await;
