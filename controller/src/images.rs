@@ -152,6 +152,40 @@ pub struct UpdateChecker {
     cache: Mutex<HashMap<ImageRef, Checked>>,
     /// Background checks under way, so repeated listings do not pile them up.
     inflight: Mutex<std::collections::HashSet<ImageRef>>,
+    /// Registry requests at once: a listing of many images must not open a connection per
+    /// image all together.
+    slots: tokio::sync::Semaphore,
+}
+
+/// Registry checks in flight at once, for the whole controller.
+const CONCURRENT_CHECKS: usize = 8;
+/// References whose result is kept; past it the oldest results are dropped.
+const CACHE_ENTRIES: usize = 4096;
+
+/// How an image's update status is checked: the reference (its first tag that has a
+/// registry digest in the same repository, else its first tag) and the local digests
+/// to compare with, or why it cannot be checked.
+pub fn plan(
+    repo_tags: &[String],
+    repo_digests: &[String],
+) -> Result<(ImageRef, Vec<String>), String> {
+    if repo_tags.is_empty() {
+        return Err("untagged image: nothing to compare with a registry".into());
+    }
+    let parsed: Vec<(ImageRef, Vec<String>)> = repo_tags
+        .iter()
+        .filter_map(|t| parse_reference(t).ok())
+        .map(|r| {
+            let local = local_digests(repo_digests, &r);
+            (r, local)
+        })
+        .collect();
+    parsed
+        .iter()
+        .find(|(_, local)| !local.is_empty())
+        .or(parsed.first())
+        .cloned()
+        .ok_or_else(|| "its tags are not references a registry can answer for".into())
 }
 
 impl UpdateChecker {
@@ -167,7 +201,26 @@ impl UpdateChecker {
             insecure,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
         })
+    }
+
+    /// The references among `plans` that need a registry request now: pulled images not
+    /// yet checked (or all of them, with `force`), each once.
+    pub fn to_check<'a>(
+        &self,
+        plans: impl Iterator<Item = &'a (ImageRef, Vec<String>)>,
+        force: bool,
+    ) -> Vec<ImageRef> {
+        let mut wanted: Vec<ImageRef> = plans
+            .filter(|(r, local)| !local.is_empty() && (force || self.cached(r).is_none()))
+            .map(|(r, _)| r.clone())
+            .collect();
+        wanted.sort_by(|a, b| {
+            (&a.registry, &a.repository, &a.tag).cmp(&(&b.registry, &b.repository, &b.tag))
+        });
+        wanted.dedup();
+        wanted
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<ImageRef, Checked>> {
@@ -193,14 +246,25 @@ impl UpdateChecker {
             .remove(image);
     }
 
-    /// Asks the registry now and caches the answer.
+    /// Asks the registry now (at most `CONCURRENT_CHECKS` at once) and caches the answer.
     pub async fn check(&self, image: &ImageRef, credential: Option<Credential>) -> Checked {
-        let digest = self.remote_digest(image, credential.as_ref()).await;
+        let digest = match self.slots.acquire().await {
+            Ok(_permit) => self.remote_digest(image, credential.as_ref()).await,
+            Err(_) => Err("image update checks are shutting down".into()),
+        };
         let checked = Checked {
             digest,
             checked_at: crate::time::now_secs(),
         };
-        self.cache().insert(image.clone(), checked.clone());
+        let mut cache = self.cache();
+        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(image) {
+            // Drop the oldest half: a re-check costs one request.
+            let mut ages: Vec<i64> = cache.values().map(|c| c.checked_at).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 2];
+            cache.retain(|_, c| c.checked_at > cutoff);
+        }
+        cache.insert(image.clone(), checked.clone());
         checked
     }
 
@@ -532,6 +596,32 @@ mod tests {
         assert!(parse_reference("Upper/Case").is_err());
         assert!(parse_reference("a/../b").is_err());
         assert!(parse_reference("app:-x").is_err());
+    }
+
+    #[test]
+    fn an_image_is_checked_by_its_first_tag_with_a_registry_digest() {
+        let d = |s: &str| vec![s.to_owned()];
+        let tags = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // (tags, repo digests) → the reference checked, or the reason there is none.
+        type Case = (Vec<String>, Vec<String>, Result<&'static str, &'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                tags(&["app:1", "ghcr.io/a/app:1"]),
+                d("ghcr.io/a/app@sha256:x"),
+                Ok("ghcr.io a/app 1"),
+            ),
+            (tags(&["app:1"]), vec![], Ok("docker.io library/app 1")),
+            (vec![], d("app@sha256:x"), Err("untagged")),
+            (tags(&["Not A Reference"]), vec![], Err("not references")),
+        ];
+        for (t, digests, want) in cases {
+            let got = plan(&t, &digests)
+                .map(|(r, _)| format!("{} {} {}", r.registry, r.repository, r.tag));
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{t:?}"),
+                Err(w) => assert!(got.as_ref().is_err_and(|e| e.contains(w)), "{t:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]

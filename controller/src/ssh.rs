@@ -186,6 +186,66 @@ async fn step(state: &AppState, id: i64, status: Option<&str>, message: &str) {
 }
 
 /// Runs the whole bootstrap and records the outcome; never panics the controller.
+/// Why an adoption could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("an adoption of this server is already running")]
+    Running,
+    #[error(transparent)]
+    Seal(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Seals (`keep`) or forgets the credentials, then runs the bootstrap in the background;
+/// its progress is the server's status. One bootstrap per server at a time.
+pub async fn start(
+    state: &AppState,
+    id: i64,
+    login: SshLogin,
+    keep: bool,
+    fingerprint: Option<String>,
+) -> Result<(), StartError> {
+    if !state.try_start_adoption(id) {
+        return Err(StartError::Running);
+    }
+    let sealed = if keep {
+        match state.key().seal(
+            &credentials_context(id),
+            login.to_json().to_string().as_bytes(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                state.adoptions_done(id);
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = state
+        .store()
+        .set_ssh_credentials(id, sealed.as_deref())
+        .await
+    {
+        state.adoptions_done(id);
+        return Err(e.into());
+    }
+    let _ = state
+        .store()
+        .set_server_status(
+            id,
+            "pending",
+            Some("adoption queued"),
+            crate::time::now_secs(),
+        )
+        .await;
+    state
+        .tasks()
+        .spawn(adopt(state.clone(), id, login, fingerprint));
+    Ok(())
+}
+
 pub async fn adopt(state: AppState, id: i64, login: SshLogin, expected: Option<String>) {
     let started = Instant::now();
     match run(&state, id, &login, expected).await {

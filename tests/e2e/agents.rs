@@ -90,7 +90,9 @@ async fn agents_enroll_attach_report_facts_and_answer_commands() {
     assert!(status.contains("connected"), "{status}");
     // A date a person can read, not a Unix timestamp.
     assert!(
-        status.lines().any(|l| l.starts_with("certificate:  expires 20") && l.contains('T')),
+        status
+            .lines()
+            .any(|l| l.starts_with("certificate:  expires 20") && l.contains('T')),
         "{status}"
     );
 

@@ -322,42 +322,15 @@ async fn list_images(
     let checker = state
         .updates()
         .map_err(|e| ApiError::Unavailable(format!("image update checks are unavailable: {e}")))?;
-    // Which reference each image is checked by: its first tag with a registry digest.
-    let mut plans = Vec::with_capacity(list.images.len());
-    for img in &list.images {
-        let plan: Result<(ImageRef, Vec<String>), String> = if img.repo_tags.is_empty() {
-            Err("untagged image: nothing to compare with a registry".into())
-        } else {
-            let parsed: Vec<(ImageRef, Vec<String>)> = img
-                .repo_tags
-                .iter()
-                .filter_map(|t| images::parse_reference(t).ok())
-                .map(|r| {
-                    let local = images::local_digests(&img.repo_digests, &r);
-                    (r, local)
-                })
-                .collect();
-            parsed
-                .iter()
-                .find(|(_, local)| !local.is_empty())
-                .or(parsed.first())
-                .cloned()
-                .ok_or_else(|| "its tags are not references a registry can answer for".into())
-        };
-        plans.push(plan);
-    }
-    let mut wanted: Vec<ImageRef> = plans
+    let plans: Vec<Result<(ImageRef, Vec<String>), String>> = list
+        .images
         .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .filter(|(r, local)| {
-            !local.is_empty() && (q.check == Some(true) || checker.cached(r).is_none())
-        })
-        .map(|(r, _)| r.clone())
+        .map(|img| images::plan(&img.repo_tags, &img.repo_digests))
         .collect();
-    wanted.sort_by(|a, b| {
-        (&a.registry, &a.repository, &a.tag).cmp(&(&b.registry, &b.repository, &b.tag))
-    });
-    wanted.dedup();
+    let wanted = checker.to_check(
+        plans.iter().filter_map(|p| p.as_ref().ok()),
+        q.check == Some(true),
+    );
     let mut credentials: HashMap<String, Option<Credential>> = HashMap::new();
     for r in &wanted {
         if !credentials.contains_key(&r.registry) {
@@ -376,7 +349,8 @@ async fn list_images(
         for (r, cred) in jobs {
             if checker.start(&r) {
                 let state = state.clone();
-                tokio::spawn(async move {
+                let tasks = state.tasks().clone();
+                tasks.spawn(async move {
                     if let Ok(c) = state.updates() {
                         c.check(&r, cred).await;
                         c.finish(&r);

@@ -52,6 +52,16 @@ impl From<crate::auth::password::HashError> for ApiError {
     }
 }
 
+impl From<crate::ssh::StartError> for ApiError {
+    fn from(e: crate::ssh::StartError) -> Self {
+        match e {
+            crate::ssh::StartError::Running => ApiError::Conflict(e.to_string()),
+            crate::ssh::StartError::Seal(k) => k.into(),
+            crate::ssh::StartError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<crate::install::MintError> for ApiError {
     fn from(e: crate::install::MintError) -> Self {
         match e {

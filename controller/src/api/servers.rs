@@ -193,50 +193,6 @@ fn check_fingerprint(fp: &str) -> ApiResult<()> {
     }
 }
 
-/// Seals or forgets the credentials, then starts the bootstrap in the background.
-async fn start_adoption(
-    state: &AppState,
-    id: i64,
-    login: SshLogin,
-    keep: bool,
-    fingerprint: Option<String>,
-) -> ApiResult<()> {
-    if !state.try_start_adoption(id) {
-        return Err(ApiError::Conflict(
-            "an adoption of this server is already running".into(),
-        ));
-    }
-    let sealed = if keep {
-        Some(state.key().seal(
-            &crate::ssh::credentials_context(id),
-            login.to_json().to_string().as_bytes(),
-        )?)
-    } else {
-        None
-    };
-    if let Err(e) = state
-        .store()
-        .set_ssh_credentials(id, sealed.as_deref())
-        .await
-    {
-        state.adoptions_done(id);
-        return Err(e.into());
-    }
-    let _ = state
-        .store()
-        .set_server_status(
-            id,
-            "pending",
-            Some("adoption queued"),
-            crate::time::now_secs(),
-        )
-        .await;
-    state
-        .tasks()
-        .spawn(crate::ssh::adopt(state.clone(), id, login, fingerprint));
-    Ok(())
-}
-
 fn check_fields(
     name: Option<&str>,
     host: Option<&str>,
@@ -311,7 +267,7 @@ async fn create(
     crate::deploy_keys::create(&state, server.id, false).await?;
     let mut resp = match login {
         Some(login) => {
-            start_adoption(
+            crate::ssh::start(
                 &state,
                 server.id,
                 login,
@@ -476,7 +432,7 @@ async fn reinstall(
     if let Some(fp) = &body.host_key_fingerprint {
         check_fingerprint(fp)?;
     }
-    start_adoption(&state, id, login, keep, body.host_key_fingerprint.clone()).await?;
+    crate::ssh::start(&state, id, login, keep, body.host_key_fingerprint.clone()).await?;
     let mut resp = (StatusCode::ACCEPTED, ok(json!({ "id": id }))).into_response();
     resp.extensions_mut()
         .insert(Target(format!("server {}", server.name)));
