@@ -33,27 +33,9 @@ pub enum EnrollError {
 
 /// `(endpoint, pin)` carried by a join token `MZ1.<endpoint>.<pin>.<id>.<secret>`.
 pub fn parse_token(token: &str) -> Result<(String, [u8; 32]), EnrollError> {
-    use base64::Engine;
-    let bad = || {
-        EnrollError::Token(
-            "malformed join token: expected MZ1.<endpoint>.<pin>.<id>.<secret>".into(),
-        )
-    };
-    let parts: Vec<&str> = token.trim().split('.').collect();
-    if parts.len() != 5 || parts[0] != "MZ1" {
-        return Err(bad());
-    }
-    let endpoint = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(parts[1])
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
-    let pin: [u8; 32] = hex::decode(parts[2])
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(bad)?;
-    tls::split_endpoint(&endpoint).map_err(EnrollError::Token)?;
-    Ok((endpoint, pin))
+    let t = mezzanine_proto::token::parse(token).map_err(EnrollError::Token)?;
+    tls::split_endpoint(&t.endpoint).map_err(EnrollError::Token)?;
+    Ok((t.endpoint, t.pin))
 }
 
 pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollError> {

@@ -1,10 +1,11 @@
 //! The controller-agent contract: generated types and gRPC stubs for `agent.proto`, and
 //! the rules both sides must apply the same way (image references, secret masking, the
-//! cost of an output chunk against credit). Proto types stay at the edges: the
+//! join token format, credit windows and the cost of an output chunk against credit). Proto types stay at the edges: the
 //! controller's gateway and the agent's session code convert them to their own types.
 
 pub mod image;
 pub mod mask;
+pub mod token;
 
 /// What one output chunk costs against a stream's credit beyond its bytes (framing and
 /// fields), so that many tiny chunks cannot outrun the window.

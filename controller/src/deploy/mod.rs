@@ -374,7 +374,10 @@ pub async fn recover(state: &AppState) {
         Ok(runs) => {
             for (run_id, workflow_id, _) in runs {
                 if let Ok(steps) = store.run_steps(run_id).await {
-                    if let Some(s) = steps.iter().find(|s| s.status == "running") {
+                    if let Some(s) = steps
+                        .iter()
+                        .find(|s| StepStatus::parse(&s.status) == StepStatus::Running)
+                    {
                         lock(&state.deploys().resuming).insert((run_id, s.idx));
                     }
                 }
@@ -629,6 +632,53 @@ impl RunStatus {
     }
 }
 
+/// A step's state, as stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Interrupted,
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Interrupted => "interrupted",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
+    /// A stored status; an unknown one reads as interrupted (it cannot be resumed).
+    pub fn parse(s: &str) -> StepStatus {
+        match s {
+            "pending" => StepStatus::Pending,
+            "running" => StepStatus::Running,
+            "succeeded" => StepStatus::Succeeded,
+            "failed" => StepStatus::Failed,
+            "timed_out" => StepStatus::TimedOut,
+            "cancelled" => StepStatus::Cancelled,
+            "skipped" => StepStatus::Skipped,
+            _ => StepStatus::Interrupted,
+        }
+    }
+
+    /// Not ended yet.
+    fn open(self) -> bool {
+        matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
 /// How one step ended.
 enum StepEnd {
     Exited(i32),
@@ -651,39 +701,42 @@ impl StepEnd {
         self,
         name: &str,
         timeout_s: u32,
-    ) -> (&'static str, Option<i64>, Option<RunStatus>, Option<String>) {
+    ) -> (StepStatus, Option<i64>, Option<RunStatus>, Option<String>) {
         match self {
-            StepEnd::Exited(0) => ("succeeded", Some(0), None, None),
+            StepEnd::Exited(0) => (StepStatus::Succeeded, Some(0), None, None),
             StepEnd::Exited(code) => (
-                "failed",
+                StepStatus::Failed,
                 Some(i64::from(code)),
                 Some(RunStatus::Failed),
                 Some(format!("step {name:?} exited with {code}")),
             ),
             StepEnd::TimedOut => (
-                "timed_out",
+                StepStatus::TimedOut,
                 None,
                 Some(RunStatus::TimedOut),
                 Some(format!("step {name:?} ran longer than {timeout_s} s")),
             ),
             StepEnd::Cancelled => (
-                "cancelled",
+                StepStatus::Cancelled,
                 None,
                 Some(RunStatus::Cancelled),
                 Some("cancelled".into()),
             ),
-            StepEnd::Interrupted(why) => {
-                ("interrupted", None, Some(RunStatus::Interrupted), Some(why))
-            }
-            StepEnd::Error(why) => ("failed", None, Some(RunStatus::Failed), Some(why)),
+            StepEnd::Interrupted(why) => (
+                StepStatus::Interrupted,
+                None,
+                Some(RunStatus::Interrupted),
+                Some(why),
+            ),
+            StepEnd::Error(why) => (StepStatus::Failed, None, Some(RunStatus::Failed), Some(why)),
             StepEnd::NotStored(e) => (
-                "failed",
+                StepStatus::Failed,
                 None,
                 Some(RunStatus::Failed),
                 Some(not_stored(&e)),
             ),
             // Handled before: the run is left as it is.
-            StepEnd::Detached => ("running", None, None, None),
+            StepEnd::Detached => (StepStatus::Running, None, None, None),
         }
     }
 }
@@ -751,11 +804,12 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
         let steps = store.run_steps(run_id).await.unwrap_or_default();
         match steps
             .iter()
-            .position(|s| s.status == "running" || s.status == "pending")
+            .position(|s| StepStatus::parse(&s.status).open())
         {
             Some(i) if steps.len() == def.steps.len() => Start {
                 from: i,
-                resume_after: (steps[i].status == "running").then_some(steps[i].agent_seq),
+                resume_after: (StepStatus::parse(&steps[i].status) == StepStatus::Running)
+                    .then_some(steps[i].agent_seq),
             },
             // Every step had ended (the restart came between the last one and the run's
             // end), or the steps no longer match the definition.
@@ -868,21 +922,18 @@ fn end_run_on_agent(state: &AppState, server_id: i64, run_id: i64) {
 /// ends: as its first unsuccessful step did, else succeeded.
 async fn ended_before_restart(state: &AppState, run_id: i64) -> (RunStatus, Option<String>) {
     let steps = state.store().run_steps(run_id).await.unwrap_or_default();
-    if steps
-        .iter()
-        .any(|s| s.status == "running" || s.status == "pending")
-    {
+    if steps.iter().any(|s| StepStatus::parse(&s.status).open()) {
         return (
             RunStatus::Interrupted,
             Some("the workflow's steps changed while the controller was down".into()),
         );
     }
     for s in &steps {
-        let status = match s.status.as_str() {
-            "succeeded" | "skipped" => continue,
-            "failed" => RunStatus::Failed,
-            "timed_out" => RunStatus::TimedOut,
-            "cancelled" => RunStatus::Cancelled,
+        let status = match StepStatus::parse(&s.status) {
+            StepStatus::Succeeded | StepStatus::Skipped => continue,
+            StepStatus::Failed => RunStatus::Failed,
+            StepStatus::TimedOut => RunStatus::TimedOut,
+            StepStatus::Cancelled => RunStatus::Cancelled,
             _ => RunStatus::Interrupted,
         };
         return (
@@ -980,13 +1031,19 @@ async fn run_steps(
             }),
             None => {
                 let _ = store
-                    .set_step(run.id, idx, "running", None, crate::time::now_ms())
+                    .set_step(
+                        run.id,
+                        idx,
+                        StepStatus::Running.as_str(),
+                        None,
+                        crate::time::now_ms(),
+                    )
                     .await;
                 if let Err(e) = rec
                     .note(
                         Some(idx),
                         "step",
-                        json!({ "index": idx, "name": step.name, "status": "running" }),
+                        json!({ "index": idx, "name": step.name, "status": StepStatus::Running.as_str() }),
                     )
                     .await
                 {
@@ -1014,13 +1071,19 @@ async fn run_steps(
         }
         let (step_status, exit, run_status, err) = end.outcome(&step.name, step.timeout_s);
         let _ = store
-            .set_step(run.id, idx, step_status, exit, crate::time::now_ms())
+            .set_step(
+                run.id,
+                idx,
+                step_status.as_str(),
+                exit,
+                crate::time::now_ms(),
+            )
             .await;
         let noted = rec
             .note(
                 Some(idx),
                 "step",
-                json!({ "index": idx, "name": step.name, "status": step_status, "exit_code": exit }),
+                json!({ "index": idx, "name": step.name, "status": step_status.as_str(), "exit_code": exit }),
             )
             .await;
         if let Some(s) = run_status {

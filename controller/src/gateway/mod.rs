@@ -19,31 +19,15 @@ use tokio::net::TcpListener;
 pub use registry::{CallError, LiveView, Registry, ReplyStream};
 
 /// Join tokens: `MZ1.<endpoint, base64url>.<CA pin, hex>.<id, hex>.<secret, hex>`.
+/// The join token format, shared with the agent.
 pub mod token {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-
-    pub const PREFIX: &str = "MZ1";
-
-    pub fn format(endpoint: &str, pin_hex: &str, id: &str, secret: &str) -> String {
-        format!(
-            "{PREFIX}.{}.{pin_hex}.{id}.{secret}",
-            URL_SAFE_NO_PAD.encode(endpoint)
-        )
-    }
+    pub use mezzanine_proto::token::{format, PREFIX};
 
     /// `(id, secret)` of a well-formed token.
     pub fn parse(token: &str) -> Option<(&str, &str)> {
-        let mut parts = token.trim().split('.');
-        if parts.next()? != PREFIX {
-            return None;
-        }
-        let _endpoint = parts.next()?;
-        let _pin = parts.next()?;
-        let id = parts.next()?;
-        let secret = parts.next()?;
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (parts.next().is_none() && hex(id, 32) && hex(secret, 64)).then_some((id, secret))
+        mezzanine_proto::token::parse(token)
+            .ok()
+            .map(|t| (t.id, t.secret))
     }
 }
 
