@@ -806,3 +806,95 @@ mod tests {
         assert!(again.secrets.is_none());
     }
 }
+
+/// Data-driven: one step's `with` per row → `Ok` or the field the error names.
+#[cfg(test)]
+mod table {
+    use super::parse;
+    use serde_json::{json, Value};
+
+    fn check(uses: &str, with: Value, expect: Result<(), &str>) {
+        let got = parse(&json!({ "steps": [{ "name": "s", "uses": uses, "with": with }] }));
+        match (expect, got) {
+            (Ok(()), Ok(_)) => {}
+            (Err(field), Err(e)) => assert!(
+                e.starts_with(&format!("steps[0].with.{field}:")),
+                "{uses} {field}: {e}"
+            ),
+            (want, got) => panic!("{uses}: wanted {want:?}, got {got:?}"),
+        }
+    }
+
+    #[test]
+    fn steps() {
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let rows: Vec<(&str, Value, Result<(), &str>)> = vec![
+            (
+                "docker.run",
+                json!({ "image": format!("busybox@{d}"), "name": "a" }),
+                Ok(()),
+            ),
+            (
+                "docker.run",
+                json!({ "image": format!("reg.local:5000/app:v1@{d}"), "name": "a" }),
+                Ok(()),
+            ),
+            (
+                "docker.run",
+                json!({ "image": "busybox@sha256:short", "name": "a" }),
+                Err("image"),
+            ),
+            (
+                "docker.run",
+                json!({ "image": "busybox", "name": "." }),
+                Err("name"),
+            ),
+            (
+                "docker.run",
+                json!({ "image": "busybox", "name": "-x" }),
+                Err("name"),
+            ),
+            (
+                "docker.run",
+                json!({ "image": "busybox", "name": "a", "restart": "sometimes" }),
+                Err("restart"),
+            ),
+            (
+                "docker.build",
+                json!({ "context": "/srv/app", "tag": "app:1" }),
+                Ok(()),
+            ),
+            (
+                "docker.build",
+                json!({ "context": "relative", "tag": "app:1" }),
+                Err("context"),
+            ),
+            (
+                "http.check",
+                json!({ "url": "http://127.0.0.1:8080/health" }),
+                Ok(()),
+            ),
+            ("http.check", json!({ "url": "ftp://x/" }), Err("url")),
+            (
+                "git",
+                json!({ "repo": "git@github.com:acme/api.git", "ref": "main", "path": "/srv/api" }),
+                Ok(()),
+            ),
+            (
+                "git",
+                json!({ "repo": "--upload-pack=x", "ref": "main", "path": "/srv/api" }),
+                Err("repo"),
+            ),
+            (
+                "git",
+                json!({ "repo": "https://h/r.git", "ref": "-x", "path": "/srv/api" }),
+                Err("ref"),
+            ),
+            ("shell", json!({ "script": "echo hi" }), Ok(())),
+            ("shell", json!({ "script": "" }), Err("script")),
+        ];
+        for (uses, with, expect) in rows {
+            check(uses, with, expect);
+        }
+    }
+}

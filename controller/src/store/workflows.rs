@@ -590,3 +590,150 @@ impl Store {
         )
     }
 }
+
+/// The store's contract for runs, on a real SQLite file (no processes).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewServer, ServerDelete};
+    use serde_json::json;
+
+    async fn store() -> (Store, tempfile::TempDir, i64, i64) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("t.db")))
+            .await
+            .expect("open");
+        let server = store
+            .create_server(
+                &NewServer {
+                    name: "s",
+                    host: "h.invalid",
+                    port: 22,
+                    username: None,
+                    auth_type: "manual",
+                    tags: &[],
+                },
+                0,
+            )
+            .await
+            .expect("store")
+            .expect("created")
+            .id;
+        let wf = store
+            .create_workflow("w", server, &json!({ "steps": [] }), 0)
+            .await
+            .expect("store")
+            .expect("created");
+        (store, dir, server, wf)
+    }
+
+    fn run(wf: i64, server: i64, delivery: Option<&'static str>) -> NewRun<'static> {
+        static DETAIL: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+        let v = DETAIL.get_or_init(|| json!({}));
+        NewRun {
+            workflow_id: wf,
+            server_id: server,
+            trigger: "manual",
+            detail: v,
+            definition: v,
+            steps: &[],
+            delivery,
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_limit_and_deliveries_are_one_statement_each() {
+        let (store, _dir, server, wf) = store().await;
+        assert!(matches!(
+            store.create_run(&run(wf, server, Some("d1")), 2, 1).await,
+            Ok(Queued::Run(_))
+        ));
+        assert!(matches!(
+            store.create_run(&run(wf, server, Some("d1")), 2, 2).await,
+            Ok(Queued::Duplicate)
+        ));
+        assert!(matches!(
+            store.create_run(&run(wf, server, None), 2, 3).await,
+            Ok(Queued::Run(_))
+        ));
+        assert!(matches!(
+            store.create_run(&run(wf, server, Some("d2")), 2, 4).await,
+            Ok(Queued::Full(2))
+        ));
+        // The refused delivery was not recorded.
+        let next = store.next_queued(wf).await.expect("store").expect("queued");
+        store.cancel_queued_run(next, 5).await.expect("cancel");
+        assert!(matches!(
+            store.create_run(&run(wf, server, Some("d2")), 2, 6).await,
+            Ok(Queued::Run(_))
+        ));
+        let r = store.run(next).await.expect("store").expect("run");
+        assert_eq!(r.server_id, Some(server));
+    }
+
+    #[tokio::test]
+    async fn deletes_refuse_what_would_take_work_with_them() {
+        let (store, _dir, server, wf) = store().await;
+        let Queued::Run(id) = store
+            .create_run(&run(wf, server, None), 5, 1)
+            .await
+            .expect("run")
+        else {
+            panic!("not queued")
+        };
+        assert_eq!(
+            store.delete_workflow(wf).await.expect("store"),
+            WorkflowDelete::Busy
+        );
+        assert_eq!(
+            store.delete_server(server, 2).await.expect("store"),
+            ServerDelete::HasWorkflows(vec!["w".into()])
+        );
+        store.cancel_queued_run(id, 3).await.expect("cancel");
+        assert_eq!(
+            store.delete_workflow(wf).await.expect("store"),
+            WorkflowDelete::Deleted
+        );
+        assert_eq!(
+            store.delete_workflow(wf).await.expect("store"),
+            WorkflowDelete::NotFound
+        );
+        assert!(matches!(
+            store.delete_server(server, 4).await.expect("store"),
+            ServerDelete::Deleted(_)
+        ));
+        assert_eq!(
+            store.delete_server(server, 5).await.expect("store"),
+            ServerDelete::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_finished_runs_and_every_open_one() {
+        let (store, _dir, server, wf) = store().await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let Queued::Run(id) = store
+                .create_run(&run(wf, server, None), 10, i)
+                .await
+                .expect("run")
+            else {
+                panic!("not queued")
+            };
+            ids.push(id);
+        }
+        for id in &ids[..4] {
+            store.cancel_queued_run(*id, 9).await.expect("cancel");
+        }
+        // Newest two kept: the queued one (open) and the last finished one.
+        assert_eq!(store.prune_runs(wf, 2).await.expect("prune"), 3);
+        let left: Vec<i64> = store
+            .recent_runs(wf, 10)
+            .await
+            .expect("runs")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, vec![ids[4], ids[3]]);
+    }
+}
