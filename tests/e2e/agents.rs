@@ -472,6 +472,9 @@ async fn the_install_one_liner_installs_upgrades_and_uninstalls() {
     let mut admin = ctl.admin().await;
     let (id, _, command) = add_server(&mut admin, "pasted").await;
     let root = tempfile::tempdir().expect("root");
+    // The installer starts the agent detached: whatever happens below, it ends with the
+    // test (declared after `root`, so it runs before the directory goes).
+    let _detached = KillOnDrop(root.path().join("var/lib/mezzanine-agent/agent.pid"));
     let run = |cmd: &str| {
         std::process::Command::new("sh")
             .args(["-c", cmd])
@@ -822,4 +825,18 @@ async fn an_agent_that_ignores_its_credit_loses_its_session() {
     );
     flood.abort();
     follow.abort();
+}
+
+/// Kills the process whose pid a file holds, when dropped (pass or fail).
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
