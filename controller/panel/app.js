@@ -502,9 +502,12 @@ $("#password-form").addEventListener("submit", (ev) => {
   ev.target.reset();
 });
 
-$("#totp-setup").addEventListener("click", async () => {
+$("#totp-setup").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const password = ev.target.password.value;
   try {
-    const r = await api("POST", "/auth/totp/setup");
+    const r = await api("POST", "/auth/totp/setup", { password });
+    ev.target.reset();
     $("#totp-secret").textContent = r.secret;
     $("#totp-enable-form").hidden = false;
     $("#totp-setup").hidden = true;

@@ -206,7 +206,22 @@ async fn totp_enrolment_login_replay_and_disable() {
         .await;
     assert_eq!(r.status, 409, "enable before setup: {}", r.body);
 
+    // The password again: a stolen session cannot bind its own authenticator.
     let r = admin.post("/api/auth/totp/setup", json!({})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin
+        .post(
+            "/api/auth/totp/setup",
+            json!({ "password": "not-the-password" }),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = admin
+        .post(
+            "/api/auth/totp/setup",
+            json!({ "password": ADMIN_PASSWORD }),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let secret = r.body["secret"].as_str().expect("secret").to_owned();
     let url = r.body["otpauth_url"].as_str().expect("url");
@@ -236,7 +251,12 @@ async fn totp_enrolment_login_replay_and_disable() {
         admin.get("/api/auth/state").await.body["user"]["totp_enabled"],
         true
     );
-    let r = admin.post("/api/auth/totp/setup", json!({})).await;
+    let r = admin
+        .post(
+            "/api/auth/totp/setup",
+            json!({ "password": ADMIN_PASSWORD }),
+        )
+        .await;
     assert_eq!(r.status, 409);
 
     let mut c = ctl.client();

@@ -323,11 +323,20 @@ fn totp_context(user_id: i64) -> String {
     format!("users.totp:{user_id}")
 }
 
+#[derive(Deserialize)]
+struct TotpSetupBody {
+    password: String,
+}
+
+/// Needs the password again: a stolen session must not be able to bind its own
+/// authenticator to the account.
 async fn totp_setup(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    Json(body): Json<TotpSetupBody>,
 ) -> ApiResult<Response> {
     let s = session.require()?;
+    verify_own_password(&state, s.user.id, &s.user.username, &body.password).await?;
     if s.user.totp_enabled {
         return Err(ApiError::Conflict(
             "TOTP is already enabled; disable it before enrolling a new secret".into(),
@@ -516,8 +525,8 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/auth/totp/setup",
         any,
         Doc {
-            summary: "Start TOTP enrolment: a new secret and its otpauth:// URL",
-            request: None,
+            summary: "Start TOTP enrolment (needs the password again): a new secret and its otpauth:// URL",
+            request: Some(obj(&[("password", string())], &["password"])),
             response: ok_with(&[("secret", string()), ("otpauth_url", string())]),
         },
         totp_setup,
