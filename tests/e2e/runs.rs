@@ -266,6 +266,23 @@ async fn deletes_refuse_to_take_workflows_and_runs_with_them() {
         admin.delete(&format!("/api/workflows/{wf}")).await.status,
         404
     );
+    // Ids are never reused: the next workflow does not inherit the deleted one's id (nor
+    // what an agent kept under it).
+    let again = create(
+        &mut admin,
+        "busy-site",
+        server,
+        json!({ "steps": [{ "name": "hi", "uses": "shell", "with": { "script": "true" } }] }),
+    )
+    .await;
+    assert!(again > wf, "{again} after {wf}");
+    assert_eq!(
+        admin
+            .delete(&format!("/api/workflows/{again}"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(
         admin.delete(&format!("/api/servers/{server}")).await.status,
         200

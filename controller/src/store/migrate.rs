@@ -51,6 +51,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "run_target",
         sql: include_str!("../../../migrations/sqlite/0008_run_target.sql"),
     },
+    Migration {
+        version: 9,
+        name: "id_sequences",
+        sql: include_str!("../../../migrations/sqlite/0009_id_sequences.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

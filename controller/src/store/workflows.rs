@@ -135,6 +135,24 @@ fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
     })
 }
 
+/// The next id of `table` (`workflows` or `runs`), never one used before (see migration
+/// 0009); call inside the inserting transaction, so a rolled-back insert gives it back.
+/// One statement that writes: the transaction holds SQLite's write lock from here on, so
+/// a concurrent writer cannot invalidate what it read.
+async fn next_id(tx: &mut sqlx::SqliteConnection, table: &str) -> Result<i64> {
+    let sql = match table {
+        "workflows" => {
+            "UPDATE id_sequences SET last = MAX(last, (SELECT COALESCE(MAX(id), 0) FROM workflows)) + 1
+             WHERE name = 'workflows' RETURNING last"
+        }
+        _ => {
+            "UPDATE id_sequences SET last = MAX(last, (SELECT COALESCE(MAX(id), 0) FROM runs)) + 1
+             WHERE name = 'runs' RETURNING last"
+        }
+    };
+    Ok(sqlx::query_scalar(sql).fetch_one(&mut *tx).await?)
+}
+
 fn unique(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -148,19 +166,25 @@ impl Store {
         definition: &Value,
         now: i64,
     ) -> Result<Option<i64>> {
+        let mut tx = self.pool().begin().await?;
+        let id = next_id(&mut tx, "workflows").await?;
         let r = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO workflows (name, server_id, definition, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO workflows (id, name, server_id, definition, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
+        .bind(id)
         .bind(name)
         .bind(server_id)
         .bind(definition.to_string())
         .bind(now)
         .bind(now)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await;
         match r {
-            Ok(id) => Ok(Some(id)),
+            Ok(id) => {
+                tx.commit().await?;
+                Ok(Some(id))
+            }
             Err(e) if unique(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -273,9 +297,10 @@ impl Store {
                 return Ok(Queued::Duplicate);
             }
         }
+        let next = next_id(&mut tx, "runs").await?;
         let id = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO runs (workflow_id, server_id, status, trigger, trigger_detail, queued_at, definition)
-             SELECT ?1, ?2, 'queued', ?3, ?4, ?5, ?6
+            "INSERT INTO runs (id, workflow_id, server_id, status, trigger, trigger_detail, queued_at, definition)
+             SELECT ?8, ?1, ?2, 'queued', ?3, ?4, ?5, ?6
              WHERE (SELECT COUNT(*) FROM runs WHERE workflow_id = ?1 AND status = 'queued') < ?7
              RETURNING id",
         )
@@ -286,6 +311,7 @@ impl Store {
         .bind(now_ms)
         .bind(run.definition.to_string())
         .bind(max_queued)
+        .bind(next)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(id) = id else {
@@ -705,6 +731,45 @@ mod tests {
         assert_eq!(
             store.delete_server(server, 5).await.expect("store"),
             ServerDelete::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_are_never_reused_after_a_delete() {
+        let (store, _dir, server, wf) = store().await;
+        let Queued::Run(run_id) = store
+            .create_run(&run(wf, server, None), 5, 1)
+            .await
+            .expect("run")
+        else {
+            panic!("not queued")
+        };
+        store.cancel_queued_run(run_id, 2).await.expect("cancel");
+        assert_eq!(
+            store.delete_workflow(wf).await.expect("store"),
+            WorkflowDelete::Deleted
+        );
+        let wf2 = store
+            .create_workflow("w2", server, &json!({ "steps": [] }), 3)
+            .await
+            .expect("store")
+            .expect("created");
+        assert!(wf2 > wf, "{wf2} after {wf}");
+        let Queued::Run(run2) = store
+            .create_run(&run(wf2, server, None), 5, 4)
+            .await
+            .expect("run")
+        else {
+            panic!("not queued")
+        };
+        assert!(run2 > run_id, "{run2} after {run_id}");
+        // A name clash rolls back and gives nothing away.
+        assert_eq!(
+            store
+                .create_workflow("w2", server, &json!({ "steps": [] }), 5)
+                .await
+                .expect("store"),
+            None
         );
     }
 
