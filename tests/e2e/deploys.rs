@@ -1017,6 +1017,39 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "cancelled", "{done}");
     serves("v2");
+
+    // Secrets reach a container's environment by reference: the definition (which
+    // viewers read) holds `${DBPASS}`, the container the value.
+    let with_secret = |reference: &str| {
+        json!({ "secrets": { "DBPASS": "s3cret-db-771" }, "steps": [
+            { "name": "run", "uses": "docker.run", "with": { "image": "web:v2", "name": "site", "ports": ["8080:80"], "env": { "DB_URL": format!("postgres://app:{reference}@db/app") } } },
+        ] })
+    };
+    let done = run_with(&mut admin, wf, with_secret("${DBPASS}")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (_, env) = fleet.exec(&node, "docker inspect --format '{{json .Config.Env}}' site");
+    assert!(
+        env.contains("DB_URL=postgres://app:s3cret-db-771@db/app"),
+        "{env}"
+    );
+    let shown = admin
+        .get(&format!("/api/workflows/{wf}"))
+        .await
+        .body
+        .to_string();
+    assert!(
+        !shown.contains("s3cret-db-771") && shown.contains("${DBPASS}"),
+        "{shown}"
+    );
+    let done = run_with(&mut admin, wf, with_secret("${NOPE}")).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a secret")),
+        "{done}"
+    );
+    serves("v2");
 }
 
 /// `git` steps over SSH with the server's deploy key against a node serving a bare repo.

@@ -1049,7 +1049,29 @@ async fn run_steps(
                 {
                     return Some((RunStatus::Failed, Some(not_stored(&e))));
                 }
-                step_command(run, def, step, i, target.secrets, &rec.mask)
+                match step_command(run, def, step, i, target.secrets, &rec.mask) {
+                    Ok(cmd) => cmd,
+                    Err(why) => {
+                        let why = format!("step {:?}: {why}", step.name);
+                        let _ = store
+                            .set_step(
+                                run.id,
+                                idx,
+                                StepStatus::Failed.as_str(),
+                                None,
+                                crate::time::now_ms(),
+                            )
+                            .await;
+                        let _ = rec
+                            .note(
+                                Some(idx),
+                                "step",
+                                json!({ "index": idx, "name": step.name, "status": StepStatus::Failed.as_str(), "exit_code": null }),
+                            )
+                            .await;
+                        return Some((RunStatus::Failed, Some(why)));
+                    }
+                }
             }
         };
         let end = run_step(
@@ -1105,7 +1127,7 @@ fn step_command(
     i: usize,
     secrets: &BTreeMap<String, String>,
     mask: &Masker,
-) -> command::Body {
+) -> Result<command::Body, String> {
     let mut env: BTreeMap<String, String> = def.env.clone();
     env.extend(step.env.clone());
     env.extend(secrets.clone());
@@ -1166,13 +1188,21 @@ fn step_command(
                         protocol: p.protocol.clone(),
                     })
                     .collect(),
-                env: d.env.clone().into_iter().collect(),
+                env: d
+                    .env
+                    .iter()
+                    .map(|(k, v)| {
+                        with_secrets(v, secrets)
+                            .map(|v| (k.clone(), v))
+                            .map_err(|e| format!("with.env.{k}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
                 volumes: d.volumes.clone(),
                 restart: d.restart.clone(),
             })
         }
     };
-    command::Body::RunStep(RunStep {
+    Ok(command::Body::RunStep(RunStep {
         run_id: run.id as u64,
         step_index: i as u32,
         env: env.into_iter().collect::<HashMap<_, _>>(),
@@ -1180,7 +1210,38 @@ fn step_command(
         timeout_secs: step.timeout_s,
         window: STEP_WINDOW,
         kind: Some(kind),
-    })
+    }))
+}
+
+/// A `docker.run` env value with `${NAME}` replaced by the workflow secret `NAME` (so
+/// definitions, which viewers read, never hold the value; output is masked as usual).
+/// `$${` stands for a literal `${`. A reference to a name that is not a secret is an error.
+fn with_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "an unclosed ${ (write $${ for a literal one)".to_owned())?;
+            let name = &tail[..end];
+            let secret = secrets.get(name).ok_or_else(|| {
+                format!("references ${{{name}}}, which is not a secret of this workflow")
+            })?;
+            out.push_str(secret);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Carries out one step (or, `resuming`, re-attaches to one the agent kept running while

@@ -566,3 +566,31 @@ async fn viewers_get_every_event_once_in_order_live_or_replayed() {
     let replay = watch(&b.state, run, 2).await;
     assert_eq!(replay, live[2..].to_vec());
 }
+
+#[test]
+fn docker_env_takes_secret_references() {
+    let secrets: BTreeMap<String, String> = [("DBPASS".to_owned(), "s3cret".to_owned())]
+        .into_iter()
+        .collect();
+    let cases = [
+        ("${DBPASS}", Ok("s3cret")),
+        (
+            "postgres://app:${DBPASS}@db/app",
+            Ok("postgres://app:s3cret@db/app"),
+        ),
+        ("$${DBPASS} and $5", Ok("${DBPASS} and $5")),
+        ("plain", Ok("plain")),
+        ("${NOPE}", Err("not a secret")),
+        ("${DBPASS", Err("unclosed")),
+    ];
+    for (input, want) in cases {
+        let got = super::with_secrets(input, &secrets);
+        match want {
+            Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{input}"),
+            Err(w) => assert!(
+                got.as_ref().is_err_and(|e| e.contains(w)),
+                "{input}: {got:?}"
+            ),
+        }
+    }
+}
