@@ -157,6 +157,17 @@ pub struct UpdateChecker {
     slots: tokio::sync::Semaphore,
 }
 
+/// Whether a registry API request may follow a redirect from `from` to `to`: same host and
+/// port, no downgrade from https, and still under `/v2/`.
+pub fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url) -> bool {
+    let downgrade = from.scheme() == "https" && to.scheme() != "https";
+    let scheme_ok = matches!(to.scheme(), "http" | "https") && !downgrade;
+    scheme_ok
+        && from.host_str() == to.host_str()
+        && from.port_or_known_default() == to.port_or_known_default()
+        && to.path().starts_with("/v2/")
+}
+
 /// Registry checks in flight at once, for the whole controller.
 const CONCURRENT_CHECKS: usize = 8;
 /// References whose result is kept; past it the oldest results are dropped.
@@ -194,6 +205,20 @@ impl UpdateChecker {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("mezzanine/", env!("CARGO_PKG_VERSION")))
+            // Answers come back to viewers (a digest, a status): a redirect must not turn
+            // a check into a probe of some other host or path.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let from = attempt.previous().last().cloned();
+                match from {
+                    Some(from)
+                        if attempt.previous().len() < 4
+                            && redirect_allowed(&from, attempt.url()) =>
+                    {
+                        attempt.follow()
+                    }
+                    _ => attempt.error("the registry redirected off its own /v2/ API"),
+                }
+            }))
             .build()
             .map_err(|e| format!("cannot build the registry HTTP client: {e}"))?;
         Ok(UpdateChecker {
@@ -622,6 +647,28 @@ mod tests {
                 Err(w) => assert!(got.as_ref().is_err_and(|e| e.contains(w)), "{t:?}: {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn redirects_stay_on_the_registry_api() {
+        let u = |s: &str| reqwest::Url::parse(s).expect("url");
+        let from = u("https://reg.example:5000/v2/app/manifests/1");
+        for (to, ok) in [
+            ("https://reg.example:5000/v2/app/manifests/sha256:x", true),
+            ("https://reg.example:5000/admin", false),
+            ("http://reg.example:5000/v2/app/manifests/1", false),
+            ("https://169.254.169.254:5000/v2/x", false),
+            ("https://reg.example/v2/app/manifests/1", false),
+            ("file:///etc/passwd", false),
+        ] {
+            assert_eq!(redirect_allowed(&from, &u(to)), ok, "{to}");
+        }
+        // An insecure registry may be upgraded to https, not the other way.
+        let plain = u("http://10.0.0.5:5000/v2/app/manifests/1");
+        assert!(redirect_allowed(
+            &plain,
+            &u("https://10.0.0.5:5000/v2/app/manifests/1")
+        ));
     }
 
     #[test]
