@@ -970,13 +970,16 @@ async fn docker_run_steps_replace_a_container_and_roll_back() {
     assert!(out.status.success(), "{out:?}");
     // nc accepts one connection: each attempt gets a listener (and image) of its own.
     let hang = |port: u16| {
+        // Started in the background; the step runs only once it listens (a probe would
+        // use up its single accept, so ask the kernel instead).
         let (ok, out) = fleet.exec(
             &node,
             &format!(
-                "setsid sh -c 'sleep 300 | busybox nc -l -p {port}' >/dev/null 2>&1 < /dev/null &"
+                "setsid sh -c 'sleep 300 | busybox nc -l -p {port}' >/dev/null 2>&1 < /dev/null & \
+                 for i in $(seq 1 100); do ss -Hltn 'sport = :{port}' | grep -q . && exit 0; sleep 0.1; done; exit 1"
             ),
         );
-        assert!(ok, "{out}");
+        assert!(ok, "the hanging listener did not start: {out}");
         json!({ "steps": [
             { "name": "run", "uses": "docker.run", "timeout_s": 3, "with": { "image": format!("127.0.0.1:{port}/hang:1"), "name": "site", "ports": ["8080:80"] } },
         ] })
