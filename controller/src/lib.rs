@@ -188,11 +188,10 @@ async fn serve_http(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let config = state.config();
-    let fd_limit = usize::try_from(net::fd_limit()).unwrap_or(usize::MAX);
-    let max_total = config
-        .max_connections
-        .unwrap_or_else(|| (fd_limit / 4).clamp(64, 4096));
-    let limits = net::ConnLimits::new(max_total, config.max_connections_per_ip);
+    let limits = net::ConnLimits::new(
+        net::api_connection_cap(config.max_connections),
+        config.max_connections_per_ip,
+    );
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()

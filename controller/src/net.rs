@@ -44,6 +44,17 @@ pub fn fd_limit() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The soft descriptor limit as a count.
+pub fn fd_limit_count() -> usize {
+    usize::try_from(fd_limit()).unwrap_or(usize::MAX)
+}
+
+/// Connections the API port may hold: `--max-connections`, or by default a quarter of
+/// the descriptor limit, between 64 and 4096. The agent gateway leaves this share free.
+pub fn api_connection_cap(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| (fd_limit_count() / 4).clamp(64, 4096))
+}
+
 /// A held connection slot; released on drop.
 #[derive(Debug)]
 pub struct ConnSlot {

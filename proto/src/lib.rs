@@ -14,6 +14,9 @@ pub const CHUNK_OVERHEAD: u64 = 64;
 /// Bounds on the credit window a streaming command may ask for (the agent clamps to them).
 pub const MIN_WINDOW: u64 = 256 * 1024;
 pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
+/// The window the controller asks for (deploy steps, log streams) and assumes for a
+/// resumed step, whose command names none.
+pub const DEFAULT_WINDOW: u64 = 4 * 1024 * 1024;
 
 /// The most a stream may have in flight beyond what it was credited, as the controller
 /// counts it: a resumed step re-sends what was unacknowledged (up to one window) on top

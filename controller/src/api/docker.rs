@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Credit the agent may run ahead of an SSE client by.
-const LOG_WINDOW: u64 = 4 * 1024 * 1024;
+const LOG_WINDOW: u64 = mezzanine_proto::DEFAULT_WINDOW;
 /// What one log chunk costs in credit beyond its bytes (the agent charges the same).
 use mezzanine_proto::CHUNK_OVERHEAD;
 /// Cap on a non-follow log answer.

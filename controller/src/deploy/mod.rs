@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Credit the agent may run ahead of the controller by, per step.
-const STEP_WINDOW: u64 = 4 * 1024 * 1024;
+const STEP_WINDOW: u64 = mezzanine_proto::DEFAULT_WINDOW;
 use mezzanine_proto::CHUNK_OVERHEAD;
 /// Extra time the controller waits for a step beyond its own timeout before calling the
 /// run interrupted (the agent enforces the timeout; this covers a silent agent).

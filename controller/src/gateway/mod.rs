@@ -81,12 +81,9 @@ pub async fn serve(
     // total, which leaves the API its share of the descriptors.
     let conf = state.config();
     let anonymous = crate::net::ConnLimits::new(ANONYMOUS_TOTAL, conf.agent_anonymous_per_ip);
-    let fd_limit = usize::try_from(crate::net::fd_limit()).unwrap_or(usize::MAX);
-    let api_share = conf
-        .max_connections
-        .unwrap_or_else(|| (fd_limit / 4).clamp(64, 4096));
+    let api_share = crate::net::api_connection_cap(conf.max_connections);
     let sessions = crate::net::ConnLimits::new(
-        fd_limit
+        crate::net::fd_limit_count()
             .saturating_sub(api_share + ANONYMOUS_TOTAL + RESERVED_FDS)
             .max(64),
         usize::MAX,

@@ -48,7 +48,7 @@ fn metrics_json(h: &Heartbeat, at_ms: i64) -> Value {
 }
 
 /// The window assumed for a stream whose command names none (a resumed step).
-const DEFAULT_STREAM_WINDOW: u64 = 4 * 1024 * 1024;
+const DEFAULT_STREAM_WINDOW: u64 = mezzanine_proto::DEFAULT_WINDOW;
 
 /// One attached agent.
 #[derive(Debug)]
