@@ -1,70 +1,118 @@
 //! What a server downloads to install the agent: `install.sh` (rendered with this
 //! controller's URL and the agent binary's SHA-256) and the agent binary itself, plus
-//! the one-liner that fetches the script and checks its SHA-256 before running it.
+//! the one-liner that fetches the script and checks its SHA-256 before running it, and
+//! the join tokens it carries. The HTTP side is `api::install`.
 
-use crate::state::AppState;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
-use std::sync::Mutex;
+use crate::config::Config;
+use crate::store::Store;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 const TEMPLATE: &str = include_str!("../../installer/install.sh");
 
 /// The agent binary's digest, cached against its size and modification time.
 #[derive(Debug, Default)]
-pub struct AgentDigest(Mutex<Option<(u64, Option<SystemTime>, String)>>);
+struct AgentDigest(Mutex<Option<(u64, Option<SystemTime>, String)>>);
+
+/// Installs: the rendered script, the agent binary's digest, join tokens. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Installs(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    /// The CA pin join tokens carry.
+    ca_pin: String,
+    /// `https://host:port` agents dial, fixed once the agent listener is bound.
+    endpoint: OnceLock<String>,
+    digest: AgentDigest,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the agent binary {path} is not available on this controller ({reason}); set --agent-binary"
 )]
 pub struct MissingAgent {
-    path: String,
-    reason: String,
+    pub path: String,
+    pub reason: String,
 }
 
-async fn agent_sha256(state: &AppState) -> Result<String, MissingAgent> {
-    let path = state.config().agent_binary.clone();
-    let missing = |reason: String| MissingAgent {
-        path: path.display().to_string(),
-        reason,
-    };
-    let meta = tokio::fs::metadata(&path)
-        .await
-        .map_err(|e| missing(e.to_string()))?;
-    let key = (meta.len(), meta.modified().ok());
-    let cache = state.agent_digest();
-    {
-        let guard = cache.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((len, mtime, sum)) = guard.as_ref() {
-            if (*len, *mtime) == key {
-                return Ok(sum.clone());
+impl Installs {
+    pub fn new(config: Arc<Config>, store: Store, ca_pin: String) -> Installs {
+        Installs(Arc::new(Inner {
+            config,
+            store,
+            ca_pin,
+            endpoint: OnceLock::new(),
+            digest: AgentDigest::default(),
+        }))
+    }
+
+    /// Fixes the endpoint once the agent listener is bound on `bound`.
+    pub fn set_agent_port(&self, bound: u16) {
+        let conf = &self.0.config;
+        let port = conf.agent_endpoint_port.unwrap_or(bound);
+        let host = &conf.agent_endpoint_host;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let _ = self.0.endpoint.set(format!("https://{host}:{port}"));
+    }
+
+    /// `https://host:port` agents dial.
+    pub fn agent_endpoint(&self) -> &str {
+        self.0.endpoint.get().map_or("", String::as_str)
+    }
+
+    /// Where the agent binary served to servers is.
+    pub fn agent_binary(&self) -> &PathBuf {
+        &self.0.config.agent_binary
+    }
+
+    /// The agent binary's SHA-256 (it also tells whether the binary is there).
+    pub async fn agent_sha256(&self) -> Result<String, MissingAgent> {
+        let path = self.0.config.agent_binary.clone();
+        let missing = |reason: String| MissingAgent {
+            path: path.display().to_string(),
+            reason,
+        };
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| missing(e.to_string()))?;
+        let key = (meta.len(), meta.modified().ok());
+        let cache = &self.0.digest;
+        {
+            let guard = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((len, mtime, sum)) = guard.as_ref() {
+                if (*len, *mtime) == key {
+                    return Ok(sum.clone());
+                }
             }
         }
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| missing(e.to_string()))?;
+        let sum = tokio::task::spawn_blocking(move || hex::encode(crate::crypto::sha256(&bytes)))
+            .await
+            .map_err(|e| missing(e.to_string()))?;
+        *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.0, key.1, sum.clone()));
+        Ok(sum)
     }
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| missing(e.to_string()))?;
-    let sum = tokio::task::spawn_blocking(move || hex::encode(crate::crypto::sha256(&bytes)))
-        .await
-        .map_err(|e| missing(e.to_string()))?;
-    *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.0, key.1, sum.clone()));
-    Ok(sum)
-}
 
-/// The rendered script and its SHA-256.
-pub async fn script(state: &AppState) -> Result<(String, String), MissingAgent> {
-    let sum = agent_sha256(state).await?;
-    let body = TEMPLATE
-        .replace("@MZ_URL@", &state.config().public_url)
-        .replace("@AGENT_SHA256@", &sum)
-        .replace("@AGENT_ARCH@", std::env::consts::ARCH);
-    let digest = hex::encode(crate::crypto::sha256(body.as_bytes()));
-    Ok((body, digest))
+    /// The rendered script and its SHA-256.
+    pub async fn script(&self) -> Result<(String, String), MissingAgent> {
+        let sum = self.agent_sha256().await?;
+        let body = TEMPLATE
+            .replace("@MZ_URL@", &self.0.config.public_url)
+            .replace("@AGENT_SHA256@", &sum)
+            .replace("@AGENT_ARCH@", std::env::consts::ARCH);
+        let digest = hex::encode(crate::crypto::sha256(body.as_bytes()));
+        Ok((body, digest))
+    }
 }
 
 /// A fresh join token and the one-liner that carries it.
@@ -88,34 +136,32 @@ pub enum MintError {
 
 /// Mints a single-use join token for `server_id` (only the SHA-256 of its secret is
 /// stored; older unused tokens of the server stop working) and the install one-liner.
-pub async fn mint(state: &AppState, server_id: i64) -> Result<Minted, MintError> {
-    let (_, sha) = script(state).await?;
-    let id = hex::encode(crate::crypto::random_bytes::<16>()?);
-    let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
-    let now = crate::time::now_secs();
-    let expires_at = now + state.config().join_token_ttl_secs;
-    state
-        .store()
-        .create_join_token(
-            server_id,
-            &id,
-            &crate::crypto::sha256(secret.as_bytes()),
-            now,
+impl Installs {
+    pub async fn mint(&self, server_id: i64) -> Result<Minted, MintError> {
+        let (_, sha) = self.script().await?;
+        let id = hex::encode(crate::crypto::random_bytes::<16>()?);
+        let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
+        let now = crate::time::now_secs();
+        let expires_at = now + self.0.config.join_token_ttl_secs;
+        self.0
+            .store
+            .create_join_token(
+                server_id,
+                &id,
+                &crate::crypto::sha256(secret.as_bytes()),
+                now,
+                expires_at,
+            )
+            .await?;
+        let token =
+            crate::gateway::token::format(self.agent_endpoint(), &self.0.ca_pin, &id, &secret);
+        let command = command(&self.0.config.public_url, &sha, &token);
+        Ok(Minted {
+            token,
+            command,
             expires_at,
-        )
-        .await?;
-    let token = crate::gateway::token::format(
-        state.agent_endpoint(),
-        &state.gateway().ca.pin_hex(),
-        &id,
-        &secret,
-    );
-    let command = command(&state.config().public_url, &sha, &token);
-    Ok(Minted {
-        token,
-        command,
-        expires_at,
-    })
+        })
+    }
 }
 
 /// The one-liner to paste into a root shell. No `sh -c` around it and the token only in
@@ -127,67 +173,4 @@ pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
     format!(
         "f=$(mktemp) && {{ curl -fsSL {public_url}/install.sh -o \"$f\" || wget -qO \"$f\" {public_url}/install.sh; }} && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rc=$?; rm -f \"$f\"; (exit $rc)"
     )
-}
-
-fn unavailable(e: MissingAgent) -> Response {
-    tracing::warn!(error = %e, "install requested but the agent binary is missing");
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({ "error": e.to_string() })),
-    )
-        .into_response()
-}
-
-async fn install_sh(State(state): State<AppState>) -> Response {
-    match script(&state).await {
-        Ok((body, _)) => (
-            [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-/// Streams the binary from disk (64 KiB at a time): many slow downloads cost a buffer
-/// each, not a copy of the binary each.
-async fn agent_binary(State(state): State<AppState>) -> Response {
-    if let Err(e) = agent_sha256(&state).await {
-        return unavailable(e);
-    }
-    let path = &state.config().agent_binary;
-    let opened = match tokio::fs::File::open(path).await {
-        Ok(f) => f.metadata().await.map(|m| (f, m.len())),
-        Err(e) => Err(e),
-    };
-    match opened {
-        Ok((file, len)) => {
-            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                file,
-                64 * 1024,
-            ));
-            (
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        "attachment; filename=\"mezzanine-agent\"".to_owned(),
-                    ),
-                    (header::CONTENT_LENGTH, len.to_string()),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Err(e) => unavailable(MissingAgent {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
-    }
-}
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/install.sh", get(install_sh))
-        .route("/agent/mezzanine-agent", get(agent_binary))
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod deploy;
 pub mod deploy_keys;
+pub mod docker_logs;
 pub mod gateway;
 pub mod images;
 pub mod install;
@@ -111,7 +112,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| StartError::Serve(e.to_string()))?
         .port();
-    state.set_agent_port(agent_port);
+    state.installs().set_agent_port(agent_port);
     // The first thing a shutdown does: end event streams (so the HTTP server's graceful
     // stop is not held by viewers) and tell background work to wind down.
     let closing = state.closing().clone();
@@ -122,8 +123,8 @@ pub async fn serve(
     .shared();
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
-    crate::deploy_keys::backfill(&state).await;
-    crate::deploy::recover(&state).await;
+    state.deploy_keys().backfill().await;
+    crate::deploy::recover(state.deploys()).await;
     let web = serve_http(http, app, &state, shutdown.clone());
     // The gateway runs on its own single-threaded runtime: thousands of mostly idle
     // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API
@@ -132,7 +133,7 @@ pub async fn serve(
         .into_std()
         .map_err(|e| StartError::Serve(format!("agent listener: {e}")))?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let gw_state = state.clone();
+    let gw_state = state.gateway_handles();
     std::thread::Builder::new()
         .name("agent-gateway".into())
         .spawn(move || {

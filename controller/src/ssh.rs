@@ -4,13 +4,19 @@
 //! Credentials live only in this task's memory unless the user asked to keep them
 //! (then sealed at rest); they never reach a log line, an event or a response.
 
-use crate::state::AppState;
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::gateway::Registry;
+use crate::install::Installs;
+use crate::store::Store;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use russh::ChannelMsg;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
 
 /// How the controller logs in.
 #[derive(Clone)]
@@ -174,8 +180,8 @@ async fn exec(
 }
 
 /// Records a step: the status (if any) and an event.
-async fn step(state: &AppState, id: i64, status: Option<&str>, message: &str) {
-    let store = state.store();
+async fn step(adoptions: &Adoptions, id: i64, status: Option<&str>, message: &str) {
+    let store = &adoptions.store;
     if let Some(s) = status {
         let _ = store
             .set_server_status(id, s, Some(message), crate::time::now_secs())
@@ -185,7 +191,65 @@ async fn step(state: &AppState, id: i64, status: Option<&str>, message: &str) {
     tracing::info!(server_id = id, status, "{message}");
 }
 
-/// Runs the whole bootstrap and records the outcome; never panics the controller.
+/// Adoptions over SSH: what a bootstrap works with, and which servers have one running.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Adoptions(Arc<AdoptionsInner>);
+
+#[derive(Debug)]
+pub struct AdoptionsInner {
+    store: Store,
+    key: Arc<MasterKey>,
+    config: Arc<Config>,
+    installs: Installs,
+    agents: Arc<Registry>,
+    tasks: TaskTracker,
+    running: Mutex<HashSet<i64>>,
+}
+
+impl std::ops::Deref for Adoptions {
+    type Target = AdoptionsInner;
+    fn deref(&self) -> &AdoptionsInner {
+        &self.0
+    }
+}
+
+impl Adoptions {
+    pub fn new(
+        store: Store,
+        key: Arc<MasterKey>,
+        config: Arc<Config>,
+        installs: Installs,
+        agents: Arc<Registry>,
+        tasks: TaskTracker,
+    ) -> Adoptions {
+        Adoptions(Arc::new(AdoptionsInner {
+            store,
+            key,
+            config,
+            installs,
+            agents,
+            tasks,
+            running: Mutex::default(),
+        }))
+    }
+
+    /// Claims the right to run a bootstrap for `id`; false if one is running.
+    fn claim(&self, id: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    fn release(&self, id: i64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
 /// Why an adoption could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -200,39 +264,39 @@ pub enum StartError {
 /// Seals (`keep`) or forgets the credentials, then runs the bootstrap in the background;
 /// its progress is the server's status. One bootstrap per server at a time.
 pub async fn start(
-    state: &AppState,
+    adoptions: &Adoptions,
     id: i64,
     login: SshLogin,
     keep: bool,
     fingerprint: Option<String>,
 ) -> Result<(), StartError> {
-    if !state.try_start_adoption(id) {
+    if !adoptions.claim(id) {
         return Err(StartError::Running);
     }
     let sealed = if keep {
-        match state.key().seal(
+        match adoptions.key.seal(
             &credentials_context(id),
             login.to_json().to_string().as_bytes(),
         ) {
             Ok(s) => Some(s),
             Err(e) => {
-                state.adoptions_done(id);
+                adoptions.release(id);
                 return Err(e.into());
             }
         }
     } else {
         None
     };
-    if let Err(e) = state
-        .store()
+    if let Err(e) = adoptions
+        .store
         .set_ssh_credentials(id, sealed.as_deref())
         .await
     {
-        state.adoptions_done(id);
+        adoptions.release(id);
         return Err(e.into());
     }
-    let _ = state
-        .store()
+    let _ = adoptions
+        .store
         .set_server_status(
             id,
             "pending",
@@ -240,43 +304,44 @@ pub async fn start(
             crate::time::now_secs(),
         )
         .await;
-    state
-        .tasks()
-        .spawn(adopt(state.clone(), id, login, fingerprint));
+    adoptions
+        .tasks
+        .spawn(adopt(adoptions.clone(), id, login, fingerprint));
     Ok(())
 }
 
-pub async fn adopt(state: AppState, id: i64, login: SshLogin, expected: Option<String>) {
+/// Runs the whole bootstrap and records the outcome; never panics the controller.
+async fn adopt(adoptions: Adoptions, id: i64, login: SshLogin, expected: Option<String>) {
     let started = Instant::now();
-    match run(&state, id, &login, expected).await {
+    match run(&adoptions, id, &login, expected).await {
         Ok(()) => {
             let msg = format!("adopted in {:.1} s", started.elapsed().as_secs_f64());
-            step(&state, id, None, &msg).await;
+            step(&adoptions, id, None, &msg).await;
         }
         Err(e) => {
             let msg = e.to_string();
-            step(&state, id, Some("failed"), &msg).await;
+            step(&adoptions, id, Some("failed"), &msg).await;
         }
     }
-    state.adoptions_done(id);
+    adoptions.release(id);
 }
 
 async fn run(
-    state: &AppState,
+    adoptions: &Adoptions,
     id: i64,
     login: &SshLogin,
     request_fp: Option<String>,
 ) -> Result<(), AdoptError> {
-    let store = state.store();
+    let store = &adoptions.store;
     let server = store
         .server(id)
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?
         .ok_or_else(|| AdoptError::Internal("server was deleted".into()))?;
-    let timeout = Duration::from_secs(state.config().ssh_timeout_secs);
+    let timeout = Duration::from_secs(adoptions.config.ssh_timeout_secs);
     let target = format!("{}:{}", server.host, server.port);
     step(
-        state,
+        adoptions,
         id,
         Some("connecting"),
         &format!("connecting to {target} over SSH"),
@@ -342,7 +407,7 @@ async fn run(
             .await
             .map_err(|e| AdoptError::Internal(e.to_string()))?;
         step(
-            state,
+            adoptions,
             id,
             None,
             &format!("host key {fingerprint} pinned (first contact)"),
@@ -377,7 +442,7 @@ async fn run(
         Ok(Ok(_)) => {}
     }
     step(
-        state,
+        adoptions,
         id,
         Some("installing"),
         &format!("logged in as {who}; checking the system"),
@@ -423,10 +488,12 @@ async fn run(
         )));
     };
 
-    let (script, _) = crate::install::script(state)
+    let (script, _) = adoptions
+        .installs
+        .script()
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?;
-    let binary = tokio::fs::read(&state.config().agent_binary)
+    let binary = tokio::fs::read(&adoptions.config.agent_binary)
         .await
         .map_err(|e| AdoptError::Internal(format!("agent binary: {e}")))?;
     let dir = exec(&handle, "mktemp -d /tmp/mezzanine.XXXXXXXX", None).await?;
@@ -436,7 +503,7 @@ async fn run(
         return Err(AdoptError::Unsupported(format!("mktemp answered {dir:?}")));
     }
     step(
-        state,
+        adoptions,
         id,
         None,
         &format!(
@@ -470,11 +537,13 @@ async fn run(
         });
     }
 
-    let token = crate::install::mint(state, id)
+    let token = adoptions
+        .installs
+        .mint(id)
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?
         .token;
-    step(state, id, None, "running the installer").await;
+    step(adoptions, id, None, "running the installer").await;
     // The token goes on standard input: on the command line any local user could read
     // it from /proc while the installer runs, and enroll first.
     let cmd = format!(
@@ -497,14 +566,14 @@ async fn run(
         });
     }
     step(
-        state,
+        adoptions,
         id,
         Some("enrolling"),
         "installer finished; waiting for the agent to attach",
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !state.gateway().registry.is_attached(id) {
+    while !adoptions.agents.is_attached(id) {
         if Instant::now() > deadline {
             return Err(AdoptError::Timeout(
                 60,
@@ -533,8 +602,4 @@ pub fn public_fingerprint(public: &str) -> Option<String> {
     russh::keys::PublicKey::from_openssh(public)
         .ok()
         .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
-}
-
-pub fn deploy_key_context(server_id: i64) -> String {
-    format!("servers.deploy_key:{server_id}")
 }

@@ -5,11 +5,16 @@ use crate::auth::limiter::{Limiter, Policy};
 use crate::auth::password::Hasher;
 use crate::config::Config;
 use crate::crypto::MasterKey;
+use crate::deploy::Deploys;
+use crate::deploy_keys::DeployKeys;
 use crate::gateway::Gateway;
+use crate::install::Installs;
+use crate::ssh::Adoptions;
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug)]
 pub struct Limits {
@@ -19,22 +24,25 @@ pub struct Limits {
 
 #[derive(Debug)]
 struct Inner {
-    config: Config,
+    config: Arc<Config>,
     store: Store,
-    key: MasterKey,
+    key: Arc<MasterKey>,
     hasher: Hasher,
     limits: Limits,
     setup_done: AtomicBool,
     gateway: Arc<Gateway>,
-    agent_endpoint: OnceLock<String>,
-    agent_digest: crate::install::AgentDigest,
-    adopting: std::sync::Mutex<std::collections::HashSet<i64>>,
+    installs: Installs,
+    adoptions: Adoptions,
+    deploy_keys: DeployKeys,
     updates: Result<crate::images::UpdateChecker, String>,
-    deploys: crate::deploy::Deploys,
-    tasks: tokio_util::task::TaskTracker,
+    deploys: Deploys,
+    tasks: TaskTracker,
     closing: tokio_util::sync::CancellationToken,
 }
 
+/// The handles the HTTP layer works with. Domain services (the deploy engine, adoptions,
+/// installs, deploy keys, the gateway) each hold only the handles they need and never
+/// this; it only composes them for handlers.
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
 
@@ -68,8 +76,31 @@ impl AppState {
         if let Err(e) = &updates {
             tracing::error!(error = %e, "image update checks are unavailable");
         }
+        let config = Arc::new(config);
         let gateway = Arc::new(gateway);
-        let deploys = crate::deploy::Deploys::new(gateway.registry.clone());
+        let key = Arc::new(key);
+        let tasks = TaskTracker::new();
+        let agents = gateway.registry.clone();
+        let deploys = Deploys::new(
+            store.clone(),
+            key.clone(),
+            tasks.clone(),
+            crate::deploy::Settings {
+                output_cap: config.run_output_cap_bytes,
+                keep_runs: config.keep_runs,
+            },
+            agents.clone(),
+        );
+        let installs = Installs::new(config.clone(), store.clone(), gateway.ca.pin_hex());
+        let adoptions = Adoptions::new(
+            store.clone(),
+            key.clone(),
+            config.clone(),
+            installs.clone(),
+            agents.clone(),
+            tasks.clone(),
+        );
+        let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
         AppState(Arc::new(Inner {
             config,
             store,
@@ -78,19 +109,42 @@ impl AppState {
             limits,
             setup_done: AtomicBool::new(false),
             gateway,
-            agent_endpoint: OnceLock::new(),
-            agent_digest: Default::default(),
-            adopting: Default::default(),
+            installs,
+            adoptions,
+            deploy_keys,
             updates,
             deploys,
-            tasks: tokio_util::task::TaskTracker::new(),
+            tasks,
             closing: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
+    /// What the agent gateway is given.
+    pub fn gateway_handles(&self) -> crate::gateway::Handles {
+        crate::gateway::Handles {
+            store: self.0.store.clone(),
+            config: self.0.config.clone(),
+            gateway: self.0.gateway.clone(),
+            deploys: self.0.deploys.clone(),
+            deploy_keys: self.0.deploy_keys.clone(),
+        }
+    }
+
+    pub fn installs(&self) -> &Installs {
+        &self.0.installs
+    }
+
+    pub fn adoptions(&self) -> &Adoptions {
+        &self.0.adoptions
+    }
+
+    pub fn deploy_keys(&self) -> &DeployKeys {
+        &self.0.deploy_keys
+    }
+
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with
     /// a deadline, before it closes the database.
-    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+    pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
 
@@ -100,7 +154,7 @@ impl AppState {
         &self.0.closing
     }
 
-    pub fn deploys(&self) -> &crate::deploy::Deploys {
+    pub fn deploys(&self) -> &Deploys {
         &self.0.deploys
     }
 
@@ -124,50 +178,8 @@ impl AppState {
     pub fn limits(&self) -> &Limits {
         &self.0.limits
     }
-    /// Claims the right to run an SSH bootstrap for `id`; false if one is running.
-    pub fn try_start_adoption(&self, id: i64) -> bool {
-        self.0
-            .adopting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
-    }
-
-    pub fn adoptions_done(&self, id: i64) {
-        self.0
-            .adopting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-
-    pub fn agent_digest(&self) -> &crate::install::AgentDigest {
-        &self.0.agent_digest
-    }
     pub fn gateway(&self) -> &Gateway {
         &self.0.gateway
-    }
-
-    /// Host agents dial (and the gateway certificate names).
-    pub fn agent_endpoint_host(&self) -> &str {
-        &self.0.config.agent_endpoint_host
-    }
-
-    /// Fixes the endpoint once the agent listener is bound.
-    pub(crate) fn set_agent_port(&self, bound: u16) {
-        let port = self.0.config.agent_endpoint_port.unwrap_or(bound);
-        let host = &self.0.config.agent_endpoint_host;
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        let _ = self.0.agent_endpoint.set(format!("https://{host}:{port}"));
-    }
-
-    /// `https://host:port` agents dial.
-    pub fn agent_endpoint(&self) -> &str {
-        self.0.agent_endpoint.get().map_or("", String::as_str)
     }
 
     /// True once any user exists. Users never drop back to zero (the last admin cannot

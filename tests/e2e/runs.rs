@@ -428,3 +428,71 @@ async fn a_workflows_queue_is_bounded() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+/// Readers of a run's detail that do not read cost the controller a chunk each, not a copy
+/// of the run's output each (it used to build the whole output, then its JSON, per request:
+/// 30 such readers of a 12 MiB run held ~1 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_a_run_do_not_multiply_its_output_in_memory() {
+    let mut ctl = OwnController::start();
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let (server, _agent, agent_proc) = ctl.agent(&mut admin, "engine-9", &[]).await;
+    // 12 MiB of output: 96 K lines of 127 characters and a newline.
+    let wf = create(
+        &mut admin,
+        "loud",
+        server,
+        json!({ "steps": [
+            { "name": "quiet", "uses": "shell", "with": { "script": "echo one line" } },
+            { "name": "loud", "uses": "shell", "with": { "script": "yes \"$(printf '%0127d' 7)\" | head -n 98304" } },
+        ] }),
+    )
+    .await;
+    let run = trigger(&mut admin, wf).await;
+    let done = wait_run(&mut admin, run, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{}", done["error"]);
+    let steps = done["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["output"], "one line\n");
+    let loud = steps[1]["output"].as_str().expect("output");
+    assert_eq!(loud.len(), 98304 * 128, "the whole output comes back");
+    assert!(loud.lines().all(|l| l.len() == 127 && l.ends_with('7')));
+    let before = rss_mib(ctl.proc.pid());
+    let cookie = admin.cookie.clone().expect("session");
+    let addr = ctl.base.trim_start_matches("http://").to_owned();
+    let mut readers = Vec::new();
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /api/deployments/runs/{run} HTTP/1.1\r\nHost: {addr}\r\nCookie: cp_session={cookie}\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .expect("send");
+        readers.push(s);
+    }
+    // Let every request get as far as it can into its unread socket.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grown = rss_mib(ctl.proc.pid()) - before;
+    assert!(
+        grown < 120.0,
+        "30 unread answers grew the controller by {grown:.0} MiB"
+    );
+    // The controller still serves everyone else.
+    assert_eq!(admin.get("/api/auth/state").await.status, 200);
+    drop(readers);
+    agent_proc.signal("KILL");
+    ctl.proc.terminate(Duration::from_secs(10));
+}

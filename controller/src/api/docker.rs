@@ -5,6 +5,7 @@ use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
 use super::servers::call_error;
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
+use crate::docker_logs::{self, LogError, Piece};
 use crate::images::{self, Credential, ImageRef};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -14,17 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mezzanine_proto::v1::{
     command, reply, ContainerAction, DockerContainerAction, DockerError, DockerListContainers,
-    DockerListImages, DockerLogs, LogStream,
+    DockerListImages,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Credit the agent may run ahead of an SSE client by.
-const LOG_WINDOW: u64 = mezzanine_proto::DEFAULT_WINDOW;
-/// What one log chunk costs in credit beyond its bytes (the agent charges the same).
-use mezzanine_proto::CHUNK_OVERHEAD;
 /// Cap on a non-follow log answer.
 const MAX_LOG_JSON: usize = 8 * 1024 * 1024;
 
@@ -388,14 +385,6 @@ struct LogsQuery {
     timestamps: Option<bool>,
 }
 
-fn stream_name(kind: i32) -> &'static str {
-    if kind == LogStream::Stderr as i32 {
-        "stderr"
-    } else {
-        "stdout"
-    }
-}
-
 /// Appends one SSE event carrying `data` (split into lines; `\r` counts as a break, so no
 /// byte of the log can end the event or start a field).
 fn sse_event(out: &mut Vec<u8>, event: &str, data: &[u8]) {
@@ -432,165 +421,67 @@ async fn logs(
             ApiError::BadRequest(format!("tail: {n:?} is not a number of lines or \"all\""))
         })?),
     };
-    let cmd = command::Body::DockerLogs(DockerLogs {
+    let req = docker_logs::LogRequest {
         container: container.to_owned(),
         tail,
         follow,
         timestamps: q.timestamps.unwrap_or(false),
-        window: LOG_WINDOW,
-    });
-    let mut stream = state
-        .gateway()
-        .registry
-        .open_stream(id, cmd)
-        .map_err(call_error)?;
-    // The agent's first message says whether the container exists (an empty chunk) or why not.
-    let first = tokio::time::timeout(state.config().docker_timeout, stream.next())
+    };
+    let timeout = state.config().docker_timeout;
+    let logs = docker_logs::open(&state.gateway().registry, id, req, timeout)
         .await
-        .map_err(|_| ApiError::Timeout("the agent did not start the log stream in time".into()))?
-        .ok_or_else(|| call_error(crate::gateway::CallError::Disconnected))?;
-    match first {
-        reply::Body::DockerError(e) => return Err(engine_error(e)),
-        reply::Body::Error(e) => return Err(ApiError::BadGateway(e.message)),
-        _ => {}
-    }
+        .map_err(log_error)?;
     if !follow {
-        return collect_logs(first, stream, state.config().docker_timeout)
-            .await
-            .map(IntoResponse::into_response);
+        let c = logs.collect(MAX_LOG_JSON).await.map_err(log_error)?;
+        // The lines arrive already encoded (see docker_logs::Collected).
+        let mut body = b"{\"lines\":".to_vec();
+        body.extend_from_slice(&c.lines_json);
+        body.extend_from_slice(format!(",\"truncated\":{}}}", c.truncated).as_bytes());
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    state.tasks().spawn(pump_sse(first, stream, tx));
+    state.tasks().spawn(async move {
+        let gone = tx.clone();
+        logs.follow(async move { gone.closed().await }, |piece| {
+            let tx = tx.clone();
+            async move {
+                let mut out = Vec::new();
+                match piece {
+                    Piece::Output { stream, data } => sse_event(&mut out, stream, &data),
+                    Piece::End(reason) => sse_event(
+                        &mut out,
+                        "end",
+                        json!({ "reason": reason }).to_string().as_bytes(),
+                    ),
+                    Piece::Failed(e) => sse_event(
+                        &mut out,
+                        "error",
+                        json!({ "error": log_error(e).to_string() })
+                            .to_string()
+                            .as_bytes(),
+                    ),
+                    Piece::Idle => out.extend_from_slice(b": keep-alive\n\n"),
+                }
+                tx.send(Ok(out.into())).await.is_ok()
+            }
+        })
+        .await;
+    });
     Ok(super::event_stream(rx, state.closing()))
 }
 
-/// Reads a non-follow log to its end into `{ lines, truncated }`.
-async fn collect_logs(
-    first: reply::Body,
-    mut stream: crate::gateway::ReplyStream,
-    timeout: Duration,
-) -> ApiResult<Json<Value>> {
-    let mut lines: Vec<Value> = Vec::new();
-    let mut total = 0usize;
-    let mut truncated = false;
-    let mut next = Some(first);
-    while let Some(body) = next.take() {
-        match body {
-            reply::Body::LogChunk(c) => {
-                total += c.data.len();
-                if total > MAX_LOG_JSON {
-                    truncated = true;
-                    break;
-                }
-                if !c.data.is_empty() {
-                    stream.credit(c.data.len() as u64 + CHUNK_OVERHEAD, 0).await;
-                }
-                let name = stream_name(c.stream);
-                let text = String::from_utf8_lossy(&c.data);
-                let text = text.strip_suffix('\n').unwrap_or(&text);
-                if !c.data.is_empty() {
-                    lines.extend(text.split('\n').map(
-                        |l| json!({ "stream": name, "line": l.strip_suffix('\r').unwrap_or(l) }),
-                    ));
-                }
-            }
-            reply::Body::StreamEnd(_) => break,
-            reply::Body::DockerError(e) => return Err(engine_error(e)),
-            _ => return Err(unexpected()),
-        }
-        next = match tokio::time::timeout(timeout, stream.next()).await {
-            Ok(Some(b)) => Some(b),
-            Ok(None) => return Err(call_error(crate::gateway::CallError::Disconnected)),
-            Err(_) => return Err(ApiError::Timeout("the log did not arrive in time".into())),
-        };
-    }
-    Ok(Json(json!({ "lines": lines, "truncated": truncated })))
-}
-
-/// Moves log chunks from the agent to an SSE client, returning credit as the client takes
-/// them; ends with an `end` (or `error`) event. Dropping the stream (client gone) cancels
-/// the agent's side.
-async fn pump_sse(
-    first: reply::Body,
-    mut stream: crate::gateway::ReplyStream,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let mut owed = 0u64;
-    let mut keepalive = tokio::time::interval(Duration::from_secs(15));
-    keepalive.tick().await;
-    let mut next = Some(first);
-    loop {
-        let body = match next.take() {
-            Some(b) => b,
-            None => tokio::select! {
-                b = stream.next() => match b {
-                    Some(b) => b,
-                    None => {
-                        let mut out = Vec::new();
-                        sse_event(&mut out, "error", json!({ "error": "the agent disconnected" }).to_string().as_bytes());
-                        let _ = tx.send(Ok(out.into())).await;
-                        return;
-                    }
-                },
-                _ = keepalive.tick() => {
-                    if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                () = tx.closed() => return,
-            },
-        };
-        let mut out = Vec::new();
-        let last = match body {
-            reply::Body::LogChunk(c) => {
-                // The empty first chunk was sent without credit.
-                if !c.data.is_empty() {
-                    owed += c.data.len() as u64 + CHUNK_OVERHEAD;
-                    sse_event(&mut out, stream_name(c.stream), &c.data);
-                }
-                false
-            }
-            reply::Body::StreamEnd(e) => {
-                sse_event(
-                    &mut out,
-                    "end",
-                    json!({ "reason": e.reason }).to_string().as_bytes(),
-                );
-                true
-            }
-            reply::Body::DockerError(e) => {
-                let msg = engine_error(e).to_string();
-                sse_event(
-                    &mut out,
-                    "error",
-                    json!({ "error": msg }).to_string().as_bytes(),
-                );
-                true
-            }
-            _ => {
-                sse_event(
-                    &mut out,
-                    "error",
-                    json!({ "error": unexpected().to_string() })
-                        .to_string()
-                        .as_bytes(),
-                );
-                true
-            }
-        };
-        if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
-            return;
-        }
-        if last {
-            return;
-        }
-        if owed >= LOG_WINDOW / 4 {
-            if !stream.credit(owed, 0).await {
-                return;
-            }
-            owed = 0;
-        }
+/// The log service's errors as the API's.
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::Call(c) => call_error(c),
+        LogError::Engine(d) => engine_error(d),
+        LogError::Agent(m) => ApiError::BadGateway(m),
+        LogError::Timeout(m) => ApiError::Timeout(m.into()),
+        LogError::Unexpected => unexpected(),
     }
 }
 

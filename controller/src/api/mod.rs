@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod docker;
 pub mod error;
+mod install;
 mod meta;
 pub mod openapi;
 mod servers;
@@ -148,7 +149,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", axum::routing::get(meta::healthz))
         .merge(crate::panel::routes())
-        .merge(crate::install::routes())
+        .merge(install::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(from_fn(json_errors))

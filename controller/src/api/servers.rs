@@ -247,7 +247,9 @@ async fn create(
         check_fingerprint(fp)?;
     }
     // Fail before creating anything if no agent binary can be served.
-    crate::install::script(&state)
+    state
+        .installs()
+        .script()
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
     let tags = body.tags.clone().unwrap_or_default();
@@ -264,11 +266,11 @@ async fn create(
         .create_server(&new, crate::time::now_secs())
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", body.name)))?;
-    crate::deploy_keys::create(&state, server.id, false).await?;
+    state.deploy_keys().create(server.id, false).await?;
     let mut resp = match login {
         Some(login) => {
             crate::ssh::start(
-                &state,
+                state.adoptions(),
                 server.id,
                 login,
                 body.keep_credentials,
@@ -278,7 +280,7 @@ async fn create(
             (StatusCode::CREATED, ok(json!({ "id": server.id }))).into_response()
         }
         None => {
-            let m = crate::install::mint(&state, server.id).await?;
+            let m = state.installs().mint(server.id).await?;
             let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
             (
                 StatusCode::CREATED,
@@ -326,7 +328,7 @@ async fn install_command(
             ));
         }
     }
-    let m = crate::install::mint(&state, id).await?;
+    let m = state.installs().mint(id).await?;
     let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
     Ok(ok(
         json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires }),
@@ -346,7 +348,7 @@ async fn deploy_key(
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
     }
-    let key = crate::deploy_keys::get(&state, id).await?.ok_or_else(|| {
+    let key = state.deploy_keys().get(id).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "server {id} has no deploy key; POST /api/servers/{id}/deploy-key/rotate creates one"
         ))
@@ -359,7 +361,7 @@ async fn rotate_deploy_key(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let key = crate::deploy_keys::create(&state, id, true).await?;
+    let key = state.deploy_keys().create(id, true).await?;
     Ok(ok(deploy_key_json(&key)))
 }
 
@@ -432,7 +434,14 @@ async fn reinstall(
     if let Some(fp) = &body.host_key_fingerprint {
         check_fingerprint(fp)?;
     }
-    crate::ssh::start(&state, id, login, keep, body.host_key_fingerprint.clone()).await?;
+    crate::ssh::start(
+        state.adoptions(),
+        id,
+        login,
+        keep,
+        body.host_key_fingerprint.clone(),
+    )
+    .await?;
     let mut resp = (StatusCode::ACCEPTED, ok(json!({ "id": id }))).into_response();
     resp.extensions_mut()
         .insert(Target(format!("server {}", server.name)));

@@ -11,7 +11,7 @@ use crate::store::WorkflowDelete;
 use crate::store::{RunEvent, RunRow};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use hmac::Mac;
@@ -93,7 +93,7 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "workflow")?;
     let w = workflow_or_404(&state, id).await?;
-    let secrets: Vec<String> = deploy::open_secrets(&state, w.id, w.secrets.as_deref())
+    let secrets: Vec<String> = deploy::open_secrets(state.key(), w.id, w.secrets.as_deref())
         .into_keys()
         .collect();
     let runs = state.store().recent_runs(id, RECENT_RUNS).await?;
@@ -244,9 +244,15 @@ async fn run_now(
     let id = parse_id(&raw, "workflow")?;
     let wf = workflow_or_404(&state, id).await?;
     let user = session.require()?.user.username.clone();
-    let run_id = deploy::enqueue(&state, &wf, "manual", json!({ "user": user }), None)
-        .await?
-        .ok_or_else(|| ApiError::Internal("a manual run was taken for a duplicate".into()))?;
+    let run_id = deploy::enqueue(
+        state.deploys(),
+        &wf,
+        "manual",
+        json!({ "user": user }),
+        None,
+    )
+    .await?
+    .ok_or_else(|| ApiError::Internal("a manual run was taken for a duplicate".into()))?;
     Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response())
 }
 
@@ -266,60 +272,153 @@ async fn rotate_webhook(
     ))
 }
 
-async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+/// Stored events read per query while writing a run's detail.
+const DETAIL_BATCH: i64 = 1000;
+/// Bytes of a run's detail buffered before they are handed to the connection.
+const DETAIL_CHUNK: usize = 64 * 1024;
+
+/// A run with each step's stored output. The output can be many megabytes, so the body is
+/// written as it is read from the store, a batch at a time, at the client's pace: a slow
+/// reader holds one chunk of it, not the whole run.
+async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&raw, "run")?;
     let run = run_or_404(&state, id).await?;
     let steps = state.store().run_steps(id).await?;
-    let mut outputs: BTreeMap<i64, String> = BTreeMap::new();
-    let mut notes = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = state.store().run_events(id, after, 5000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        for e in &batch {
-            match (e.kind.as_str(), e.step) {
-                ("stdout" | "stderr", Some(step)) => {
-                    let out = outputs.entry(step).or_default();
-                    out.push_str(&e.text);
-                    out.push('\n');
+    let notes: Vec<Value> = state
+        .store()
+        .run_notes(id)
+        .await?
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t)
+                .ok()
+                .and_then(|v| v.get("message").cloned())
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    let mut head = run_summary(&run);
+    head["stored_bytes"] = json!(run.stored_bytes);
+    head["dropped_lines"] = json!(run.dropped_lines);
+    head["notes"] = Value::Array(notes);
+    // `{…}` without its closing brace, then `"steps":[…]}` as the events are read.
+    let mut first = serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
+    first.pop();
+    first.extend_from_slice(b",\"steps\":[");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let store = state.store().clone();
+    state.tasks().spawn(async move {
+        let mut out = StepsWriter {
+            buf: first,
+            steps,
+            open: None,
+            next: 0,
+        };
+        let mut after = 0;
+        loop {
+            let batch = match store.run_events(id, after, DETAIL_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The status line is gone: ending the body early is all that is left.
+                    tracing::error!(run_id = id, error = %e, "cannot read a run's output");
+                    let _ = tx.send(Err(std::io::Error::other("store error"))).await;
+                    return;
                 }
-                ("note", _) => notes.push(
-                    serde_json::from_str::<Value>(&e.text)
-                        .ok()
-                        .and_then(|v| v.get("message").cloned())
-                        .unwrap_or(Value::Null),
-                ),
-                _ => {}
+            };
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            for e in &batch {
+                if let ("stdout" | "stderr", Some(step)) = (e.kind.as_str(), e.step) {
+                    out.line(step, &e.text);
+                }
+                if out.buf.len() >= DETAIL_CHUNK {
+                    let chunk = std::mem::take(&mut out.buf);
+                    if tx.send(Ok(chunk.into())).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
+        out.finish();
+        let _ = tx.send(Ok(out.buf.into())).await;
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Writes a run's `steps` array, each step's `output` filled line by line in event order
+/// (a run's steps run one after another, so their output does not interleave).
+struct StepsWriter {
+    buf: Vec<u8>,
+    steps: Vec<crate::store::StepRow>,
+    /// The step whose `output` string is open.
+    open: Option<usize>,
+    /// The next step to open.
+    next: usize,
+}
+
+impl StepsWriter {
+    fn open_next(&mut self) {
+        if self.open.take().is_some() {
+            self.buf.extend_from_slice(b"\"}");
+        }
+        let s = &self.steps[self.next];
+        if self.next > 0 {
+            self.buf.push(b',');
+        }
+        let mut obj = serde_json::to_vec(&json!({
+            "index": s.idx,
+            "name": s.name,
+            "status": s.status,
+            "exit_code": s.exit_code,
+            "started_at": ms(s.started_at),
+            "finished_at": ms(s.finished_at),
+        }))
+        .unwrap_or_else(|_| b"{}".to_vec());
+        obj.pop();
+        if obj.len() > 1 {
+            obj.push(b',');
+        }
+        self.buf.extend_from_slice(&obj);
+        self.buf.extend_from_slice(b"\"output\":\"");
+        self.open = Some(self.next);
+        self.next += 1;
     }
-    let mut body = run_summary(&run);
-    body["stored_bytes"] = json!(run.stored_bytes);
-    body["dropped_lines"] = json!(run.dropped_lines);
-    body["notes"] = Value::Array(notes);
-    body["steps"] = Value::Array(
-        steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "index": s.idx,
-                    "name": s.name,
-                    "status": s.status,
-                    "exit_code": s.exit_code,
-                    "started_at": ms(s.started_at),
-                    "finished_at": ms(s.finished_at),
-                    "output": outputs.remove(&s.idx).unwrap_or_default(),
-                })
-            })
-            .collect(),
-    );
-    Ok(Json(body))
+
+    /// Appends a line (and its newline) to step `step`'s output.
+    fn line(&mut self, step: i64, text: &str) {
+        let Some(pos) = self.steps.iter().position(|s| s.idx == step) else {
+            return;
+        };
+        if self.open.is_some_and(|o| o > pos) {
+            // Output of an earlier step after a later one started: never written by the
+            // engine; skipped rather than reordering the document.
+            return;
+        }
+        while self.open != Some(pos) {
+            self.open_next();
+        }
+        // A JSON string's inside: the encoded text without its quotes.
+        let start = self.buf.len();
+        let _ = serde_json::to_writer(&mut self.buf, text);
+        self.buf.pop();
+        self.buf.remove(start);
+        self.buf.extend_from_slice(b"\\n");
+    }
+
+    fn finish(&mut self) {
+        while self.next < self.steps.len() {
+            self.open_next();
+        }
+        if self.open.take().is_some() {
+            self.buf.extend_from_slice(b"\"}");
+        }
+        self.buf.extend_from_slice(b"]}");
+    }
 }
 
 async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "run")?;
-    let status = match deploy::cancel(&state, id).await? {
+    let status = match deploy::cancel(state.deploys(), id).await? {
         deploy::Cancel::Queued => "cancelled",
         deploy::Cancel::Cancelling => "cancelling",
     };
@@ -383,7 +482,7 @@ async fn pump_events(
 ) {
     let viewer = tx.clone();
     let left = async move { viewer.closed().await };
-    deploy::follow::follow(&state, run_id, after, left, |piece| {
+    deploy::follow::follow(state.deploys(), run_id, after, left, |piece| {
         let out = match piece {
             Follow::Events(batch) => {
                 let mut out = Vec::new();
@@ -477,7 +576,7 @@ async fn webhook(
     let detail = json!({ "ref": git_ref, "commit": commit, "repo": repo, "delivery": delivery });
     // The delivery id is recorded with the run: if queuing fails, the provider's retry
     // queues it rather than being told it is a duplicate.
-    match deploy::enqueue(&state, &wf, "webhook", detail, delivery).await? {
+    match deploy::enqueue(state.deploys(), &wf, "webhook", detail, delivery).await? {
         Some(run_id) => Ok((StatusCode::CREATED, ok(json!({ "runId": run_id }))).into_response()),
         None => Ok(ok(json!({ "duplicate": true })).into_response()),
     }

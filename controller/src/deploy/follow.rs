@@ -3,8 +3,7 @@
 //! order, until the run's `end`. A viewer the run left behind (see `LiveRun::publish`) is
 //! told so and continues from the store. The HTTP layer only encodes what this yields.
 
-use super::{is_terminal, Viewer};
-use crate::state::AppState;
+use super::{is_terminal, Deploys, Viewer};
 use crate::store::RunEvent;
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ pub enum Follow {
 /// the run's `end` has been delivered, the viewer leaves (`deliver` answers false, or
 /// `left` resolves — noticed even while nothing is delivered), or the store fails.
 pub async fn follow<F, Fut>(
-    state: &AppState,
+    engine: &Deploys,
     run_id: i64,
     mut after: i64,
     left: impl Future<Output = ()>,
@@ -45,12 +44,12 @@ pub async fn follow<F, Fut>(
     let mut left = std::pin::pin!(left);
     // Subscribe before reading the store: events are stored before they are published,
     // so nothing falls between the two.
-    let subscribe = |state: &AppState| state.deploys().live(run_id).map(|l| l.subscribe());
-    let mut live: Option<Viewer> = subscribe(state);
+    let subscribe = |engine: &Deploys| engine.live(run_id).map(|l| l.subscribe());
+    let mut live: Option<Viewer> = subscribe(engine);
     loop {
         // Catch up from the store.
         loop {
-            let Ok(batch) = state.store().run_events(run_id, after, REPLAY_BATCH).await else {
+            let Ok(batch) = engine.store().run_events(run_id, after, REPLAY_BATCH).await else {
                 return;
             };
             let Some(last) = batch.last() else { break };
@@ -62,7 +61,7 @@ pub async fn follow<F, Fut>(
         }
         let Some(rx) = live.as_mut() else {
             // Not live here: a queued run starts later; look again shortly.
-            match state.store().run(run_id).await {
+            match engine.store().run(run_id).await {
                 Ok(Some(r)) if !is_terminal(&r.status) => {}
                 _ => return,
             }
@@ -70,7 +69,7 @@ pub async fn follow<F, Fut>(
                 () = tokio::time::sleep(QUEUED_POLL) => {}
                 () = &mut left => return,
             }
-            live = subscribe(state);
+            live = subscribe(engine);
             continue;
         };
         loop {

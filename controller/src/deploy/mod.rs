@@ -13,8 +13,9 @@ pub mod follow;
 #[cfg(test)]
 mod tests;
 
+use crate::crypto::MasterKey;
 use crate::gateway::CallError;
-use crate::state::AppState;
+use crate::store::Store;
 use crate::store::{RunEvent, StoreError};
 use definition::{Action, Definition};
 use mezzanine_proto::mask::Masker;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
 
 /// Credit the agent may run ahead of the controller by, per step.
 const STEP_WINDOW: u64 = mezzanine_proto::DEFAULT_WINDOW;
@@ -128,8 +130,35 @@ impl LiveRun {
     }
 }
 
+/// What the engine takes from the controller's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Output bytes stored per run (live viewers still get the rest).
+    pub output_cap: i64,
+    /// Ended runs kept per workflow.
+    pub keep_runs: i64,
+}
+
+/// The deploy engine: the only owner of run lifecycles. It holds exactly the handles it
+/// works with (the store, the key that opens workflow secrets, the task tracker the
+/// controller drains on shutdown, the way to agents), so it can be built and tested
+/// without an HTTP server or a gateway. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Deploys(Arc<Engine>);
+
+impl std::ops::Deref for Deploys {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
-pub struct Deploys {
+pub struct Engine {
+    store: Store,
+    key: Arc<MasterKey>,
+    tasks: TaskTracker,
+    settings: Settings,
     /// How the engine reaches agents (the gateway; a fake in the engine's tests).
     agents: std::sync::RwLock<Arc<dyn agents::Agents>>,
     /// How long a step waits for its server's agent before the run is interrupted.
@@ -152,8 +181,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Deploys {
-    pub fn new(agents: Arc<dyn agents::Agents>) -> Deploys {
-        Deploys {
+    pub fn new(
+        store: Store,
+        key: Arc<MasterKey>,
+        tasks: TaskTracker,
+        settings: Settings,
+        agents: Arc<dyn agents::Agents>,
+    ) -> Deploys {
+        Deploys(Arc::new(Engine {
+            store,
+            key,
+            tasks,
+            settings,
             agents: std::sync::RwLock::new(agents),
             offline_grace: Mutex::new(OFFLINE_GRACE),
             drivers: Mutex::default(),
@@ -161,7 +200,17 @@ impl Deploys {
             resume: Mutex::default(),
             resuming: Mutex::default(),
             shutting_down: AtomicBool::new(false),
-        }
+        }))
+    }
+}
+
+impl Engine {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     fn agents(&self) -> Arc<dyn agents::Agents> {
@@ -243,7 +292,7 @@ pub enum EnqueueError {
 /// `Ok(None)` when `delivery` (a webhook's delivery id) was seen before. The run keeps the
 /// definition it was queued with.
 pub async fn enqueue(
-    state: &AppState,
+    engine: &Deploys,
     wf: &crate::store::WorkflowRow,
     trigger: &str,
     detail: Value,
@@ -266,7 +315,7 @@ pub async fn enqueue(
         steps: &names,
         delivery,
     };
-    let queued = state
+    let queued = engine
         .store()
         .create_run(&run, MAX_QUEUED_RUNS, crate::time::now_ms())
         .await?;
@@ -275,8 +324,8 @@ pub async fn enqueue(
         crate::store::Queued::Duplicate => return Ok(None),
         crate::store::Queued::Full(n) => return Err(EnqueueError::Full(n)),
     };
-    state.deploys().register(run_id);
-    kick(state, wf.id);
+    engine.register(run_id);
+    kick(engine, wf.id);
     Ok(Some(run_id))
 }
 
@@ -316,8 +365,8 @@ pub fn is_terminal(status: &str) -> bool {
 
 /// Cancels a run: a queued one at once (one conditional update, then its `end`), a
 /// running one by stopping its step.
-pub async fn cancel(state: &AppState, run_id: i64) -> Result<Cancel, CancelError> {
-    let store = state.store();
+pub async fn cancel(engine: &Deploys, run_id: i64) -> Result<Cancel, CancelError> {
+    let store = engine.store();
     let run = store
         .run(run_id)
         .await?
@@ -327,10 +376,10 @@ pub async fn cancel(state: &AppState, run_id: i64) -> Result<Cancel, CancelError
             .cancel_queued_run(run_id, crate::time::now_ms())
             .await?
     {
-        cancelled_while_queued(state, run_id).await;
+        cancelled_while_queued(engine, run_id).await;
         return Ok(Cancel::Queued);
     }
-    if state.deploys().signal_cancel(run_id) {
+    if engine.signal_cancel(run_id) {
         return Ok(Cancel::Cancelling);
     }
     let now = store
@@ -345,7 +394,7 @@ pub async fn cancel(state: &AppState, run_id: i64) -> Result<Cancel, CancelError
         });
     }
     // Started between our two reads: cancel the live run.
-    if state.deploys().signal_cancel(run_id) {
+    if engine.signal_cancel(run_id) {
         return Ok(Cancel::Cancelling);
     }
     Err(CancelError::Busy {
@@ -355,21 +404,21 @@ pub async fn cancel(state: &AppState, run_id: i64) -> Result<Cancel, CancelError
 }
 
 /// Makes sure `workflow_id`'s queue is being worked on.
-fn kick(state: &AppState, workflow_id: i64) {
-    let mut drivers = lock(&state.deploys().drivers);
+fn kick(engine: &Deploys, workflow_id: i64) {
+    let mut drivers = lock(&engine.drivers);
     match drivers.get_mut(&workflow_id) {
         Some(kicked) => *kicked = true,
         None => {
             drivers.insert(workflow_id, false);
-            state.tasks().spawn(drive(state.clone(), workflow_id));
+            engine.tasks().spawn(drive(engine.clone(), workflow_id));
         }
     }
 }
 
 /// At start (before agents can attach): runs a previous process left running are resumed
 /// first, then each workflow's queue goes on.
-pub async fn recover(state: &AppState) {
-    let store = state.store();
+pub async fn recover(engine: &Deploys) {
+    let store = engine.store();
     match store.running_runs().await {
         Ok(runs) => {
             for (run_id, workflow_id, _) in runs {
@@ -378,16 +427,16 @@ pub async fn recover(state: &AppState) {
                         .iter()
                         .find(|s| StepStatus::parse(&s.status) == StepStatus::Running)
                     {
-                        lock(&state.deploys().resuming).insert((run_id, s.idx));
+                        lock(&engine.resuming).insert((run_id, s.idx));
                     }
                 }
                 tracing::info!(
                     run_id,
                     "resuming a run the previous controller left running"
                 );
-                lock(&state.deploys().resume).insert(workflow_id, run_id);
-                state.deploys().register(run_id);
-                kick(state, workflow_id);
+                lock(&engine.resume).insert(workflow_id, run_id);
+                engine.register(run_id);
+                kick(engine, workflow_id);
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot read the runs left running"),
@@ -395,26 +444,26 @@ pub async fn recover(state: &AppState) {
     match store.workflows_with_queued_runs().await {
         Ok(ids) => {
             for id in ids {
-                kick(state, id);
+                kick(engine, id);
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot resume queued runs"),
     }
 }
 
-async fn drive(state: AppState, workflow_id: i64) {
-    let resume = lock(&state.deploys().resume).remove(&workflow_id);
+async fn drive(engine: Deploys, workflow_id: i64) {
+    let resume = lock(&engine.resume).remove(&workflow_id);
     if let Some(run_id) = resume {
-        execute(&state, run_id, true).await;
+        execute(&engine, run_id, true).await;
         // However it ended, this process no longer wants that run's step.
-        lock(&state.deploys().resuming).retain(|(run, _)| *run != run_id);
+        lock(&engine.resuming).retain(|(run, _)| *run != run_id);
     }
     loop {
-        if let Some(k) = lock(&state.deploys().drivers).get_mut(&workflow_id) {
+        if let Some(k) = lock(&engine.drivers).get_mut(&workflow_id) {
             *k = false;
         }
         loop {
-            let next = match state.store().next_queued(workflow_id).await {
+            let next = match engine.store().next_queued(workflow_id).await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(workflow_id, error = %e, "cannot read the run queue");
@@ -423,9 +472,9 @@ async fn drive(state: AppState, workflow_id: i64) {
                 }
             };
             let Some(run_id) = next else { break };
-            execute(&state, run_id, false).await;
+            execute(&engine, run_id, false).await;
         }
-        let mut drivers = lock(&state.deploys().drivers);
+        let mut drivers = lock(&engine.drivers);
         if drivers.get(&workflow_id) == Some(&true) {
             continue;
         }
@@ -436,7 +485,7 @@ async fn drive(state: AppState, workflow_id: i64) {
 
 /// Numbers, masks, stores and publishes a run's events.
 struct Recorder {
-    state: AppState,
+    engine: Deploys,
     run_id: i64,
     seq: i64,
     cap: i64,
@@ -484,7 +533,7 @@ impl Recorder {
             .sum();
         let dropped = stored.iter().filter(|s| !**s).count() as i64;
         if let Err(e) = self
-            .state
+            .engine
             .store()
             .append_events(self.run_id, &keep, bytes, dropped, ack)
             .await
@@ -510,7 +559,7 @@ impl Recorder {
             json!({ "status": status.as_str(), "error": error }).to_string(),
         );
         if let Err(err) = self
-            .state
+            .engine
             .store()
             .append_events(self.run_id, std::slice::from_ref(&e), 0, 0, None)
             .await
@@ -589,15 +638,14 @@ fn trigger_env(detail: &Value, trigger: &str, run_id: i64) -> BTreeMap<String, S
 
 /// The run's secrets, opened.
 pub fn open_secrets(
-    state: &AppState,
+    key: &MasterKey,
     workflow_id: i64,
     sealed: Option<&[u8]>,
 ) -> BTreeMap<String, String> {
     let Some(sealed) = sealed else {
         return BTreeMap::new();
     };
-    match state
-        .key()
+    match key
         .open(&format!("workflows.secrets:{workflow_id}"), sealed)
         .ok()
         .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
@@ -632,7 +680,7 @@ impl RunStatus {
     }
 }
 
-/// A step's state, as stored and shown.
+/// A step's engine, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepStatus {
     Pending,
@@ -755,14 +803,14 @@ struct Start {
 /// Carries out a run: a queued one from its first step, or (`resumed`) one a previous
 /// controller process left running. Every way out of here but a shutdown gives the run
 /// its end in the store and one `end` event for its viewers.
-async fn execute(state: &AppState, run_id: i64, resumed: bool) {
-    let store = state.store();
+async fn execute(engine: &Deploys, run_id: i64, resumed: bool) {
+    let store = engine.store();
     let run = match store.run(run_id).await {
         Ok(Some(run)) => run,
         // Deleted meanwhile (with its workflow): nothing is left to end but the viewers.
         Ok(None) => {
             return end_without_steps(
-                state,
+                engine,
                 run_id,
                 RunStatus::Interrupted,
                 "the run no longer exists",
@@ -770,14 +818,14 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
             .await
         }
         Err(e) => {
-            return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
+            return end_without_steps(engine, run_id, RunStatus::Failed, &not_stored(&e)).await
         }
     };
     let wf = match store.workflow(run.workflow_id).await {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             return end_without_steps(
-                state,
+                engine,
                 run_id,
                 RunStatus::Interrupted,
                 "the workflow no longer exists",
@@ -785,20 +833,20 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
             .await
         }
         Err(e) => {
-            return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
+            return end_without_steps(engine, run_id, RunStatus::Failed, &not_stored(&e)).await
         }
     };
     let def = match definition::parse(run.definition.as_ref().unwrap_or(&wf.definition)) {
         Ok(p) => p.definition,
         Err(e) => {
             let why = format!("stored definition is invalid: {e}");
-            return end_without_steps(state, run_id, RunStatus::Failed, &why).await;
+            return end_without_steps(engine, run_id, RunStatus::Failed, &why).await;
         }
     };
     // A run goes to the server it was queued for (pools queue one workflow for many).
     let server_id = run.server_id.unwrap_or(wf.server_id);
-    let secrets = open_secrets(state, wf.id, wf.secrets.as_deref());
-    let live = state.deploys().register(run_id);
+    let secrets = open_secrets(&engine.key, wf.id, wf.secrets.as_deref());
+    let live = engine.register(run_id);
     let cancel_rx = live.cancel.subscribe();
     let start = if resumed {
         let steps = store.run_steps(run_id).await.unwrap_or_default();
@@ -823,11 +871,11 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
             Ok(true) => {}
             // Cancelled while queued: that path gave it its end.
             Ok(false) => {
-                state.deploys().forget(run_id);
+                engine.forget(run_id);
                 return;
             }
             Err(e) => {
-                return end_without_steps(state, run_id, RunStatus::Failed, &not_stored(&e)).await
+                return end_without_steps(engine, run_id, RunStatus::Failed, &not_stored(&e)).await
             }
         }
         Start {
@@ -837,10 +885,10 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
     };
     let seq = store.last_event_seq(run_id).await.unwrap_or(0);
     let mut rec = Recorder {
-        state: state.clone(),
+        engine: engine.clone(),
         run_id,
         seq,
-        cap: state.config().run_output_cap_bytes,
+        cap: engine.settings.output_cap,
         stored: run.stored_bytes,
         dropped: 0,
         dropped_bytes: 0,
@@ -862,7 +910,7 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
     let ended = match noted {
         Err(e) => Some((RunStatus::Failed, Some(not_stored(&e)))),
         Ok(()) if resumed && start.from == def.steps.len() => {
-            Some(ended_before_restart(state, run_id).await)
+            Some(ended_before_restart(engine, run_id).await)
         }
         Ok(()) => {
             let target = Target {
@@ -870,7 +918,7 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
                 def: &def,
                 secrets: &secrets,
             };
-            run_steps(state, &run, target, &mut rec, cancel_rx, start).await
+            run_steps(engine, &run, target, &mut rec, cancel_rx, start).await
         }
     };
     // None: the controller is shutting down and leaves the run to its next start.
@@ -893,20 +941,20 @@ async fn execute(state: &AppState, run_id: i64, resumed: bool) {
         tracing::error!(run_id, error = %e, "cannot record the end of a run");
     }
     rec.end(status, error.as_deref()).await;
-    end_run_on_agent(state, server_id, run_id);
-    match store.prune_runs(wf.id, state.config().keep_runs).await {
+    end_run_on_agent(engine, server_id, run_id);
+    match store.prune_runs(wf.id, engine.settings.keep_runs).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(workflow_id = wf.id, deleted = n, "old runs deleted"),
         Err(e) => tracing::warn!(workflow_id = wf.id, error = %e, "cannot prune old runs"),
     }
-    state.deploys().forget(run_id);
+    engine.forget(run_id);
 }
 
 /// Tells the run's agent the run is over (it removes the run's work directory). Best
 /// effort: an agent that is offline now keeps the directory.
-fn end_run_on_agent(state: &AppState, server_id: i64, run_id: i64) {
-    let agents = state.deploys().agents();
-    state.tasks().spawn(async move {
+fn end_run_on_agent(engine: &Deploys, server_id: i64, run_id: i64) {
+    let agents = engine.agents();
+    engine.tasks().spawn(async move {
         let body = command::Body::EndRun(mezzanine_proto::v1::EndRun {
             run_id: run_id as u64,
         });
@@ -920,8 +968,8 @@ fn end_run_on_agent(state: &AppState, server_id: i64, run_id: i64) {
 
 /// How a resumed run whose steps had all ended (or no longer match its definition)
 /// ends: as its first unsuccessful step did, else succeeded.
-async fn ended_before_restart(state: &AppState, run_id: i64) -> (RunStatus, Option<String>) {
-    let steps = state.store().run_steps(run_id).await.unwrap_or_default();
+async fn ended_before_restart(engine: &Deploys, run_id: i64) -> (RunStatus, Option<String>) {
+    let steps = engine.store().run_steps(run_id).await.unwrap_or_default();
     if steps.iter().any(|s| StepStatus::parse(&s.status).open()) {
         return (
             RunStatus::Interrupted,
@@ -945,21 +993,21 @@ async fn ended_before_restart(state: &AppState, run_id: i64) -> (RunStatus, Opti
 }
 
 /// Ends a run cancelled before it started: its `end` event, for anyone watching.
-async fn cancelled_while_queued(state: &AppState, run_id: i64) {
+async fn cancelled_while_queued(engine: &Deploys, run_id: i64) {
     let end = json!({ "status": "cancelled", "error": "cancelled before it started" });
-    publish_end(state, run_id, end).await;
+    publish_end(engine, run_id, end).await;
 }
 
 /// Ends a run that cannot start (its workflow is gone, its definition does not parse,
 /// the store failed): in the store if it can, and for its viewers in any case.
-async fn end_without_steps(state: &AppState, run_id: i64, status: RunStatus, why: &str) {
+async fn end_without_steps(engine: &Deploys, run_id: i64, status: RunStatus, why: &str) {
     tracing::warn!(
         run_id,
         status = status.as_str(),
         reason = why,
         "a run ended before its first step"
     );
-    if let Err(e) = state
+    if let Err(e) = engine
         .store()
         .finish_run(run_id, status.as_str(), Some(why), crate::time::now_ms())
         .await
@@ -967,7 +1015,7 @@ async fn end_without_steps(state: &AppState, run_id: i64, status: RunStatus, why
         tracing::error!(run_id, error = %e, "cannot record the end of a run");
     }
     publish_end(
-        state,
+        engine,
         run_id,
         json!({ "status": status.as_str(), "error": why }),
     )
@@ -975,8 +1023,8 @@ async fn end_without_steps(state: &AppState, run_id: i64, status: RunStatus, why
 }
 
 /// Stores (if it can) and publishes a run's `end` event.
-async fn publish_end(state: &AppState, run_id: i64, end: Value) {
-    let store = state.store();
+async fn publish_end(engine: &Deploys, run_id: i64, end: Value) {
+    let store = engine.store();
     let seq = store.last_event_seq(run_id).await.unwrap_or(0) + 1;
     let e = RunEvent {
         seq,
@@ -991,10 +1039,10 @@ async fn publish_end(state: &AppState, run_id: i64, end: Value) {
     {
         tracing::error!(run_id, error = %err, "cannot store a run's end");
     }
-    if let Some(live) = state.deploys().live(run_id) {
+    if let Some(live) = engine.live(run_id) {
         live.publish(Arc::new(vec![e])).await;
     }
-    state.deploys().forget(run_id);
+    engine.forget(run_id);
 }
 
 /// Where and what a run executes.
@@ -1007,14 +1055,14 @@ struct Target<'a> {
 /// Runs the definition's steps from `start`; `None` when the controller is shutting down
 /// and leaves the run to its next start.
 async fn run_steps(
-    state: &AppState,
+    engine: &Deploys,
     run: &crate::store::RunRow,
     target: Target<'_>,
     rec: &mut Recorder,
     mut cancel: watch::Receiver<bool>,
     start: Start,
 ) -> Option<(RunStatus, Option<String>)> {
-    let store = state.store();
+    let store = engine.store();
     let def = target.def;
     for (i, step) in def.steps.iter().enumerate().skip(start.from) {
         let idx = i as i64;
@@ -1075,7 +1123,7 @@ async fn run_steps(
             }
         };
         let end = run_step(
-            state,
+            engine,
             target.server_id,
             cmd,
             idx,
@@ -1086,7 +1134,7 @@ async fn run_steps(
         )
         .await;
         if resume_after.is_some() {
-            lock(&state.deploys().resuming).remove(&(run.id, idx));
+            lock(&engine.resuming).remove(&(run.id, idx));
         }
         if matches!(end, StepEnd::Detached) {
             return None;
@@ -1248,7 +1296,7 @@ fn with_secrets(value: &str, secrets: &BTreeMap<String, String>) -> Result<Strin
 /// the controller restarted) and records its output.
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
-    state: &AppState,
+    engine: &Deploys,
     server_id: i64,
     cmd: command::Body,
     idx: i64,
@@ -1258,17 +1306,17 @@ async fn run_step(
     resuming: bool,
 ) -> StepEnd {
     // A server that is reconnecting (after a controller restart, say) gets a moment.
-    let agents = state.deploys().agents();
+    let agents = engine.agents();
     // A server that never had an agent will not get one in the next seconds: say so now
     // rather than after the offline grace.
     if !resuming && !agents.is_attached(server_id) {
-        if let Ok(false) = state.store().is_enrolled(server_id).await {
+        if let Ok(false) = engine.store().is_enrolled(server_id).await {
             return StepEnd::Interrupted(
                 "the server has no agent yet: install it with the server's install command".into(),
             );
         }
     }
-    let wait_until = tokio::time::Instant::now() + *lock(&state.deploys().offline_grace);
+    let wait_until = tokio::time::Instant::now() + *lock(&engine.offline_grace);
     while !agents.is_attached(server_id) && tokio::time::Instant::now() < wait_until {
         // A step being resumed is stopped through the agent once it is back.
         if *cancel.borrow() && !resuming {
@@ -1280,7 +1328,7 @@ async fn run_step(
         return StepEnd::Cancelled;
     }
     let lost = |why: String| {
-        if state.deploys().is_shutting_down() {
+        if engine.is_shutting_down() {
             StepEnd::Detached
         } else if resuming {
             StepEnd::Interrupted(format!(

@@ -176,32 +176,29 @@ impl StepStream for FakeStream {
 }
 
 struct Bench {
-    state: AppState,
+    engine: Deploys,
+    store: Store,
     _dir: tempfile::TempDir,
     server: i64,
 }
 
+/// The engine alone: a store in a temporary directory, a fresh key, the fake agents.
 async fn bench(agents: Arc<FakeAgents>) -> Bench {
     let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let cli = <crate::Cli as clap::Parser>::try_parse_from([
-        "mezzanine",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().expect("utf8"),
-    ])
-    .expect("flags");
-    let crate::Command::Serve(args) = cli.command;
-    let state = crate::prepare(args.validate().expect("config"))
-        .await
-        .expect("prepare");
-    state
-        .deploys()
-        .set_agents(agents, Duration::from_millis(300));
-    let server = state
-        .store()
+    let url = Store::sqlite_url(&dir.path().join("db.sqlite"));
+    let store = Store::open(&url).await.expect("store");
+    let engine = Deploys::new(
+        store.clone(),
+        Arc::new(MasterKey::from_bytes(&[7; crate::crypto::MASTER_KEY_LEN])),
+        TaskTracker::new(),
+        Settings {
+            output_cap: 1 << 20,
+            keep_runs: 100,
+        },
+        agents.clone(),
+    );
+    engine.set_agents(agents, Duration::from_millis(300));
+    let server = store
         .create_server(
             &NewServer {
                 name: "fake",
@@ -218,7 +215,8 @@ async fn bench(agents: Arc<FakeAgents>) -> Bench {
         .expect("created")
         .id;
     Bench {
-        state,
+        engine,
+        store,
         _dir: dir,
         server,
     }
@@ -231,14 +229,12 @@ impl Bench {
             .map(|i| json!({ "name": format!("s{i}"), "uses": "shell", "with": { "script": "true" } }))
             .collect();
         let id = self
-            .state
-            .store()
+            .store
             .create_workflow(name, self.server, &json!({ "steps": steps }), 0)
             .await
             .expect("store")
             .expect("created");
-        self.state
-            .store()
+        self.store
             .workflow(id)
             .await
             .expect("store")
@@ -246,7 +242,7 @@ impl Bench {
     }
 
     async fn run(&self, wf: &crate::store::WorkflowRow) -> i64 {
-        enqueue(&self.state, wf, "manual", json!({}), None)
+        enqueue(&self.engine, wf, "manual", json!({}), None)
             .await
             .expect("enqueue")
             .expect("queued")
@@ -256,13 +252,7 @@ impl Bench {
     async fn ended(&self, run: i64) -> crate::store::RunRow {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let r = self
-                .state
-                .store()
-                .run(run)
-                .await
-                .expect("store")
-                .expect("run");
+            let r = self.store.run(run).await.expect("store").expect("run");
             if is_terminal(&r.status) {
                 return r;
             }
@@ -276,11 +266,7 @@ impl Bench {
     }
 
     async fn events(&self, run: i64) -> Vec<RunEvent> {
-        self.state
-            .store()
-            .run_events(run, 0, 10_000)
-            .await
-            .expect("events")
+        self.store.run_events(run, 0, 10_000).await.expect("events")
     }
 
     async fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
@@ -337,8 +323,7 @@ async fn output_the_store_refuses_is_never_acknowledged() {
         }],
     );
     let b = bench(fake.clone()).await;
-    b.state
-        .store()
+    b.store
         .execute_raw(
             "CREATE TRIGGER refuse BEFORE INSERT ON run_events WHEN NEW.text = 'poison'
              BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
@@ -374,16 +359,10 @@ async fn runs_of_a_workflow_go_one_at_a_time_in_order() {
     b.wait_for("the first step", || !fake.seen().started.is_empty())
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let waiting = b
-        .state
-        .store()
-        .run(second)
-        .await
-        .expect("store")
-        .expect("run");
+    let waiting = b.store.run(second).await.expect("store").expect("run");
     assert_eq!(waiting.status, "queued", "the second waits for the first");
     assert_eq!(
-        cancel(&b.state, first).await.expect("cancel"),
+        cancel(&b.engine, first).await.expect("cancel"),
         Cancel::Cancelling
     );
     assert_eq!(b.ended(first).await.status, "cancelled");
@@ -402,18 +381,18 @@ async fn a_queued_run_cancelled_ends_once_and_never_starts() {
     b.wait_for("the first step", || !fake.seen().started.is_empty())
         .await;
     assert_eq!(
-        cancel(&b.state, second).await.expect("cancel"),
+        cancel(&b.engine, second).await.expect("cancel"),
         Cancel::Queued
     );
     assert!(matches!(
-        cancel(&b.state, second).await,
+        cancel(&b.engine, second).await,
         Err(CancelError::Ended { .. })
     ));
     assert!(matches!(
-        cancel(&b.state, 9999).await,
+        cancel(&b.engine, 9999).await,
         Err(CancelError::NotFound(9999))
     ));
-    cancel(&b.state, first).await.expect("cancel");
+    cancel(&b.engine, first).await.expect("cancel");
     b.ended(first).await;
     let ends = b
         .events(second)
@@ -447,8 +426,7 @@ async fn a_server_that_never_had_an_agent_interrupts_the_run_at_once() {
 async fn a_step_whose_server_stays_offline_interrupts_the_run() {
     let fake = FakeAgents::new(false, vec![]);
     let b = bench(fake.clone()).await;
-    b.state
-        .store()
+    b.store
         .record_cert("01", b.server, 0, i64::MAX, false)
         .await
         .expect("an enrolled server");
@@ -457,7 +435,7 @@ async fn a_step_whose_server_stays_offline_interrupts_the_run() {
     let r = b.ended(run).await;
     assert_eq!(r.status, "interrupted");
     assert_eq!(r.error.as_deref(), Some("server offline"));
-    let steps = b.state.store().run_steps(run).await.expect("steps");
+    let steps = b.store.run_steps(run).await.expect("steps");
     assert_eq!(steps[0].status, "interrupted");
     assert_eq!(steps[1].status, "skipped");
 }
@@ -472,8 +450,7 @@ async fn a_failing_step_ends_the_run_and_skips_the_rest() {
     assert_eq!(r.status, "failed");
     assert_eq!(r.error.as_deref(), Some("step \"s0\" exited with 3"));
     let steps: Vec<String> = b
-        .state
-        .store()
+        .store
         .run_steps(run)
         .await
         .expect("steps")
@@ -491,7 +468,7 @@ async fn the_queue_is_bounded_and_deliveries_are_recorded_with_their_run() {
     let first = b.run(&wf).await;
     b.wait_for("the first step", || !fake.seen().started.is_empty())
         .await;
-    let hook = |d: &'static str| enqueue(&b.state, &wf, "webhook", json!({}), Some(d));
+    let hook = |d: &'static str| enqueue(&b.engine, &wf, "webhook", json!({}), Some(d));
     assert!(hook("d-1").await.expect("queued").is_some());
     assert!(
         hook("d-1").await.expect("duplicate").is_none(),
@@ -506,22 +483,21 @@ async fn the_queue_is_bounded_and_deliveries_are_recorded_with_their_run() {
     ));
     // Refused, so not recorded: once there is room, the same delivery queues.
     let queued = b
-        .state
-        .store()
+        .store
         .next_queued(wf.id)
         .await
         .expect("store")
         .expect("one");
-    cancel(&b.state, queued).await.expect("cancel");
+    cancel(&b.engine, queued).await.expect("cancel");
     assert!(hook("d-2").await.expect("queued").is_some());
-    cancel(&b.state, first).await.expect("cancel");
+    cancel(&b.engine, first).await.expect("cancel");
 }
 
 /// Collects what a viewer receives (event sequence numbers and kinds) until the end.
-async fn watch(state: &AppState, run: i64, after: i64) -> Vec<(i64, String)> {
+async fn watch(engine: &Deploys, run: i64, after: i64) -> Vec<(i64, String)> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
-    follow::follow(state, run, after, std::future::pending(), |piece| {
+    follow::follow(engine, run, after, std::future::pending(), |piece| {
         if let follow::Follow::Events(batch) = piece {
             lock(&sink).extend(batch.iter().map(|e| (e.seq, e.kind.clone())));
         }
@@ -544,12 +520,12 @@ async fn viewers_get_every_event_once_in_order_live_or_replayed() {
     let run = b.run(&wf).await;
     // Subscribed while the run is still queued: it sees the run from its first event.
     let live = tokio::spawn({
-        let state = b.state.clone();
-        async move { watch(&state, run, 0).await }
+        let engine = b.engine.clone();
+        async move { watch(&engine, run, 0).await }
     });
     b.wait_for("the first step", || !fake.seen().started.is_empty())
         .await;
-    cancel(&b.state, blocker).await.expect("cancel");
+    cancel(&b.engine, blocker).await.expect("cancel");
     let live = tokio::time::timeout(Duration::from_secs(20), live)
         .await
         .expect("the viewer ends with the run")
@@ -563,7 +539,7 @@ async fn viewers_get_every_event_once_in_order_live_or_replayed() {
     assert_eq!(live.last().map(|e| e.1.as_str()), Some("end"));
     assert_eq!(live.iter().filter(|e| e.1 == "stdout").count(), 3);
     // Replayed after the end, from a Last-Event-ID: the rest, once.
-    let replay = watch(&b.state, run, 2).await;
+    let replay = watch(&b.engine, run, 2).await;
     assert_eq!(replay, live[2..].to_vec());
 }
 

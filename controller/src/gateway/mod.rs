@@ -8,7 +8,6 @@ pub mod registry;
 mod service;
 mod tls;
 
-use crate::state::AppState;
 use mezzanine_proto::v1::enrollment_server::EnrollmentServer;
 use mezzanine_proto::v1::session_server::SessionServer;
 use std::future::Future;
@@ -60,15 +59,28 @@ impl tonic::transport::server::Connected
     }
 }
 
+/// What the gateway works with: it never sees the HTTP side.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub store: crate::store::Store,
+    pub config: Arc<crate::config::Config>,
+    pub gateway: Arc<Gateway>,
+    /// Which steps a run here will resume (the rest an agent holds are stopped), and
+    /// told when the controller shuts down.
+    pub deploys: crate::deploy::Deploys,
+    /// Delivered to each agent as it attaches.
+    pub deploy_keys: crate::deploy_keys::DeployKeys,
+}
+
 /// Serves the gateway on `listener` until `shutdown`, then ends every session.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    state: Handles,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let gw = state.gateway();
+    let gw = state.gateway.clone();
     let names = vec![
-        state.agent_endpoint_host().to_owned(),
+        state.config.agent_endpoint_host.clone(),
         "localhost".to_owned(),
     ];
     let (chain, key) = gw.ca.server_cert(&names).map_err(|e| e.to_string())?;
@@ -79,7 +91,7 @@ pub async fn serve(
     // Connections without a client certificate (handshaking, or enrolling) are capped per
     // address and live at most `agent_anonymous`; attached agents count only against the
     // total, which leaves the API its share of the descriptors.
-    let conf = state.config();
+    let conf = &state.config;
     let anonymous = crate::net::ConnLimits::new(ANONYMOUS_TOTAL, conf.agent_anonymous_per_ip);
     let api_share = crate::net::api_connection_cap(conf.max_connections);
     let sessions = crate::net::ConnLimits::new(
@@ -172,7 +184,7 @@ pub async fn serve(
             async move {
                 shutdown.await;
                 // Runs keep their steps on the agents for the next controller process.
-                shut_down_state.deploys().shut_down();
+                shut_down_state.deploys.shut_down();
                 registry.close_all();
             },
         )
@@ -182,7 +194,7 @@ pub async fn serve(
     flusher.abort();
     // Keep what the last heartbeats said.
     let beats = gw.registry.take_dirty();
-    if let Err(e) = state.store().flush_heartbeats(&beats).await {
+    if let Err(e) = state.store.flush_heartbeats(&beats).await {
         tracing::warn!(error = %e, "could not save final heartbeats");
     }
     result
@@ -190,45 +202,14 @@ pub async fn serve(
 
 /// Writes heartbeats to the database in batches, so 10,000 agents cost one
 /// transaction every few seconds instead of a write per heartbeat.
-async fn flush_heartbeats(state: AppState) {
+async fn flush_heartbeats(state: Handles) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        let beats = state.gateway().registry.take_dirty();
-        if let Err(e) = state.store().flush_heartbeats(&beats).await {
+        let beats = state.gateway.registry.take_dirty();
+        if let Err(e) = state.store.flush_heartbeats(&beats).await {
             tracing::warn!(error = %e, count = beats.len(), "could not save heartbeats");
         }
-    }
-}
-
-/// Sends the server's deploy key (if it has one) to its agent, which keeps it for git
-/// over SSH. A server that is offline gets it when it next attaches.
-pub async fn deliver_deploy_key(state: &AppState, server_id: i64) -> Result<(), String> {
-    use mezzanine_proto::v1::{command, reply, DeployKey};
-    let Some((_, sealed)) = state
-        .store()
-        .deploy_key(server_id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(());
-    };
-    let private = state
-        .key()
-        .open(&crate::ssh::deploy_key_context(server_id), &sealed)
-        .map_err(|e| e.to_string())?;
-    let body = command::Body::DeployKey(DeployKey {
-        private_key_openssh: String::from_utf8(private).map_err(|e| e.to_string())?,
-    });
-    match state
-        .gateway()
-        .registry
-        .call(server_id, body, Duration::from_secs(10))
-        .await
-    {
-        Ok(reply::Body::Ack(_)) | Err(CallError::Offline) => Ok(()),
-        Ok(_) => Err("the agent answered the deploy key with something else".into()),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::registry::{Live, Registry};
 use super::token;
-use crate::state::AppState;
+use super::Handles;
 use mezzanine_proto::v1::{
     agent_message, command, enrollment_server::Enrollment, session_server::Session, AgentMessage,
     ControllerMessage, EnrollRequest, EnrollResponse, Facts, RenewRequest, RenewResponse, StopStep,
@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    state: AppState,
+    state: Handles,
 }
 
 impl Gateway {
-    pub fn new(state: AppState) -> Self {
+    pub fn new(state: Handles) -> Self {
         Self { state }
     }
 
@@ -31,7 +31,7 @@ impl Gateway {
         let (server_id, serial) = identity(req)?;
         let active = self
             .state
-            .store()
+            .store
             .cert_active(&serial, server_id)
             .await
             .map_err(internal)?;
@@ -87,7 +87,7 @@ impl Enrollment for Gateway {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.get_ref().remote_addr());
         let body = req.into_inner();
-        let store = self.state.store();
+        let store = &self.state.store;
         let (id, secret) = token::parse(&body.token)
             .ok_or_else(|| Status::invalid_argument("malformed join token (expected MZ1.…)"))?;
         let row = store.join_token(id).await.map_err(internal)?;
@@ -109,10 +109,10 @@ impl Enrollment for Gateway {
                 row.server_id
             )));
         }
-        let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
+        let ttl = Duration::from_secs(self.state.config.agent_cert_ttl_secs);
         let issued = self
             .state
-            .gateway()
+            .gateway
             .ca
             .issue_agent_cert(row.server_id, &body.csr_der, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -131,7 +131,7 @@ impl Enrollment for Gateway {
             )
             .await
             .map_err(internal)?;
-        let registry = &self.state.gateway().registry;
+        let registry = &self.state.gateway.registry;
         registry.revoke(replaced);
         registry.remove(row.server_id, "replaced by a new enrollment of this server");
         store
@@ -148,7 +148,7 @@ impl Enrollment for Gateway {
         Ok(Response::new(EnrollResponse {
             server_id: row.server_id as u64,
             certificate_der: issued.der,
-            ca_certificate_der: self.state.gateway().ca.cert_der().to_vec(),
+            ca_certificate_der: self.state.gateway.ca.cert_der().to_vec(),
             not_after_unix: issued.not_after,
         }))
     }
@@ -165,7 +165,7 @@ impl Session for Gateway {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let server_id = self.active_identity(&req).await?;
-        let store = self.state.store();
+        let store = &self.state.store;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -189,7 +189,7 @@ impl Session for Gateway {
             .await
             .map_err(internal)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let registry = self.state.gateway().registry.clone();
+        let registry = self.state.gateway.registry.clone();
         let live = registry.attach(server_id, tx, heartbeat);
         tracing::info!(server_id, agent_version = %version, running = hello.running.len(), "agent attached");
         tokio::spawn(read_session(
@@ -199,18 +199,13 @@ impl Session for Gateway {
             server_id,
             inbound,
         ));
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = super::deliver_deploy_key(&state, server_id).await {
-                tracing::warn!(server_id, error = %e, "could not deliver the deploy key");
-            }
-        });
+        self.state.deploy_keys.deliver_later(server_id);
         // Steps the agent kept going without a session that no run here will resume (the
         // run was interrupted meanwhile, or cancelled): stop them, so nothing carries on
         // that the controller has already called over.
         for held in hello.steps {
             let (run_id, step) = (held.run_id as i64, i64::from(held.step_index));
-            if self.state.deploys().wants(run_id, step) {
+            if self.state.deploys.wants(run_id, step) {
                 continue;
             }
             tracing::info!(
@@ -226,12 +221,7 @@ impl Session for Gateway {
                     step_index: held.step_index,
                 });
                 let timeout = Duration::from_secs(10);
-                if let Err(e) = state
-                    .gateway()
-                    .registry
-                    .call(server_id, stop, timeout)
-                    .await
-                {
+                if let Err(e) = state.gateway.registry.call(server_id, stop, timeout).await {
                     tracing::warn!(server_id, run_id, step, error = %e, "could not stop a step");
                 }
             });
@@ -241,11 +231,11 @@ impl Session for Gateway {
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let server_id = self.active_identity(&req).await?;
-        let store = self.state.store();
-        let ttl = Duration::from_secs(self.state.config().agent_cert_ttl_secs);
+        let store = &self.state.store;
+        let ttl = Duration::from_secs(self.state.config.agent_cert_ttl_secs);
         let issued = self
             .state
-            .gateway()
+            .gateway
             .ca
             .issue_agent_cert(server_id, &req.get_ref().csr_der, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -274,7 +264,7 @@ impl Session for Gateway {
 /// Reads the agent's messages until the stream ends, the agent falls silent for three
 /// heartbeat intervals, or the session is stopped; then records the server offline.
 async fn read_session(
-    state: AppState,
+    state: Handles,
     registry: Arc<Registry>,
     live: Arc<Live>,
     server_id: i64,
@@ -316,7 +306,7 @@ async fn read_session(
     // Record the reason before leaving the registry, so nobody sees "offline" without it.
     if registry.is_current(server_id, live.conn_id) {
         tracing::info!(server_id, reason, "agent offline");
-        let store = state.store();
+        let store = &state.store;
         if let Some(beat) = Registry::last_beat(&live) {
             if let Err(e) = store.flush_heartbeats(&[(server_id, beat.0, beat.1)]).await {
                 tracing::warn!(server_id, error = %e, "could not save the last heartbeat");

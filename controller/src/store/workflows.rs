@@ -579,6 +579,17 @@ impl Store {
     }
 
     /// Events after `after_seq`, in order, at most `limit`.
+    /// The `message` texts of a run's `note` events, in order (a handful per run).
+    pub async fn run_notes(&self, run_id: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT text FROM run_events WHERE run_id = ? AND kind = 'note' ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("text")?)).collect()
+    }
+
     pub async fn run_events(
         &self,
         run_id: i64,
