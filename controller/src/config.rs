@@ -143,6 +143,17 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Reverse proxies in front of the controller (addresses or networks): for requests
+    /// from them the client's address is read from `X-Forwarded-For`, so login limits,
+    /// sessions and the audit log see the real client. Without this the header is
+    /// ignored. Repeat the flag or separate with commas.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MEZZANINE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Validated configuration.
@@ -177,6 +188,7 @@ pub struct Config {
     pub agent_binary: PathBuf,
     pub ssh_timeout_secs: u64,
     pub insecure_registries: crate::images::Insecure,
+    pub trusted_proxies: Vec<crate::net::Network>,
     pub docker_timeout: std::time::Duration,
     pub run_output_cap_bytes: i64,
     pub keep_runs: i64,
@@ -373,6 +385,15 @@ impl ServeArgs {
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
                 .map_err(ConfigError)?,
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    crate::net::Network::parse(v)
+                        .map_err(|e| ConfigError(format!("--trusted-proxy {e}")))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

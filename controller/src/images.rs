@@ -69,24 +69,17 @@ pub struct Checked {
 #[derive(Debug, Clone, Default)]
 pub struct Insecure {
     hosts: Vec<String>,
-    nets: Vec<(IpAddr, u8)>,
+    nets: Vec<crate::net::Network>,
 }
 
 impl Insecure {
     pub fn parse(values: &[String]) -> Result<Insecure, String> {
         let mut out = Insecure::default();
         for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            if let Some((addr, bits)) = v.split_once('/') {
-                let addr: IpAddr = addr
-                    .parse()
-                    .map_err(|_| format!("--insecure-registry {v}: not a network"))?;
-                let max = if addr.is_ipv4() { 32 } else { 128 };
-                let bits: u8 = bits
-                    .parse()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .ok_or_else(|| format!("--insecure-registry {v}: bad prefix length"))?;
-                out.nets.push((addr, bits));
+            if v.contains('/') {
+                let net = crate::net::Network::parse(v)
+                    .map_err(|e| format!("--insecure-registry {e}"))?;
+                out.nets.push(net);
             } else {
                 out.hosts.push(v.to_ascii_lowercase());
             }
@@ -106,7 +99,7 @@ impl Insecure {
         let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
             return false;
         };
-        ip.is_loopback() || self.nets.iter().any(|(net, bits)| in_net(ip, *net, *bits))
+        ip.is_loopback() || self.nets.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -115,19 +108,6 @@ fn host_of(registry: &str) -> &str {
         return registry.split(']').next().map_or(registry, |h| &h[1..]);
     }
     registry.split(':').next().unwrap_or(registry)
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    let (a, b, width) = match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
-        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
-        _ => return false,
-    };
-    if bits == 0 {
-        return true;
-    }
-    let shift = width - u32::from(bits);
-    (a >> shift) == (b >> shift)
 }
 
 /// Credentials for one registry.

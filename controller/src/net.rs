@@ -239,3 +239,164 @@ mod tests {
         assert_eq!(l.open(), 3);
     }
 }
+
+/// An IP network (`10.0.0.0/8`; a bare address is a network of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Network {
+    pub fn parse(raw: &str) -> Result<Network, String> {
+        let raw = raw.trim();
+        let (addr, bits) = match raw.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (raw, None),
+        };
+        let addr: IpAddr = addr
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| format!("{raw:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{raw:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Network { addr, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let (a, b, width) = match (ip, canonical(self.addr)) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        if self.bits == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.bits);
+        (a >> shift) == (b >> shift)
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack socket reports) as
+/// the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the connection's peer, unless the peer is a trusted proxy; then
+/// the nearest address in `X-Forwarded-For` (read from the right, as each proxy appends
+/// the address it received from) that is not itself a trusted proxy. A header that does
+/// not parse leaves the last address known for sure. With no trusted proxies the header
+/// is ignored, so a client cannot choose its own address.
+pub fn client_addr<'a>(
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    trusted: &[Network],
+) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded_for
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(sa) = hop.parse::<std::net::SocketAddr>() {
+        return Some(canonical(sa.ip()));
+    }
+    hop.trim_matches(['[', ']']).parse().ok().map(canonical)
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n = Network::parse("10.1.0.0/16").expect("net");
+        assert!(n.contains(ip("10.1.200.3")));
+        assert!(!n.contains(ip("10.2.0.1")));
+        assert!(n.contains(ip("::ffff:10.1.0.9")), "mapped IPv4");
+        assert!(Network::parse("192.0.2.7")
+            .expect("one")
+            .contains(ip("192.0.2.7")));
+        assert!(Network::parse("fd00::/8")
+            .expect("v6")
+            .contains(ip("fd12::1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "proxy.local", "10.0.0.0/x", ""] {
+            assert!(Network::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_client_address_is_the_nearest_untrusted_hop() {
+        let trusted = [Network::parse("10.0.0.0/8").expect("net")];
+        let peer = ip("10.0.0.2");
+        let xff = |v: &'static str| std::iter::once(v);
+        // Not from a proxy: the header is the client's own words and is ignored.
+        assert_eq!(
+            client_addr(ip("192.0.2.1"), xff("198.51.100.1"), &trusted),
+            ip("192.0.2.1")
+        );
+        assert_eq!(client_addr(ip("192.0.2.1"), xff("x"), &[]), ip("192.0.2.1"));
+        // A spoofed left part does not win over what the proxy appended.
+        assert_eq!(
+            client_addr(peer, xff("203.0.113.9, 198.51.100.1, 10.0.0.5"), &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_addr(
+                peer,
+                ["198.51.100.1:4711", "10.0.0.5"].into_iter(),
+                &trusted
+            ),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_addr(peer, xff("[2001:db8::1]:80"), &trusted),
+            ip("2001:db8::1")
+        );
+        // No header, or garbage: the last address known for sure.
+        assert_eq!(client_addr(peer, std::iter::empty(), &trusted), peer);
+        assert_eq!(
+            client_addr(peer, xff("garbage, 10.0.0.7"), &trusted),
+            ip("10.0.0.7")
+        );
+    }
+}

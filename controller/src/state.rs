@@ -18,7 +18,11 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug)]
 pub struct Limits {
+    /// One username from one address: the lockout a user with typos meets.
+    pub by_pair: Limiter,
+    /// One username from everywhere: distributed guessing of one account.
     pub by_user: Limiter,
+    /// One address, every username: spraying.
     pub by_ip: Limiter,
 }
 
@@ -49,9 +53,18 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     pub fn new(config: Config, store: Store, key: MasterKey, gateway: Gateway) -> Self {
         let limits = Limits {
-            by_user: Limiter::new(
+            by_pair: Limiter::new(
                 Policy {
                     max_failures: 5,
+                    window: Duration::from_secs(15 * 60),
+                    base_lockout: Duration::from_secs(30),
+                    max_lockout: Duration::from_secs(15 * 60),
+                },
+                100_000,
+            ),
+            by_user: Limiter::new(
+                Policy {
+                    max_failures: 50,
                     window: Duration::from_secs(15 * 60),
                     base_lockout: Duration::from_secs(30),
                     max_lockout: Duration::from_secs(15 * 60),

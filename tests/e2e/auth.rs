@@ -1,6 +1,6 @@
 //! Setup, login, logout, password change, sessions, TOTP and brute-force throttling.
 
-use mezzanine_tests::{totp_code, Controller, ADMIN_PASSWORD};
+use mezzanine_tests::{totp_code, Client, Controller, Method, ADMIN_PASSWORD};
 use serde_json::json;
 use std::time::Duration;
 
@@ -314,6 +314,109 @@ async fn repeated_failures_for_a_username_are_throttled() {
         .expect("secs");
     assert!((1..=900).contains(&wait), "{wait}");
     assert!(r.error().contains("retry"), "{}", r.body);
+    // The lockout is this address's for this user: the user from elsewhere, and other
+    // users from here, still get in (it used to lock the username everywhere).
+    let mut elsewhere = Client::from_address(&ctl.base, [127, 0, 0, 2].into());
+    let r = elsewhere.login("admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut admin = elsewhere;
+    let r = admin
+        .post(
+            "/api/users",
+            json!({ "username": "other", "password": "other-password-1", "role": "viewer" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        ctl.client()
+            .login("other", "other-password-1", None)
+            .await
+            .status,
+        200
+    );
+}
+
+/// Behind a trusted proxy the client is the forwarded address: one client's failures
+/// lock that client, not everyone behind the proxy. Without `--trusted-proxy` the header
+/// is ignored, so a client cannot pick a fresh address per guess.
+#[tokio::test]
+async fn a_trusted_proxys_clients_are_counted_apart() {
+    let ctl = Controller::start_with(&["--trusted-proxy", "127.0.0.0/8"]).await;
+    let mut admin = ctl.admin().await;
+    let mut proxy = ctl.client();
+    let login = |pw: &'static str| json!({ "username": "admin", "password": pw });
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for _ in 0..5 {
+        let r = proxy
+            .send_with(
+                Method::POST,
+                "/api/auth/login",
+                Some(login("wrong-password")),
+                &from("198.51.100.7"),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = proxy
+        .send_with(
+            Method::POST,
+            "/api/auth/login",
+            Some(login(ADMIN_PASSWORD)),
+            &from("198.51.100.7"),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    // Another client behind the same proxy; a spoofed left part does not count.
+    let r = proxy
+        .send_with(
+            Method::POST,
+            "/api/auth/login",
+            Some(login(ADMIN_PASSWORD)),
+            &from("198.51.100.7, 198.51.100.8"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let audit = admin.get("/api/audit?per_page=50").await;
+    let ips: Vec<&str> = audit.body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["ip"].as_str())
+        .collect();
+    assert!(ips.contains(&"198.51.100.7"), "{ips:?}");
+    assert!(ips.contains(&"198.51.100.8"), "{ips:?}");
+
+    // Not trusted: the header changes nothing.
+    let ctl = Controller::start().await;
+    ctl.admin().await;
+    let mut c = ctl.client();
+    for i in 0..5 {
+        let ip = [
+            "203.0.113.1",
+            "203.0.113.2",
+            "203.0.113.3",
+            "203.0.113.4",
+            "203.0.113.5",
+        ][i];
+        let r = c
+            .send_with(
+                Method::POST,
+                "/api/auth/login",
+                Some(login("wrong-password")),
+                &[("x-forwarded-for", ip)],
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = c
+        .send_with(
+            Method::POST,
+            "/api/auth/login",
+            Some(login(ADMIN_PASSWORD)),
+            &from("203.0.113.6"),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
 }
 
 #[tokio::test]

@@ -486,8 +486,9 @@ async fn slow_readers_of_a_run_do_not_multiply_its_output_in_memory() {
     // Let every request get as far as it can into its unread socket.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let grown = rss_mib(ctl.proc.pid()) - before;
+    eprintln!("controller grew {grown:.1} MiB with 30 unread run details");
     assert!(
-        grown < 120.0,
+        grown < 80.0,
         "30 unread answers grew the controller by {grown:.0} MiB"
     );
     // The controller still serves everyone else.

@@ -204,6 +204,37 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client whose connections come from `source` (another loopback address, say).
+    pub fn from_address(base: &str, source: std::net::IpAddr) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .local_address(source)
+                .build()
+                .expect("client"),
+            base: base.to_owned(),
+            cookie: None,
+        }
+    }
+
+    /// Sends a request with extra headers.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.raw(req).await
+    }
+
     pub fn new(base: &str) -> Client {
         Client {
             http: reqwest::Client::builder()

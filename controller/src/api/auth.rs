@@ -3,18 +3,18 @@
 use super::audit::{Actor, Target};
 use super::openapi::{boolean, nullable, obj, ok_with, string, user as user_schema};
 use super::session::{clear_cookie, set_cookie};
+use super::ClientAddr;
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
 use crate::auth::limiter::Attempt;
 use crate::auth::{password, totp, validate_username, Role};
 use crate::state::AppState;
 use crate::store::User;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::Instant;
 
 const BAD_CREDENTIALS: &str = "invalid username or password";
@@ -87,7 +87,7 @@ async fn start_session(
 
 async fn setup(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     headers: HeaderMap,
     Json(body): Json<SetupBody>,
 ) -> ApiResult<Response> {
@@ -114,7 +114,7 @@ async fn setup(
     start_session(
         &state,
         &user,
-        &peer.ip().to_string(),
+        &client.to_string(),
         &headers,
         axum::http::StatusCode::CREATED,
     )
@@ -161,17 +161,24 @@ fn locked(wait: std::time::Duration) -> ApiError {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     headers: HeaderMap,
     Json(body): Json<LoginBody>,
 ) -> ApiResult<Response> {
-    let ip = peer.ip().to_string();
+    let ip = client.to_string();
     let user_key = limiter_key(&body.username);
     let now = Instant::now();
     let limits = state.limits();
-    // Both attempts are reserved before any hashing, so concurrent guesses are counted as
-    // they start, not as they finish.
+    // Every attempt is reserved before any hashing, so concurrent guesses are counted as
+    // they start, not as they finish. The lockout a user meets is per (address, user):
+    // someone else's guesses cannot lock them out. Guessing many names from one address
+    // (`by_ip`) and one name from many addresses (`by_user`) have higher limits of
+    // their own.
     let by_ip = limits.by_ip.begin(&ip, now).map_err(locked)?;
+    let by_pair = limits
+        .by_pair
+        .begin(&format!("{ip} {user_key}"), now)
+        .map_err(locked)?;
     let by_user = limits.by_user.begin(&user_key, now).map_err(locked)?;
     if body.password.chars().count() > password::MAX_LEN {
         return Err(ApiError::BadRequest(format!(
@@ -179,8 +186,9 @@ async fn login(
             password::MAX_LEN
         )));
     }
-    let failed = |reason: ApiError, by_ip: Attempt<'_>, by_user: Attempt<'_>| {
+    let failed = |reason: ApiError, [by_ip, by_pair, by_user]: [Attempt<'_>; 3]| {
         by_ip.failed(now);
+        by_pair.failed(now);
         by_user.failed(now);
         reason
     };
@@ -201,8 +209,7 @@ async fn login(
         _ => {
             let mut resp = failed(
                 ApiError::Unauthorized(BAD_CREDENTIALS.into()),
-                by_ip,
-                by_user,
+                [by_ip, by_pair, by_user],
             )
             .into_response();
             resp.extensions_mut().insert(Actor {
@@ -226,8 +233,7 @@ async fn login(
         let Some(step) = totp::matching_step(&secret, code, unix) else {
             return Err(failed(
                 ApiError::Unauthorized("invalid TOTP code".into()),
-                by_ip,
-                by_user,
+                [by_ip, by_pair, by_user],
             ));
         };
         if !state
@@ -237,13 +243,12 @@ async fn login(
         {
             return Err(failed(
                 ApiError::Unauthorized("TOTP code already used; wait for the next one".into()),
-                by_ip,
-                by_user,
+                [by_ip, by_pair, by_user],
             ));
         }
     }
-    by_user.succeeded();
-    drop(by_ip);
+    by_pair.succeeded();
+    drop((by_ip, by_user));
     start_session(
         &state,
         &creds.user,
@@ -281,7 +286,11 @@ async fn verify_own_password(
 ) -> ApiResult<()> {
     let key = limiter_key(username);
     let now = Instant::now();
-    let attempt = state.limits().by_user.begin(&key, now).map_err(locked)?;
+    let attempt = state
+        .limits()
+        .by_pair
+        .begin(&format!("self {key}"), now)
+        .map_err(locked)?;
     let creds = state
         .store()
         .credentials_by_id(user_id)

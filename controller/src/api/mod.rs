@@ -17,7 +17,7 @@ mod workflows;
 use crate::auth::Role;
 use crate::state::AppState;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
@@ -153,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(from_fn(json_errors))
+        .layer(from_fn_with_state(state.clone(), client_addr))
         .layer(from_fn(catch_panic))
         .with_state(state)
 }
@@ -314,11 +315,32 @@ async fn catch_panic(req: Request, next: Next) -> Response {
     }
 }
 
-/// The peer address of the connection (no proxy headers are trusted).
-pub fn client_ip(req_ext: &axum::http::Extensions) -> Option<String> {
-    req_ext
+/// The client's address, as `client_addr` resolved it (the peer, or behind a trusted
+/// proxy the forwarded address).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// Resolves every request's client address once (see `net::client_addr`).
+async fn client_addr(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Every connection the controller accepts has a peer; "unspecified" only stands in
+    // for a request built without one.
+    let peer = req
+        .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let ip = crate::net::client_addr(peer, forwarded, &state.config().trusted_proxies);
+    req.extensions_mut().insert(ClientAddr(ip));
+    next.run(req).await
+}
+
+/// The client's address as text, for audit records and sessions.
+pub fn client_ip(req_ext: &axum::http::Extensions) -> Option<String> {
+    req_ext.get::<ClientAddr>().map(|c| c.0.to_string())
 }
 
 /// The route template a request matched, for audit records.
