@@ -356,7 +356,7 @@ async function loadWorkflows() {
   $("#no-workflows").hidden = list.length > 0;
   for (const wf of list) {
     const tr = document.createElement("tr");
-    cell(tr, wf.name);
+    const nameCell = cell(tr, wf.name);
     cell(tr, names[wf.server_id] || wf.server_id);
     const last = cell(tr, wf.last_run ? wf.last_run.status : "never");
     if (wf.last_run) {
@@ -373,6 +373,22 @@ async function loadWorkflows() {
           loadWorkflows();
         } catch (e) { flash(e.message); }
       }));
+    }
+    if (wf.secrets_held) {
+      // A moderator changed the definition after an admin set its secrets: runs are
+      // refused until an admin approves the definition as it stands.
+      const held = document.createElement("span");
+      held.textContent = " secrets held";
+      held.className = "status failed";
+      nameCell.appendChild(held);
+      held.title = "Its secrets were set by an admin and its definition was last changed by a moderator.";
+      if (me.role === "admin") {
+        actions.appendChild(button("Approve", "", () => {
+          if (confirm("Release the secrets of " + wf.name + " to its current definition?")) {
+            act(() => api("POST", "/workflows/" + wf.id + "/approve"), "Definition approved.");
+          }
+        }));
+      }
     }
     if (me.role === "admin") {
       actions.appendChild(button("Webhook", "", async () => {

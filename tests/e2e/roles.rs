@@ -69,6 +69,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/workflows/{id}", "admin"),
     ("POST", "/api/workflows/{id}/run", "moderator"),
     ("POST", "/api/workflows/{id}/webhook/rotate", "admin"),
+    ("POST", "/api/workflows/{id}/approve", "admin"),
     ("GET", "/api/deployments/runs/{id}", "viewer"),
     ("GET", "/api/deployments/runs/{id}/events", "viewer"),
     ("POST", "/api/deployments/runs/{id}/cancel", "moderator"),

@@ -497,3 +497,61 @@ async fn slow_readers_of_a_run_do_not_multiply_its_output_in_memory() {
     agent_proc.signal("KILL");
     ctl.proc.terminate(Duration::from_secs(10));
 }
+
+/// A moderator cannot read an admin's secrets by editing the script: secrets an admin set
+/// are held from a definition a moderator changed until an admin approves it (this
+/// moderator's edit used to run and print the secret, base64-encoded past the mask).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_secrets_are_held_from_a_moderators_definition() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = attached_agent(&mut admin, "engine-10", 1).await;
+    let mut moderator = ctl.user(&mut admin, "mod", "moderator").await;
+    let wf = create(
+        &mut admin,
+        "guarded",
+        server,
+        json!({ "secrets": { "DBPASS": "admin-only-value" },
+                "steps": [{ "name": "use", "uses": "shell", "with": { "script": "test -n \"$DBPASS\" && echo used" } }] }),
+    )
+    .await;
+    let run = trigger(&mut moderator, wf).await;
+    let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let leak = json!({ "definition": { "steps": [{ "name": "leak", "uses": "shell",
+        "with": { "script": "echo \"$DBPASS\" | base64" } }] } });
+    let r = moderator.patch(&format!("/api/workflows/{wf}"), leak).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["secrets_held"], true, "{}", r.body);
+    let r = moderator.get(&format!("/api/workflows/{wf}")).await;
+    assert_eq!(r.body["secrets_held"], true, "{}", r.body);
+    for c in [&mut moderator, &mut admin] {
+        let r = c.post(&format!("/api/workflows/{wf}/run"), json!({})).await;
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(r.error().contains("approve"), "{}", r.body);
+    }
+    // Only an admin approves.
+    let r = moderator
+        .post(&format!("/api/workflows/{wf}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["secrets_held"], false);
+    let run = trigger(&mut moderator, wf).await;
+    let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    // A moderator who sets the secrets too runs with their own values.
+    let own = json!({ "definition": { "secrets": { "DBPASS": "moderator-value" },
+        "steps": [{ "name": "use", "uses": "shell", "with": { "script": "test -n \"$DBPASS\" && echo used" } }] } });
+    let r = moderator.patch(&format!("/api/workflows/{wf}"), own).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["secrets_held"], false, "{}", r.body);
+    let run = trigger(&mut moderator, wf).await;
+    let done = wait_run(&mut admin, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}

@@ -76,7 +76,9 @@ impl From<crate::deploy::EnqueueError> for ApiError {
     fn from(e: crate::deploy::EnqueueError) -> Self {
         use crate::deploy::EnqueueError as E;
         match e {
-            E::InvalidDefinition(_) | E::Full(_) => ApiError::Conflict(e.to_string()),
+            E::InvalidDefinition(_) | E::Full(_) | E::SecretsHeld => {
+                ApiError::Conflict(e.to_string())
+            }
             E::Store(s) => s.into(),
         }
     }

@@ -1,7 +1,7 @@
 //! `/api/workflows`, `/api/deployments/runs` and `/api/webhooks`: deploy workflows, their
 //! runs with live events, and HMAC-signed webhook triggers.
 
-use super::openapi::{array, integer, nullable, obj, ok_with, string};
+use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::follow::Follow;
@@ -82,6 +82,7 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "name": w.name,
             "server_id": w.server_id,
             "webhook": w.webhook_secret.is_some(),
+            "secrets_held": deploy::secrets_held(&w),
             "last_run": last.first().map(run_summary),
             "created_at": crate::time::rfc3339(w.created_at),
             "updated_at": crate::time::rfc3339(w.updated_at),
@@ -103,6 +104,8 @@ async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiR
         "server_id": w.server_id,
         "definition": w.definition,
         "secrets": secrets,
+        "secrets_held": deploy::secrets_held(&w),
+        "definition_role": w.definition_role,
         "webhook_url": w.webhook_secret.is_some().then(|| webhook_url(&state, w.id)),
         "created_at": crate::time::rfc3339(w.created_at),
         "updated_at": crate::time::rfc3339(w.updated_at),
@@ -140,6 +143,7 @@ async fn store_secrets(
     state: &AppState,
     id: i64,
     secrets: &BTreeMap<String, String>,
+    role: Role,
 ) -> ApiResult<()> {
     let sealed = if secrets.is_empty() {
         None
@@ -149,15 +153,17 @@ async fn store_secrets(
     };
     state
         .store()
-        .set_workflow_secrets(id, sealed.as_deref())
+        .set_workflow_secrets(id, sealed.as_deref(), role.as_str())
         .await?;
     Ok(())
 }
 
 async fn create(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Json(body): Json<CreateBody>,
 ) -> ApiResult<Response> {
+    let role = session.require()?.user.role;
     check_name(&body.name)?;
     let parsed = parse_definition(&body.definition)?;
     check_server(&state, body.server_id).await?;
@@ -168,12 +174,13 @@ async fn create(
             &body.name,
             body.server_id,
             &parsed.definition.to_json(),
+            role.as_str(),
             now,
         )
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("a workflow named {:?} exists", body.name)))?;
     if let Some(secrets) = &parsed.secrets {
-        store_secrets(&state, id, secrets).await?;
+        store_secrets(&state, id, secrets, role).await?;
     }
     let mut resp = (StatusCode::CREATED, ok(json!({ "id": id }))).into_response();
     resp.extensions_mut()
@@ -191,9 +198,11 @@ struct PatchBody {
 
 async fn patch(
     State(state): State<AppState>,
+    Extension(session): Extension<Session>,
     Path(raw): Path<String>,
     Json(body): Json<PatchBody>,
 ) -> ApiResult<Json<Value>> {
+    let role = session.require()?.user.role;
     let id = parse_id(&raw, "workflow")?;
     workflow_or_404(&state, id).await?;
     if let Some(n) = &body.name {
@@ -211,6 +220,7 @@ async fn patch(
             body.name.as_deref(),
             body.server_id,
             def_json.as_ref(),
+            role.as_str(),
             crate::time::now_secs(),
         )
         .await?;
@@ -220,9 +230,21 @@ async fn patch(
         ));
     }
     if let Some(secrets) = parsed.as_ref().and_then(|p| p.secrets.as_ref()) {
-        store_secrets(&state, id, secrets).await?;
+        store_secrets(&state, id, secrets, role).await?;
     }
-    Ok(ok(json!({ "id": id })))
+    let wf = workflow_or_404(&state, id).await?;
+    Ok(ok(
+        json!({ "id": id, "secrets_held": deploy::secrets_held(&wf) }),
+    ))
+}
+
+/// An admin approves the definition as it stands: the secrets are released to it.
+async fn approve(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "workflow")?;
+    if !state.store().approve_definition(id).await? {
+        return Err(ApiError::NotFound(format!("workflow {id} not found")));
+    }
+    Ok(ok(json!({ "id": id, "secrets_held": false })))
 }
 
 async fn delete(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
@@ -667,14 +689,25 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/workflows/{id}",
         moderator,
         Doc {
-            summary: "Change name, server_id or definition (a definition without `secrets` keeps the stored ones)",
+            summary: "Change name, server_id or definition (a definition without `secrets` keeps the stored ones; secrets an admin set are then held until an admin approves — `secrets_held`)",
             request: Some(obj(
                 &[("name", string()), ("server_id", integer()), ("definition", definition_schema)],
                 &[],
             )),
-            response: ok_with(&[("id", integer())]),
+            response: ok_with(&[("id", integer()), ("secrets_held", boolean())]),
         },
         patch,
+    )
+    .add(
+        Method::POST,
+        "/api/workflows/{id}/approve",
+        admin,
+        Doc {
+            summary: "Approve the definition as it stands: secrets an admin set are released to its runs again",
+            request: None,
+            response: ok_with(&[("id", integer()), ("secrets_held", boolean())]),
+        },
+        approve,
     )
     .add(
         Method::DELETE,

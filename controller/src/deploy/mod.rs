@@ -277,6 +277,19 @@ impl Engine {
     }
 }
 
+const SECRETS_HELD: &str = "this workflow's secrets were set by an admin and its definition was last changed by a moderator: they are not released to it until an admin approves the definition (POST /api/workflows/:id/approve, or an admin's edit of it)";
+
+/// Whether the workflow's secrets are withheld from its definition: secrets set by a
+/// higher role than the definition's last author are not released to it (a moderator's
+/// edit could otherwise print an admin's secrets).
+pub fn secrets_held(wf: &crate::store::WorkflowRow) -> bool {
+    use crate::auth::Role;
+    // An unknown stored role reads as the most privileged setter / least privileged author.
+    let setter = Role::parse(&wf.secrets_role).unwrap_or(Role::Admin);
+    let author = Role::parse(&wf.definition_role).unwrap_or(Role::Viewer);
+    wf.secrets.is_some() && setter > author
+}
+
 /// Why a run was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
@@ -284,6 +297,8 @@ pub enum EnqueueError {
     InvalidDefinition(String),
     #[error("{0} runs of this workflow are already queued; cancel some or wait for them")]
     Full(i64),
+    #[error("{SECRETS_HELD}")]
+    SecretsHeld,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -300,6 +315,9 @@ pub async fn enqueue(
 ) -> Result<Option<i64>, EnqueueError> {
     let parsed = definition::parse(&wf.definition)
         .map_err(|e| EnqueueError::InvalidDefinition(e.to_string()))?;
+    if secrets_held(wf) {
+        return Err(EnqueueError::SecretsHeld);
+    }
     let names: Vec<String> = parsed
         .definition
         .steps
@@ -843,6 +861,11 @@ async fn execute(engine: &Deploys, run_id: i64, resumed: bool) {
             return end_without_steps(engine, run_id, RunStatus::Failed, &why).await;
         }
     };
+    // Checked again here: the secrets or the definition may have changed since the run
+    // was queued.
+    if secrets_held(&wf) {
+        return end_without_steps(engine, run_id, RunStatus::Failed, SECRETS_HELD).await;
+    }
     // A run goes to the server it was queued for (pools queue one workflow for many).
     let server_id = run.server_id.unwrap_or(wf.server_id);
     let secrets = open_secrets(&engine.key, wf.id, wf.secrets.as_deref());

@@ -230,7 +230,7 @@ impl Bench {
             .collect();
         let id = self
             .store
-            .create_workflow(name, self.server, &json!({ "steps": steps }), 0)
+            .create_workflow(name, self.server, &json!({ "steps": steps }), "admin", 0)
             .await
             .expect("store")
             .expect("created");

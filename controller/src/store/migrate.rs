@@ -56,6 +56,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "id_sequences",
         sql: include_str!("../../../migrations/sqlite/0009_id_sequences.sql"),
     },
+    Migration {
+        version: 10,
+        name: "secret_approval",
+        sql: include_str!("../../../migrations/sqlite/0010_secret_approval.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -15,6 +15,10 @@ pub struct WorkflowRow {
     pub webhook_secret: Option<Vec<u8>>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The role of whoever last changed the definition (`admin`, `moderator`).
+    pub definition_role: String,
+    /// The role of whoever last set the secrets.
+    pub secrets_role: String,
 }
 
 #[derive(Debug, Clone)]
@@ -91,8 +95,8 @@ pub struct RunEvent {
     pub at: i64,
 }
 
-const WF_COLS: &str =
-    "id, name, server_id, definition, secrets, webhook_secret, created_at, updated_at";
+const WF_COLS: &str = "id, name, server_id, definition, secrets, webhook_secret, created_at,
+    updated_at, definition_role, secrets_role";
 const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
     finished_at, error, stored_bytes, dropped_lines, definition, server_id";
 
@@ -111,6 +115,8 @@ fn workflow_from(row: &sqlx::sqlite::SqliteRow) -> Result<WorkflowRow> {
         webhook_secret: row.try_get("webhook_secret")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        definition_role: row.try_get("definition_role")?,
+        secrets_role: row.try_get("secrets_role")?,
     })
 }
 
@@ -164,13 +170,15 @@ impl Store {
         name: &str,
         server_id: i64,
         definition: &Value,
+        role: &str,
         now: i64,
     ) -> Result<Option<i64>> {
         let mut tx = self.pool().begin().await?;
         let id = next_id(&mut tx, "workflows").await?;
         let r = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO workflows (id, name, server_id, definition, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO workflows (id, name, server_id, definition, created_at, updated_at,
+                 definition_role, secrets_role)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(id)
         .bind(name)
@@ -178,6 +186,8 @@ impl Store {
         .bind(definition.to_string())
         .bind(now)
         .bind(now)
+        .bind(role)
+        .bind(role)
         .fetch_one(&mut *tx)
         .await;
         match r {
@@ -205,24 +215,29 @@ impl Store {
         rows.iter().map(workflow_from).collect()
     }
 
-    /// Updates what is given; `Ok(false)` when the new name is taken.
+    /// Updates what is given; `Ok(false)` when the new name is taken. A new definition
+    /// records `role` as its author's.
     pub async fn update_workflow(
         &self,
         id: i64,
         name: Option<&str>,
         server_id: Option<i64>,
         definition: Option<&Value>,
+        role: &str,
         now: i64,
     ) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE workflows SET name = COALESCE(?2, name), server_id = COALESCE(?3, server_id),
-             definition = COALESCE(?4, definition), updated_at = ?5 WHERE id = ?1",
+             definition = COALESCE(?4, definition),
+             definition_role = CASE WHEN ?4 IS NULL THEN definition_role ELSE ?6 END,
+             updated_at = ?5 WHERE id = ?1",
         )
         .bind(id)
         .bind(name)
         .bind(server_id)
         .bind(definition.map(Value::to_string))
         .bind(now)
+        .bind(role)
         .execute(self.pool())
         .await;
         match r {
@@ -232,13 +247,30 @@ impl Store {
         }
     }
 
-    pub async fn set_workflow_secrets(&self, id: i64, sealed: Option<&[u8]>) -> Result<()> {
-        sqlx::query("UPDATE workflows SET secrets = ? WHERE id = ?")
+    /// Replaces the secrets, recording `role` as their setter's.
+    pub async fn set_workflow_secrets(
+        &self,
+        id: i64,
+        sealed: Option<&[u8]>,
+        role: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE workflows SET secrets = ?, secrets_role = ? WHERE id = ?")
             .bind(sealed)
+            .bind(role)
             .bind(id)
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// An admin approves the definition as it is (its secrets are released to it);
+    /// `Ok(false)` when there is no such workflow.
+    pub async fn approve_definition(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE workflows SET definition_role = 'admin' WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
     }
 
     pub async fn set_webhook_secret(&self, id: i64, sealed: &[u8]) -> Result<()> {
@@ -657,7 +689,7 @@ mod tests {
             .expect("created")
             .id;
         let wf = store
-            .create_workflow("w", server, &json!({ "steps": [] }), 0)
+            .create_workflow("w", server, &json!({ "steps": [] }), "admin", 0)
             .await
             .expect("store")
             .expect("created");
@@ -761,7 +793,7 @@ mod tests {
             WorkflowDelete::Deleted
         );
         let wf2 = store
-            .create_workflow("w2", server, &json!({ "steps": [] }), 3)
+            .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 3)
             .await
             .expect("store")
             .expect("created");
@@ -777,7 +809,7 @@ mod tests {
         // A name clash rolls back and gives nothing away.
         assert_eq!(
             store
-                .create_workflow("w2", server, &json!({ "steps": [] }), 5)
+                .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 5)
                 .await
                 .expect("store"),
             None
