@@ -144,6 +144,17 @@ pub struct ServeArgs {
     )]
     pub insecure_registries: Vec<String>,
 
+    /// Registries image update checks may reach at private addresses (loopback, RFC 1918,
+    /// link-local, unique-local): `host[:port]` names or networks (`10.0.0.0/8`). Others
+    /// whose address is private are refused, so a check cannot probe the controller's own
+    /// network. Repeat the flag or separate with commas.
+    #[arg(
+        long = "private-registry",
+        env = "MEZZANINE_PRIVATE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub private_registries: Vec<String>,
+
     /// Reverse proxies in front of the controller (addresses or networks): for requests
     /// from them the client's address is read from `X-Forwarded-For`, so login limits,
     /// sessions and the audit log see the real client. Without this the header is
@@ -189,6 +200,7 @@ pub struct Config {
     pub ssh_timeout_secs: u64,
     pub insecure_registries: crate::images::Insecure,
     pub trusted_proxies: Vec<crate::net::Network>,
+    pub private_registries: crate::images::Private,
     pub docker_timeout: std::time::Duration,
     pub run_output_cap_bytes: i64,
     pub keep_runs: i64,
@@ -384,6 +396,8 @@ impl ServeArgs {
             keep_deliveries: days(self.keep_deliveries_days),
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
+                .map_err(ConfigError)?,
+            private_registries: crate::images::Private::parse(&self.private_registries)
                 .map_err(ConfigError)?,
             trusted_proxies: self
                 .trusted_proxies

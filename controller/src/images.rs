@@ -110,6 +110,119 @@ fn host_of(registry: &str) -> &str {
     registry.split(':').next().unwrap_or(registry)
 }
 
+/// Registries update checks may reach at private addresses (loopback, RFC 1918,
+/// link-local, CGNAT, unique-local): named hosts or networks (`--private-registry`). Any
+/// other registry whose address is private is refused, so a check cannot be pointed at
+/// the controller's own services or its LAN.
+#[derive(Debug, Clone, Default)]
+pub struct Private {
+    hosts: Vec<String>,
+    nets: Vec<crate::net::Network>,
+}
+
+impl Private {
+    pub fn parse(values: &[String]) -> Result<Private, String> {
+        let mut out = Private::default();
+        for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            if v.contains('/') || v.parse::<IpAddr>().is_ok() {
+                let net =
+                    crate::net::Network::parse(v).map_err(|e| format!("--private-registry {e}"))?;
+                out.nets.push(net);
+            } else {
+                // A name, with or without a port: addresses are checked per host.
+                out.hosts.push(host_of(&v.to_ascii_lowercase()).to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `host` may be reached at `ip`.
+    pub fn allows(&self, host: &str, ip: IpAddr) -> bool {
+        !is_private(ip)
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host.trim_matches(['[', ']'])))
+            || self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// Refuses a URL whose host is a private address literal that is not allowed (names
+    /// are checked as they resolve, by `Guard`).
+    fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+        let host = url.host_str().unwrap_or_default();
+        let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
+            return Ok(());
+        };
+        if self.allows(host, ip) {
+            Ok(())
+        } else {
+            Err(private_refusal(host, ip))
+        }
+    }
+}
+
+fn private_refusal(host: &str, ip: IpAddr) -> String {
+    format!(
+        "{host} is at a private address ({ip}); update checks reach private addresses only for registries named with --private-registry"
+    )
+}
+
+/// Loopback, private, link-local, CGNAT, unique-local, unspecified, multicast and
+/// broadcast addresses: not on the public internet.
+pub fn is_private(ip: IpAddr) -> bool {
+    match crate::net::canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The update checker's resolver: a name's private addresses are dropped unless the
+/// registry is allowed them; a name with nothing left is an error naming the flag.
+#[derive(Debug, Clone)]
+struct Guard(std::sync::Arc<Private>);
+
+impl reqwest::dns::Resolve for Guard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let private = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let refused = found
+                .iter()
+                .find(|a| !private.allows(&host, a.ip()))
+                .copied();
+            let allowed: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|a| private.allows(&host, a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                if let Some(a) = refused {
+                    return Err(private_refusal(&host, a.ip()).into());
+                }
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// Credentials for one registry.
 #[derive(Clone)]
 pub struct Credential {
@@ -129,6 +242,7 @@ impl std::fmt::Debug for Credential {
 pub struct UpdateChecker {
     http: reqwest::Client,
     insecure: Insecure,
+    private: std::sync::Arc<Private>,
     cache: Mutex<HashMap<ImageRef, Checked>>,
     /// Background checks under way, so repeated listings do not pile them up.
     inflight: Mutex<std::collections::HashSet<ImageRef>>,
@@ -180,8 +294,14 @@ pub fn plan(
 }
 
 impl UpdateChecker {
-    pub fn new(insecure: Insecure, timeout: Duration) -> Result<UpdateChecker, String> {
+    pub fn new(
+        insecure: Insecure,
+        private: Private,
+        timeout: Duration,
+    ) -> Result<UpdateChecker, String> {
+        let private = std::sync::Arc::new(private);
         let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(Guard(private.clone())))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("mezzanine/", env!("CARGO_PKG_VERSION")))
@@ -204,6 +324,7 @@ impl UpdateChecker {
         Ok(UpdateChecker {
             http,
             insecure,
+            private,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::default(),
             slots: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
@@ -295,6 +416,9 @@ impl UpdateChecker {
                 "{scheme}://{api}/v2/{}/manifests/{}",
                 image.repository, image.tag
             );
+            if let Ok(parsed) = reqwest::Url::parse(&url) {
+                self.private.check_url(&parsed)?;
+            }
             match self
                 .manifest_digest(&url, image, credential, insecure)
                 .await
@@ -439,6 +563,7 @@ impl UpdateChecker {
                         image.registry
                     ));
                 }
+                self.private.check_url(&realm_url)?;
                 let scope = format!("repository:{}:pull", image.repository);
                 let mut req = self.http.get(realm_url).query(&[("scope", scope.as_str())]);
                 if let Some(service) = params.get("service") {
@@ -575,6 +700,68 @@ pub fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses_are_known() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["192.0.2.1", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    /// A registry at a private address is refused without a request (a literal address)
+    /// or at resolution (a name), unless it is named with `--private-registry`; then the
+    /// check goes ahead (and here finds nothing listening).
+    #[tokio::test]
+    async fn private_registries_are_refused_unless_named() {
+        let image = |registry: &str| ImageRef {
+            registry: registry.to_owned(),
+            repository: "app".into(),
+            tag: "1".into(),
+        };
+        let refused = UpdateChecker::new(
+            Insecure::default(),
+            Private::default(),
+            Duration::from_secs(5),
+        )
+        .expect("checker");
+        for registry in ["127.0.0.1:9", "localhost:9", "[::1]:9", "169.254.169.254"] {
+            let e = refused
+                .check(&image(registry), None)
+                .await
+                .digest
+                .expect_err("refused");
+            assert!(e.contains("--private-registry"), "{registry}: {e}");
+        }
+        let allowed = UpdateChecker::new(
+            Insecure::default(),
+            Private::parse(&["127.0.0.0/8".into(), "localhost".into()]).expect("flags"),
+            Duration::from_secs(5),
+        )
+        .expect("checker");
+        for registry in ["127.0.0.1:9", "localhost:9"] {
+            let e = allowed
+                .check(&image(registry), None)
+                .await
+                .digest
+                .expect_err("nothing listens on port 9");
+            assert!(!e.contains("--private-registry"), "{registry}: {e}");
+        }
+    }
 
     #[test]
     fn references_normalize_as_docker_does() {

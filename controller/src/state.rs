@@ -84,6 +84,7 @@ impl AppState {
         let hasher = Hasher::new(config.hash_concurrency);
         let updates = crate::images::UpdateChecker::new(
             config.insecure_registries.clone(),
+            config.private_registries.clone(),
             Duration::from_secs(10),
         );
         if let Err(e) = &updates {

@@ -1158,6 +1158,8 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
             "4",
             "--insecure-registry",
             "10.213.0.0/16",
+            "--private-registry",
+            "10.213.0.0/16",
             "--docker-timeout-secs",
             "4",
         ],
