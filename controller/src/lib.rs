@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod denials;
 pub mod deploy;
 pub mod deploy_keys;
 pub mod docker_logs;
@@ -123,6 +124,7 @@ pub async fn serve(
     .shared();
     let app = api::router(state.clone());
     let janitor = tokio::spawn(purge_sessions(state.clone()));
+    let denials = tokio::spawn(api::audit::flush_denials(state.clone()));
     state.deploy_keys().backfill().await;
     crate::deploy::recover(state.deploys()).await;
     let web = serve_http(http, app, &state, shutdown.clone());
@@ -158,6 +160,7 @@ pub async fn serve(
     };
     let (web, grpc) = tokio::join!(web, grpc);
     janitor.abort();
+    denials.abort();
     // Runs detach from their steps once the agent sessions are gone (the next process
     // resumes them), adoptions and deliveries finish or give up: wait for them, within a
     // bound, so none writes to a closed database.
@@ -295,7 +298,9 @@ async fn purge_sessions(state: AppState) {
         }
         let instant = std::time::Instant::now();
         let limits = state.limits();
-        let freed = limits.by_user.prune(instant) + limits.by_ip.prune(instant);
+        let freed = limits.by_pair.prune(instant)
+            + limits.by_user.prune(instant)
+            + limits.by_ip.prune(instant);
         if freed > 0 {
             tracing::debug!(freed, "idle login limiter entries dropped");
         }

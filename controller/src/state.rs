@@ -42,6 +42,7 @@ struct Inner {
     deploys: Deploys,
     tasks: TaskTracker,
     closing: tokio_util::sync::CancellationToken,
+    denials: crate::denials::Denials,
 }
 
 /// The handles the HTTP layer works with. Domain services (the deploy engine, adoptions,
@@ -130,6 +131,7 @@ impl AppState {
             deploys,
             tasks,
             closing: tokio_util::sync::CancellationToken::new(),
+            denials: Default::default(),
         }))
     }
 
@@ -142,6 +144,11 @@ impl AppState {
             deploys: self.0.deploys.clone(),
             deploy_keys: self.0.deploy_keys.clone(),
         }
+    }
+
+    /// Anonymous denials counted for the audit log (see `denials`).
+    pub fn denials(&self) -> &crate::denials::Denials {
+        &self.0.denials
     }
 
     pub fn installs(&self) -> &Installs {

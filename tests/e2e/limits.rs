@@ -194,3 +194,40 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+/// Anonymous requests that are refused cannot grow the audit log by a record each (500
+/// of them with 60 KB paths used to add ~33 MB to the database and as much to the log):
+/// the first of a kind is recorded with its target cut short, the repeats are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_denials_do_not_flood_the_audit_log() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let before = admin.get("/api/audit?per_page=1").await.body["total"]
+        .as_i64()
+        .expect("total");
+    let long = "x".repeat(60_000);
+    let mut anon = ctl.client();
+    for _ in 0..300 {
+        let r = anon
+            .post(&format!("/api/servers/{long}/ping"), serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let page = admin.get("/api/audit?per_page=500").await.body;
+    let after = page["total"].as_i64().expect("total");
+    assert!(
+        after - before <= 2,
+        "300 refusals wrote {} records",
+        after - before
+    );
+    let refused: Vec<&serde_json::Value> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["action"] == "POST /api/servers/{id}/ping")
+        .collect();
+    assert_eq!(refused.len(), 1, "{page}");
+    assert_eq!(refused[0]["outcome"], "denied");
+    let target = refused[0]["target"].as_str().expect("target");
+    assert!(target.chars().count() <= 257, "{} chars", target.len());
+}

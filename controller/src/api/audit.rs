@@ -4,6 +4,7 @@
 use super::openapi::{array, integer, nullable, obj, string};
 use super::{Access, ApiResult, Doc, Registry};
 use crate::auth::Role;
+use crate::denials::{Admit, DenialKey, DENIAL_WINDOW};
 use crate::state::AppState;
 use crate::store::NewAudit;
 use axum::extract::{Query, Request, State};
@@ -13,6 +14,7 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::Instant;
 
 /// Who acted; set by `authorize` from the session, or by a handler (login) that knows
 /// better. Travels in the response's extensions.
@@ -25,6 +27,53 @@ pub struct Actor {
 /// What was acted on, when a handler can name it better than the URL does.
 #[derive(Debug, Clone)]
 pub struct Target(pub String);
+
+fn summary(key: &DenialKey, repeats: u64) -> NewAudit {
+    let (ip, action, actor, status) = key.clone();
+    NewAudit {
+        actor_id: None,
+        actor,
+        action,
+        target: Some(format!(
+            "{repeats} more like this from this address within {} s, counted, not recorded one by one",
+            DENIAL_WINDOW.as_secs()
+        )),
+        outcome: "denied",
+        status,
+        ip,
+    }
+}
+
+/// Writes the summaries of anonymous denials whose window ended, every window.
+pub async fn flush_denials(state: AppState) {
+    let mut tick = tokio::time::interval(DENIAL_WINDOW);
+    loop {
+        tick.tick().await;
+        let (due, overflow) = state.denials().ended(Instant::now());
+        for (key, repeats) in due {
+            write(&state, &summary(&key, repeats)).await;
+        }
+        if overflow > 0 {
+            tracing::warn!(
+                count = overflow,
+                "anonymous denials not recorded: too many distinct sources at once"
+            );
+        }
+    }
+}
+
+async fn write(state: &AppState, rec: &NewAudit) {
+    tracing::info!(
+        action = %rec.action,
+        actor = rec.actor.as_deref().unwrap_or("-"),
+        target = rec.target.as_deref().unwrap_or("-"),
+        status = rec.status,
+        "audit"
+    );
+    if let Err(e) = state.store().audit(rec, crate::time::now_ms()).await {
+        tracing::error!(error = %e, action = %rec.action, "could not write audit record");
+    }
+}
 
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -66,16 +115,21 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
         status: status.as_u16(),
         ip,
     };
-    tracing::info!(
-        action = %rec.action,
-        actor = rec.actor.as_deref().unwrap_or("-"),
-        target = rec.target.as_deref().unwrap_or("-"),
-        status = rec.status,
-        "audit"
-    );
-    if let Err(e) = state.store().audit(&rec, crate::time::now_ms()).await {
-        tracing::error!(error = %e, action = %rec.action, "could not write audit record");
+    let anonymous_denial = rec.actor_id.is_none() && matches!(rec.status, 401 | 403 | 429);
+    if anonymous_denial {
+        let key = (
+            rec.ip.clone(),
+            rec.action.clone(),
+            rec.actor.clone(),
+            rec.status,
+        );
+        match state.denials().admit(key.clone(), Instant::now()) {
+            Admit::Count => return resp,
+            Admit::Record { ended: 0 } => {}
+            Admit::Record { ended } => write(&state, &summary(&key, ended)).await,
+        }
     }
+    write(&state, &rec).await;
     resp
 }
 

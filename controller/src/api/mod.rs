@@ -2,7 +2,7 @@
 //! OpenAPI description), the cross-cutting middleware, and the handlers per `/api/<resource>`.
 //! Handlers parse, authorize, call the store or domain, and shape JSON; they build no SQL.
 
-mod audit;
+pub(crate) mod audit;
 mod auth;
 mod docker;
 pub mod error;
