@@ -840,3 +840,56 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A renewal retires the certificate it replaced once the agent shows it holds the new
+/// one: a copy of the old key (taken from a backup, say) is refused at the handshake.
+/// Renewal used to leave every old certificate valid until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_retires_the_one_it_replaced() {
+    let ctl = Controller::start_with(&["--agent-cert-ttl-secs", "6"]).await;
+    let mut admin = ctl.admin().await;
+    let (id, agent, mut proc) = attached_agent(&mut admin, "renewed", 1).await;
+    let copy = Agent::new();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(agent.state_dir())
+        .arg(copy.state_dir())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let first = admin.get(&format!("/api/servers/{id}")).await.body["cert_expires_at"].clone();
+    mezzanine_tests::eventually(Duration::from_secs(20), "a renewal", || {
+        let mut c = admin.clone();
+        let first = first.clone();
+        async move {
+            let s = c.get(&format!("/api/servers/{id}")).await.body;
+            (s["cert_expires_at"] != first).then_some(())
+        }
+    })
+    .await;
+    // The agent reconnects with its renewed certificate: a new session.
+    let since = admin.get(&format!("/api/servers/{id}")).await.body["connected_since"].clone();
+    proc.signal("KILL");
+    let _ = proc.wait_exit(Duration::from_secs(5));
+    let _proc = agent.run(1);
+    wait_server(
+        &mut admin,
+        id,
+        Duration::from_secs(20),
+        "a new session",
+        |v| v["status"] == "online" && v["connected_since"] != since,
+    )
+    .await;
+    let mut old = copy.run(1);
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(15)).code(),
+        Some(78),
+        "{}",
+        old.output()
+    );
+    assert!(
+        old.output().contains("certificate revoked"),
+        "{}",
+        old.output()
+    );
+}

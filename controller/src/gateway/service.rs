@@ -29,9 +29,8 @@ impl Gateway {
     /// orphaned (the TLS layer checked the chain; this checks the database).
     async fn active_identity<T>(&self, req: &Request<T>) -> Result<i64, Status> {
         let (server_id, serial) = identity(req)?;
-        let active = self
-            .state
-            .store
+        let store = &self.state.store;
+        let active = store
             .cert_active(&serial, server_id)
             .await
             .map_err(internal)?;
@@ -39,6 +38,20 @@ impl Gateway {
             return Err(Status::permission_denied(
                 "this server was removed from Mezzanine",
             ));
+        }
+        // The agent holds this certificate, so the ones issued before it are retired:
+        // a copy of an old key cannot be used for the rest of its lifetime.
+        let retired = store
+            .revoke_superseded(server_id, &serial, crate::time::now_secs())
+            .await
+            .map_err(internal)?;
+        if !retired.is_empty() {
+            tracing::info!(
+                server_id,
+                count = retired.len(),
+                "superseded agent certificates revoked"
+            );
+            self.state.gateway.registry.revoke(retired);
         }
         Ok(server_id)
     }

@@ -353,6 +353,28 @@ impl Store {
         .await?)
     }
 
+    /// Revokes the server's certificates issued before `serial` (the one its agent just
+    /// proved it holds): a renewal supersedes them. Later ones are kept — the agent may be
+    /// holding one whose answer it has not stored yet. Returns the serials revoked.
+    pub async fn revoke_superseded(
+        &self,
+        server_id: i64,
+        serial: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE agent_certs SET revoked_at = ?3
+             WHERE server_id = ?1 AND revoked_at IS NULL
+               AND rowid < (SELECT rowid FROM agent_certs WHERE serial = ?2 AND server_id = ?1)
+             RETURNING serial",
+        )
+        .bind(server_id)
+        .bind(serial)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// True while `serial` belongs to an existing server and is not revoked.
     pub async fn cert_active(&self, serial: &str, server_id: i64) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, i64>(
