@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 
 const NODE_PASSWORD: &str = "docker-node-password-3d2a";
 
+/// The highest resident memory a process has had, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
 fn by_name<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|c| {
         c["names"]
@@ -70,7 +81,7 @@ async fn docker_on_nodes_end_to_end() {
     let v2 = workload_image_tar(images.path(), "v2");
     let (dk1, ip1) = fleet.docker_node("dk1", 11, &[("ROOT_PASSWORD", NODE_PASSWORD)]);
     let (dk2, ip2) = fleet.docker_node("dk2", 12, &[("ROOT_PASSWORD", NODE_PASSWORD)]);
-    let (_ctl, base, _data) = fleet_controller(&fleet, false);
+    let (ctl, base, _data) = fleet_controller(&fleet, false);
     let mut admin = first_admin(&base).await;
     let mut moderator = {
         let r = admin
@@ -273,6 +284,36 @@ async fn docker_on_nodes_end_to_end() {
     assert_eq!(r.body["truncated"], false);
     let r = viewer.get(&format!("{logs}?tail=soon")).await;
     assert_eq!(r.status, 400, "{}", r.body);
+
+    // A whole log of 400,000 short lines costs the controller about its size, not a JSON
+    // value per line (~700 bytes each: four such answers at once used to take ~1 GiB).
+    let (ok, out) = fleet.exec(
+        &dk1,
+        "docker run --name chatter web:v1 seq 1 400000 >/dev/null",
+    );
+    assert!(ok, "{out}");
+    let peak_before = peak_rss_mib(ctl.pid());
+    let chatter = format!("/api/servers/{s1}/docker/containers/chatter/logs?tail=all");
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let mut c = viewer.clone();
+        let chatter = chatter.clone();
+        readers.push(tokio::spawn(async move { c.get(&chatter).await }));
+    }
+    for r in readers {
+        let r = r.await.expect("join");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let lines = r.body["lines"].as_array().expect("lines");
+        assert_eq!(lines.len(), 400_000);
+        assert_eq!(lines[0]["line"], "1");
+        assert_eq!(lines[399_999]["line"], "400000");
+        assert_eq!(r.body["truncated"], false);
+    }
+    let grown = peak_rss_mib(ctl.pid()) - peak_before;
+    assert!(
+        grown < 150.0,
+        "four whole logs took the controller's peak up {grown:.0} MiB"
+    );
     let r = viewer
         .get(&format!("/api/servers/{s1}/docker/containers/ghost/logs"))
         .await;
