@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 
 const NODE_PASSWORD: &str = "docker-node-password-3d2a";
 
-/// The highest resident memory a process has had, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
-
 fn by_name<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|c| {
         c["names"]
@@ -292,7 +281,7 @@ async fn docker_on_nodes_end_to_end() {
         "docker run --name chatter web:v1 seq 1 400000 >/dev/null",
     );
     assert!(ok, "{out}");
-    let peak_before = peak_rss_mib(ctl.pid());
+    let peak_before = mezzanine_tests::memory_mib(ctl.pid(), "VmHWM");
     let chatter = format!("/api/servers/{s1}/docker/containers/chatter/logs?tail=all");
     let mut readers = Vec::new();
     for _ in 0..4 {
@@ -309,7 +298,7 @@ async fn docker_on_nodes_end_to_end() {
         assert_eq!(lines[399_999]["line"], "400000");
         assert_eq!(r.body["truncated"], false);
     }
-    let grown = peak_rss_mib(ctl.pid()) - peak_before;
+    let grown = mezzanine_tests::memory_mib(ctl.pid(), "VmHWM") - peak_before;
     assert!(
         grown < 150.0,
         "four whole logs took the controller's peak up {grown:.0} MiB"

@@ -429,17 +429,6 @@ async fn a_workflows_queue_is_bounded() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
-}
-
 /// Readers of a run's detail that do not read cost the controller a chunk each, not a copy
 /// of the run's output each (it used to build the whole output, then its JSON, per request:
 /// 30 such readers of a 12 MiB run held ~1 GiB).
@@ -467,7 +456,7 @@ async fn slow_readers_of_a_run_do_not_multiply_its_output_in_memory() {
     let loud = steps[1]["output"].as_str().expect("output");
     assert_eq!(loud.len(), 98304 * 128, "the whole output comes back");
     assert!(loud.lines().all(|l| l.len() == 127 && l.ends_with('7')));
-    let before = rss_mib(ctl.proc.pid());
+    let before = mezzanine_tests::memory_mib(ctl.proc.pid(), "VmRSS");
     let cookie = admin.cookie.clone().expect("session");
     let addr = ctl.base.trim_start_matches("http://").to_owned();
     let mut readers = Vec::new();
@@ -485,7 +474,7 @@ async fn slow_readers_of_a_run_do_not_multiply_its_output_in_memory() {
     }
     // Let every request get as far as it can into its unread socket.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let grown = rss_mib(ctl.proc.pid()) - before;
+    let grown = mezzanine_tests::memory_mib(ctl.proc.pid(), "VmRSS") - before;
     eprintln!("controller grew {grown:.1} MiB with 30 unread run details");
     assert!(
         grown < 80.0,

@@ -1167,3 +1167,14 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
     let bound = proc.wait_ready(Duration::from_secs(15));
     (proc, format!("http://{bound}"), data)
 }
+
+/// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak), in MiB.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kb / 1024.0
+}
