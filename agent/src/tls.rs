@@ -177,8 +177,10 @@ fn tune(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
 /// A gRPC channel over our TLS to `endpoint`, with HTTP/2 keepalives.
 pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Channel, String> {
     let (host, port) = split_endpoint(endpoint)?;
-    let name = ServerName::try_from(host.clone())
-        .map_err(|e| format!("endpoint host {host:?}: {e}"))?
+    // Verified against the name every gateway certificate carries, not the address
+    // dialled: the pinned CA is what identifies the controller (see GATEWAY_SERVER_NAME).
+    let name = ServerName::try_from(mezzanine_proto::GATEWAY_SERVER_NAME)
+        .map_err(|e| format!("gateway name: {e}"))?
         .to_owned();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let authority = if host.contains(':') {

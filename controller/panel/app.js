@@ -85,7 +85,20 @@ function button(label, cls, onClick) {
   return b;
 }
 
+/// The host an install command downloads from, if it is a loopback address.
+function loopbackHost(command) {
+  const m = /https?:\/\/(\[[^\]]+\]|[^\/:\s]+)/.exec(command || "");
+  if (!m) return null;
+  const host = m[1].replace(/^\[|\]$/g, "").toLowerCase();
+  const loop = host === "localhost" || host.endsWith(".localhost") || /^127\./.test(host)
+    || host === "::1" || host === "0.0.0.0";
+  return loop ? m[1] : null;
+}
+
 function showInstall(r) {
+  const loop = loopbackHost(r.install_command);
+  $("#install-loopback").hidden = !loop;
+  $("#install-host").textContent = loop || "";
   $("#install").hidden = false;
   $("#install-command").textContent = r.install_command;
   $("#install-expires").textContent = new Date(r.token_expires_at).toLocaleString();

@@ -34,8 +34,9 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
 
     /// The URL users open (e.g. https://panel.example.com). Decides the cookie's Secure flag,
-    /// the Origin accepted on mutations, and links such as webhook URLs.
-    /// Default: http://<listen>.
+    /// the Origin accepted on mutations, and the address install commands, install scripts
+    /// and webhook URLs name. Default: none fixed — those name the address each request
+    /// was made to (`http://<Host>`), and the rest follows `http://<listen>`.
     #[arg(long, env = "MEZZANINE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -88,8 +89,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_AGENT_ANONYMOUS_PER_IP", default_value_t = 32)]
     pub agent_anonymous_per_ip: usize,
 
-    /// The URL agents dial, https://HOST[:PORT]; HOST goes into the gateway certificate.
-    /// Default: the public URL's host and the agent listen port.
+    /// The URL agents dial, https://HOST[:PORT]. Default: the host install commands name
+    /// (the public URL's, or the address the request was made to) and the agent port.
     #[arg(long, env = "MEZZANINE_AGENT_ENDPOINT")]
     pub agent_endpoint: Option<String>,
 
@@ -192,6 +193,9 @@ pub struct Config {
     pub agent_anonymous_per_ip: usize,
     /// Host (DNS name or IP) agents dial; the gateway certificate is issued for it.
     pub agent_endpoint_host: String,
+    /// Whether `--agent-endpoint` was given (else agents dial the host servers were told
+    /// to download from, on the agent port).
+    pub agent_endpoint_given: bool,
     /// Port agents dial; `None` means the port the agent listener is bound to.
     pub agent_endpoint_port: Option<u16>,
     pub agent_cert_ttl_secs: u64,
@@ -253,6 +257,33 @@ fn parse_public_url(url: &str) -> Result<(String, String), ConfigError> {
 }
 
 /// The host part of an authority (`host`, `host:port`, `[v6]:port`), without brackets.
+/// `host[:port]` as a `Host` header may carry it: a DNS name, IPv4 or `[IPv6]`.
+fn valid_authority(authority: &str) -> bool {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    port_ok && !host.is_empty() && crate::validate::host(host).is_ok()
+}
+
+/// The host of a base URL (`scheme://host[:port]`).
+pub fn url_host(url: &str) -> String {
+    let authority = url.split_once("://").map_or(url, |(_, r)| r);
+    host_of(authority.split('/').next().unwrap_or_default())
+}
+
 fn host_of(authority: &str) -> String {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or_default().to_owned();
@@ -285,6 +316,23 @@ fn parse_agent_endpoint(url: &str) -> Result<(String, Option<u16>), ConfigError>
 }
 
 impl Config {
+    /// The URL servers are told to download from and webhooks are shown with: the public
+    /// URL when `--public-url` was given; otherwise the address the caller used (`Host`,
+    /// and `X-Forwarded-Proto` from a trusted proxy) — a panel opened at
+    /// `http://192.168.1.10:8080` hands out commands that fetch from there, which other
+    /// machines of that network can reach, where the listen address (`0.0.0.0`,
+    /// `127.0.0.1`) would not do. A `Host` that is not a plain `host[:port]` falls back
+    /// to the public URL.
+    pub fn base_url(&self, host: Option<&str>, forwarded_https: bool) -> String {
+        if self.public_url_given {
+            return self.public_url.clone();
+        }
+        match host.filter(|h| valid_authority(h)) {
+            Some(h) => format!("{}://{h}", if forwarded_https { "https" } else { "http" }),
+            None => self.public_url.clone(),
+        }
+    }
+
     /// Once the API listener is bound: a public URL that was not given follows the
     /// address really bound (`--listen 127.0.0.1:0` then names the port it got).
     pub fn listening_on(&mut self, bound: SocketAddr) {
@@ -385,6 +433,7 @@ impl ServeArgs {
             ),
             agent_anonymous_per_ip: self.agent_anonymous_per_ip.max(1),
             agent_endpoint_host,
+            agent_endpoint_given: self.agent_endpoint.is_some(),
             agent_endpoint_port,
             agent_cert_ttl_secs: self.agent_cert_ttl_secs,
             join_token_ttl_secs: clamp(self.join_token_ttl_secs),

@@ -25,8 +25,11 @@ struct Inner {
     store: Store,
     /// The CA pin join tokens carry.
     ca_pin: String,
-    /// `https://host:port` agents dial, fixed once the agent listener is bound.
+    /// `https://host:port` agents dial when configured, fixed once the agent listener is
+    /// bound.
     endpoint: OnceLock<String>,
+    /// The port agents dial.
+    port: OnceLock<u16>,
     digest: AgentDigest,
 }
 
@@ -46,6 +49,7 @@ impl Installs {
             store,
             ca_pin,
             endpoint: OnceLock::new(),
+            port: OnceLock::new(),
             digest: AgentDigest::default(),
         }))
     }
@@ -54,18 +58,23 @@ impl Installs {
     pub fn set_agent_port(&self, bound: u16) {
         let conf = &self.0.config;
         let port = conf.agent_endpoint_port.unwrap_or(bound);
-        let host = &conf.agent_endpoint_host;
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        let _ = self.0.endpoint.set(format!("https://{host}:{port}"));
+        let _ = self.0.port.set(port);
+        let _ = self
+            .0
+            .endpoint
+            .set(endpoint_url(&conf.agent_endpoint_host, port));
     }
 
-    /// `https://host:port` agents dial.
-    pub fn agent_endpoint(&self) -> &str {
-        self.0.endpoint.get().map_or("", String::as_str)
+    /// `https://host:port` agents dial: the configured endpoint (`--agent-endpoint`, or
+    /// the public URL's host when `--public-url` was given), else the host servers were
+    /// told to download from (`base`), on the agent port.
+    pub fn agent_endpoint(&self, base: &str) -> String {
+        let conf = &self.0.config;
+        if conf.agent_endpoint_given || conf.public_url_given {
+            return self.0.endpoint.get().cloned().unwrap_or_default();
+        }
+        let port = self.0.port.get().copied().unwrap_or(0);
+        endpoint_url(&crate::config::url_host(base), port)
     }
 
     /// Where the agent binary served to servers is.
@@ -103,11 +112,11 @@ impl Installs {
         Ok(sum)
     }
 
-    /// The rendered script and its SHA-256.
-    pub async fn script(&self) -> Result<(String, String), MissingAgent> {
+    /// The script rendered for servers that download from `base`, and its SHA-256.
+    pub async fn script(&self, base: &str) -> Result<(String, String), MissingAgent> {
         let sum = self.agent_sha256().await?;
         let body = TEMPLATE
-            .replace("@MZ_URL@", &self.0.config.public_url)
+            .replace("@MZ_URL@", base)
             .replace("@AGENT_SHA256@", &sum)
             .replace("@AGENT_ARCH@", std::env::consts::ARCH);
         let digest = hex::encode(crate::crypto::sha256(body.as_bytes()));
@@ -137,8 +146,9 @@ pub enum MintError {
 /// Mints a single-use join token for `server_id` (only the SHA-256 of its secret is
 /// stored; older unused tokens of the server stop working) and the install one-liner.
 impl Installs {
-    pub async fn mint(&self, server_id: i64) -> Result<Minted, MintError> {
-        let (_, sha) = self.script().await?;
+    /// Servers download from `base` and dial the agent endpoint that goes with it.
+    pub async fn mint(&self, server_id: i64, base: &str) -> Result<Minted, MintError> {
+        let (_, sha) = self.script(base).await?;
         let id = hex::encode(crate::crypto::random_bytes::<16>()?);
         let secret = hex::encode(crate::crypto::random_bytes::<32>()?);
         let now = crate::time::now_secs();
@@ -154,8 +164,8 @@ impl Installs {
             )
             .await?;
         let token =
-            crate::gateway::token::format(self.agent_endpoint(), &self.0.ca_pin, &id, &secret);
-        let command = command(&self.0.config.public_url, &sha, &token);
+            crate::gateway::token::format(&self.agent_endpoint(base), &self.0.ca_pin, &id, &secret);
+        let command = command(base, &sha, &token);
         Ok(Minted {
             token,
             command,
@@ -173,4 +183,12 @@ pub fn command(public_url: &str, script_sha256: &str, token: &str) -> String {
     format!(
         "f=$(mktemp) && {{ curl -fsSL {public_url}/install.sh -o \"$f\" || wget -qO \"$f\" {public_url}/install.sh; }} && echo \"{script_sha256}  $f\" | sha256sum -c --quiet - && MZ_TOKEN={token} sh \"$f\"; rc=$?; rm -f \"$f\"; (exit $rc)"
     )
+}
+
+fn endpoint_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
 }

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             config.listening_on(bound);
         }
         let public_url = config.public_url.clone();
+        let hint = open_hint(&config, listener.local_addr().ok());
         let state = match mezzanine::prepare(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
         let shutdown = shutdown_signal();
         let local = listener.local_addr().map_or(listen, |a| a);
         let agent_local = agents.local_addr().map_or(agent_listen, |a| a);
-        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, open_files_limit = fds, "Mezzanine is ready: open {public_url}");
+        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, open_files_limit = fds, "Mezzanine is ready: {hint}");
         match mezzanine::serve(listener, agents, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -138,4 +139,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// What the ready line tells the user to open. A wildcard listen address (`0.0.0.0`,
+/// `::`) is not something a browser can open: name the local URL and say that any
+/// address of this machine works (install commands then name whichever the panel was
+/// opened by). A loopback public URL is said to be reachable from this machine only.
+fn open_hint(config: &mezzanine::config::Config, bound: Option<std::net::SocketAddr>) -> String {
+    let url = &config.public_url;
+    match bound {
+        Some(b) if !config.public_url_given && b.ip().is_unspecified() => format!(
+            "open http://<an address of this machine>:{port} (listening on every address; http://localhost:{port} from this machine). Servers are told to reach the controller by the address the panel was opened with; set --public-url to fix one",
+            port = b.port()
+        ),
+        Some(b) if !config.public_url_given && b.ip().is_loopback() => format!(
+            "open {url} (from this machine only: to manage other servers, listen on an address they can reach, e.g. --listen 0.0.0.0:{}, or set --public-url)",
+            b.port()
+        ),
+        _ => format!("open {url}"),
+    }
 }

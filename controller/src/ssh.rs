@@ -266,6 +266,7 @@ pub enum StartError {
 pub async fn start(
     adoptions: &Adoptions,
     id: i64,
+    base: String,
     login: SshLogin,
     keep: bool,
     fingerprint: Option<String>,
@@ -306,14 +307,21 @@ pub async fn start(
         .await;
     adoptions
         .tasks
-        .spawn(adopt(adoptions.clone(), id, login, fingerprint));
+        .spawn(adopt(adoptions.clone(), id, base, login, fingerprint));
     Ok(())
 }
 
 /// Runs the whole bootstrap and records the outcome; never panics the controller.
-async fn adopt(adoptions: Adoptions, id: i64, login: SshLogin, expected: Option<String>) {
+/// `base`: the URL the install is made for (see `Config::base_url`).
+async fn adopt(
+    adoptions: Adoptions,
+    id: i64,
+    base: String,
+    login: SshLogin,
+    expected: Option<String>,
+) {
     let started = Instant::now();
-    match run(&adoptions, id, &login, expected).await {
+    match run(&adoptions, id, &base, &login, expected).await {
         Ok(()) => {
             let msg = format!("adopted in {:.1} s", started.elapsed().as_secs_f64());
             step(&adoptions, id, None, &msg).await;
@@ -329,6 +337,7 @@ async fn adopt(adoptions: Adoptions, id: i64, login: SshLogin, expected: Option<
 async fn run(
     adoptions: &Adoptions,
     id: i64,
+    base: &str,
     login: &SshLogin,
     request_fp: Option<String>,
 ) -> Result<(), AdoptError> {
@@ -490,7 +499,7 @@ async fn run(
 
     let (script, _) = adoptions
         .installs
-        .script()
+        .script(base)
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?;
     let binary = tokio::fs::read(&adoptions.config.agent_binary)
@@ -539,7 +548,7 @@ async fn run(
 
     let token = adoptions
         .installs
-        .mint(id)
+        .mint(id, base)
         .await
         .map_err(|e| AdoptError::Internal(e.to_string()))?
         .token;

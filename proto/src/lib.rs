@@ -15,6 +15,13 @@ pub const CHUNK_OVERHEAD: u64 = 64;
 pub const MIN_WINDOW: u64 = 256 * 1024;
 pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 /// The window the controller asks for (deploy steps, log streams) and assumes for a
+/// The name agents verify the gateway's certificate against, whatever address they
+/// dial: every gateway certificate carries it. The certificate must still chain to the
+/// CA pinned in the join token (a private CA that issues no other server certificate),
+/// so a controller reached by any address — a LAN IP, a new DNS name — is recognised
+/// without re-issuing anything.
+pub const GATEWAY_SERVER_NAME: &str = "gateway.mezzanine.invalid";
+
 /// resumed step, whose command names none.
 pub const DEFAULT_WINDOW: u64 = 4 * 1024 * 1024;
 

@@ -893,3 +893,42 @@ async fn a_renewed_certificate_retires_the_one_it_replaced() {
         old.output()
     );
 }
+
+/// Listening on every address without `--public-url`, the controller hands out install
+/// commands for the address the panel was opened by, and an agent attaches through it
+/// (an address its gateway certificate does not name: agents verify the pinned CA and
+/// the gateway's fixed name). It used to hand out `http://0.0.0.0:…`, which no server can
+/// reach, and its ready line said to open that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_commands_name_the_address_the_panel_was_opened_by() {
+    let mut ctl = mezzanine_tests::ControllerProcess::start_on("0.0.0.0", false, &[]);
+    let ready = ctl.proc.output();
+    assert!(ready.contains("an address of this machine"), "{ready}");
+    assert!(!ready.contains("open http://0.0.0.0"), "{ready}");
+    let port = ctl.base.rsplit(':').next().expect("port").to_owned();
+    // Another loopback address stands for the LAN address a browser would use.
+    let base = format!("http://127.0.0.2:{port}");
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    let (id, token, command) = add_server(&mut admin, "lan").await;
+    assert!(command.contains(&format!("{base}/install.sh")), "{command}");
+    let script = reqwest::get(format!("{base}/install.sh"))
+        .await
+        .expect("install.sh")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        script.contains(&base),
+        "the script downloads from there too"
+    );
+    let agent = Agent::new();
+    let (ok, out) = agent.enroll(&token);
+    assert!(ok, "{out}");
+    let mut proc = agent.run(1);
+    wait_server(&mut admin, id, Duration::from_secs(15), "online", |v| {
+        v["status"] == "online"
+    })
+    .await;
+    proc.signal("KILL");
+    ctl.proc.terminate(Duration::from_secs(10));
+}

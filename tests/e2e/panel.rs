@@ -237,6 +237,17 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
             .is_some_and(|c| c.starts_with("f=$(mktemp)") && c.contains("MZ_TOKEN=MZ1.")),
         "{command}"
     );
+    // The panel was opened at 127.0.0.1: the command says so, and the panel warns that
+    // other servers cannot reach that address.
+    let warning = b
+        .js("const w = document.querySelector('#install-loopback'); return w.hidden ? '' : w.innerText;")
+        .await;
+    assert!(
+        warning
+            .as_str()
+            .is_some_and(|w| w.contains("127.0.0.1") && w.contains("--public-url")),
+        "{warning}"
+    );
     b.until(
         "the server row",
         "[...document.querySelectorAll('#servers tbody tr')].some(r => r.innerText.includes('web-1') && r.innerText.includes('pending') && r.innerText.includes('env=prod'))",

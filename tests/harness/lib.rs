@@ -523,16 +523,22 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Starts the debug or `release` binary with `extra` flags and waits until it is ready.
     pub fn start(release: bool, extra: &[&str]) -> ControllerProcess {
+        Self::start_on("127.0.0.1", release, extra)
+    }
+
+    /// `start`, listening (API and agents) on `ip` (`0.0.0.0`: every address).
+    pub fn start_on(ip: &str, release: bool, extra: &[&str]) -> ControllerProcess {
         let data = tempfile::tempdir().expect("tmp");
         let dir = data.path().join("data");
         // Port 0: the controller binds and says in its ready line what it got; a respawn
         // then asks for those same ports (agents know the agent port from their token).
+        let any = format!("{ip}:0");
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            any.clone(),
             "--agent-listen".into(),
-            "127.0.0.1:0".into(),
+            any,
             "--data-dir".into(),
             dir.to_str().expect("utf8").into(),
         ];

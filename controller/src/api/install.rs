@@ -1,13 +1,14 @@
 //! The install downloads: `/install.sh` and `/agent/mezzanine-agent` (public: a server
 //! being installed has no session). What they serve is `crate::install`'s business.
 
+use super::BaseUrl;
 use crate::install::MissingAgent;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 
 fn unavailable(e: MissingAgent) -> Response {
@@ -19,8 +20,11 @@ fn unavailable(e: MissingAgent) -> Response {
         .into_response()
 }
 
-async fn install_sh(State(state): State<AppState>) -> Response {
-    match state.installs().script().await {
+async fn install_sh(
+    State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
+) -> Response {
+    match state.installs().script(&base).await {
         Ok((body, _)) => (
             [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
             body,

@@ -320,7 +320,12 @@ async fn catch_panic(req: Request, next: Next) -> Response {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::IpAddr);
 
-/// Resolves every request's client address once (see `net::client_addr`).
+/// The URL servers reach this controller by, as this request shows it (see
+/// `Config::base_url`): what install commands, install scripts and webhook URLs name.
+#[derive(Debug, Clone)]
+pub struct BaseUrl(pub String);
+
+/// Resolves every request's client address (see `net::client_addr`) and base URL once.
 async fn client_addr(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Every connection the controller accepts has a peer; "unspecified" only stands in
     // for a request built without one.
@@ -333,8 +338,22 @@ async fn client_addr(State(state): State<AppState>, mut req: Request, next: Next
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let ip = crate::net::client_addr(peer, forwarded, &state.config().trusted_proxies);
+    let trusted = &state.config().trusted_proxies;
+    let ip = crate::net::client_addr(peer, forwarded, trusted);
+    let via_proxy = trusted.iter().any(|n| n.contains(peer));
+    let https = via_proxy
+        && req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let base = BaseUrl(state.config().base_url(host, https));
     req.extensions_mut().insert(ClientAddr(ip));
+    req.extensions_mut().insert(base);
     next.run(req).await
 }
 

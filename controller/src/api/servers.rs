@@ -3,8 +3,8 @@
 
 use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
-use super::Session;
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
+use super::{BaseUrl, Session};
 use crate::auth::Role;
 use crate::gateway::{CallError, LiveView};
 use crate::ssh::{SshAuth, SshLogin};
@@ -224,6 +224,7 @@ fn check_fields(
 
 async fn create(
     State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
     Json(body): Json<CreateBody>,
 ) -> ApiResult<Response> {
     check_fields(
@@ -249,7 +250,7 @@ async fn create(
     // Fail before creating anything if no agent binary can be served.
     state
         .installs()
-        .script()
+        .script(&base)
         .await
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
     let tags = body.tags.clone().unwrap_or_default();
@@ -272,6 +273,7 @@ async fn create(
             crate::ssh::start(
                 state.adoptions(),
                 server.id,
+                base,
                 login,
                 body.keep_credentials,
                 body.host_key_fingerprint.clone(),
@@ -280,7 +282,7 @@ async fn create(
             (StatusCode::CREATED, ok(json!({ "id": server.id }))).into_response()
         }
         None => {
-            let m = state.installs().mint(server.id).await?;
+            let m = state.installs().mint(server.id, &base).await?;
             let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
             (
                 StatusCode::CREATED,
@@ -305,6 +307,7 @@ struct InstallCommandBody {
 async fn install_command(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
     Path(raw): Path<String>,
     body: Option<Json<InstallCommandBody>>,
 ) -> ApiResult<Json<Value>> {
@@ -328,7 +331,7 @@ async fn install_command(
             ));
         }
     }
-    let m = state.installs().mint(id).await?;
+    let m = state.installs().mint(id, &base).await?;
     let (tok, cmd, expires) = (m.token, m.command, crate::time::rfc3339(m.expires_at));
     Ok(ok(
         json!({ "id": id, "token": tok, "install_command": cmd, "token_expires_at": expires }),
@@ -380,6 +383,7 @@ struct ReinstallBody {
 
 async fn reinstall(
     State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
     Path(raw): Path<String>,
     Json(body): Json<ReinstallBody>,
 ) -> ApiResult<Response> {
@@ -437,6 +441,7 @@ async fn reinstall(
     crate::ssh::start(
         state.adoptions(),
         id,
+        base,
         login,
         keep,
         body.host_key_fingerprint.clone(),

@@ -2,7 +2,7 @@
 //! runs with live events, and HMAC-signed webhook triggers.
 
 use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
-use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use super::{ok, Access, ApiError, ApiResult, BaseUrl, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::follow::Follow;
 use crate::deploy::{self, definition};
@@ -66,11 +66,9 @@ async fn run_or_404(state: &AppState, id: i64) -> ApiResult<RunRow> {
         .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))
 }
 
-fn webhook_url(state: &AppState, id: i64) -> String {
-    format!(
-        "{}/api/webhooks/{id}",
-        state.config().public_url.trim_end_matches('/')
-    )
+/// The URL a CI system posts to, on the address the caller uses (see `BaseUrl`).
+fn webhook_url(base: &str, id: i64) -> String {
+    format!("{}/api/webhooks/{id}", base.trim_end_matches('/'))
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -91,7 +89,11 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(Value::Array(out)))
 }
 
-async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_one(
+    State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "workflow")?;
     let w = workflow_or_404(&state, id).await?;
     let secrets: Vec<String> = deploy::open_secrets(state.key(), w.id, w.secrets.as_deref())
@@ -106,7 +108,7 @@ async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiR
         "secrets": secrets,
         "secrets_held": deploy::secrets_held(&w),
         "definition_role": w.definition_role,
-        "webhook_url": w.webhook_secret.is_some().then(|| webhook_url(&state, w.id)),
+        "webhook_url": w.webhook_secret.is_some().then(|| webhook_url(&base, w.id)),
         "created_at": crate::time::rfc3339(w.created_at),
         "updated_at": crate::time::rfc3339(w.updated_at),
         "runs": runs.iter().map(run_summary).collect::<Vec<_>>(),
@@ -280,6 +282,7 @@ async fn run_now(
 
 async fn rotate_webhook(
     State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw, "workflow")?;
@@ -290,7 +293,7 @@ async fn rotate_webhook(
         .seal(&format!("workflows.webhook:{id}"), secret.as_bytes())?;
     state.store().set_webhook_secret(id, &sealed).await?;
     Ok(ok(
-        json!({ "url": webhook_url(&state, id), "secret": secret }),
+        json!({ "url": webhook_url(&base, id), "secret": secret }),
     ))
 }
 

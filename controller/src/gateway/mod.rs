@@ -79,7 +79,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let gw = state.gateway.clone();
+    // The constant name is what agents verify (see GATEWAY_SERVER_NAME); the endpoint
+    // host is kept for agents installed before they did.
     let names = vec![
+        mezzanine_proto::GATEWAY_SERVER_NAME.to_owned(),
         state.config.agent_endpoint_host.clone(),
         "localhost".to_owned(),
     ];
