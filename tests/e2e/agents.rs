@@ -924,7 +924,7 @@ async fn install_commands_name_the_address_the_panel_was_opened_by() {
     let agent = Agent::new();
     let (ok, out) = agent.enroll(&token);
     assert!(ok, "{out}");
-    let mut proc = agent.run(1);
+    let proc = agent.run(1);
     wait_server(&mut admin, id, Duration::from_secs(15), "online", |v| {
         v["status"] == "online"
     })
