@@ -431,7 +431,7 @@ async fn offline_on_stream_close_and_after_three_missed_heartbeats() {
         .await;
     assert_eq!(
         (r.status, r.body),
-        (503, json!({ "error": "server offline" }))
+        (409, json!({ "error": "server offline" }))
     );
     proc_b.signal("CONT");
     wait_server(
@@ -455,7 +455,7 @@ async fn commands_to_offline_servers_fail_fast() {
         .await;
     assert_eq!(
         (r.status, r.body),
-        (503, json!({ "error": "server offline" }))
+        (409, json!({ "error": "server offline" }))
     );
     // Fast means "without waiting for the command timeout" (10 s): a generous ceiling
     // below it, not a latency measurement.

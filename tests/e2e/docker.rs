@@ -229,7 +229,7 @@ async fn docker_on_nodes_end_to_end() {
         r.body
     );
     let r = moderator.post(&act("explode", "web"), json!({})).await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body["error"]
         .as_str()
         .is_some_and(|e| e.contains("start, stop, restart, remove")));
@@ -591,7 +591,7 @@ async fn docker_on_nodes_end_to_end() {
         .await;
     assert_eq!(r.status, 409, "{}", r.body);
 
-    // 6. An offline server answers 503 at once.
+    // 6. An offline server answers 409 `server offline` at once.
     let (ok, out) = fleet.exec(&dk1, "pkill -KILL -x mezzanine-agent");
     assert!(ok, "{out}");
     wait_status(&mut admin, s1, "offline", Duration::from_secs(10)).await;
@@ -602,7 +602,7 @@ async fn docker_on_nodes_end_to_end() {
     ] {
         let t = Instant::now();
         let r = viewer.get(&p).await;
-        assert_eq!(r.status, 503, "{p}: {}", r.body);
+        assert_eq!(r.status, 409, "{p}: {}", r.body);
         assert_eq!(r.body["error"], "server offline");
         // Without waiting for the Docker timeout (4 s here): a ceiling, not a latency.
         assert!(

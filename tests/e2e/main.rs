@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod cli;
+mod contract;
 mod conventions;
 mod deploys;
 mod docker;

@@ -218,6 +218,19 @@ pub(super) fn routes(reg: &mut Registry) {
                 ],
                 &["items", "page", "per_page", "total"],
             ),
+            query: vec![
+                (
+                    "page",
+                    json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX }),
+                    "page number, from 1",
+                ),
+                (
+                    "per_page",
+                    json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+                    "records per page, 1 to 500 (default 50)",
+                ),
+            ],
+            ..Default::default()
         },
         list,
     );

@@ -45,6 +45,7 @@ async fn state_handler(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SetupBody {
     username: String,
     password: String,
@@ -122,9 +123,11 @@ async fn setup(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LoginBody {
     username: String,
     password: String,
+    #[serde(default, deserialize_with = "super::present")]
     totp: Option<String>,
 }
 
@@ -272,6 +275,7 @@ async fn logout(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ChangePasswordBody {
     current: String,
     next: String,
@@ -333,6 +337,7 @@ fn totp_context(user_id: i64) -> String {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TotpSetupBody {
     password: String,
 }
@@ -366,6 +371,7 @@ async fn totp_setup(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CodeBody {
     code: String,
 }
@@ -390,7 +396,7 @@ async fn totp_enable(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let unix = u64::try_from(crate::time::now_secs()).unwrap_or(0);
     let Some(step) = totp::matching_step(&secret, &body.code, unix) else {
-        return Err(ApiError::BadRequest(
+        return Err(ApiError::Forbidden(
             "code: does not match the pending secret (check the authenticator's clock)".into(),
         ));
     };
@@ -407,6 +413,7 @@ async fn totp_enable(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DisableBody {
     password: String,
     code: String,
@@ -453,7 +460,10 @@ async fn totp_disable(
 pub(super) fn routes(reg: &mut Registry) {
     let any = Access::Role(Role::Viewer);
     let credentials = obj(
-        &[("username", string()), ("password", string())],
+        &[
+            ("username", super::openapi::name()),
+            ("password", super::openapi::password()),
+        ],
         &["username", "password"],
     );
     let with_user = ok_with(&[("user", user_schema())]);
@@ -472,6 +482,7 @@ pub(super) fn routes(reg: &mut Registry) {
                 ],
                 &["needs_setup", "authenticated", "user"],
             ),
+            ..Default::default()
         },
         state_handler,
     )
@@ -483,6 +494,9 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Create the first admin (only while needs_setup; 409 afterwards) and log in",
             request: Some(credentials),
             response: with_user.clone(),
+            status: 201,
+            errors: &[409, 429],
+            ..Default::default()
         },
         setup,
     )
@@ -495,12 +509,14 @@ pub(super) fn routes(reg: &mut Registry) {
             request: Some(obj(
                 &[
                     ("username", string()),
-                    ("password", string()),
+                    ("password", super::openapi::typed_password()),
                     ("totp", string()),
                 ],
                 &["username", "password"],
             )),
             response: with_user,
+            errors: &[401, 429],
+            ..Default::default()
         },
         login,
     )
@@ -512,6 +528,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Revoke the current session",
             request: None,
             response: ok_with(&[]),
+            ..Default::default()
         },
         logout,
     )
@@ -522,10 +539,15 @@ pub(super) fn routes(reg: &mut Registry) {
         Doc {
             summary: "Change one's own password; revokes one's other sessions",
             request: Some(obj(
-                &[("current", string()), ("next", string())],
+                &[
+                    ("current", super::openapi::typed_password()),
+                    ("next", super::openapi::password()),
+                ],
                 &["current", "next"],
             )),
             response: ok_with(&[("revoked_sessions", super::openapi::integer())]),
+            errors: &[429],
+            ..Default::default()
         },
         change_password,
     )
@@ -535,8 +557,13 @@ pub(super) fn routes(reg: &mut Registry) {
         any,
         Doc {
             summary: "Start TOTP enrolment (needs the password again): a new secret and its otpauth:// URL",
-            request: Some(obj(&[("password", string())], &["password"])),
+            request: Some(obj(
+                &[("password", super::openapi::typed_password())],
+                &["password"],
+            )),
             response: ok_with(&[("secret", string()), ("otpauth_url", string())]),
+            errors: &[409, 429],
+            ..Default::default()
         },
         totp_setup,
     )
@@ -548,6 +575,8 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Finish TOTP enrolment with a current code",
             request: Some(obj(&[("code", string())], &["code"])),
             response: ok_with(&[("totp_enabled", boolean())]),
+            errors: &[409],
+            ..Default::default()
         },
         totp_enable,
     )
@@ -558,10 +587,15 @@ pub(super) fn routes(reg: &mut Registry) {
         Doc {
             summary: "Turn TOTP off (password and a current code)",
             request: Some(obj(
-                &[("password", string()), ("code", string())],
+                &[
+                    ("password", super::openapi::typed_password()),
+                    ("code", string()),
+                ],
                 &["password", "code"],
             )),
             response: ok_with(&[("totp_enabled", boolean())]),
+            errors: &[409, 429],
+            ..Default::default()
         },
         totp_disable,
     );

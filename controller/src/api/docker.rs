@@ -1,9 +1,9 @@
 //! `/api/servers/:id/docker/*`: each server's own Docker engine, reached through its agent
 //! (which uses the Engine API), plus `/api/registries` credentials for image update checks.
 
-use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
+use super::openapi::{self, array, boolean, integer, nullable, obj, ok_with, string};
 use super::servers::call_error;
-use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
+use super::{ok, Access, ApiError, ApiResult, BodyKind, Doc, Registry};
 use crate::auth::Role;
 use crate::docker_logs::{self, LogError, Piece};
 use crate::images::{self, Credential, ImageRef};
@@ -151,8 +151,10 @@ async fn list_containers(
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     /// Seconds between SIGTERM and SIGKILL for stop and restart (default 10).
+    #[serde(default, deserialize_with = "super::present")]
     timeout_secs: Option<u32>,
     /// Remove a running container (it is killed first).
+    #[serde(default, deserialize_with = "super::present")]
     force: Option<bool>,
 }
 
@@ -222,14 +224,6 @@ async fn remove(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     container_action(state, raw, cid, ContainerAction::Remove, body).await
-}
-
-async fn unknown_action(
-    Path((_, _, action)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
-    Err(ApiError::BadRequest(format!(
-        "action: {action:?} is not one of start, stop, restart, remove"
-    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,7 +482,7 @@ fn log_error(e: LogError) -> ApiError {
 // ---- registry credentials ------------------------------------------------------------
 
 fn check_registry_host(raw: &str) -> ApiResult<String> {
-    let host = raw.trim().to_ascii_lowercase();
+    let host = raw.to_ascii_lowercase();
     let ok = !host.is_empty()
         && host.len() <= 255
         && host
@@ -527,13 +521,16 @@ async fn put_registry(
     Json(body): Json<CredentialBody>,
 ) -> ApiResult<Json<Value>> {
     let host = check_registry_host(&raw)?;
-    let username = body.username.trim();
-    if username.is_empty() || username.len() > 255 || username.contains(':') {
+    // Taken as given (no trimming): what is stored is what the registry will be sent.
+    let username = body.username.as_str();
+    let chars = username.chars().count();
+    if chars == 0 || chars > 255 || username.contains(':') {
         return Err(ApiError::BadRequest(
             "username: 1 to 255 characters, no colon".into(),
         ));
     }
-    if body.password.is_empty() || body.password.len() > 4096 {
+    let chars = body.password.chars().count();
+    if chars == 0 || chars > 4096 {
         return Err(ApiError::BadRequest(
             "password: 1 to 4096 characters".into(),
         ));
@@ -602,7 +599,13 @@ pub(super) fn routes(reg: &mut Registry) {
         ("detail", string()),
     ]);
     let action_body = Some(obj(
-        &[("timeout_secs", integer()), ("force", boolean())],
+        &[
+            (
+                "timeout_secs",
+                json!({ "type": "integer", "minimum": 0, "maximum": 600 }),
+            ),
+            ("force", boolean()),
+        ],
         &[],
     ));
     let update = obj(
@@ -651,13 +654,24 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "The server's containers, stopped ones included (?all=false: running only)",
             request: None,
             response: array(container),
+            query: vec![(
+                "all",
+                boolean(),
+                "false: running containers only (default true)",
+            )],
+            errors: &[409, 502, 504],
+            ..Default::default()
         },
         list_containers,
     );
     let doc = |summary: &'static str| Doc {
         summary,
         request: action_body.clone(),
+        optional_body: true,
         response: action_result.clone(),
+        path: vec![("cid", openapi::container())],
+        errors: &[409, 502, 504],
+        ..Default::default()
     };
     reg.add(
         Method::POST,
@@ -688,17 +702,6 @@ pub(super) fn routes(reg: &mut Registry) {
         remove,
     );
     reg.add(
-        Method::POST,
-        "/api/servers/{id}/docker/containers/{cid}/{action}",
-        viewer,
-        Doc {
-            summary: "Any other action: 400 naming the ones that exist",
-            request: None,
-            response: action_result,
-        },
-        unknown_action,
-    )
-    .add(
         Method::GET,
         "/api/servers/{id}/docker/containers/{cid}/logs",
         viewer,
@@ -712,6 +715,15 @@ pub(super) fn routes(reg: &mut Registry) {
                 ],
                 &["lines", "truncated"],
             ),
+            body: BodyKind::JsonOrEventStream,
+            path: vec![("cid", openapi::container())],
+            query: vec![
+                ("tail", json!({ "type": "string", "pattern": "^(all|[0-9]{1,9})$" }), "last lines to start from, or all (default 1000; 100 when following)"),
+                ("follow", boolean(), "true: a text/event-stream that follows the log until the container stops"),
+                ("timestamps", boolean(), "prefix each line with the engine's timestamp"),
+            ],
+            errors: &[409, 502, 504],
+            ..Default::default()
         },
         logs,
     )
@@ -723,9 +735,14 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "The server's images with update status (cached; ?check=true asks the registries now)",
             request: None,
             response: array(image),
+            query: vec![("check", boolean(), "true: ask the registries now rather than answer from the cache")],
+            errors: &[409, 502, 504],
+            ..Default::default()
         },
         list_images,
     );
+    // `check_registry_host`: host or host:port as image references name a registry.
+    let registry_host = json!({ "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9.:\\[\\]-]+$" });
     reg.tag("registries")
         .add(
             Method::GET,
@@ -735,6 +752,7 @@ pub(super) fn routes(reg: &mut Registry) {
                 summary: "Registries with stored credentials (never the password)",
                 request: None,
                 response: array(registry),
+                ..Default::default()
             },
             list_registries,
         )
@@ -745,10 +763,15 @@ pub(super) fn routes(reg: &mut Registry) {
             Doc {
                 summary: "Store credentials for a registry (sealed; used by image update checks)",
                 request: Some(obj(
-                    &[("username", string()), ("password", string())],
+                    &[
+                        ("username", json!({ "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^:]*$" })),
+                        ("password", json!({ "type": "string", "minLength": 1, "maxLength": 4096 })),
+                    ],
                     &["username", "password"],
                 )),
                 response: ok_with(&[("host", string()), ("username", string())]),
+                path: vec![("host", registry_host.clone())],
+                ..Default::default()
             },
             put_registry,
         )
@@ -760,6 +783,8 @@ pub(super) fn routes(reg: &mut Registry) {
                 summary: "Forget a registry's credentials",
                 request: None,
                 response: ok_with(&[]),
+                path: vec![("host", registry_host)],
+                ..Default::default()
             },
             delete_registry,
         );

@@ -46,7 +46,8 @@ impl From<crate::store::StoreError> for ApiError {
 impl From<crate::auth::password::HashError> for ApiError {
     fn from(e: crate::auth::password::HashError) -> Self {
         match e {
-            crate::auth::password::HashError::Busy => ApiError::Unavailable(e.to_string()),
+            // Too many hashes at once: the caller is asked to come back in a second.
+            crate::auth::password::HashError::Busy => ApiError::TooManyRequests { retry_after: 1 },
             crate::auth::password::HashError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -41,6 +41,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "This OpenAPI 3.1 document",
             request: None,
             response: obj(&[], &[]),
+            ..Default::default()
         },
         openapi,
     );

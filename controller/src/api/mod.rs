@@ -50,12 +50,55 @@ impl Access {
     }
 }
 
-/// The OpenAPI description of one route.
+/// The OpenAPI description of one route. Statuses every route can answer (400 for bad
+/// input, 401/403 for a role route, 403/413/415 for a mutation, 404 where a path names a
+/// resource) are added by the generator; `errors` names the route's own.
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub summary: &'static str,
     pub request: Option<Value>,
     pub response: Value,
+    /// The success status (200 unless set: 201 for creation, 202 for work started).
+    pub status: u16,
+    /// Other success statuses answered with the same body schema.
+    pub also: &'static [u16],
+    /// The request body may be left out (`request` then describes it when sent).
+    pub optional_body: bool,
+    /// What the success answer is.
+    pub body: BodyKind,
+    /// Query parameters: `(name, schema, description)`.
+    pub query: Vec<(&'static str, Value, &'static str)>,
+    /// Schemas of path parameters other than `{id}` (a positive integer).
+    pub path: Vec<(&'static str, Value)>,
+    /// Further statuses this route answers, each with an `{ error }` body.
+    pub errors: &'static [u16],
+}
+
+impl Default for Doc {
+    fn default() -> Doc {
+        Doc {
+            summary: "",
+            request: None,
+            response: Value::Null,
+            status: 200,
+            also: &[],
+            optional_body: false,
+            body: BodyKind::Json,
+            query: Vec::new(),
+            path: Vec::new(),
+            errors: &[],
+        }
+    }
+}
+
+/// The media type of a route's success answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    /// `text/event-stream`.
+    EventStream,
+    /// JSON, or an event stream when the `follow` query parameter is true.
+    JsonOrEventStream,
 }
 
 /// One registered route, as listed in the OpenAPI document and walked by the role test.
@@ -142,8 +185,11 @@ pub fn router(state: AppState) -> Router {
     // to the HTTP layer, not to the application state.
     let doc = OpenApiDoc(Arc::new(openapi::document(&routes).to_string()));
 
+    // `json_errors` runs inside the audit too, so a record says what the client got (a
+    // malformed body is 400 in both, not serde's 422 in the log).
     let api = router
         .layer(axum::Extension(doc))
+        .layer(from_fn(json_errors))
         .layer(from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .merge(api)
@@ -159,6 +205,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    let segments: Vec<&str> = uri.path().split('/').collect();
+    if let ["", "api", "servers", _, "docker", "containers", _, action] = segments.as_slice() {
+        return ApiError::NotFound(format!(
+            "no container action {action:?}: the actions are start, stop, restart, remove"
+        ))
+        .into_response();
+    }
     if uri.path().starts_with("/api") {
         return ApiError::NotFound(format!("no route for {method} {}", uri.path())).into_response();
     }
@@ -278,7 +331,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
     let message = match status {
         StatusCode::METHOD_NOT_ALLOWED => format!("method {method} is not allowed on {path}"),
         StatusCode::PAYLOAD_TOO_LARGE => "request body is too large".to_owned(),
-        _ if !text.is_empty() => text,
+        _ if !text.is_empty() => rejection_message(&text),
         _ => status
             .canonical_reason()
             .unwrap_or("request failed")
@@ -291,6 +344,45 @@ async fn json_errors(req: Request, next: Next) -> Response {
         }
     }
     out
+}
+
+/// For optional body fields: absent is `None` (with `#[serde(default)]`), but an explicit
+/// `null` is refused like any other wrong type — the document does not allow it, and
+/// "null" meaning "leave it" would be a second, undocumented way to say nothing.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// axum's extractor rejections, said plainly: which part of the request was wrong and
+/// serde's reason (`unknown field `x`, expected one of …`), without the framework's
+/// wording around it.
+fn rejection_message(text: &str) -> String {
+    const PREFIXES: &[(&str, &str)] = &[
+        (
+            "Failed to deserialize the JSON body into the target type: ",
+            "body: ",
+        ),
+        (
+            "Failed to parse the request body as JSON: ",
+            "the body is not valid JSON: ",
+        ),
+        ("Failed to deserialize query string: ", "query: "),
+        ("Invalid URL: ", "path: "),
+        (
+            "Expected request with `Content-Type: application/json`",
+            "a request body must be sent with the header Content-Type: application/json",
+        ),
+    ];
+    for (prefix, ours) in PREFIXES {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return format!("{ours}{rest}");
+        }
+    }
+    text.to_owned()
 }
 
 /// Turns a panic in any handler into a logged 500 with the usual JSON shape, so one bad

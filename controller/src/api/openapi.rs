@@ -59,6 +59,54 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+/// A path id: a positive 64-bit integer.
+pub fn id() -> Value {
+    json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX })
+}
+
+fn status_text(code: u16) -> &'static str {
+    match code {
+        400 => "bad input: the message names the field, parameter or rule",
+        401 => "no valid session (or, where the route checks them, wrong credentials)",
+        403 => "refused: `INSUFFICIENT_ROLE` with `required` and `role`, a cross-site request, or a wrong password",
+        404 => "no such resource",
+        409 => "the request conflicts with the resource's state (the message says what is in the way)",
+        413 => "the body is larger than --max-body-bytes",
+        415 => "a body was sent without Content-Type: application/json",
+        429 => "too many attempts; retry after the Retry-After header's seconds",
+        502 => "the server's agent or Docker engine failed",
+        504 => "the server's agent did not answer in time",
+        _ => "error",
+    }
+}
+
+/// A request body schema closed to unknown fields (the API refuses them, naming the
+/// field), at its top level and in nested objects that list their properties.
+fn closed(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if let Value::Object(m) = &mut s {
+        if m.get("type") == Some(&json!("object")) && m.contains_key("properties") {
+            m.entry("additionalProperties").or_insert(json!(false));
+        }
+        if let Some(Value::Object(props)) = m.get_mut("properties") {
+            for (_, p) in props.iter_mut() {
+                *p = closed(p);
+            }
+        }
+        if let Some(items) = m.get_mut("items") {
+            *items = closed(items);
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            if let Some(Value::Array(alts)) = m.get_mut(key) {
+                for alt in alts.iter_mut() {
+                    *alt = closed(alt);
+                }
+            }
+        }
+    }
+    s
+}
+
 pub fn document(routes: &[RouteInfo]) -> Value {
     let mut paths = Map::new();
     for r in routes {
@@ -77,12 +125,24 @@ pub fn document(routes: &[RouteInfo]) -> Value {
         );
         op.insert("tags".into(), json!([r.tag]));
         op.insert("x-mezzanine-role".into(), json!(r.access.label()));
-        let params: Vec<Value> = r
+        let mut params: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": string() }))
+            .map(|name| {
+                let schema = r
+                    .doc
+                    .path
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or_else(id, |(_, s)| s.clone());
+                json!({ "name": name, "in": "path", "required": true, "schema": schema })
+            })
             .collect();
+        let has_path = !params.is_empty();
+        params.extend(r.doc.query.iter().map(|(name, schema, description)| {
+            json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": description })
+        }));
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
         }
@@ -97,21 +157,58 @@ pub fn document(routes: &[RouteInfo]) -> Value {
         if let Some(req) = &r.doc.request {
             op.insert(
                 "requestBody".into(),
-                json!({ "required": true, "content": { "application/json": { "schema": req } } }),
+                json!({ "required": !r.doc.optional_body, "content": { "application/json": { "schema": closed(req) } } }),
             );
         }
         let mut responses = Map::new();
-        responses.insert(
-            "200".into(),
-            json!({ "description": "success", "content": { "application/json": { "schema": r.doc.response } } }),
-        );
-        responses.insert("4XX".into(), error_response("client error"));
-        if let Access::Role(_) = r.access {
-            responses.insert("401".into(), error_response("no valid session"));
+        let json_body = json!({ "application/json": { "schema": r.doc.response } });
+        let events = json!({ "text/event-stream": { "schema": string() } });
+        let content = match r.doc.body {
+            super::BodyKind::Json => json_body,
+            super::BodyKind::EventStream => events,
+            super::BodyKind::JsonOrEventStream => {
+                let mut both = json_body;
+                if let (Value::Object(b), Value::Object(e)) = (&mut both, events) {
+                    b.extend(e);
+                }
+                both
+            }
+        };
+        let description = match r.doc.status {
+            201 => "created",
+            202 => "accepted: the work goes on in the background",
+            _ => "success",
+        };
+        for code in std::iter::once(r.doc.status).chain(r.doc.also.iter().copied()) {
+            let description = if code == r.doc.status {
+                description
+            } else {
+                "success"
+            };
             responses.insert(
-                "403".into(),
-                json!({ "description": "INSUFFICIENT_ROLE", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/InsufficientRole" } } } }),
+                code.to_string(),
+                json!({ "description": description, "content": content.clone() }),
             );
+        }
+        let mut codes: Vec<u16> = vec![400];
+        if let Access::Role(_) = r.access {
+            codes.extend([401, 403]);
+        }
+        if r.method != axum::http::Method::GET {
+            // Cross-site refusals; a body of the wrong type or size.
+            codes.push(403);
+            if r.doc.request.is_some() {
+                codes.extend([413, 415]);
+            }
+        }
+        if has_path {
+            codes.push(404);
+        }
+        codes.extend(r.doc.errors.iter().copied());
+        codes.sort_unstable();
+        codes.dedup();
+        for code in codes {
+            responses.insert(code.to_string(), error_response(status_text(code)));
         }
         op.insert("responses".into(), Value::Object(responses));
         let entry = paths
@@ -142,4 +239,69 @@ pub fn document(routes: &[RouteInfo]) -> Value {
             }
         }
     })
+}
+
+// ---- the request grammars the handlers enforce, as JSON Schema ---------------------------
+// Each mirrors a check in `validate`, `auth` or a handler; the contract test (schemathesis
+// over the whole document) fails when one drifts from the code.
+
+/// An object schema that needs at least one of its properties (a PATCH of nothing is
+/// refused).
+pub fn at_least_one(mut schema: Value) -> Value {
+    schema["minProperties"] = json!(1);
+    schema
+}
+
+/// `validate::name` (servers, workflows) and `auth::validate_username` (users): 1–64 of
+/// `A–Z a–z 0–9 . _ -`, starting with a letter or digit.
+pub fn name() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" })
+}
+
+/// `validate::username`: an SSH user, 1–32 of `A–Z a–z 0–9 . _ -`, not starting with `-`.
+pub fn ssh_username() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[A-Za-z0-9._][A-Za-z0-9._-]*$" })
+}
+
+/// `validate::host`: an IP address, or a hostname of RFC 1123 labels (a trailing dot
+/// allowed), at most 253 characters.
+pub fn host() -> Value {
+    json!({ "anyOf": [
+        { "type": "string", "format": "ipv4" },
+        { "type": "string", "format": "ipv6" },
+        { "type": "string", "maxLength": 253,
+          "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$" }
+    ] })
+}
+
+/// `validate::tags`: at most 32 of 1–40 characters from `A–Z a–z 0–9 . _ - : =`.
+pub fn tags() -> Value {
+    json!({ "type": "array", "maxItems": 32,
+            "items": { "type": "string", "minLength": 1, "maxLength": 40, "pattern": "^[A-Za-z0-9._:=-]+$" } })
+}
+
+/// A TCP port.
+pub fn port() -> Value {
+    json!({ "type": "integer", "minimum": 1, "maximum": 65535 })
+}
+
+/// `auth::password::validate`: 10–256 characters.
+pub fn password() -> Value {
+    json!({ "type": "string", "minLength": 10, "maxLength": 256 })
+}
+
+/// A password as typed at login or re-authentication: anything up to 256 characters
+/// (a wrong one is 401/403, never 400).
+pub fn typed_password() -> Value {
+    json!({ "type": "string", "maxLength": 256 })
+}
+
+/// `SHA256:` and 43 base64 characters, as `ssh-keygen -lf` prints a host key.
+pub fn fingerprint() -> Value {
+    json!({ "type": "string", "pattern": "^SHA256:[A-Za-z0-9+/]{43}$" })
+}
+
+/// A Docker container id or name (one path segment the engine accepts).
+pub fn container() -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$" })
 }

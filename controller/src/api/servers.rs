@@ -2,7 +2,7 @@
 //! install one-liner; live status comes from the agent gateway's registry.
 
 use super::audit::Target;
-use super::openapi::{array, integer, nullable, obj, ok_with, string};
+use super::openapi::{self, array, boolean, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use super::{BaseUrl, Session};
 use crate::auth::Role;
@@ -112,16 +112,24 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
     host: String,
     auth_type: String,
+    #[serde(default, deserialize_with = "super::present")]
     tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "super::present")]
     port: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     password: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     private_key: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     passphrase: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     host_key_fingerprint: Option<String>,
     #[serde(default)]
     keep_credentials: bool,
@@ -297,6 +305,7 @@ async fn create(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct InstallCommandBody {
     /// Required to mint a token for a server that already has an agent: enrolling with it
     /// replaces that agent (which is told it was removed and stops).
@@ -369,15 +378,23 @@ async fn rotate_deploy_key(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ReinstallBody {
     /// Pins the host key for this bootstrap (required with kept credentials when no key
     /// is pinned: they are never sent to a host whose key was not confirmed).
+    #[serde(default, deserialize_with = "super::present")]
     host_key_fingerprint: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     auth_type: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     password: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     private_key: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     passphrase: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     keep_credentials: Option<bool>,
 }
 
@@ -454,11 +471,17 @@ async fn reinstall(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PatchBody {
+    #[serde(default, deserialize_with = "super::present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     host: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     port: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
     username: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     tags: Option<Vec<String>>,
     #[serde(default)]
     forget_host_key: bool,
@@ -478,10 +501,14 @@ async fn update(
         && body.tags.is_none()
         && !body.forget_host_key
     {
-        return Err(ApiError::BadRequest(
-            "nothing to change: give name, host, port, username, tags and/or forget_host_key"
-                .into(),
-        ));
+        // Nothing to change: the server as it is (a PATCH of nothing is a no-op).
+        let s = state
+            .store()
+            .server(id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let live = state.gateway().registry.view(id);
+        return Ok(ok(json!({ "server": server_json(&s, live, true) })));
     }
     // Where kept root credentials are sent is an admin's decision: a moderator who could
     // point the server at their own host would receive them at the next reinstall.
@@ -572,7 +599,9 @@ async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
 /// Maps a failed agent command to the API's errors.
 pub fn call_error(e: CallError) -> ApiError {
     match e {
-        CallError::Offline => ApiError::Unavailable("server offline".into()),
+        // The server's state, not the controller's: 409, so clients that retry 5xx
+        // against the whole API are not sent into a loop by one offline server.
+        CallError::Offline => ApiError::Conflict("server offline".into()),
         CallError::Timeout(_) | CallError::Disconnected | CallError::Busy => {
             ApiError::Timeout(e.to_string())
         }
@@ -674,7 +703,7 @@ pub(super) fn routes(reg: &mut Registry) {
         Method::GET,
         "/api/servers",
         viewer,
-        Doc { summary: "List servers with live status", request: None, response: array(summary) },
+        Doc { summary: "List servers with live status", request: None, response: array(summary) , ..Default::default() },
         list,
     )
     .add(
@@ -685,21 +714,26 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Add a server. \"password\"/\"key\" adopt it over SSH in the background (watch status); \"manual\" returns a join token and the install one-liner",
             request: Some(obj(
                 &[
-                    ("name", string()),
-                    ("host", string()),
+                    ("name", openapi::name()),
+                    ("host", openapi::host()),
                     ("auth_type", json!({ "enum": ["manual", "password", "key"] })),
-                    ("tags", tags.clone()),
-                    ("port", integer()),
-                    ("username", string()),
-                    ("password", string()),
+                    ("tags", openapi::tags()),
+                    ("port", openapi::port()),
+                    ("username", openapi::ssh_username()),
+                    ("password", json!({ "type": "string", "minLength": 1, "maxLength": 4096 })),
                     ("private_key", string()),
                     ("passphrase", string()),
-                    ("host_key_fingerprint", string()),
+                    ("host_key_fingerprint", openapi::fingerprint()),
                     ("keep_credentials", json!({ "type": "boolean" })),
                 ],
                 &["name", "host", "auth_type"],
             )),
             response: created,
+            status: 201,
+            // 400 also for what a schema cannot say: "password" needs username and
+            // password, "key" a private key that parses (with its passphrase).
+            errors: &[409],
+            ..Default::default()
         },
         create,
     )
@@ -707,7 +741,7 @@ pub(super) fn routes(reg: &mut Registry) {
         Method::GET,
         "/api/servers/{id}",
         viewer,
-        Doc { summary: "Server detail: facts, latest metrics, connection", request: None, response: detailed.clone() },
+        Doc { summary: "Server detail: facts, latest metrics, connection", request: None, response: detailed.clone() , ..Default::default() },
         detail,
     )
     .add(
@@ -718,16 +752,18 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Update name, host, port, username or tags",
             request: Some(obj(
                 &[
-                    ("name", string()),
-                    ("host", string()),
-                    ("port", integer()),
-                    ("username", string()),
-                    ("tags", tags),
+                    ("name", openapi::name()),
+                    ("host", openapi::host()),
+                    ("port", openapi::port()),
+                    ("username", openapi::ssh_username()),
+                    ("tags", openapi::tags()),
                     ("forget_host_key", json!({ "type": "boolean" })),
                 ],
                 &[],
             )),
             response: ok_with(&[("server", detailed)]),
+            errors: &[409],
+            ..Default::default()
         },
         update,
     )
@@ -736,9 +772,11 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers/{id}",
         admin,
         Doc {
-            summary: "Remove a server: its agent session closes and its certificate is refused from then on",
+            summary: "Remove a server: its agent session closes and its certificate is refused from then on (409 while workflows use it)",
             request: None,
             response: ok_with(&[]),
+            errors: &[409],
+            ..Default::default()
         },
         remove,
     )
@@ -747,9 +785,12 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers/{id}/install-command",
         moderator,
         Doc {
-            summary: "Mint a fresh join token and install one-liner (older unused tokens stop working)",
-            request: None,
+            summary: "Mint a fresh join token and install one-liner (older unused tokens stop working); for a server that has an agent, {\"reenroll\": true} (admin)",
+            request: Some(obj(&[("reenroll", boolean())], &[])),
+            optional_body: true,
             response: minted,
+            errors: &[409],
+            ..Default::default()
         },
         install_command,
     )
@@ -762,15 +803,19 @@ pub(super) fn routes(reg: &mut Registry) {
             request: Some(obj(
                 &[
                     ("auth_type", json!({ "enum": ["password", "key"] })),
-                    ("username", string()),
-                    ("password", string()),
+                    ("username", openapi::ssh_username()),
+                    ("password", json!({ "type": "string", "minLength": 1, "maxLength": 4096 })),
                     ("private_key", string()),
                     ("passphrase", string()),
                     ("keep_credentials", json!({ "type": "boolean" })),
+                    ("host_key_fingerprint", openapi::fingerprint()),
                 ],
                 &[],
             )),
             response: ok_with(&[("id", integer())]),
+            status: 202,
+            errors: &[409],
+            ..Default::default()
         },
         reinstall,
     )
@@ -785,6 +830,7 @@ pub(super) fn routes(reg: &mut Registry) {
                 &[("public_key", string()), ("fingerprint", string())],
                 &["public_key", "fingerprint"],
             ),
+            ..Default::default()
         },
         deploy_key,
     )
@@ -796,6 +842,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Replace the deploy key (the agent gets the new one; add it where the old one was authorized)",
             request: None,
             response: ok_with(&[("public_key", string()), ("fingerprint", string())]),
+            ..Default::default()
         },
         rotate_deploy_key,
     )
@@ -804,9 +851,11 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers/{id}/ping",
         moderator,
         Doc {
-            summary: "Round-trip a command through the agent session (503 when offline)",
+            summary: "Round-trip a command through the agent session (409 when offline)",
             request: None,
             response: ok_with(&[("rtt_ms", json!({ "type": "number" }))]),
+            errors: &[409, 502, 504],
+            ..Default::default()
         },
         ping,
     );

@@ -44,6 +44,7 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     username: String,
     password: String,
@@ -72,8 +73,11 @@ async fn create(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PatchBody {
+    #[serde(default, deserialize_with = "super::present")]
     role: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     password: Option<String>,
 }
 
@@ -84,6 +88,14 @@ async fn update(
     Json(body): Json<PatchBody>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
+    // One's own account changes through /api/auth/change-password, which asks for the
+    // current password: a stolen admin session cannot take the account over for good.
+    // Nor does an admin demote themself here (another admin does).
+    if session.require()?.user.id == id {
+        return Err(ApiError::Forbidden(
+            "this is your own account: change your password with POST /api/auth/change-password; another admin changes your role".into(),
+        ));
+    }
     if body.role.is_none() && body.password.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to change: give role and/or password".into(),
@@ -129,8 +141,17 @@ async fn update(
     Ok(ok(json!({ "user": user_json(&user) })))
 }
 
-async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn remove(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
+    if session.require()?.user.id == id {
+        return Err(ApiError::Forbidden(
+            "this is your own account: another admin deletes it".into(),
+        ));
+    }
     match state.store().delete_user(id).await? {
         Guarded::Done => Ok(ok(json!({}))),
         Guarded::NotFound => Err(ApiError::NotFound(format!("user {id} not found"))),
@@ -160,6 +181,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "List users",
             request: None,
             response: array(listed),
+            ..Default::default()
         },
         list,
     )
@@ -171,13 +193,16 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Create a user",
             request: Some(obj(
                 &[
-                    ("username", string()),
-                    ("password", string()),
+                    ("username", super::openapi::name()),
+                    ("password", super::openapi::password()),
                     ("role", role()),
                 ],
                 &["username", "password", "role"],
             )),
             response: ok_with(&[("user", user_schema())]),
+            status: 201,
+            errors: &[409],
+            ..Default::default()
         },
         create,
     )
@@ -187,8 +212,13 @@ pub(super) fn routes(reg: &mut Registry) {
         admin,
         Doc {
             summary: "Change a user's role and/or password (revokes that user's sessions)",
-            request: Some(obj(&[("role", role()), ("password", string())], &[])),
+            request: Some(super::openapi::at_least_one(obj(
+                &[("role", role()), ("password", super::openapi::password())],
+                &[],
+            ))),
             response: ok_with(&[("user", user_schema())]),
+            errors: &[409],
+            ..Default::default()
         },
         update,
     )
@@ -197,9 +227,11 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/users/{id}",
         admin,
         Doc {
-            summary: "Delete a user and its sessions",
+            summary: "Delete a user and its sessions (409 for the last admin)",
             request: None,
             response: ok_with(&[]),
+            errors: &[409],
+            ..Default::default()
         },
         remove,
     );

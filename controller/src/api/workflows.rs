@@ -2,7 +2,7 @@
 //! runs with live events, and HMAC-signed webhook triggers.
 
 use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
-use super::{ok, Access, ApiError, ApiResult, BaseUrl, Doc, Registry, Session};
+use super::{ok, Access, ApiError, ApiResult, BaseUrl, BodyKind, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::follow::Follow;
 use crate::deploy::{self, definition};
@@ -193,7 +193,9 @@ async fn create(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
+    #[serde(default, deserialize_with = "super::present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     server_id: Option<i64>,
     definition: Option<Value>,
 }
@@ -634,7 +636,7 @@ pub(super) fn routes(reg: &mut Registry) {
         &[
             (
                 "steps",
-                array(obj(
+                json!({ "type": "array", "minItems": 1, "maxItems": 50, "items": obj(
                     &[
                         ("name", string()),
                         ("uses", string()),
@@ -643,7 +645,7 @@ pub(super) fn routes(reg: &mut Registry) {
                         ("env", any.clone()),
                     ],
                     &["name", "uses"],
-                )),
+                ) }),
             ),
             ("env", any.clone()),
             ("secrets", any.clone()),
@@ -659,6 +661,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Workflows with their last run",
             request: None,
             response: array(any.clone()),
+            ..Default::default()
         },
         list,
     )
@@ -669,10 +672,13 @@ pub(super) fn routes(reg: &mut Registry) {
         Doc {
             summary: "Create a workflow { name, server_id, definition } (400 names the offending field)",
             request: Some(obj(
-                &[("name", string()), ("server_id", integer()), ("definition", definition_schema.clone())],
+                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema.clone())],
                 &["name", "server_id", "definition"],
             )),
             response: ok_with(&[("id", integer())]),
+            status: 201,
+            errors: &[409],
+            ..Default::default()
         },
         create,
     )
@@ -684,6 +690,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "A workflow (definition without secret values) and its recent runs",
             request: None,
             response: any.clone(),
+            ..Default::default()
         },
         get_one,
     )
@@ -694,10 +701,12 @@ pub(super) fn routes(reg: &mut Registry) {
         Doc {
             summary: "Change name, server_id or definition (a definition without `secrets` keeps the stored ones; secrets an admin set are then held until an admin approves — `secrets_held`)",
             request: Some(obj(
-                &[("name", string()), ("server_id", integer()), ("definition", definition_schema)],
+                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema)],
                 &[],
             )),
             response: ok_with(&[("id", integer()), ("secrets_held", boolean())]),
+            errors: &[409],
+            ..Default::default()
         },
         patch,
     )
@@ -709,6 +718,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Approve the definition as it stands: secrets an admin set are released to its runs again",
             request: None,
             response: ok_with(&[("id", integer()), ("secrets_held", boolean())]),
+            ..Default::default()
         },
         approve,
     )
@@ -720,6 +730,8 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Delete a workflow and its runs (409 while one is queued or running)",
             request: None,
             response: ok_with(&[]),
+            errors: &[409],
+            ..Default::default()
         },
         delete,
     )
@@ -731,6 +743,9 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Trigger a manual run → { runId } (runs of a workflow queue one after another)",
             request: None,
             response: ok_with(&[("runId", integer())]),
+            status: 201,
+            errors: &[409],
+            ..Default::default()
         },
         run_now,
     )
@@ -742,6 +757,7 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Mint a new webhook URL and HMAC secret (shown once, stored sealed)",
             request: None,
             response: ok_with(&[("url", string()), ("secret", string())]),
+            ..Default::default()
         },
         rotate_webhook,
     );
@@ -754,6 +770,7 @@ pub(super) fn routes(reg: &mut Registry) {
                 summary: "Run status, timings, trigger and per-step { name, status, exit_code, started_at, finished_at, output }",
                 request: None,
                 response: run,
+                ..Default::default()
             },
             get_run,
         )
@@ -765,6 +782,8 @@ pub(super) fn routes(reg: &mut Registry) {
                 summary: "Server-Sent Events: `step`, `output` ({step, stream, line}), `note`, `end`; ids are sequence numbers, resumable with Last-Event-ID; replays from the start",
                 request: None,
                 response: string(),
+                body: BodyKind::EventStream,
+                ..Default::default()
             },
             events,
         )
@@ -775,7 +794,9 @@ pub(super) fn routes(reg: &mut Registry) {
             Doc {
                 summary: "Cancel a queued run, or stop a running one (its step's processes are terminated)",
                 request: None,
-                response: ok_with(&[("status", string())]),
+                response: ok_with(&[("status", json!({ "enum": ["cancelled", "cancelling"] }))]),
+                errors: &[409],
+                ..Default::default()
             },
             cancel,
         );
@@ -785,8 +806,22 @@ pub(super) fn routes(reg: &mut Registry) {
         Access::Public,
         Doc {
             summary: "Trigger a workflow: body signed with its secret in X-Hub-Signature-256: sha256=<hex> (401 otherwise); X-GitHub-Delivery seen before → duplicate; branch filter → skipped",
-            request: Some(any),
-            response: ok_with(&[("runId", integer())]),
+            // The CI system's JSON payload (GitHub's push event: `ref`, `after`, `repository`).
+            request: Some(json!({ "type": "object" })),
+            // 201 { runId } when a run was queued; 200 { duplicate } or { skipped }.
+            response: obj(
+                &[
+                    ("ok", json!({ "const": true })),
+                    ("runId", integer()),
+                    ("duplicate", boolean()),
+                    ("skipped", string()),
+                ],
+                &["ok"],
+            ),
+            status: 201,
+            also: &[200],
+            errors: &[401, 409],
+            ..Default::default()
         },
         webhook,
     );
