@@ -176,7 +176,16 @@ async function loadUsers() {
   body.replaceChildren();
   for (const u of await api("GET", "/users")) {
     const tr = document.createElement("tr");
-    cell(tr, u.username);
+    const self = me && u.id === me.id;
+    cell(tr, self ? u.username + " (you)" : u.username);
+    if (self) {
+      // One's own role and account are changed by another admin; the password in Account.
+      cell(tr, u.role);
+      cell(tr, u.totp_enabled ? "on" : "off");
+      cell(tr, "");
+      body.appendChild(tr);
+      continue;
+    }
     const sel = document.createElement("select");
     for (const r of ["viewer", "moderator", "admin"]) sel.add(new Option(r, r, false, r === u.role));
     sel.addEventListener("change", () => act(() => api("PATCH", "/users/" + u.id, { role: sel.value }), "Role changed."));

@@ -320,6 +320,20 @@ async fn mutations_are_audited_with_actor_target_and_outcome() {
         .iter()
         .all(|e| e["action"].as_str().is_some_and(|a| !a.starts_with("GET"))));
 
+    // A malformed body is recorded with the status the client got (400), and an unknown
+    // field is refused naming it.
+    let r = admin
+        .post(
+            "/api/users",
+            json!({ "username": "x2", "password": "whatever-123", "role": "viewer", "rol": "admin" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().contains("unknown field `rol`"), "{}", r.body);
+    let latest = admin.get("/api/audit?per_page=1").await.body;
+    assert_eq!(latest["items"][0]["action"], "POST /api/users", "{latest}");
+    assert_eq!(latest["items"][0]["status"], 400, "{latest}");
+
     assert_eq!(admin.get("/api/audit?page=0").await.status, 400);
     assert_eq!(admin.get("/api/audit?per_page=100000").await.status, 400);
     assert_eq!(admin.get("/api/audit?page=abc").await.status, 400);
