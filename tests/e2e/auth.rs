@@ -239,7 +239,7 @@ async fn totp_enrolment_login_replay_and_disable() {
     let r = admin
         .post("/api/auth/totp/enable", json!({ "code": wrong }))
         .await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 403, "{}", r.body);
     let r = admin
         .post(
             "/api/auth/totp/enable",

@@ -179,10 +179,27 @@ async fn openapi_describes_every_route_with_schemas() {
                 "{label}"
             );
             assert!(op["x-mezzanine-role"].is_string(), "{label}");
+            // One success status (200, 201 Created or 202 Accepted), with its body's
+            // media type: JSON, or an event stream.
+            let success = ["200", "201", "202"]
+                .iter()
+                .find_map(|c| op["responses"].get(*c))
+                .unwrap_or_else(|| panic!("{label}: no success response"));
+            let content = &success["content"];
             assert!(
-                op["responses"]["200"]["content"]["application/json"]["schema"].is_object(),
+                content["application/json"]["schema"].is_object()
+                    || content["text/event-stream"]["schema"].is_object(),
                 "{label}"
             );
+            // Every error status it documents carries the `{ error }` body.
+            for (code, resp) in op["responses"].as_object().expect("responses") {
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert!(
+                        resp["content"]["application/json"]["schema"].is_object(),
+                        "{label} {code}"
+                    );
+                }
+            }
             if path.contains('{') {
                 assert!(
                     op["parameters"].as_array().is_some_and(|p| !p.is_empty()),
