@@ -53,34 +53,22 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     pub fn new(config: Config, store: Store, key: MasterKey, gateway: Gateway) -> Self {
+        // Failures counted over 15 minutes; a lockout doubles from `first` up to 15 minutes.
+        let limiter = |max_failures, first| {
+            Limiter::new(
+                Policy {
+                    max_failures,
+                    window: Duration::from_secs(15 * 60),
+                    base_lockout: Duration::from_secs(first),
+                    max_lockout: Duration::from_secs(15 * 60),
+                },
+                100_000,
+            )
+        };
         let limits = Limits {
-            by_pair: Limiter::new(
-                Policy {
-                    max_failures: 5,
-                    window: Duration::from_secs(15 * 60),
-                    base_lockout: Duration::from_secs(30),
-                    max_lockout: Duration::from_secs(15 * 60),
-                },
-                100_000,
-            ),
-            by_user: Limiter::new(
-                Policy {
-                    max_failures: 50,
-                    window: Duration::from_secs(15 * 60),
-                    base_lockout: Duration::from_secs(30),
-                    max_lockout: Duration::from_secs(15 * 60),
-                },
-                100_000,
-            ),
-            by_ip: Limiter::new(
-                Policy {
-                    max_failures: 30,
-                    window: Duration::from_secs(15 * 60),
-                    base_lockout: Duration::from_secs(60),
-                    max_lockout: Duration::from_secs(15 * 60),
-                },
-                100_000,
-            ),
+            by_pair: limiter(5, 30),
+            by_user: limiter(50, 30),
+            by_ip: limiter(30, 60),
         };
         let hasher = Hasher::new(config.hash_concurrency);
         let updates = crate::images::UpdateChecker::new(
