@@ -861,13 +861,13 @@ async fn a_renewed_certificate_retires_the_one_it_replaced() {
         .status()
         .expect("cp");
     assert!(status.success());
-    // The agent renews (at 70% of 30 s) and saves the new certificate: its identity
-    // file then differs from the copy's (it is written last).
-    let identity =
-        |dir: std::path::PathBuf| std::fs::read(dir.join("identity")).unwrap_or_default();
-    let copied = identity(copy.state_dir());
+    // The agent renews (at 70% of 30 s) and saves the new certificate: its `cert.pem`
+    // then differs from the copy's (only a renewal writes it).
+    let cert = |dir: std::path::PathBuf| std::fs::read(dir.join("cert.pem")).unwrap_or_default();
+    let copied = cert(copy.state_dir());
+    assert!(!copied.is_empty(), "the copy holds a certificate");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while identity(agent.state_dir()) == copied {
+    while cert(agent.state_dir()) == copied {
         assert!(Instant::now() < deadline, "no renewal was saved");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -379,6 +379,8 @@ pub struct Process {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
     pub started: Instant,
+    /// Set when the process's stderr reached its end (every line is in `lines`).
+    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Process {
@@ -397,15 +399,19 @@ impl Process {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = lines.clone();
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = drained.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("lines").push(line);
             }
+            done.store(true, std::sync::atomic::Ordering::Release);
         });
         Process {
             child,
             lines,
             started,
+            drained,
         }
     }
 
@@ -453,6 +459,14 @@ impl Process {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Its last lines may still be on their way through the pipe: read them all
+                // (bounded, in case a child process still holds the pipe open).
+                let drain_by = Instant::now() + Duration::from_secs(5);
+                while !self.drained.load(std::sync::atomic::Ordering::Acquire)
+                    && Instant::now() < drain_by
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(

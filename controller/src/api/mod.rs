@@ -149,10 +149,13 @@ impl Registry {
     {
         let filter = MethodFilter::try_from(method.clone())
             .unwrap_or_else(|_| panic!("route {method} {path}: unsupported method"));
-        let endpoint = on(filter, handler).route_layer(from_fn_with_state(
-            (self.state.clone(), access),
-            session::authorize,
-        ));
+        // Authorization first (outermost), then the body shape.
+        let endpoint = on(filter, handler)
+            .route_layer(from_fn_with_state(self.state.clone(), object_bodies))
+            .route_layer(from_fn_with_state(
+                (self.state.clone(), access),
+                session::authorize,
+            ));
         let router = std::mem::take(&mut self.router);
         self.router = router.route(path, endpoint);
         self.routes.push(RouteInfo {
@@ -344,6 +347,32 @@ async fn json_errors(req: Request, next: Next) -> Response {
         }
     }
     out
+}
+
+/// Every request body of the API is a JSON object. serde would also read a struct from a
+/// JSON array (`[]` filled every defaulted field), so the shape is checked here, once,
+/// before any extractor sees the body.
+async fn object_bodies(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if is_safe(req.method()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.config().max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({ "error": "request body is too large" })),
+            )
+                .into_response()
+        }
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return ApiError::BadRequest("body: expected a JSON object".into()).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// For optional body fields: absent is `None` (with `#[serde(default)]`), but an explicit

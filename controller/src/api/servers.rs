@@ -318,10 +318,15 @@ async fn install_command(
     Extension(session): Extension<Session>,
     Extension(BaseUrl(base)): Extension<BaseUrl>,
     Path(raw): Path<String>,
-    body: Option<Json<InstallCommandBody>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    // The body is optional; when sent, it is read strictly (a typo is not ignored).
+    let body: InstallCommandBody = if body.iter().all(u8::is_ascii_whitespace) {
+        InstallCommandBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+    };
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
     }
