@@ -25,10 +25,7 @@ struct Inner {
     store: Store,
     /// The CA pin join tokens carry.
     ca_pin: String,
-    /// `https://host:port` agents dial when configured, fixed once the agent listener is
-    /// bound.
-    endpoint: OnceLock<String>,
-    /// The port agents dial.
+    /// The port agents dial, fixed once the agent listener is bound.
     port: OnceLock<u16>,
     digest: AgentDigest,
 }
@@ -48,7 +45,6 @@ impl Installs {
             config,
             store,
             ca_pin,
-            endpoint: OnceLock::new(),
             port: OnceLock::new(),
             digest: AgentDigest::default(),
         }))
@@ -57,12 +53,7 @@ impl Installs {
     /// Fixes the endpoint once the agent listener is bound on `bound`.
     pub fn set_agent_port(&self, bound: u16) {
         let conf = &self.0.config;
-        let port = conf.agent_endpoint_port.unwrap_or(bound);
-        let _ = self.0.port.set(port);
-        let _ = self
-            .0
-            .endpoint
-            .set(endpoint_url(&conf.agent_endpoint_host, port));
+        let _ = self.0.port.set(conf.agent_endpoint_port.unwrap_or(bound));
     }
 
     /// `https://host:port` agents dial: the configured endpoint (`--agent-endpoint`, or
@@ -70,10 +61,10 @@ impl Installs {
     /// told to download from (`base`), on the agent port.
     pub fn agent_endpoint(&self, base: &str) -> String {
         let conf = &self.0.config;
-        if conf.agent_endpoint_given || conf.public_url_given {
-            return self.0.endpoint.get().cloned().unwrap_or_default();
-        }
         let port = self.0.port.get().copied().unwrap_or(0);
+        if conf.agent_endpoint_given || conf.public_url_given {
+            return endpoint_url(&conf.agent_endpoint_host, port);
+        }
         endpoint_url(&crate::config::url_host(base), port)
     }
 
