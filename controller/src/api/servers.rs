@@ -829,7 +829,7 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers/{id}/deploy-key",
         viewer,
         Doc {
-            summary: "The server's ed25519 deploy key (public part), generated on first call; the private key is sealed and delivered to the server's agent",
+            summary: "The server's ed25519 deploy key (public part), made when the server was added (reading never creates one); the private key is sealed and delivered to the server's agent",
             request: None,
             response: obj(
                 &[("public_key", string()), ("fingerprint", string())],
