@@ -287,7 +287,14 @@ async fn docker_on_nodes_end_to_end() {
     for _ in 0..4 {
         let mut c = viewer.clone();
         let chatter = chatter.clone();
-        readers.push(tokio::spawn(async move { c.get(&chatter).await }));
+        // Four 400,000-line answers at once on a loaded 2-core machine can take longer
+        // than the client's usual 30 s: the bound here is for a hung controller only.
+        readers.push(tokio::spawn(async move {
+            let req = c
+                .request(reqwest::Method::GET, &chatter)
+                .timeout(Duration::from_secs(300));
+            c.raw(req).await
+        }));
     }
     for r in readers {
         let r = r.await.expect("join");
