@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod changes;
 pub mod config;
 pub mod crypto;
 pub mod denials;

@@ -8,6 +8,7 @@ mod contract;
 mod conventions;
 mod deploys;
 mod docker;
+mod events;
 mod limits;
 mod nodes;
 mod panel;

@@ -6,6 +6,7 @@ pub(crate) mod audit;
 mod auth;
 mod docker;
 pub mod error;
+mod events;
 mod install;
 mod meta;
 pub mod openapi;
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> Router {
     servers::routes(reg.tag("servers"));
     docker::routes(reg.tag("docker"));
     workflows::routes(reg.tag("workflows"));
+    events::routes(reg.tag("events"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     // The document is rendered once and handed to its route as an extension: it belongs

@@ -614,6 +614,16 @@ pub fn call_error(e: CallError) -> ApiError {
     }
 }
 
+/// The recent heartbeats the controller holds for a server (its charts).
+async fn metrics(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw)?;
+    if !state.store().server_exists(id).await? {
+        return Err(not_found(id));
+    }
+    let samples = state.gateway().registry.samples(id);
+    Ok(Json(json!({ "samples": samples })))
+}
+
 async fn ping(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
     if !state.store().server_exists(id).await? {
@@ -863,5 +873,32 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         ping,
+    )
+    .add(
+        Method::GET,
+        "/api/servers/{id}/metrics",
+        Access::Role(Role::Viewer),
+        Doc {
+            summary: "The last heartbeats (up to 60, oldest first) while the agent is attached: load, memory and disk",
+            response: obj(
+                &[(
+                    "samples",
+                    array(obj(
+                        &[
+                            ("at", string()),
+                            ("load1", json!({ "type": "number" })),
+                            ("memory_used_bytes", integer()),
+                            ("memory_total_bytes", integer()),
+                            ("disk_used_bytes", integer()),
+                            ("disk_total_bytes", integer()),
+                        ],
+                        &["at", "load1", "memory_used_bytes", "memory_total_bytes", "disk_used_bytes", "disk_total_bytes"],
+                    )),
+                )],
+                &["samples"],
+            ),
+            ..Default::default()
+        },
+        metrics,
     );
 }

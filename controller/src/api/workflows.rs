@@ -10,7 +10,7 @@ use crate::state::AppState;
 use crate::store::WorkflowDelete;
 use crate::store::{RunEvent, RunRow};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -307,6 +307,88 @@ const DETAIL_CHUNK: usize = 64 * 1024;
 /// A run with each step's stored output. The output can be many megabytes, so the body is
 /// written as it is read from the store, a batch at a time, at the client's pace: a slow
 /// reader holds one chunk of it, not the whole run.
+const RUN_STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "interrupted",
+];
+const TRIGGERS: [&str; 2] = ["manual", "webhook"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    workflow_id: Option<i64>,
+    server_id: Option<i64>,
+    status: Option<String>,
+    trigger: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+/// Run history across workflows, newest first, filtered and paged.
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = q.page.unwrap_or(1);
+    let per_page = q.per_page.unwrap_or(50);
+    if page < 1 {
+        return Err(ApiError::BadRequest("page must be 1 or more".into()));
+    }
+    if !(1..=500).contains(&per_page) {
+        return Err(ApiError::BadRequest("per_page must be 1 to 500".into()));
+    }
+    for (name, v) in [("workflow_id", q.workflow_id), ("server_id", q.server_id)] {
+        if v.is_some_and(|v| v < 1) {
+            return Err(ApiError::BadRequest(format!("{name} must be 1 or more")));
+        }
+    }
+    if let Some(s) = q.status.as_deref().filter(|s| !RUN_STATUSES.contains(s)) {
+        return Err(ApiError::BadRequest(format!(
+            "status {s:?} is not one of {}",
+            RUN_STATUSES.join(", ")
+        )));
+    }
+    if let Some(t) = q.trigger.as_deref().filter(|t| !TRIGGERS.contains(t)) {
+        return Err(ApiError::BadRequest(format!(
+            "trigger {t:?} is not one of {}",
+            TRIGGERS.join(", ")
+        )));
+    }
+    let filter = crate::store::RunFilter {
+        workflow_id: q.workflow_id,
+        server_id: q.server_id,
+        status: q.status.as_deref(),
+        trigger: q.trigger.as_deref(),
+    };
+    let offset = (page - 1).saturating_mul(per_page);
+    let (runs, total) = state.store().runs_page(&filter, offset, per_page).await?;
+    let names: std::collections::HashMap<i64, (String, i64)> = state
+        .store()
+        .workflows()
+        .await?
+        .into_iter()
+        .map(|w| (w.id, (w.name, w.server_id)))
+        .collect();
+    let items: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let mut v = run_summary(r);
+            let wf = names.get(&r.workflow_id);
+            v["workflow"] = json!(wf.map(|w| &w.0));
+            v["server_id"] = json!(r.server_id.or(wf.map(|w| w.1)));
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({ "items": items, "page": page, "per_page": per_page, "total": total }),
+    ))
+}
+
 async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&raw, "run")?;
     let run = run_or_404(&state, id).await?;
@@ -761,7 +843,46 @@ pub(super) fn routes(reg: &mut Registry) {
         },
         rotate_webhook,
     );
+    let mut listed = run.clone();
+    listed["properties"]["workflow"] = nullable(string());
+    listed["properties"]["server_id"] = nullable(integer());
+    let id_filter = json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX });
     reg.tag("deployments")
+        .add(
+            Method::GET,
+            "/api/deployments/runs",
+            viewer,
+            Doc {
+                summary: "Run history of every workflow, newest first, filtered by workflow, server, status and trigger, paged",
+                response: obj(
+                    &[
+                        ("items", array(listed)),
+                        ("page", integer()),
+                        ("per_page", integer()),
+                        ("total", integer()),
+                    ],
+                    &["items", "page", "per_page", "total"],
+                ),
+                query: vec![
+                    ("workflow_id", id_filter.clone(), "only runs of this workflow"),
+                    ("server_id", id_filter, "only runs on this server"),
+                    ("status", json!({ "enum": RUN_STATUSES }), "only runs in this state"),
+                    ("trigger", json!({ "enum": TRIGGERS }), "only runs started this way"),
+                    (
+                        "page",
+                        json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX }),
+                        "page number, from 1",
+                    ),
+                    (
+                        "per_page",
+                        json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+                        "runs per page, 1 to 500 (default 50)",
+                    ),
+                ],
+                ..Default::default()
+            },
+            list_runs,
+        )
         .add(
             Method::GET,
             "/api/deployments/runs/{id}",

@@ -4,7 +4,7 @@
 
 use mezzanine_proto::v1::{command, reply, Command, ControllerMessage, Heartbeat, Removed};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -33,6 +33,35 @@ struct Beat {
     /// The last heartbeat as received; turned into JSON only when someone reads it.
     metrics: Option<Heartbeat>,
     dirty: bool,
+    /// The last heartbeats, oldest first, for the panel's charts (a few KiB a server).
+    samples: VecDeque<Sample>,
+}
+
+/// How many heartbeats a server's chart shows (10 minutes at the default 10 s beat).
+const SAMPLES: usize = 60;
+
+/// One heartbeat, kept small: only what the charts draw.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_ms: i64,
+    load1: f32,
+    memory_used: u64,
+    memory_total: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+impl Sample {
+    fn json(&self) -> Value {
+        serde_json::json!({
+            "at": crate::time::rfc3339_ms(self.at_ms),
+            "load1": self.load1,
+            "memory_used_bytes": self.memory_used,
+            "memory_total_bytes": self.memory_total,
+            "disk_used_bytes": self.disk_used,
+            "disk_total_bytes": self.disk_total,
+        })
+    }
 }
 
 fn metrics_json(h: &Heartbeat, at_ms: i64) -> Value {
@@ -220,6 +249,7 @@ impl Registry {
                 last_seen_ms: now,
                 metrics: None,
                 dirty: false,
+                samples: VecDeque::new(),
             }),
             stop: Notify::new(),
         });
@@ -260,6 +290,15 @@ impl Registry {
         Some(view_of(&live))
     }
 
+    /// The recent heartbeats of an attached server, oldest first (empty when detached).
+    pub fn samples(&self, server_id: i64) -> Vec<Value> {
+        let Some(live) = lock(&self.sessions).get(&server_id).cloned() else {
+            return Vec::new();
+        };
+        let beat = lock(&live.beat);
+        beat.samples.iter().map(Sample::json).collect()
+    }
+
     /// Views of every attached session, by server id.
     pub fn views(&self) -> HashMap<i64, LiveView> {
         let sessions: Vec<(i64, Arc<Live>)> = lock(&self.sessions)
@@ -277,6 +316,18 @@ impl Registry {
         let mut beat = lock(&live.beat);
         beat.last_seen_ms = crate::time::now_ms();
         if let Some(m) = metrics {
+            if beat.samples.len() == SAMPLES {
+                beat.samples.pop_front();
+            }
+            let sample = Sample {
+                at_ms: beat.last_seen_ms,
+                load1: m.load1 as f32,
+                memory_used: m.memory_used_bytes,
+                memory_total: m.memory_total_bytes,
+                disk_used: m.disk_used_bytes,
+                disk_total: m.disk_total_bytes,
+            };
+            beat.samples.push_back(sample);
             beat.metrics = Some(m);
         }
         beat.dirty = true;

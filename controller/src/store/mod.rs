@@ -32,7 +32,7 @@ pub enum StoreError {
 }
 
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
-pub use workflows::{NewRun, Queued, WorkflowDelete};
+pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -97,6 +97,8 @@ pub enum Guarded {
 pub struct Store {
     pool: SqlitePool,
     sessions: std::sync::Arc<cache::SessionCache>,
+    /// Committed changes, announced to `GET /api/events`.
+    changes: std::sync::Arc<crate::changes::Feed>,
 }
 
 fn key(hash: &[u8]) -> [u8; 32] {
@@ -148,11 +150,17 @@ impl Store {
         Ok(Store {
             pool,
             sessions: Default::default(),
+            changes: Default::default(),
         })
     }
 
     pub fn sqlite_url(path: &Path) -> String {
         format!("sqlite://{}", path.display())
+    }
+
+    /// The feed of changes this store has committed.
+    pub fn changes(&self) -> &crate::changes::Feed {
+        &self.changes
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -190,7 +198,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match id {
-            Some(id) => self.user(id).await,
+            Some(id) => {
+                self.changes.changed(crate::changes::Kind::User, id);
+                self.user(id).await
+            }
             None => Ok(None),
         }
     }
@@ -214,7 +225,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match id {
-            Some(id) => self.user(id).await,
+            Some(id) => {
+                self.changes.changed(crate::changes::Kind::User, id);
+                self.user(id).await
+            }
             None => Ok(None),
         }
     }
@@ -295,6 +309,7 @@ impl Store {
 
     async fn guarded(&self, id: i64, affected: u64) -> Result<Guarded> {
         if affected == 1 {
+            self.changes.changed(crate::changes::Kind::User, id);
             return Ok(Guarded::Done);
         }
         Ok(match self.user(id).await? {
@@ -337,6 +352,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         self.sessions.remove_user(id);
+        self.changes.changed(crate::changes::Kind::User, id);
         Ok(r.rows_affected() == 1)
     }
 
@@ -350,6 +366,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         self.sessions.remove_user(id);
+        self.changes.changed(crate::changes::Kind::User, id);
         Ok(())
     }
 

@@ -141,7 +141,10 @@ impl Store {
         .fetch_one(self.pool())
         .await;
         match r {
-            Ok(id) => self.server(id).await,
+            Ok(id) => {
+                self.changes.changed(crate::changes::Kind::Server, id);
+                self.server(id).await
+            }
             Err(e) if is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -196,7 +199,10 @@ impl Store {
         match r {
             Ok(r) if r.rows_affected() == 0 => Ok(Written::NotFound),
             Ok(_) => Ok(match self.server(id).await? {
-                Some(s) => Written::Done(s),
+                Some(s) => {
+                    self.changes.changed(crate::changes::Kind::Server, id);
+                    Written::Done(s)
+                }
                 None => Written::NotFound,
             }),
             Err(e) if is_unique_violation(&e) => Ok(Written::NameTaken),
@@ -237,6 +243,7 @@ impl Store {
             return Ok(ServerDelete::NotFound);
         }
         tx.commit().await?;
+        self.changes.changed(crate::changes::Kind::Server, id);
         Ok(ServerDelete::Deleted(serials))
     }
 
@@ -405,6 +412,7 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        self.changes.changed(crate::changes::Kind::Server, id);
         Ok(())
     }
 
@@ -424,6 +432,7 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        self.changes.changed(crate::changes::Kind::Server, id);
         Ok(())
     }
 
@@ -444,6 +453,11 @@ impl Store {
         .bind(Value::Array(batch).to_string())
         .execute(self.pool())
         .await?;
+        for (id, _, metrics) in beats {
+            if !metrics.is_null() {
+                self.changes.metrics(*id, metrics.clone());
+            }
+        }
         Ok(())
     }
 
@@ -456,6 +470,7 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        // Which servers: all that were online (nobody is subscribed yet at start).
         Ok(())
     }
 

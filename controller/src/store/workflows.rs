@@ -40,6 +40,15 @@ pub struct RunRow {
     pub server_id: Option<i64>,
 }
 
+/// Which runs a page lists (`None`: any).
+#[derive(Debug, Default)]
+pub struct RunFilter<'a> {
+    pub workflow_id: Option<i64>,
+    pub server_id: Option<i64>,
+    pub status: Option<&'a str>,
+    pub trigger: Option<&'a str>,
+}
+
 /// What queuing a run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
@@ -193,6 +202,7 @@ impl Store {
         match r {
             Ok(id) => {
                 tx.commit().await?;
+                self.changes.changed(crate::changes::Kind::Workflow, id);
                 Ok(Some(id))
             }
             Err(e) if unique(&e) => Ok(None),
@@ -241,7 +251,10 @@ impl Store {
         .execute(self.pool())
         .await;
         match r {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.changes.changed(crate::changes::Kind::Workflow, id);
+                Ok(true)
+            }
             Err(e) if unique(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -260,6 +273,7 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
+        self.changes.changed(crate::changes::Kind::Workflow, id);
         Ok(())
     }
 
@@ -270,6 +284,7 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
+        self.changes.changed(crate::changes::Kind::Workflow, id);
         Ok(r.rows_affected() > 0)
     }
 
@@ -279,6 +294,7 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
+        self.changes.changed(crate::changes::Kind::Workflow, id);
         Ok(())
     }
 
@@ -293,6 +309,7 @@ impl Store {
         .execute(self.pool())
         .await?;
         if r.rows_affected() > 0 {
+            self.changes.changed(crate::changes::Kind::Workflow, id);
             return Ok(WorkflowDelete::Deleted);
         }
         Ok(if self.workflow(id).await?.is_some() {
@@ -361,6 +378,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.changes.run_changed(id, run.workflow_id);
         Ok(Queued::Run(id))
     }
 
@@ -408,6 +426,40 @@ impl Store {
         rows.iter().map(run_from).collect()
     }
 
+    /// A page of runs, newest first, with the total matching `filter`.
+    pub async fn runs_page(
+        &self,
+        filter: &RunFilter<'_>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<RunRow>, i64)> {
+        // Runs from before runs had a server ran on their workflow's.
+        const WHERE: &str = "WHERE (?1 IS NULL OR workflow_id = ?1)
+             AND (?2 IS NULL OR COALESCE(server_id,
+                 (SELECT w.server_id FROM workflows w WHERE w.id = runs.workflow_id)) = ?2)
+             AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger = ?4)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM runs {WHERE}"))
+            .bind(filter.workflow_id)
+            .bind(filter.server_id)
+            .bind(filter.status)
+            .bind(filter.trigger)
+            .fetch_one(self.pool())
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs {WHERE} ORDER BY id DESC LIMIT ?5 OFFSET ?6"
+        ))
+        .bind(filter.workflow_id)
+        .bind(filter.server_id)
+        .bind(filter.status)
+        .bind(filter.trigger)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        let items = rows.iter().map(run_from).collect::<Result<Vec<_>>>()?;
+        Ok((items, total))
+    }
+
     /// The oldest queued run of a workflow.
     pub async fn next_queued(&self, workflow_id: i64) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
@@ -443,14 +495,18 @@ impl Store {
 
     /// `queued` → `running`; false if the run is no longer queued (cancelled meanwhile).
     pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+        let workflow: Option<i64> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'
+             RETURNING workflow_id",
         )
         .bind(now_ms)
         .bind(id)
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await?;
-        Ok(r.rows_affected() > 0)
+        if let Some(w) = workflow {
+            self.changes.run_changed(id, w);
+        }
+        Ok(workflow.is_some())
     }
 
     /// Ends a run (only one still queued or running) and its unfinished steps.
@@ -487,18 +543,19 @@ impl Store {
         queued_only: bool,
     ) -> Result<bool> {
         let sql = if queued_only {
-            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'queued'"
+            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'queued'
+             RETURNING workflow_id"
         } else {
             "UPDATE runs SET status = ?, error = ?, finished_at = ?
-             WHERE id = ? AND status IN ('queued', 'running')"
+             WHERE id = ? AND status IN ('queued', 'running') RETURNING workflow_id"
         };
         let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(sql)
+        let workflow: Option<i64> = sqlx::query_scalar(sql)
             .bind(status)
             .bind(error)
             .bind(now_ms)
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
         sqlx::query(
             "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
@@ -507,7 +564,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(r.rows_affected() > 0)
+        if let Some(w) = workflow {
+            self.changes.run_changed(id, w);
+        }
+        Ok(workflow.is_some())
     }
 
     pub async fn set_step(
