@@ -49,6 +49,7 @@ async function refresh() {
   const state = await api("GET", "/auth/state");
   me = state.user;
   $("#whoami").hidden = $("#logout").hidden = !state.authenticated;
+  if (!state.authenticated) closeChangeFeed();
   if (state.needs_setup) return show("setup");
   if (!state.authenticated) return show("login");
   $("#whoami").textContent = me.username + " (" + me.role + ")";
@@ -61,8 +62,10 @@ async function refresh() {
     el.hidden = rank(me.role) < rank(el.dataset.minRole);
   }
   show("home");
+  openChangeFeed();
   await loadServers();
   await loadWorkflows();
+  await loadRuns();
   if (me.role === "admin") await Promise.all([loadUsers(), loadAudit()]);
 }
 
@@ -600,9 +603,73 @@ $("#install-copy").addEventListener("click", async () => {
   catch (_) { flash("Select the command and copy it by hand."); }
 });
 
-setInterval(() => {
-  if (me && !$("#view-home").hidden) loadServers().catch(() => {});
-}, 3000);
+// ---- Live updates ----------------------------------------------------------------------
+// One change feed per tab instead of polling: each event names what changed, and only
+// that list is fetched again (coalesced, so a burst costs one request per list).
+
+let changeFeed = null;
+const dirty = new Set();
+let dirtyTimer = null;
+
+function reloadSoon(what) {
+  dirty.add(what);
+  if (dirtyTimer) return;
+  dirtyTimer = setTimeout(async () => {
+    dirtyTimer = null;
+    const lists = [...dirty];
+    dirty.clear();
+    if (!me) return;
+    try {
+      if (lists.includes("all")) return await refresh();
+      if (lists.includes("servers")) await loadServers();
+      if (lists.includes("workflows")) await loadWorkflows();
+      if (lists.includes("runs")) await loadRuns();
+      if (lists.includes("users") && me.role === "admin") await loadUsers();
+    } catch (_) { /* the next change or a reload tries again */ }
+  }, 300);
+}
+
+function openChangeFeed() {
+  if (changeFeed) return;
+  const es = new EventSource("/api/events");
+  changeFeed = es;
+  es.addEventListener("change", (ev) => {
+    let d = {};
+    try { d = JSON.parse(ev.data); } catch (_) { return; }
+    if (d.kind === "server") reloadSoon("servers");
+    else if (d.kind === "workflow") reloadSoon("workflows");
+    else if (d.kind === "run") { reloadSoon("workflows"); reloadSoon("runs"); }
+    else if (d.kind === "user") reloadSoon("users");
+  });
+  es.addEventListener("reset", () => reloadSoon("all"));
+}
+
+function closeChangeFeed() {
+  if (changeFeed) changeFeed.close();
+  changeFeed = null;
+}
+
+async function loadRuns() {
+  const body = $("#runs tbody");
+  const page = await api("GET", "/deployments/runs?per_page=15");
+  body.replaceChildren();
+  $("#no-runs").hidden = page.items.length > 0;
+  for (const r of page.items) {
+    const tr = document.createElement("tr");
+    cell(tr, "#" + r.id);
+    cell(tr, r.workflow || r.workflow_id);
+    const st = cell(tr, r.status);
+    st.className = "status " + r.status;
+    const detail = r.trigger_detail || {};
+    cell(tr, r.trigger + (detail.user ? " by " + detail.user : "") + (detail.ref ? " " + detail.ref : ""));
+    cell(tr, r.duration_ms != null ? (r.duration_ms / 1000).toFixed(1) + " s" : "—");
+    cell(tr, ago(r.queued_at));
+    const name = r.workflow || String(r.workflow_id);
+    cell(tr, "").appendChild(button("View", "link", () => watchRun(r.id, name)));
+    body.appendChild(tr);
+  }
+  $("#runs-total").textContent = page.total > page.items.length ? "(newest " + page.items.length + " of " + page.total + ")" : "";
+}
 
 $("#user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();

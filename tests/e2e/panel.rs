@@ -272,6 +272,19 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
         json!(true)
     );
 
+    // The dark theme follows the system setting.
+    b.cmd(
+        reqwest::Method::POST,
+        "/goog/cdp/execute",
+        json!({ "cmd": "Emulation.setEmulatedMedia", "params": { "features": [ { "name": "prefers-color-scheme", "value": "dark" } ] } }),
+    )
+    .await;
+    b.until(
+        "the dark background",
+        "getComputedStyle(document.body).backgroundColor === 'rgb(19, 23, 28)'",
+    )
+    .await;
+
     // A reload keeps the session; logging out ends it.
     b.open(&format!("{}/", ctl.base)).await;
     b.until(
@@ -434,4 +447,30 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
         "[...document.querySelectorAll('#workflows tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('succeeded'))",
     )
     .await;
+    b.until(
+        "the run in the history",
+        "[...document.querySelectorAll('#runs tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('succeeded') && r.innerText.includes('manual by admin'))",
+    )
+    .await;
+
+    // A run started elsewhere (a script, a webhook) appears without a reload, through
+    // the change feed.
+    let wf = admin.get("/api/workflows").await.body[0]["id"]
+        .as_i64()
+        .expect("workflow");
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    let second = r.body["runId"].as_i64().expect("run");
+    b.until(
+        "the API's run in the history",
+        &format!("[...document.querySelectorAll('#runs tbody tr')].some(r => r.innerText.includes('#{second}') && r.innerText.includes('succeeded'))"),
+    )
+    .await;
+
+    // Idle, the panel asks nothing: no polling, only its one open event stream.
+    let count = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/')).length;";
+    let before = b.js(count).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(b.js(count).await, before, "requests while idle");
 }
