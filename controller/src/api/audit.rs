@@ -1,7 +1,7 @@
 //! The audit trail: a middleware that records every mutation (who, what, target, when,
 //! outcome) after its handler ran, and `GET /api/audit` to page through it.
 
-use super::openapi::{array, integer, nullable, obj, string};
+use super::openapi::{integer, nullable, obj, page_params, paged, string};
 use super::{Access, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::denials::{Admit, DenialKey, DENIAL_WINDOW};
@@ -151,17 +151,7 @@ struct PageQuery {
 }
 
 async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let per_page = q.per_page.unwrap_or(50);
-    if page < 1 {
-        return Err(super::ApiError::BadRequest("page must be 1 or more".into()));
-    }
-    if !(1..=500).contains(&per_page) {
-        return Err(super::ApiError::BadRequest(
-            "per_page must be 1 to 500".into(),
-        ));
-    }
-    let offset = (page - 1).saturating_mul(per_page);
+    let (page, per_page, offset) = super::page_bounds(q.page, q.per_page)?;
     let (items, total) = state.store().audit_page(offset, per_page).await?;
     let items: Vec<Value> = items
         .into_iter()
@@ -209,27 +199,8 @@ pub(super) fn routes(reg: &mut Registry) {
         Doc {
             summary: "Page through the audit log, newest first (?page=1&per_page=50)",
             request: None,
-            response: obj(
-                &[
-                    ("items", array(entry)),
-                    ("page", integer()),
-                    ("per_page", integer()),
-                    ("total", integer()),
-                ],
-                &["items", "page", "per_page", "total"],
-            ),
-            query: vec![
-                (
-                    "page",
-                    json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX }),
-                    "page number, from 1",
-                ),
-                (
-                    "per_page",
-                    json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
-                    "records per page, 1 to 500 (default 50)",
-                ),
-            ],
+            response: paged(entry),
+            query: page_params("records per page, 1 to 500 (default 50)"),
             ..Default::default()
         },
         list,

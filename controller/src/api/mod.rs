@@ -512,6 +512,23 @@ pub(crate) fn event_stream(
     resp
 }
 
+/// A list page from `?page=&per_page=` (defaults 1 and 50, at most 500 a page):
+/// `(page, per_page, offset)`.
+pub(crate) fn page_bounds(
+    page: Option<i64>,
+    per_page: Option<i64>,
+) -> Result<(i64, i64, i64), ApiError> {
+    let page = page.unwrap_or(1);
+    let per_page = per_page.unwrap_or(50);
+    if page < 1 {
+        return Err(ApiError::BadRequest("page must be 1 or more".into()));
+    }
+    if !(1..=500).contains(&per_page) {
+        return Err(ApiError::BadRequest("per_page must be 1 to 500".into()));
+    }
+    Ok((page, per_page, (page - 1).saturating_mul(per_page)))
+}
+
 /// `{ "ok": true, ...fields }`.
 pub fn ok(fields: Value) -> Json<Value> {
     let mut body = json!({ "ok": true });

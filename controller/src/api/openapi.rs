@@ -305,3 +305,32 @@ pub fn fingerprint() -> Value {
 pub fn container() -> Value {
     json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$" })
 }
+
+/// A paged answer: `{ items: [item], page, per_page, total }`.
+pub fn paged(item: Value) -> Value {
+    obj(
+        &[
+            ("items", array(item)),
+            ("page", integer()),
+            ("per_page", integer()),
+            ("total", integer()),
+        ],
+        &["items", "page", "per_page", "total"],
+    )
+}
+
+/// The `page` and `per_page` query parameters of a paged list of `what`.
+pub fn page_params(what: &'static str) -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        (
+            "page",
+            json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX }),
+            "page number, from 1",
+        ),
+        (
+            "per_page",
+            json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+            what,
+        ),
+    ]
+}

@@ -1,7 +1,7 @@
 //! `/api/workflows`, `/api/deployments/runs` and `/api/webhooks`: deploy workflows, their
 //! runs with live events, and HMAC-signed webhook triggers.
 
-use super::openapi::{array, boolean, integer, nullable, obj, ok_with, string};
+use super::openapi::{array, boolean, integer, nullable, obj, ok_with, page_params, paged, string};
 use super::{ok, Access, ApiError, ApiResult, BaseUrl, BodyKind, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::deploy::follow::Follow;
@@ -334,14 +334,7 @@ async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let per_page = q.per_page.unwrap_or(50);
-    if page < 1 {
-        return Err(ApiError::BadRequest("page must be 1 or more".into()));
-    }
-    if !(1..=500).contains(&per_page) {
-        return Err(ApiError::BadRequest("per_page must be 1 to 500".into()));
-    }
+    let (page, per_page, offset) = super::page_bounds(q.page, q.per_page)?;
     for (name, v) in [("workflow_id", q.workflow_id), ("server_id", q.server_id)] {
         if v.is_some_and(|v| v < 1) {
             return Err(ApiError::BadRequest(format!("{name} must be 1 or more")));
@@ -365,7 +358,6 @@ async fn list_runs(
         status: q.status.as_deref(),
         trigger: q.trigger.as_deref(),
     };
-    let offset = (page - 1).saturating_mul(per_page);
     let (runs, total) = state.store().runs_page(&filter, offset, per_page).await?;
     let names: std::collections::HashMap<i64, (String, i64)> = state
         .store()
@@ -854,31 +846,17 @@ pub(super) fn routes(reg: &mut Registry) {
             viewer,
             Doc {
                 summary: "Run history of every workflow, newest first, filtered by workflow, server, status and trigger, paged",
-                response: obj(
-                    &[
-                        ("items", array(listed)),
-                        ("page", integer()),
-                        ("per_page", integer()),
-                        ("total", integer()),
+                response: paged(listed),
+                query: [
+                    vec![
+                        ("workflow_id", id_filter.clone(), "only runs of this workflow"),
+                        ("server_id", id_filter, "only runs on this server"),
+                        ("status", json!({ "enum": RUN_STATUSES }), "only runs in this state"),
+                        ("trigger", json!({ "enum": TRIGGERS }), "only runs started this way"),
                     ],
-                    &["items", "page", "per_page", "total"],
-                ),
-                query: vec![
-                    ("workflow_id", id_filter.clone(), "only runs of this workflow"),
-                    ("server_id", id_filter, "only runs on this server"),
-                    ("status", json!({ "enum": RUN_STATUSES }), "only runs in this state"),
-                    ("trigger", json!({ "enum": TRIGGERS }), "only runs started this way"),
-                    (
-                        "page",
-                        json!({ "type": "integer", "minimum": 1, "maximum": i64::MAX }),
-                        "page number, from 1",
-                    ),
-                    (
-                        "per_page",
-                        json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
-                        "runs per page, 1 to 500 (default 50)",
-                    ),
-                ],
+                    page_params("runs per page, 1 to 500 (default 50)"),
+                ]
+                .concat(),
                 ..Default::default()
             },
             list_runs,
