@@ -231,6 +231,76 @@ function openDocker(srv) {
   $("#docker-server").textContent = srv.name;
   stopLogs();
   loadDocker(false);
+  // Heartbeats of this server come with the change feed while its card is open.
+  openChangeFeed(srv.id);
+  loadServerDetail(srv.id).catch((e) => flash(e.message));
+}
+
+// ---- Facts and live charts of one server --------------------------------------------
+
+let samples = [];
+const SAMPLES = 60;
+
+function fact(dl, label, value) {
+  if (value == null || value === "") return;
+  const div = document.createElement("div");
+  const dt = document.createElement("dt");
+  dt.textContent = label;
+  const dd = document.createElement("dd");
+  dd.textContent = String(value);
+  div.append(dt, dd);
+  dl.appendChild(div);
+}
+
+async function loadServerDetail(id) {
+  const [d, m] = await Promise.all([api("GET", "/servers/" + id), api("GET", "/servers/" + id + "/metrics")]);
+  if (!dockerServer || dockerServer.id !== id) return;
+  const f = d.facts || {};
+  const dl = $("#server-facts");
+  dl.replaceChildren();
+  fact(dl, "OS", f.os);
+  fact(dl, "Kernel", f.kernel ? f.kernel + (f.arch ? " (" + f.arch + ")" : "") : null);
+  fact(dl, "CPUs", f.cpus);
+  fact(dl, "Memory", f.memory_bytes ? size(f.memory_bytes) : null);
+  fact(dl, "Disk", f.disk_bytes ? size(f.disk_bytes) : null);
+  fact(dl, "Docker", f.docker_version || "not found");
+  fact(dl, "Agent", d.agent_version);
+  fact(dl, "Certificate expires", d.cert_expires_at ? new Date(d.cert_expires_at).toLocaleDateString() : null);
+  fact(dl, "Online since", d.connected_since ? new Date(d.connected_since).toLocaleString() : null);
+  samples = m.samples;
+  drawCharts();
+}
+
+function drawChart(name, values, max, label) {
+  const svg = $("#chart-" + name);
+  const top = max || Math.max(1, ...values);
+  const step = values.length > 1 ? 120 / (values.length - 1) : 0;
+  const points = values.map((v, i) => (i * step).toFixed(1) + "," + (29 - (Math.min(v, top) / top) * 28).toFixed(1));
+  svg.querySelector("polyline").setAttribute("points", points.join(" "));
+  svg.dataset.points = String(values.length);
+  $("#chart-" + name + "-now").textContent = values.length ? label(values[values.length - 1]) : "no heartbeats yet";
+}
+
+function drawCharts() {
+  const share = (used, total) => (total ? used / total : 0);
+  const pct = (v) => (v * 100).toFixed(0) + " %";
+  drawChart("load", samples.map((s) => s.load1), null, (v) => v.toFixed(2));
+  drawChart("memory", samples.map((s) => share(s.memory_used_bytes, s.memory_total_bytes)), 1, pct);
+  drawChart("disk", samples.map((s) => share(s.disk_used_bytes, s.disk_total_bytes)), 1, pct);
+}
+
+function addSample(id, m) {
+  if (!dockerServer || dockerServer.id !== id || !m) return;
+  samples.push({
+    at: m.at,
+    load1: (m.load || [0])[0],
+    memory_used_bytes: m.memory_used_bytes,
+    memory_total_bytes: m.memory_total_bytes,
+    disk_used_bytes: m.disk_used_bytes,
+    disk_total_bytes: m.disk_total_bytes,
+  });
+  while (samples.length > SAMPLES) samples.shift();
+  drawCharts();
 }
 
 function stopLogs() {
@@ -356,7 +426,7 @@ function followLogs(id, name) {
   es.addEventListener("error", (ev) => { if (ev.data) finish(ev); else if (es.readyState === EventSource.CLOSED) finish({ data: "{}" }); });
 }
 
-$("#docker-close").addEventListener("click", () => { stopLogs(); dockerServer = null; $("#docker").hidden = true; });
+$("#docker-close").addEventListener("click", () => { stopLogs(); dockerServer = null; $("#docker").hidden = true; openChangeFeed(null); });
 $("#docker-reload").addEventListener("click", () => loadDocker(false));
 $("#docker-check").addEventListener("click", () => loadDocker(true));
 $("#docker-logs-stop").addEventListener("click", stopLogs);
@@ -608,6 +678,7 @@ $("#install-copy").addEventListener("click", async () => {
 // that list is fetched again (coalesced, so a burst costs one request per list).
 
 let changeFeed = null;
+let feedMetrics = null;
 const dirty = new Set();
 let dirtyTimer = null;
 
@@ -629,10 +700,17 @@ function reloadSoon(what) {
   }, 300);
 }
 
-function openChangeFeed() {
-  if (changeFeed) return;
-  const es = new EventSource("/api/events");
+/// Opens the feed (again, when the server whose heartbeats it carries changes).
+function openChangeFeed(metricsOf) {
+  const want = metricsOf === undefined ? feedMetrics : metricsOf;
+  if (changeFeed && want === feedMetrics) return;
+  closeChangeFeed();
+  feedMetrics = want;
+  const es = new EventSource("/api/events" + (want ? "?metrics=" + want : ""));
   changeFeed = es;
+  es.addEventListener("metrics", (ev) => {
+    try { const d = JSON.parse(ev.data); addSample(d.id, d.metrics); } catch (_) { /* ignore a malformed event */ }
+  });
   es.addEventListener("change", (ev) => {
     let d = {};
     try { d = JSON.parse(ev.data); } catch (_) { return; }

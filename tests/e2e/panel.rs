@@ -172,7 +172,13 @@ impl Browser {
 
     /// Waits until `script` (a JS expression) is truthy.
     async fn until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.until_within(what, script, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Waits until `script` is truthy, at most `within`.
+    async fn until_within(&self, what: &str, script: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             if self.js(&format!("return !!({script});")).await == json!(true) {
                 return;
@@ -360,6 +366,32 @@ async fn a_person_watches_a_container_log_and_stops_it() {
         "[...document.querySelectorAll('#containers tbody tr')].some(r => r.innerText.includes('ticker') && r.innerText.includes('running'))",
     )
     .await;
+    // The server's facts, and its heartbeats drawn as they arrive (one every 10 s).
+    b.until(
+        "the server's facts",
+        "['OS', 'Kernel', 'CPUs', 'Memory', 'Docker'].every(t => document.querySelector('#server-facts').innerText.includes(t))",
+    )
+    .await;
+    b.until_within(
+        "a heartbeat in the load chart",
+        "Number(document.querySelector('#chart-load').dataset.points) >= 1",
+        Duration::from_secs(60),
+    )
+    .await;
+    let drawn = b
+        .js("return Number(document.querySelector('#chart-memory').dataset.points);")
+        .await;
+    b.until_within(
+        "a live heartbeat",
+        &format!("Number(document.querySelector('#chart-memory').dataset.points) > {drawn}"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(b
+        .js("return document.querySelector('#chart-memory-now').textContent;")
+        .await
+        .as_str()
+        .is_some_and(|t| t.ends_with('%')));
     b.until(
         "the image with its update status",
         "[...document.querySelectorAll('#images tbody tr')].some(r => r.innerText.includes('web:v1') && r.innerText.includes('unknown'))",
