@@ -154,10 +154,10 @@ impl Feed {
         }
     }
 
-    /// The SSE id of the newest change (where a stream that starts now resumes from).
-    pub fn current_id(&self) -> String {
-        let next = self.inner.lock().unwrap_or_else(|p| p.into_inner()).next;
-        self.event_id(next - 1)
+    /// The sequence number of the newest change (where a stream that starts now resumes
+    /// from; its SSE id is `event_id` of it).
+    pub fn current(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).next - 1
     }
 
     /// The SSE id of a change in the ring.

@@ -101,15 +101,13 @@ impl Pump {
         self.tx.send(Ok(Bytes::from(text))).await.is_ok()
     }
 
-    /// Tells the client to refetch everything, with an id to resume from next time.
-    async fn reset(&mut self) -> bool {
+    /// Sends `event` with the newest change's id (the client resumes from there), and
+    /// skips whatever is already older.
+    async fn mark(&mut self, event: &str) -> bool {
         let feed = self.store.changes();
-        let id = feed.current_id();
-        self.seen = id
-            .rsplit_once('-')
-            .and_then(|(_, s)| s.parse().ok())
-            .unwrap_or(self.seen);
-        self.send(format!("id: {id}\nevent: reset\ndata: {{}}\n\n"))
+        self.seen = feed.current();
+        let id = feed.event_id(self.seen);
+        self.send(format!("id: {id}\nevent: {event}\ndata: {{}}\n\n"))
             .await
     }
 
@@ -145,16 +143,9 @@ impl Pump {
             return;
         }
         let started = match resume {
-            Resume::Reset => self.reset().await,
-            Resume::Replay(missed) if missed.is_empty() => {
-                let id = self.store.changes().current_id();
-                self.seen = id
-                    .rsplit_once('-')
-                    .and_then(|(_, s)| s.parse().ok())
-                    .unwrap_or(0);
-                self.send(format!("id: {id}\nevent: ready\ndata: {{}}\n\n"))
-                    .await
-            }
+            // Refetch everything, and resume from now next time.
+            Resume::Reset => self.mark("reset").await,
+            Resume::Replay(missed) if missed.is_empty() => self.mark("ready").await,
             Resume::Replay(missed) => {
                 let mut ok = true;
                 for c in &missed {
@@ -173,7 +164,7 @@ impl Pump {
                 got = live.recv() => match got {
                     Ok(c) => self.change(&c).await,
                     // Too slow to keep up: whatever was missed, refetching covers it.
-                    Err(RecvError::Lagged(_)) => self.reset().await,
+                    Err(RecvError::Lagged(_)) => self.mark("reset").await,
                     Err(RecvError::Closed) => false,
                 },
                 _ = tick.tick() => {

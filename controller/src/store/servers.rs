@@ -470,7 +470,6 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
-        // Which servers: all that were online (nobody is subscribed yet at start).
         Ok(())
     }
 
