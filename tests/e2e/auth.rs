@@ -230,6 +230,9 @@ async fn totp_enrolment_login_replay_and_disable() {
         "{url}"
     );
     assert!(url.contains(&secret));
+    // The QR code for the authenticator's camera comes drawn, as SVG.
+    let qr = r.body["qr_svg"].as_str().expect("qr_svg");
+    assert!(qr.contains("<svg") && qr.contains("<path"), "{qr}");
 
     let wrong = if totp_code(&secret, 0) == "000000" {
         "111111"
@@ -501,4 +504,65 @@ async fn failed_logins_do_not_record_what_was_typed_as_a_username() {
         "targets are bounded: {} bytes",
         audit.len()
     );
+}
+
+/// The audit log filtered by who, what and outcome, with the reason of each failure — and
+/// a value the caller typed into the wrong field is not kept in that reason.
+#[tokio::test]
+async fn the_audit_log_filters_and_says_why_things_failed() {
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let mut mo = ctl.user(&mut admin, "mo", "moderator").await;
+    let r = mo
+        .post(
+            "/api/servers",
+            json!({ "name": "bad name!", "host": "10.0.0.1", "auth_type": "manual" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = mo
+        .post("/api/servers", json!({ "name": "ok-1", "host": "10.0.0.1", "auth_type": "manual", "port": "hunter2-secret" }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = mo
+        .post(
+            "/api/servers",
+            json!({ "name": "web-2", "host": "10.0.0.2", "auth_type": "manual" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let page = admin
+        .get("/api/audit?actor=mo&action=POST%20/api/servers")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let items = page.body["items"].as_array().expect("items").clone();
+    assert_eq!(page.body["total"], 3, "{}", page.body);
+    assert!(items
+        .iter()
+        .all(|e| e["actor"] == "mo" && e["action"] == "POST /api/servers"));
+    let failed = admin.get("/api/audit?actor=mo&outcome=failure").await.body;
+    assert_eq!(failed["total"], 2, "{failed}");
+    let reasons: Vec<&str> = failed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{failed}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("name:")),
+        "{reasons:?}"
+    );
+    assert!(!failed.to_string().contains("hunter2"), "{failed}");
+    let ok = admin.get("/api/audit?actor=mo&outcome=success").await.body;
+    assert_eq!(ok["items"][0]["reason"], serde_json::Value::Null, "{ok}");
+
+    let r = admin.get("/api/audit?outcome=maybe").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["error"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("outcome:")));
+    let r = admin.get("/api/audit?actor=nobody").await;
+    assert_eq!(r.body["total"], 0, "{}", r.body);
 }

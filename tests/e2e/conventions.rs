@@ -236,12 +236,27 @@ async fn health_probe_and_panel() {
         .to_owned();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     let html = page.text().await.expect("html");
-    assert!(html.contains("<script src=\"/app.js\">"));
-    for asset in ["/app.js", "/style.css"] {
+    assert!(html.contains("<script type=\"module\" src=\"/js/main.js\">"));
+    for asset in ["/js/main.js", "/js/pages/server.js", "/style.css"] {
         let r = reqwest::get(format!("{}{asset}", ctl.base))
             .await
             .expect("asset");
         assert_eq!(r.status(), 200, "{asset}");
+        // Modules are only run when served as JavaScript.
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            kind.starts_with(if asset.ends_with(".js") {
+                "text/javascript"
+            } else {
+                "text/css"
+            }),
+            "{asset}: {kind}"
+        );
     }
     let r = reqwest::get(format!("{}/nope", ctl.base))
         .await

@@ -65,6 +65,7 @@ impl Browser {
         }
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
@@ -93,10 +94,10 @@ impl Browser {
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        let r: Value = self
-            .http
-            .request(method, url)
-            .json(&body)
+        let req = self.http.request(method, url);
+        // A GET carries no body (chromedriver refuses one).
+        let req = if body.is_null() { req } else { req.json(&body) };
+        let r: Value = req
             .send()
             .await
             .expect("webdriver")
@@ -155,6 +156,87 @@ impl Browser {
         .await;
     }
 
+    /// Saves a screenshot as a test artifact (`target/test-artifacts/panel-<what>.png`);
+    /// returns where it went.
+    async fn screenshot(&self, what: &str) -> String {
+        let v = self
+            .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(60)
+            .collect();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        let path = dir.join(format!("panel-{name}.png"));
+        use base64::Engine;
+        match v
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        {
+            Some(png) => {
+                let _ = std::fs::create_dir_all(&dir);
+                match std::fs::write(&path, png) {
+                    Ok(()) => path.display().to_string(),
+                    Err(e) => format!("not saved ({e})"),
+                }
+            }
+            None => format!("not taken ({v})"),
+        }
+    }
+
+    /// The browser console's errors since the last call (Chromium's log).
+    async fn console_errors(&self) -> Vec<String> {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/se/log",
+                json!({ "type": "browser" }),
+            )
+            .await;
+        v.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs axe-core (WCAG 2.0/2.1 A and AA rules) on the page; returns its violations.
+    async fn accessibility_violations(&self, axe: &str) -> Vec<Value> {
+        self.js(axe).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/execute/async",
+                json!({ "script": "const done = arguments[arguments.length - 1]; axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } }).then(r => done(r.violations.map(v => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' ') + ' ' + (n.failureSummary || '')) })))).catch(e => done([{ id: 'axe-failed', help: String(e) }]));", "args": [] }),
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_else(|| vec![v])
+    }
+
+    async fn set_width(&self, width: u32) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({ "width": width, "height": 900 }),
+        )
+        .await;
+    }
+
+    /// Clicks the first element matching `css` whose text is `text`.
+    async fn click_text(&self, css: &str, text: &str) {
+        let script = format!(
+            "const el = [...document.querySelectorAll({css:?})].find(x => x.textContent.trim() === {text:?}); if (!el) return false; el.click(); return true;"
+        );
+        let what = format!("{css} {text:?}");
+        self.until(&what, &format!("[...document.querySelectorAll({css:?})].some(x => x.textContent.trim() === {text:?})")).await;
+        assert_eq!(self.js(&script).await, json!(true), "click {what}");
+    }
+
     /// Opens the panel at `base` and logs in as the first admin.
     async fn log_in_as_admin(&self, base: &str) {
         self.open(&format!("{base}/")).await;
@@ -183,16 +265,26 @@ impl Browser {
             if self.js(&format!("return !!({script});")).await == json!(true) {
                 return;
             }
-            let shown = self
-                .js("return document.body.innerText.slice(0, 400);")
-                .await;
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; page: {shown}"
-            );
+            if Instant::now() >= deadline {
+                let shown = self
+                    .js("return location.hash + ' | ' + document.body.innerText.slice(0, 400) + ' | requests: ' + performance.getEntriesByType('resource').slice(-6).map(e => e.name + ' ' + Math.round(e.responseEnd)).join(', ');")
+                    .await;
+                let shot = self.screenshot(what).await;
+                let errors = self.console_errors().await;
+                panic!("timed out waiting for {what}; page: {shown}; console errors: {errors:?}; screenshot: {shot}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Waits for the page at `hash` to have rendered its heading.
+async fn page(b: &Browser, what: &str, heading: &str) {
+    b.until(
+        what,
+        &format!("[...document.querySelectorAll('#view h1')].some(h => h.textContent.startsWith({heading:?}))"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,18 +303,26 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     b.type_into("#setup-form input[name=password]", ADMIN_PASSWORD)
         .await;
     b.click("#setup-form button[type=submit]").await;
-    b.until(
-        "the home view",
-        "!document.querySelector('#view-home').hidden",
-    )
-    .await;
+    page(&b, "the dashboard", "Dashboard").await;
     b.until(
         "who am I",
         "document.querySelector('#whoami').textContent === 'admin (admin)'",
     )
     .await;
+    b.until(
+        "the empty dashboard",
+        "document.querySelector('#attention').textContent.includes('every server is online')",
+    )
+    .await;
 
-    // Add a server by install command.
+    // The sidebar leads to the servers page; add a server by install command there.
+    b.click("#nav a[href='#/servers']").await;
+    page(&b, "the servers page", "Servers").await;
+    assert_eq!(
+        b.js("return document.querySelector('#nav a[aria-current=page]').textContent;")
+            .await,
+        json!("Servers")
+    );
     b.type_into("#server-form input[name=name]", "web-1").await;
     b.type_into("#server-form input[name=host]", "10.0.0.5")
         .await;
@@ -231,7 +331,7 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     b.click("#server-form button[type=submit]").await;
     b.until(
         "the install command",
-        "!document.querySelector('#install').hidden",
+        "!!document.querySelector('#install')",
     )
     .await;
     let command = b
@@ -246,7 +346,7 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     // The panel was opened at 127.0.0.1: the command says so, and the panel warns that
     // other servers cannot reach that address.
     let warning = b
-        .js("const w = document.querySelector('#install-loopback'); return w.hidden ? '' : w.innerText;")
+        .js("const w = document.querySelector('#install-loopback'); return w ? w.innerText : '';")
         .await;
     assert!(
         warning
@@ -257,6 +357,24 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     b.until(
         "the server row",
         "[...document.querySelectorAll('#servers tbody tr')].some(r => r.innerText.includes('web-1') && r.innerText.includes('pending') && r.innerText.includes('env=prod'))",
+    )
+    .await;
+    b.until(
+        "the result toast",
+        "document.querySelector('#toasts').textContent.includes('Server added')",
+    )
+    .await;
+
+    // A name the API refuses: its message appears next to the name field.
+    b.js("const f = document.querySelector('#server-form'); f.elements.name.removeAttribute('pattern'); return 1;").await;
+    b.type_into("#server-form input[name=name]", "bad name!")
+        .await;
+    b.type_into("#server-form input[name=host]", "10.0.0.6")
+        .await;
+    b.click("#server-form button[type=submit]").await;
+    b.until(
+        "the error next to the name",
+        "document.querySelector('#server-form input[name=name]').getAttribute('aria-invalid') === 'true' && document.querySelector('#server-form input[name=name]').closest('label').nextElementSibling.classList.contains('field-error')",
     )
     .await;
 
@@ -278,7 +396,18 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
         json!(true)
     );
 
-    // The dark theme follows the system setting.
+    // The server's own page, by its link; Back returns to the list.
+    b.click_text("#servers a", "web-1").await;
+    page(&b, "the server page", "web-1").await;
+    b.until(
+        "the server's state",
+        "document.querySelector('#view h1 .status').textContent === 'pending'",
+    )
+    .await;
+    b.js("history.back(); return 1;").await;
+    page(&b, "the servers page again", "Servers").await;
+
+    // The dark theme follows the system setting, and the Account page can pin one.
     b.cmd(
         reqwest::Method::POST,
         "/goog/cdp/execute",
@@ -290,14 +419,23 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
         "getComputedStyle(document.body).backgroundColor === 'rgb(19, 23, 28)'",
     )
     .await;
-
-    // A reload keeps the session; logging out ends it.
-    b.open(&format!("{}/", ctl.base)).await;
+    b.click("#nav a[href='#/account']").await;
+    page(&b, "the account page", "Account").await;
+    b.click("#theme input[value=light]").await;
     b.until(
-        "the home view after reload",
-        "!document.querySelector('#view-home').hidden",
+        "the light background, chosen",
+        "getComputedStyle(document.body).backgroundColor === 'rgb(245, 246, 248)'",
     )
     .await;
+
+    // A reload keeps the session, the page and the chosen theme; logging out ends it.
+    b.open(&format!("{}/#/account", ctl.base)).await;
+    page(&b, "the account page after reload", "Account").await;
+    assert_eq!(
+        b.js("return getComputedStyle(document.body).backgroundColor;")
+            .await,
+        json!("rgb(245, 246, 248)")
+    );
     b.click("#logout").await;
     b.until(
         "the login form",
@@ -313,7 +451,7 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     b.click("#login-form button[type=submit]").await;
     b.until(
         "the error",
-        "document.querySelector('#flash').textContent.includes('invalid username or password')",
+        "document.querySelector('#toasts').textContent.includes('invalid username or password')",
     )
     .await;
     b.js("document.querySelector('#login-form').reset(); return 1;")
@@ -323,19 +461,17 @@ async fn a_person_sets_up_adds_a_server_and_logs_out() {
     b.type_into("#login-form input[name=password]", ADMIN_PASSWORD)
         .await;
     b.click("#login-form button[type=submit]").await;
-    b.until(
-        "the home view again",
-        "!document.querySelector('#view-home').hidden",
-    )
-    .await;
+    page(&b, "the account page again", "Account").await;
 
     let mut api = ctl.client();
     assert_eq!(api.login("admin", ADMIN_PASSWORD, None).await.status, 200);
     let servers = api.get("/api/servers").await.body;
     assert_eq!(servers[0]["name"], "web-1");
+    assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
 }
 
-/// The Docker view on a node with its own engine: containers, a live log, stop, images.
+/// The server page on a node with its own engine: facts, live charts, containers, a live
+/// log with search, stop, images.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_watches_a_container_log_and_stops_it() {
     let fleet = mezzanine_tests::Fleet::new();
@@ -354,13 +490,9 @@ async fn a_person_watches_a_container_log_and_stops_it() {
 
     let b = Browser::start().await;
     b.log_in_as_admin(&base).await;
-    b.until(
-        "the Docker button of the online server",
-        "[...document.querySelectorAll('#servers button')].some(x => x.textContent === 'Docker')",
-    )
-    .await;
-    b.js("[...document.querySelectorAll('#servers button')].find(x => x.textContent === 'Docker').click(); return 1;")
-        .await;
+    page(&b, "the dashboard", "Dashboard").await;
+    // The server's page by its deep link.
+    b.open(&format!("{base}/#/servers/{id}")).await;
     b.until(
         "the running container",
         "[...document.querySelectorAll('#containers tbody tr')].some(r => r.innerText.includes('ticker') && r.innerText.includes('running'))",
@@ -372,6 +504,7 @@ async fn a_person_watches_a_container_log_and_stops_it() {
         "['OS', 'Kernel', 'CPUs', 'Memory', 'Docker'].every(t => document.querySelector('#server-facts').innerText.includes(t))",
     )
     .await;
+    b.until("the deploy key", "(document.querySelector('#deploy-key-value') || {}).textContent?.startsWith('ssh-ed25519 ')").await;
     b.until_within(
         "a heartbeat in the load chart",
         "Number(document.querySelector('#chart-load').dataset.points) >= 1",
@@ -414,6 +547,15 @@ async fn a_person_watches_a_container_log_and_stops_it() {
         &format!("document.querySelector('#docker-logs').textContent.length > {first}"),
     )
     .await;
+    // Search hides the other lines and counts the matches.
+    b.type_into("#docker-logs-box input[type=search]", "tick-1")
+        .await;
+    b.until(
+        "the search",
+        "[...document.querySelectorAll('#docker-logs .line')].filter(l => !l.hidden).every(l => l.textContent.includes('tick-1')) && document.querySelector('#docker-logs .hit')",
+    )
+    .await;
+    b.js("const s = document.querySelector('#docker-logs-box input[type=search]'); s.value = ''; s.dispatchEvent(new Event('input')); return 1;").await;
 
     // Stop it from the panel: the row says so and the log says why it ended.
     b.js("[...[...document.querySelectorAll('#containers tbody tr')].find(r => r.innerText.includes('ticker')).querySelectorAll('button')].find(x => x.textContent === 'Stop').click(); return 1;")
@@ -434,7 +576,8 @@ async fn a_person_watches_a_container_log_and_stops_it() {
     assert_eq!(r.body[0]["state"], "exited", "{}", r.body);
 }
 
-/// A workflow created, run and watched from the panel.
+/// A workflow created with the step form, refused field by field, run and watched from
+/// the panel, then edited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_creates_runs_and_watches_a_workflow() {
     let ctl = Controller::start().await;
@@ -442,6 +585,11 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
     let (_id, _agent, _proc) = mezzanine_tests::attached_agent(&mut admin, "box-1", 1).await;
     let b = Browser::start().await;
     b.log_in_as_admin(&ctl.base).await;
+    page(&b, "the dashboard", "Dashboard").await;
+    b.click("#nav a[href='#/workflows']").await;
+    page(&b, "the workflows page", "Workflows").await;
+    b.click("#new-workflow").await;
+    page(&b, "the new workflow page", "New workflow").await;
     b.until(
         "the server in the workflow form",
         "[...document.querySelectorAll('#workflow-server option')].some(o => o.textContent === 'box-1')",
@@ -449,19 +597,45 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
     .await;
     b.type_into("#workflow-form input[name=name]", "greet")
         .await;
-    b.js("document.querySelector('#workflow-form textarea').value = JSON.stringify({ steps: [ { name: 'hi', uses: 'shell', with: { script: 'echo hello-from-the-panel; echo careful >&2' } } ] }); return 1;")
-        .await;
-    b.click("#workflow-form button[type=submit]").await;
+    // The first step (a shell step) is there; add a second one and make it an HTTP check
+    // with no URL: the API refuses it and the panel says so next to that field.
+    b.click("#add-step").await;
+    b.js("const s = document.querySelector('[data-path=\"definition.steps[1].uses\"]'); s.value = 'http.check'; s.dispatchEvent(new Event('change')); return 1;").await;
     b.until(
-        "the workflow row",
-        "[...document.querySelectorAll('#workflows tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('never'))",
+        "the HTTP check's fields",
+        "!!document.querySelector('[data-path=\"definition.steps[1].with.url\"]')",
     )
     .await;
-    b.js("[...[...document.querySelectorAll('#workflows tbody tr')].find(r => r.innerText.includes('greet')).querySelectorAll('button')].find(x => x.textContent === 'Run').click(); return 1;")
+    b.click("#workflow-form button[type=submit]").await;
+    b.until(
+        "the error next to the URL field",
+        "document.querySelector('[data-path=\"definition.steps[1].with.url\"]').getAttribute('aria-invalid') === 'true' && document.querySelector('.field-error').textContent.includes('required')",
+    )
+    .await;
+    // Remove that step; give the first a script that writes to both streams, in colour.
+    b.js("document.querySelector('[aria-label=\"Remove step 2\"]').click(); return 1;")
         .await;
+    b.js("const t = document.querySelector('[data-path=\"definition.steps[0].with.script\"]'); t.value = 'echo hello-from-the-panel; printf \"\\\\033[32mgreen\\\\033[0m\\\\n\"; echo careful >&2'; t.dispatchEvent(new Event('input')); return 1;").await;
+    // The JSON view shows the same definition.
+    b.click("#tab-json").await;
+    b.until(
+        "the JSON view",
+        "document.querySelector('#json-pane textarea').value.includes('hello-from-the-panel')",
+    )
+    .await;
+    b.click("#tab-form").await;
+    b.click("#workflow-form button[type=submit]").await;
+    page(&b, "the workflow's page", "greet").await;
+    b.until(
+        "the run button",
+        "!!document.querySelector('#run-workflow')",
+    )
+    .await;
+    b.click("#run-workflow").await;
+    page(&b, "the run page", "Run #").await;
     b.until(
         "the live output",
-        "document.querySelector('#run-output').textContent.includes('hello-from-the-panel')",
+        "document.querySelector('#step-output-0').textContent.includes('hello-from-the-panel')",
     )
     .await;
     b.until(
@@ -470,15 +644,28 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
     )
     .await;
     assert_eq!(
-        b.js("return document.querySelector('#run-output .stderr').textContent;")
+        b.js("return document.querySelector('#step-output-0 .stderr').textContent;")
             .await,
         json!("careful\n")
     );
-    b.until(
-        "the last run in the table",
-        "[...document.querySelectorAll('#workflows tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('succeeded'))",
-    )
-    .await;
+    // ANSI colours are rendered, not printed.
+    assert_eq!(
+        b.js("return document.querySelector('#step-output-0 .ansi-green').textContent;")
+            .await,
+        json!("green")
+    );
+    assert!(!b
+        .js("return document.querySelector('#step-output-0').textContent;")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .contains('\u{1b}'));
+    assert_eq!(
+        b.js("return document.querySelector('#run-cancel').hidden;")
+            .await,
+        json!(true)
+    );
+    b.click("#nav a[href='#/runs']").await;
     b.until(
         "the run in the history",
         "[...document.querySelectorAll('#runs tbody tr')].some(r => r.innerText.includes('greet') && r.innerText.includes('succeeded') && r.innerText.includes('manual by admin'))",
@@ -499,10 +686,157 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
         &format!("[...document.querySelectorAll('#runs tbody tr')].some(r => r.innerText.includes('#{second}') && r.innerText.includes('succeeded'))"),
     )
     .await;
+    // Filtered by status: a deep link that Back/Forward keep.
+    b.js("const s = document.querySelector('#run-filters select[name=status]'); s.value = 'failed'; s.dispatchEvent(new Event('change')); return 1;").await;
+    b.until("the filtered history", "location.hash.includes('status=failed') && document.querySelector('#view .empty')?.textContent === 'No runs match these filters.'").await;
+    b.js("history.back(); return 1;").await;
+    b.until("the unfiltered history", "!location.hash.includes('status') && document.querySelectorAll('#runs tbody tr').length === 2").await;
 
     // Idle, the panel asks nothing: no polling, only its one open event stream.
     let count = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/')).length;";
     let before = b.js(count).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(b.js(count).await, before, "requests while idle");
+
+    // Edit the workflow: rename its step, save (PATCH), and the API has it.
+    b.open(&format!("{}/#/workflows/{wf}", ctl.base)).await;
+    page(&b, "the workflow page", "greet").await;
+    b.js("const n = document.querySelector('[data-path=\"definition.steps[0].name\"]'); n.value = 'renamed'; n.dispatchEvent(new Event('input')); return 1;").await;
+    b.click("#workflow-form button[type=submit]").await;
+    b.until(
+        "the saved toast",
+        "document.querySelector('#toasts').textContent.includes('Saved.')",
+    )
+    .await;
+    let got = admin.get(&format!("/api/workflows/{wf}")).await.body;
+    assert_eq!(got["definition"]["steps"][0]["name"], "renamed", "{got}");
+    assert!(got["definition"]["steps"][0]["with"]["script"]
+        .as_str()
+        .is_some_and(|s| s.contains("hello-from-the-panel")));
+}
+
+/// Every page by its deep link: it renders, logs no console error, passes axe-core's WCAG
+/// A/AA rules in both themes, and has no horizontal scroll at 390 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
+    let axe_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/axe/axe.min.js");
+    let axe = std::fs::read_to_string(&axe_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (tests/run fetches axe-core there)",
+            axe_path.display()
+        )
+    });
+    let ctl = Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let (server, _agent, _proc) = mezzanine_tests::attached_agent(&mut admin, "box-1", 1).await;
+    ctl.user(&mut admin, "vera", "viewer").await;
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "site", "server_id": server, "definition": { "steps": [
+                { "name": "build", "uses": "shell", "with": { "script": "echo built" } },
+                { "name": "check", "uses": "shell", "with": { "script": "echo checked; exit 3" } }
+            ] } }),
+        )
+        .await;
+    let wf = r.body["id"].as_i64().expect("workflow");
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    let run = r.body["runId"].as_i64().expect("run");
+    crate::deploys::wait_run(&mut admin, run, Duration::from_secs(60)).await;
+
+    let b = Browser::start().await;
+    b.log_in_as_admin(&ctl.base).await;
+    page(&b, "the dashboard", "Dashboard").await;
+    let pages = [
+        ("/", "Dashboard", "#attention"),
+        ("/servers", "Servers", "#servers"),
+        (&*format!("/servers/{server}"), "box-1", "#server-facts div"),
+        ("/workflows", "Workflows", "#workflows"),
+        ("/workflows/new", "New workflow", "#step-editor li"),
+        (&*format!("/workflows/{wf}"), "site", "#runs"),
+        ("/runs", "Runs", "#runs"),
+        (&*format!("/runs/{run}"), "Run #", "#step-output-1 .line"),
+        ("/users", "Users", "#users"),
+        ("/audit", "Audit log", "#audit"),
+        ("/account", "Account", "#totp-setup"),
+        ("/nowhere", "Not found", "#view"),
+    ];
+    b.console_errors().await;
+    for dark in [false, true] {
+        b.cmd(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setEmulatedMedia", "params": { "features": [ { "name": "prefers-color-scheme", "value": if dark { "dark" } else { "light" } } ] } }),
+        )
+        .await;
+        for (hash, heading, content) in pages {
+            let theme = if dark { "dark" } else { "light" };
+            b.open("about:blank").await;
+            b.open(&format!("{}/#{hash}", ctl.base)).await;
+            page(&b, &format!("{hash} ({theme})"), heading).await;
+            b.until(
+                &format!("the content of {hash}"),
+                &format!("!!document.querySelector({content:?})"),
+            )
+            .await;
+            // Let the page's own requests settle before judging it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let errors = b.console_errors().await;
+            assert!(errors.is_empty(), "console errors on {hash}: {errors:?}");
+            let violations = b.accessibility_violations(&axe).await;
+            if !violations.is_empty() {
+                let shot = b.screenshot(&format!("axe {hash} {theme}")).await;
+                panic!("accessibility violations on {hash} ({theme}; {shot}): {violations:#?}");
+            }
+        }
+    }
+    // A phone's width: every page fits without scrolling sideways.
+    b.set_width(390).await;
+    for (hash, heading, content) in pages {
+        b.open("about:blank").await;
+        b.open(&format!("{}/#{hash}", ctl.base)).await;
+        page(&b, &format!("{hash} at 390 px"), heading).await;
+        b.until(
+            &format!("the content of {hash}"),
+            &format!("!!document.querySelector({content:?})"),
+        )
+        .await;
+        let (page_width, viewport) = (
+            b.js("return document.documentElement.scrollWidth;").await,
+            b.js("return window.innerWidth;").await,
+        );
+        if page_width.as_i64() > viewport.as_i64() {
+            let shot = b.screenshot(&format!("390 {hash}")).await;
+            let wide = b.js("const out = []; const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); let n; while ((n = w.nextNode())) { const r = document.createRange(); r.selectNodeContents(n); const b = r.getBoundingClientRect(); if (b.right > window.innerWidth + 1) out.push(n.parentElement.tagName + '#' + n.parentElement.id + '.' + n.parentElement.className + ' ' + Math.round(b.right) + ' ' + n.textContent.slice(0, 40)); } for (const e of document.querySelectorAll('body *')) { const b = e.getBoundingClientRect(); if (b.right > window.innerWidth + 1) out.push(e.tagName + '#' + e.id + ' ' + Math.round(b.right)); } return out.slice(0, 6).join(' | ');").await;
+            panic!("{hash} is {page_width} px wide in a {viewport} px window ({shot}); too wide: {wide}");
+        }
+    }
+    // A viewer is told what a page needs instead of seeing a broken one.
+    let viewer = Browser::start().await;
+    viewer.open(&format!("{}/", ctl.base)).await;
+    viewer
+        .until(
+            "the login form",
+            "!document.querySelector('#view-login').hidden",
+        )
+        .await;
+    viewer
+        .type_into("#login-form input[name=username]", "vera")
+        .await;
+    viewer
+        .type_into("#login-form input[name=password]", "vera-password-1")
+        .await;
+    viewer.click("#login-form button[type=submit]").await;
+    page(&viewer, "the viewer's dashboard", "Dashboard").await;
+    assert_eq!(
+        viewer
+            .js("return document.querySelector('#nav a[href=\"#/users\"]').closest('li').hidden;")
+            .await,
+        json!(true)
+    );
+    viewer.open(&format!("{}/#/users", ctl.base)).await;
+    page(&viewer, "the refusal", "Not allowed").await;
 }

@@ -2,11 +2,11 @@
 //! outcome) after its handler ran, and `GET /api/audit` to page through it.
 
 use super::openapi::{integer, nullable, obj, page_params, paged, string};
-use super::{Access, ApiResult, Doc, Registry};
+use super::{Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
 use crate::denials::{Admit, DenialKey, DENIAL_WINDOW};
 use crate::state::AppState;
-use crate::store::NewAudit;
+use crate::store::{AuditFilter, NewAudit};
 use axum::extract::{Query, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -28,6 +28,42 @@ pub struct Actor {
 #[derive(Debug, Clone)]
 pub struct Target(pub String);
 
+/// Why a request failed, as the API told the caller; set by `ApiError`'s response.
+#[derive(Debug, Clone)]
+pub struct Reason(pub String);
+
+/// A failure's reason as the audit log keeps it: bounded, and with quoted values blanked —
+/// an error may quote what the caller sent (`port: "hunter2" is not a number`), and the
+/// log must not keep a secret typed into the wrong field.
+pub fn reason_for_log(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_TARGET));
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in message.chars() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+                out.push_str("…\"");
+            }
+            continue;
+        }
+        if c == '"' {
+            quoted = true;
+            out.push('"');
+            continue;
+        }
+        out.push(c);
+    }
+    if quoted {
+        out.push_str("…\"");
+    }
+    bounded(out, MAX_TARGET)
+}
+
 fn summary(key: &DenialKey, repeats: u64) -> NewAudit {
     let (ip, action, actor, status) = key.clone();
     NewAudit {
@@ -41,6 +77,7 @@ fn summary(key: &DenialKey, repeats: u64) -> NewAudit {
         outcome: "denied",
         status,
         ip,
+        reason: None,
     }
 }
 
@@ -106,7 +143,12 @@ pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> 
     } else {
         "failure"
     };
+    let reason = (!status.is_success())
+        .then(|| resp.extensions().get::<Reason>())
+        .flatten()
+        .map(|r| reason_for_log(&r.0));
     let rec = NewAudit {
+        reason,
         actor_id: actor.and_then(|a| a.id),
         actor: actor.map(|a| a.name.clone()),
         action,
@@ -148,11 +190,36 @@ fn bounded(mut text: String, max: usize) -> String {
 struct PageQuery {
     page: Option<i64>,
     per_page: Option<i64>,
+    actor: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
 }
 
 async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
     let (page, per_page, offset) = super::page_bounds(q.page, q.per_page)?;
-    let (items, total) = state.store().audit_page(offset, per_page).await?;
+    fn nonempty(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
+    if let Some(o) = nonempty(&q.outcome) {
+        if !["success", "denied", "failure"].contains(&o) {
+            return Err(ApiError::BadRequest(format!(
+                "outcome: {o:?} is not one of success, denied, failure"
+            )));
+        }
+    }
+    for (name, v) in [("actor", &q.actor), ("action", &q.action)] {
+        if v.as_ref().is_some_and(|v| v.len() > 300) {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: longer than 300 bytes"
+            )));
+        }
+    }
+    let filter = AuditFilter {
+        actor: nonempty(&q.actor),
+        action: nonempty(&q.action),
+        outcome: nonempty(&q.outcome),
+    };
+    let (items, total) = state.store().audit_page(&filter, offset, per_page).await?;
     let items: Vec<Value> = items
         .into_iter()
         .map(|r| {
@@ -166,6 +233,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiR
                 "outcome": r.outcome,
                 "status": r.status,
                 "ip": r.ip,
+                "reason": r.reason,
             })
         })
         .collect();
@@ -189,6 +257,7 @@ pub(super) fn routes(reg: &mut Registry) {
             ),
             ("status", integer()),
             ("ip", nullable(string())),
+            ("reason", nullable(string())),
         ],
         &["id", "at", "action", "outcome", "status"],
     );
@@ -197,12 +266,41 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/audit",
         Access::Role(Role::Admin),
         Doc {
-            summary: "Page through the audit log, newest first (?page=1&per_page=50)",
+            summary: "Page through the audit log, newest first (?page=1&per_page=50&actor=&action=&outcome=)",
             request: None,
             response: paged(entry),
-            query: page_params("records per page, 1 to 500 (default 50)"),
+            query: {
+                let mut q = page_params("records per page, 1 to 500 (default 50)");
+                q.push(("actor", json!({ "type": "string", "maxLength": 300 }), "only this user's records"));
+                q.push(("action", json!({ "type": "string", "maxLength": 300 }), "only this action, e.g. DELETE /api/servers/{id}"));
+                q.push(("outcome", json!({ "enum": ["success", "denied", "failure"] }), "only this outcome"));
+                q
+            },
+            errors: &[400],
             ..Default::default()
         },
         list,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_for_log;
+
+    #[test]
+    fn a_reason_keeps_the_message_but_not_quoted_values() {
+        assert_eq!(
+            reason_for_log(r#"port: "hunter2" is not a number"#),
+            "port: \"…\" is not a number"
+        );
+        assert_eq!(
+            reason_for_log(r#"name: "a\"b" taken; id: "x"#),
+            "name: \"…\" taken; id: \"…\""
+        );
+        assert_eq!(
+            reason_for_log("invalid username or password"),
+            "invalid username or password"
+        );
+        assert!(reason_for_log(&"x".repeat(1000)).chars().count() <= 257);
+    }
 }

@@ -364,7 +364,8 @@ async fn totp_setup(
         .await?;
     let b32 = totp::base32_encode(&secret);
     let url = totp::otpauth_url(TOTP_ISSUER, &s.user.username, &b32);
-    let mut resp = ok(json!({ "secret": b32, "otpauth_url": url })).into_response();
+    let qr = totp::qr_svg(&url);
+    let mut resp = ok(json!({ "secret": b32, "otpauth_url": url, "qr_svg": qr })).into_response();
     resp.extensions_mut()
         .insert(Target(s.user.username.clone()));
     Ok(resp)
@@ -561,7 +562,7 @@ pub(super) fn routes(reg: &mut Registry) {
                 &[("password", super::openapi::typed_password())],
                 &["password"],
             )),
-            response: ok_with(&[("secret", string()), ("otpauth_url", string())]),
+            response: ok_with(&[("secret", string()), ("otpauth_url", string()), ("qr_svg", nullable(string()))]),
             errors: &[409, 429],
             ..Default::default()
         },

@@ -144,7 +144,11 @@ impl IntoResponse for ApiError {
             }
             other => json!({ "error": other.to_string() }),
         };
-        let mut resp = (status, Json(body)).into_response();
+        let mut resp = (status, Json(body.clone())).into_response();
+        if let Some(msg) = body.get("error").and_then(|e| e.as_str()) {
+            resp.extensions_mut()
+                .insert(super::audit::Reason(msg.to_owned()));
+        }
         let retry = match &self {
             ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
             ApiError::Unavailable(_) => Some(1),

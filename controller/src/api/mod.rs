@@ -342,7 +342,10 @@ async fn json_errors(req: Request, next: Next) -> Response {
             .unwrap_or("request failed")
             .to_ascii_lowercase(),
     };
-    let mut out = (status, Json(json!({ "error": message }))).into_response();
+    let mut out = (status, Json(json!({ "error": &message }))).into_response();
+    // Who asked stays attached (the audit record names them), with the reason said.
+    *out.extensions_mut() = parts.extensions.clone();
+    out.extensions_mut().insert(audit::Reason(message));
     for name in [header::ALLOW, header::RETRY_AFTER] {
         if let Some(v) = parts.headers.get(&name) {
             out.headers_mut().insert(name, v.clone());

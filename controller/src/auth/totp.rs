@@ -94,9 +94,30 @@ pub fn otpauth_url(issuer: &str, account: &str, secret_b32: &str) -> String {
     )
 }
 
+/// The enrolment URL as a QR code (SVG), for an authenticator app's camera. Drawn here so
+/// the panel needs no QR library and the secret never leaves the controller's answer.
+pub fn qr_svg(url: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(200, 200)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_enrolment_qr_code_is_an_svg() {
+        let svg = qr_svg(&otpauth_url("Mezzanine", "alice", "JBSWY3DPEHPK3PXP")).expect("qr");
+        assert!(
+            svg.starts_with("<?xml") && svg.contains("<svg") && svg.contains("<path"),
+            "{svg}"
+        );
+    }
 
     #[test]
     fn rfc6238_sha1_vectors() {

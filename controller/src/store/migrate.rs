@@ -61,6 +61,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "secret_approval",
         sql: include_str!("../../../migrations/sqlite/0010_secret_approval.sql"),
     },
+    Migration {
+        version: 11,
+        name: "audit_reason",
+        sql: include_str!("../../../migrations/sqlite/0011_audit_reason.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -72,6 +72,15 @@ pub struct AuditRecord {
     pub outcome: String,
     pub status: i64,
     pub ip: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Which audit records a page holds; `None` matches anything.
+#[derive(Debug, Default)]
+pub struct AuditFilter<'a> {
+    pub actor: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub outcome: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +92,7 @@ pub struct NewAudit {
     pub outcome: &'static str,
     pub status: u16,
     pub ip: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// Outcome of a guarded change to an admin account.
@@ -477,8 +487,8 @@ impl Store {
 
     pub async fn audit(&self, rec: &NewAudit, at_ms: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at_ms, actor_id, actor, action, target, outcome, status, ip)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (at_ms, actor_id, actor, action, target, outcome, status, ip, reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(at_ms)
         .bind(rec.actor_id)
@@ -488,6 +498,7 @@ impl Store {
         .bind(rec.outcome)
         .bind(i64::from(rec.status))
         .bind(&rec.ip)
+        .bind(&rec.reason)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -502,15 +513,28 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// A page of the audit log, newest first, and the total count.
-    pub async fn audit_page(&self, offset: i64, limit: i64) -> Result<(Vec<AuditRecord>, i64)> {
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+    /// A page of the audit log, newest first, and the total count of what the filter matches.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter<'_>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditRecord>, i64)> {
+        const WHERE: &str = "WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
+             AND (?3 IS NULL OR outcome = ?3)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {WHERE}"))
+            .bind(filter.actor)
+            .bind(filter.action)
+            .bind(filter.outcome)
             .fetch_one(&self.pool)
             .await?;
-        let rows = sqlx::query(
-            "SELECT id, at_ms, actor_id, actor, action, target, outcome, status, ip
-             FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT id, at_ms, actor_id, actor, action, target, outcome, status, ip, reason
+             FROM audit_log {WHERE} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+        ))
+        .bind(filter.actor)
+        .bind(filter.action)
+        .bind(filter.outcome)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
@@ -528,6 +552,7 @@ impl Store {
                     outcome: r.try_get("outcome")?,
                     status: r.try_get("status")?,
                     ip: r.try_get("ip")?,
+                    reason: r.try_get("reason")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
