@@ -1066,6 +1066,7 @@ impl LocalRegistry {
     }
 }
 
+pub mod browser;
 pub mod token;
 
 /// Adopts a node over SSH as root with a password and waits until it is online; returns

@@ -73,15 +73,16 @@ fn webhook_url(base: &str, id: i64) -> String {
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
+    let last_runs = state.store().last_runs().await?;
     for w in state.store().workflows().await? {
-        let last = state.store().recent_runs(w.id, 1).await?;
+        let last = last_runs.get(&w.id);
         out.push(json!({
             "id": w.id,
             "name": w.name,
             "server_id": w.server_id,
             "webhook": w.webhook_secret.is_some(),
             "secrets_held": deploy::secrets_held(&w),
-            "last_run": last.first().map(run_summary),
+            "last_run": last.map(run_summary),
             "created_at": crate::time::rfc3339(w.created_at),
             "updated_at": crate::time::rfc3339(w.updated_at),
         }));

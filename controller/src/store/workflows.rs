@@ -426,6 +426,20 @@ impl Store {
         rows.iter().map(run_from).collect()
     }
 
+    /// Each workflow's latest run, by workflow id: one query for the whole list (the
+    /// workflows page used to ask once per workflow).
+    pub async fn last_runs(&self) -> Result<std::collections::HashMap<i64, RunRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs
+             WHERE id IN (SELECT MAX(id) FROM runs GROUP BY workflow_id)"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| run_from(r).map(|run| (run.workflow_id, run)))
+            .collect()
+    }
+
     /// A page of runs, newest first, with the total matching `filter`.
     pub async fn runs_page(
         &self,
