@@ -6,6 +6,7 @@ pub mod docker;
 pub mod facts;
 pub mod httpcheck;
 pub mod identity;
+pub mod nginx;
 pub mod runs;
 pub mod session;
 pub mod steps;

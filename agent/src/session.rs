@@ -469,6 +469,23 @@ async fn execute(
                 }),
             }
         }
+        Some(command::Body::ApplyPool(p)) => {
+            crate::nginx::apply(&crate::nginx::Layout::default(), &p).await
+        }
+        Some(command::Body::Probe(p)) => {
+            let started = std::time::Instant::now();
+            let timeout =
+                std::time::Duration::from_millis(u64::from(p.timeout_ms.clamp(100, 60_000)));
+            let (status, error) = match crate::httpcheck::get_status(&p.url, timeout).await {
+                Ok(s) => (u32::from(s), String::new()),
+                Err(e) => (0, e),
+            };
+            reply::Body::ProbeResult(mezzanine_proto::v1::ProbeResult {
+                status,
+                error,
+                elapsed_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            })
+        }
         Some(command::Body::DockerListContainers(c)) => ctx.engine.list_containers(c.all).await,
         Some(command::Body::DockerListImages(_)) => ctx.engine.list_images().await,
         Some(command::Body::DockerContainerAction(a)) => ctx.engine.container_action(a).await,

@@ -24,6 +24,8 @@ pub enum Kind {
     Server,
     Run,
     Workflow,
+    /// A pool, its members and their health.
+    Pool,
     /// Users are visible to admins only.
     User,
 }
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Server => "server",
             Kind::Run => "run",
             Kind::Workflow => "workflow",
+            Kind::Pool => "pool",
             Kind::User => "user",
         }
     }

@@ -17,6 +17,7 @@ pub mod images;
 pub mod install;
 pub mod net;
 mod panel;
+pub mod pools;
 pub mod ssh;
 pub mod state;
 pub mod store;
@@ -128,6 +129,10 @@ pub async fn serve(
     let denials = tokio::spawn(api::audit::flush_denials(state.clone()));
     state.deploy_keys().backfill().await;
     crate::deploy::recover(state.deploys()).await;
+    // Pools follow their members' deploys and check their health until shutdown.
+    state
+        .tasks()
+        .spawn(state.pools().clone().run(state.closing().clone()));
     let web = serve_http(http, app, &state, shutdown.clone());
     // The gateway runs on its own single-threaded runtime: thousands of mostly idle
     // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API

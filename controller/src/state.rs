@@ -38,6 +38,7 @@ struct Inner {
     installs: Installs,
     adoptions: Adoptions,
     deploy_keys: DeployKeys,
+    pools: crate::pools::Pools,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -103,6 +104,12 @@ impl AppState {
             agents.clone(),
             tasks.clone(),
         );
+        let pools = crate::pools::Pools::new(
+            store.clone(),
+            agents.clone(),
+            deploys.clone(),
+            tasks.clone(),
+        );
         let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
         AppState(Arc::new(Inner {
             config,
@@ -115,6 +122,7 @@ impl AppState {
             installs,
             adoptions,
             deploy_keys,
+            pools,
             updates,
             deploys,
             tasks,
@@ -149,6 +157,10 @@ impl AppState {
 
     pub fn deploy_keys(&self) -> &DeployKeys {
         &self.0.deploy_keys
+    }
+
+    pub fn pools(&self) -> &crate::pools::Pools {
+        &self.0.pools
     }
 
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with

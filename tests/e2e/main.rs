@@ -12,5 +12,6 @@ mod events;
 mod limits;
 mod nodes;
 mod panel;
+mod pools;
 mod roles;
 mod runs;

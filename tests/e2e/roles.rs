@@ -71,6 +71,17 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/servers/{id}/metrics", "viewer"),
     ("GET", "/api/deployments/runs/{id}/events", "viewer"),
     ("POST", "/api/deployments/runs/{id}/cancel", "moderator"),
+    ("GET", "/api/domains", "viewer"),
+    ("POST", "/api/domains", "moderator"),
+    ("DELETE", "/api/domains/{id}", "admin"),
+    ("GET", "/api/pools", "viewer"),
+    ("POST", "/api/pools", "moderator"),
+    ("GET", "/api/pools/{id}", "viewer"),
+    ("PATCH", "/api/pools/{id}", "moderator"),
+    ("DELETE", "/api/pools/{id}", "admin"),
+    ("POST", "/api/pools/{id}/sync-lb", "moderator"),
+    ("POST", "/api/pools/{id}/scale-out", "moderator"),
+    ("DELETE", "/api/pools/{id}/members/{server_id}", "admin"),
     ("POST", "/api/webhooks/{id}", "public"),
     ("GET", "/api/registries", "admin"),
     ("PUT", "/api/registries/{host}", "admin"),
@@ -146,7 +157,8 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
             let concrete = path
                 .replace("{id}", "999999")
                 .replace("{cid}", "c1")
-                .replace("{host}", "registry.invalid:5000");
+                .replace("{host}", "registry.invalid:5000")
+                .replace("{server_id}", "999999");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

@@ -10,6 +10,7 @@ mod events;
 mod install;
 mod meta;
 pub mod openapi;
+mod pools;
 mod servers;
 mod session;
 mod users;
@@ -183,6 +184,7 @@ pub fn router(state: AppState) -> Router {
     servers::routes(reg.tag("servers"));
     docker::routes(reg.tag("docker"));
     workflows::routes(reg.tag("workflows"));
+    pools::routes(reg.tag("pools"));
     events::routes(reg.tag("events"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;

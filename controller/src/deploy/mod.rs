@@ -313,6 +313,18 @@ pub async fn enqueue(
     detail: Value,
     delivery: Option<&str>,
 ) -> Result<Option<i64>, EnqueueError> {
+    enqueue_on(engine, wf, wf.server_id, trigger, detail, delivery).await
+}
+
+/// `enqueue` on a given server (a pool runs its one workflow on each member).
+pub async fn enqueue_on(
+    engine: &Deploys,
+    wf: &crate::store::WorkflowRow,
+    server_id: i64,
+    trigger: &str,
+    detail: Value,
+    delivery: Option<&str>,
+) -> Result<Option<i64>, EnqueueError> {
     let parsed = definition::parse(&wf.definition)
         .map_err(|e| EnqueueError::InvalidDefinition(e.to_string()))?;
     if secrets_held(wf) {
@@ -326,7 +338,7 @@ pub async fn enqueue(
         .collect();
     let run = crate::store::NewRun {
         workflow_id: wf.id,
-        server_id: wf.server_id,
+        server_id,
         trigger,
         detail: &detail,
         definition: &wf.definition,

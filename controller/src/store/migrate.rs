@@ -66,6 +66,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "audit_reason",
         sql: include_str!("../../../migrations/sqlite/0011_audit_reason.sql"),
     },
+    Migration {
+        version: 12,
+        name: "pools",
+        sql: include_str!("../../../migrations/sqlite/0012_pools.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -4,6 +4,7 @@
 
 mod cache;
 mod migrate;
+mod pools;
 mod registries;
 mod servers;
 mod workflows;
@@ -31,6 +32,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings};
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
 pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};

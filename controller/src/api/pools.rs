@@ -1,0 +1,717 @@
+//! `/api/domains` and `/api/pools`: HTTP only; the pools service owns the rules.
+
+use super::audit::Target;
+use super::openapi::{array, boolean, id, integer, nullable, obj, ok_with, string};
+use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use crate::auth::Role;
+use crate::pools::{PoolError, STATES, STRATEGIES};
+use crate::state::AppState;
+use crate::store::{MemberRow, PoolRow, PoolSettings};
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Invalid(m) => ApiError::BadRequest(m),
+            PoolError::NotFound(m) => ApiError::NotFound(m),
+            PoolError::Conflict(m) => ApiError::Conflict(m),
+            PoolError::Unavailable(m) => ApiError::Unavailable(m),
+            PoolError::Store(e) => e.into(),
+            PoolError::Enqueue(e) => e.into(),
+        }
+    }
+}
+
+fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("id: {raw:?} is not a {what} id")))
+}
+
+// ---- Domains ---------------------------------------------------------------------------
+
+async fn list_domains(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let domains = state.store().domains().await?;
+    Ok(Json(Value::Array(
+        domains
+            .iter()
+            .map(|d| json!({ "id": d.id, "name": d.name, "created_at": crate::time::rfc3339(d.created_at) }))
+            .collect(),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainBody {
+    name: String,
+}
+
+/// A domain a pool can serve: a host name (or `*.name`), stored lower-case.
+fn check_domain(name: &str) -> ApiResult<String> {
+    let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+    if bare.parse::<std::net::IpAddr>().is_ok()
+        || !bare.contains('.')
+        || crate::validate::host(bare).is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "name: {name:?} is not a domain name (labels of letters, digits and -, at least two, optionally *.)"
+        )));
+    }
+    Ok(lower)
+}
+
+async fn create_domain(
+    State(state): State<AppState>,
+    Json(body): Json<DomainBody>,
+) -> ApiResult<Response> {
+    let name = check_domain(&body.name)?;
+    let id = state
+        .store()
+        .create_domain(&name, crate::time::now_secs())
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("the domain {name} exists")))?;
+    let mut resp = (StatusCode::CREATED, ok(json!({ "id": id }))).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("domain {name}")));
+    Ok(resp)
+}
+
+async fn delete_domain(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "domain")?;
+    let d = state
+        .store()
+        .domain(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("domain {id} not found")))?;
+    match state.store().delete_domain(id).await? {
+        Ok(_) => {
+            let mut resp = ok(json!({})).into_response();
+            resp.extensions_mut()
+                .insert(Target(format!("domain {}", d.name)));
+            Ok(resp)
+        }
+        Err(pools) => Err(ApiError::Conflict(format!(
+            "pools still serve {}: {}; point them elsewhere first",
+            d.name,
+            pools.join(", ")
+        ))),
+    }
+}
+
+// ---- Pools -------------------------------------------------------------------------------
+
+fn member_json(m: &MemberRow, names: &HashMap<i64, (String, String)>) -> Value {
+    let (name, address) = names.get(&m.server_id).cloned().unwrap_or_default();
+    json!({
+        "server_id": m.server_id,
+        "name": name,
+        "address": address,
+        "state": m.state,
+        "weight": m.weight,
+        "last_run_id": m.last_run_id,
+        "last_health_at": m.last_health_at.map(crate::time::rfc3339),
+        "health_detail": m.health_detail,
+    })
+}
+
+/// A pool as the API shows it. References that are not set are left out rather than
+/// `null` (a generic client following `*_id` fields must not be handed a null id).
+fn pool_json(p: &PoolRow, domain: Option<&str>) -> Value {
+    let s = &p.settings;
+    let mut v = json!({
+        "id": p.id,
+        "name": s.name,
+        "min_replicas": s.min_replicas,
+        "max_replicas": s.max_replicas,
+        "lb_strategy": s.lb_strategy,
+        "sticky_cookie": s.sticky_cookie,
+        "ports": { "listen": s.listen_port, "target": s.target_port },
+        "health": {
+            "path": s.health_path,
+            "interval_s": s.health_interval_s,
+            "timeout_s": s.health_timeout_s,
+            "unhealthy_after": s.unhealthy_after,
+            "healthy_after": s.healthy_after,
+        },
+        "proxy": {
+            "client_max_body_mb": s.client_max_body_mb,
+            "connect_timeout_s": s.connect_timeout_s,
+            "read_timeout_s": s.read_timeout_s,
+            "keepalive": s.keepalive,
+        },
+        "drain_timeout_s": s.drain_timeout_s,
+        "lb": {
+            "applied_at": p.lb_applied_at.map(crate::time::rfc3339),
+            "error": p.lb_error,
+        },
+        "created_at": crate::time::rfc3339(p.created_at),
+        "updated_at": crate::time::rfc3339(p.updated_at),
+    });
+    for (key, value) in [
+        ("workflow_id", s.workflow_id.map(Value::from)),
+        ("domain_id", s.domain_id.map(Value::from)),
+        ("domain", domain.map(Value::from)),
+        ("edge_server_id", s.edge_server_id.map(Value::from)),
+    ] {
+        if let Some(value) = value {
+            v[key] = value;
+        }
+    }
+    v
+}
+
+async fn domain_names(state: &AppState) -> ApiResult<HashMap<i64, String>> {
+    Ok(state
+        .store()
+        .domains()
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect())
+}
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let pools = state.store().pool_rows().await?;
+    let members = state.store().all_members().await?;
+    let domains = domain_names(&state).await?;
+    let out = pools
+        .iter()
+        .map(|p| {
+            let mut v = pool_json(
+                p,
+                p.settings
+                    .domain_id
+                    .and_then(|d| domains.get(&d))
+                    .map(String::as_str),
+            );
+            let mine: Vec<&MemberRow> = members.iter().filter(|m| m.pool_id == p.id).collect();
+            let mut health = serde_json::Map::new();
+            for s in STATES {
+                health.insert(
+                    (*s).into(),
+                    json!(mine.iter().filter(|m| m.state == *s).count()),
+                );
+            }
+            v["members"] = json!(mine.len());
+            v["health"]["members"] = Value::Object(health);
+            v
+        })
+        .collect();
+    Ok(Json(Value::Array(out)))
+}
+
+async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let p = state.pools().get(id).await?;
+    let domains = domain_names(&state).await?;
+    let names: HashMap<i64, (String, String)> = state
+        .store()
+        .servers()
+        .await?
+        .into_iter()
+        .map(|s| (s.id, (s.name, s.host)))
+        .collect();
+    let members = state.store().pool_members(id).await?;
+    let mut v = pool_json(
+        &p,
+        p.settings
+            .domain_id
+            .and_then(|d| domains.get(&d))
+            .map(String::as_str),
+    );
+    v["members"] = Value::Array(members.iter().map(|m| member_json(m, &names)).collect());
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default, deserialize_with = "super::present")]
+    workflow_id: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    domain_id: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    min_replicas: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    max_replicas: Option<i64>,
+}
+
+async fn create(State(state): State<AppState>, Json(b): Json<CreateBody>) -> ApiResult<Response> {
+    let mut s = crate::pools::defaults(&b.name);
+    s.workflow_id = b.workflow_id;
+    s.domain_id = b.domain_id;
+    if let Some(v) = b.min_replicas {
+        s.min_replicas = v;
+    }
+    if let Some(v) = b.max_replicas {
+        s.max_replicas = v;
+    }
+    let id = state.pools().create(s).await?;
+    let mut resp = (StatusCode::CREATED, ok(json!({ "id": id }))).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("pool {}", b.name)));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ports {
+    listen: Option<i64>,
+    target: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    path: Option<String>,
+    interval_s: Option<i64>,
+    timeout_s: Option<i64>,
+    unhealthy_after: Option<i64>,
+    healthy_after: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Proxy {
+    client_max_body_mb: Option<i64>,
+    connect_timeout_s: Option<i64>,
+    read_timeout_s: Option<i64>,
+    keepalive: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Weight {
+    server_id: i64,
+    weight: i64,
+}
+
+/// Absent fields keep their value; `null` clears the nullable ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default, deserialize_with = "super::present")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
+    workflow_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "super::present")]
+    domain_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "super::present")]
+    edge_server_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "super::present")]
+    min_replicas: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    max_replicas: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    lb_strategy: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
+    sticky_cookie: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::present")]
+    ports: Option<Ports>,
+    #[serde(default, deserialize_with = "super::present")]
+    health: Option<Health>,
+    #[serde(default, deserialize_with = "super::present")]
+    proxy: Option<Proxy>,
+    #[serde(default, deserialize_with = "super::present")]
+    drain_timeout_s: Option<i64>,
+    #[serde(default, deserialize_with = "super::present")]
+    members: Option<Vec<Weight>>,
+}
+
+fn patched(mut s: PoolSettings, b: PatchBody) -> (PoolSettings, Vec<(i64, i64)>) {
+    let set = |dst: &mut i64, v: Option<i64>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    if let Some(n) = b.name {
+        s.name = n;
+    }
+    if let Some(v) = b.workflow_id {
+        s.workflow_id = v;
+    }
+    if let Some(v) = b.domain_id {
+        s.domain_id = v;
+    }
+    if let Some(v) = b.edge_server_id {
+        s.edge_server_id = v;
+    }
+    set(&mut s.min_replicas, b.min_replicas);
+    set(&mut s.max_replicas, b.max_replicas);
+    if let Some(v) = b.lb_strategy {
+        s.lb_strategy = v;
+    }
+    if let Some(v) = b.sticky_cookie {
+        s.sticky_cookie = v;
+    }
+    if let Some(p) = b.ports {
+        set(&mut s.listen_port, p.listen);
+        set(&mut s.target_port, p.target);
+    }
+    if let Some(h) = b.health {
+        if let Some(p) = h.path {
+            s.health_path = p;
+        }
+        set(&mut s.health_interval_s, h.interval_s);
+        set(&mut s.health_timeout_s, h.timeout_s);
+        set(&mut s.unhealthy_after, h.unhealthy_after);
+        set(&mut s.healthy_after, h.healthy_after);
+    }
+    if let Some(p) = b.proxy {
+        set(&mut s.client_max_body_mb, p.client_max_body_mb);
+        set(&mut s.connect_timeout_s, p.connect_timeout_s);
+        set(&mut s.read_timeout_s, p.read_timeout_s);
+        set(&mut s.keepalive, p.keepalive);
+    }
+    set(&mut s.drain_timeout_s, b.drain_timeout_s);
+    let weights = b
+        .members
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| (w.server_id, w.weight))
+        .collect();
+    (s, weights)
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(b): Json<PatchBody>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "pool")?;
+    let old = state.pools().get(id).await?;
+    let (s, weights) = patched(old.settings, b);
+    let name = s.name.clone();
+    state.pools().update(id, s, weights).await?;
+    let mut resp = ok(json!({})).into_response();
+    resp.extensions_mut().insert(Target(format!("pool {name}")));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    force: Option<bool>,
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "pool")?;
+    let p = state.pools().get(id).await?;
+    state.pools().delete(id, q.force.unwrap_or(false)).await?;
+    let mut resp = ok(json!({})).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("pool {}", p.settings.name)));
+    Ok(resp)
+}
+
+async fn sync_lb(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let applied = state.pools().apply(id).await?;
+    Ok(ok(
+        json!({ "path": applied.path, "started": applied.started }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleOutBody {
+    server_id: i64,
+}
+
+async fn scale_out(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(raw): Path<String>,
+    Json(b): Json<ScaleOutBody>,
+) -> ApiResult<Response> {
+    let user = session.require()?.user.username.clone();
+    let id = parse_id(&raw, "pool")?;
+    let run = state.pools().scale_out(id, b.server_id, &user).await?;
+    Ok((StatusCode::ACCEPTED, ok(json!({ "runId": run }))).into_response())
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Path((raw, raw_server)): Path<(String, String)>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let server = raw_server
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("server_id: {raw_server:?} is not a server id"))
+        })?;
+    state
+        .pools()
+        .remove_member(id, server, q.force.unwrap_or(false))
+        .await?;
+    Ok(ok(json!({})))
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    let ts = nullable(string());
+    let domain = obj(
+        &[
+            ("id", integer()),
+            ("name", string()),
+            ("created_at", string()),
+        ],
+        &["id", "name", "created_at"],
+    );
+    let member = obj(
+        &[
+            ("server_id", integer()),
+            ("name", string()),
+            ("address", string()),
+            ("state", json!({ "enum": STATES })),
+            ("weight", integer()),
+            ("last_run_id", nullable(integer())),
+            ("last_health_at", ts.clone()),
+            ("health_detail", nullable(string())),
+        ],
+        &["server_id", "state", "weight"],
+    );
+    let int = |lo: i64, hi: i64| json!({ "type": "integer", "minimum": lo, "maximum": hi });
+    let ports = obj(&[("listen", int(1, 65535)), ("target", int(1, 65535))], &[]);
+    let health = obj(
+        &[
+            (
+                "path",
+                json!({ "type": "string", "pattern": "^/[A-Za-z0-9/._~?=&%+-]*$", "maxLength": 256 }),
+            ),
+            ("interval_s", int(1, 3600)),
+            ("timeout_s", int(1, 60)),
+            ("unhealthy_after", int(1, 20)),
+            ("healthy_after", int(1, 20)),
+        ],
+        &[],
+    );
+    let proxy = obj(
+        &[
+            ("client_max_body_mb", int(0, 10240)),
+            ("connect_timeout_s", int(1, 75)),
+            ("read_timeout_s", int(1, 86400)),
+            ("keepalive", int(0, 1024)),
+        ],
+        &[],
+    );
+    let pool = obj(
+        &[
+            ("id", integer()),
+            ("name", string()),
+            ("workflow_id", integer()),
+            ("domain_id", integer()),
+            ("domain", string()),
+            ("edge_server_id", integer()),
+            ("min_replicas", integer()),
+            ("max_replicas", integer()),
+            ("lb_strategy", json!({ "enum": STRATEGIES })),
+            ("sticky_cookie", nullable(string())),
+            ("ports", json!({ "type": "object" })),
+            ("health", json!({ "type": "object" })),
+            ("proxy", json!({ "type": "object" })),
+            ("drain_timeout_s", integer()),
+            (
+                "lb",
+                obj(
+                    &[("applied_at", ts.clone()), ("error", nullable(string()))],
+                    &[],
+                ),
+            ),
+            ("created_at", string()),
+            ("updated_at", string()),
+        ],
+        &[
+            "id",
+            "name",
+            "lb_strategy",
+            "ports",
+            "health",
+            "min_replicas",
+            "max_replicas",
+        ],
+    );
+    let mut listed = pool.clone();
+    listed["properties"]["members"] = integer();
+    let mut detailed = pool.clone();
+    detailed["properties"]["members"] = array(member);
+    let cookie = json!({ "type": ["string", "null"], "pattern": "^[A-Za-z0-9_]{1,64}$" });
+    let force = vec![(
+        "force",
+        boolean(),
+        "true: go ahead even when the edge cannot be reached or min_replicas would not be met",
+    )];
+    reg.add(
+        Method::GET,
+        "/api/domains",
+        viewer,
+        Doc { summary: "Domains pools can serve", response: array(domain), ..Default::default() },
+        list_domains,
+    )
+    .add(
+        Method::POST,
+        "/api/domains",
+        moderator,
+        Doc {
+            summary: "Add a domain { name } (a host name, or *.name)",
+            request: Some(obj(&[("name", json!({ "type": "string", "minLength": 1, "maxLength": 253 }))], &["name"])),
+            response: ok_with(&[("id", integer())]),
+            status: 201,
+            errors: &[409],
+            ..Default::default()
+        },
+        create_domain,
+    )
+    .add(
+        Method::DELETE,
+        "/api/domains/{id}",
+        admin,
+        Doc { summary: "Delete a domain no pool uses", response: ok_with(&[]), errors: &[404, 409], ..Default::default() },
+        delete_domain,
+    )
+    .add(
+        Method::GET,
+        "/api/pools",
+        viewer,
+        Doc { summary: "Pools with member counts and health", response: array(listed), ..Default::default() },
+        list,
+    )
+    .add(
+        Method::POST,
+        "/api/pools",
+        moderator,
+        Doc {
+            summary: "Create a pool { name, workflow_id?, domain_id?, min_replicas?, max_replicas? }",
+            request: Some(obj(
+                &[
+                    ("name", super::openapi::name()),
+                    ("workflow_id", id()),
+                    ("domain_id", id()),
+                    ("min_replicas", int(0, 256)),
+                    ("max_replicas", int(1, 256)),
+                ],
+                &["name"],
+            )),
+            response: ok_with(&[("id", integer())]),
+            status: 201,
+            errors: &[409],
+            ..Default::default()
+        },
+        create,
+    )
+    .add(
+        Method::GET,
+        "/api/pools/{id}",
+        viewer,
+        Doc { summary: "A pool with its members", response: detailed, errors: &[404], ..Default::default() },
+        detail,
+    )
+    .add(
+        Method::PATCH,
+        "/api/pools/{id}",
+        moderator,
+        Doc {
+            summary: "Change a pool's settings (each checked; the edge's config is applied, and nothing is kept if it refuses)",
+            request: Some(obj(
+                &[
+                    ("name", super::openapi::name()),
+                    ("workflow_id", nullable(id())),
+                    ("domain_id", nullable(id())),
+                    ("edge_server_id", nullable(id())),
+                    ("min_replicas", int(0, 256)),
+                    ("max_replicas", int(1, 256)),
+                    ("lb_strategy", json!({ "enum": STRATEGIES })),
+                    ("sticky_cookie", cookie),
+                    ("ports", ports),
+                    ("health", health),
+                    ("proxy", proxy),
+                    ("drain_timeout_s", int(0, 600)),
+                    (
+                        "members",
+                        array(obj(&[("server_id", id()), ("weight", int(1, 100))], &["server_id", "weight"])),
+                    ),
+                ],
+                &[],
+            )),
+            response: ok_with(&[]),
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        patch,
+    )
+    .add(
+        Method::DELETE,
+        "/api/pools/{id}",
+        admin,
+        Doc {
+            summary: "Delete a pool, removing its config from the edge",
+            response: ok_with(&[]),
+            query: force.clone(),
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        delete,
+    )
+    .add(
+        Method::POST,
+        "/api/pools/{id}/sync-lb",
+        moderator,
+        Doc {
+            summary: "Render and reload the pool's config on its edge now",
+            request: None,
+            optional_body: true,
+            response: ok_with(&[("path", string()), ("started", boolean())]),
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        sync_lb,
+    )
+    .add(
+        Method::POST,
+        "/api/pools/{id}/scale-out",
+        moderator,
+        Doc {
+            summary: "Add a member { server_id }: its deploy runs, and it enters the upstream when that succeeded and its health check passed",
+            request: Some(obj(&[("server_id", id())], &["server_id"])),
+            response: ok_with(&[("runId", integer())]),
+            status: 202,
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        scale_out,
+    )
+    .add(
+        Method::DELETE,
+        "/api/pools/{id}/members/{server_id}",
+        admin,
+        Doc {
+            summary: "Drain a member (out of the upstream, reload, wait drain_timeout_s) and remove it",
+            response: ok_with(&[]),
+            path: vec![("server_id", id())],
+            query: force,
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        remove_member,
+    );
+}

@@ -1,0 +1,428 @@
+//! Domains, pools and their members. Values are validated by the pools service before they
+//! get here; a pool's settings are written whole, in one statement, so a change either
+//! lands entirely or not at all.
+
+use super::{Result, Store};
+use sqlx::Row;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// Everything about a pool a user sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub name: String,
+    pub workflow_id: Option<i64>,
+    pub domain_id: Option<i64>,
+    pub edge_server_id: Option<i64>,
+    pub min_replicas: i64,
+    pub max_replicas: i64,
+    pub lb_strategy: String,
+    pub sticky_cookie: Option<String>,
+    pub listen_port: i64,
+    pub target_port: i64,
+    pub health_path: String,
+    pub health_interval_s: i64,
+    pub health_timeout_s: i64,
+    pub unhealthy_after: i64,
+    pub healthy_after: i64,
+    pub client_max_body_mb: i64,
+    pub connect_timeout_s: i64,
+    pub read_timeout_s: i64,
+    pub keepalive: i64,
+    pub drain_timeout_s: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    pub id: i64,
+    pub settings: PoolSettings,
+    pub lb_applied_at: Option<i64>,
+    pub lb_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub pool_id: i64,
+    pub server_id: i64,
+    pub weight: i64,
+    pub state: String,
+    pub last_run_id: Option<i64>,
+    pub last_health_at: Option<i64>,
+    pub health_detail: Option<String>,
+    pub added_at: i64,
+}
+
+const POOL_COLS: &str =
+    "id, name, workflow_id, domain_id, edge_server_id, min_replicas, max_replicas,
+    lb_strategy, sticky_cookie, listen_port, target_port, health_path, health_interval_s,
+    health_timeout_s, unhealthy_after, healthy_after, client_max_body_mb, connect_timeout_s,
+    read_timeout_s, keepalive, drain_timeout_s, lb_applied_at, lb_error, created_at, updated_at";
+
+fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
+    Ok(PoolRow {
+        id: r.try_get("id")?,
+        settings: PoolSettings {
+            name: r.try_get("name")?,
+            workflow_id: r.try_get("workflow_id")?,
+            domain_id: r.try_get("domain_id")?,
+            edge_server_id: r.try_get("edge_server_id")?,
+            min_replicas: r.try_get("min_replicas")?,
+            max_replicas: r.try_get("max_replicas")?,
+            lb_strategy: r.try_get("lb_strategy")?,
+            sticky_cookie: r.try_get("sticky_cookie")?,
+            listen_port: r.try_get("listen_port")?,
+            target_port: r.try_get("target_port")?,
+            health_path: r.try_get("health_path")?,
+            health_interval_s: r.try_get("health_interval_s")?,
+            health_timeout_s: r.try_get("health_timeout_s")?,
+            unhealthy_after: r.try_get("unhealthy_after")?,
+            healthy_after: r.try_get("healthy_after")?,
+            client_max_body_mb: r.try_get("client_max_body_mb")?,
+            connect_timeout_s: r.try_get("connect_timeout_s")?,
+            read_timeout_s: r.try_get("read_timeout_s")?,
+            keepalive: r.try_get("keepalive")?,
+            drain_timeout_s: r.try_get("drain_timeout_s")?,
+        },
+        lb_applied_at: r.try_get("lb_applied_at")?,
+        lb_error: r.try_get("lb_error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn member_from(r: &sqlx::sqlite::SqliteRow) -> Result<MemberRow> {
+    Ok(MemberRow {
+        pool_id: r.try_get("pool_id")?,
+        server_id: r.try_get("server_id")?,
+        weight: r.try_get("weight")?,
+        state: r.try_get("state")?,
+        last_run_id: r.try_get("last_run_id")?,
+        last_health_at: r.try_get("last_health_at")?,
+        health_detail: r.try_get("health_detail")?,
+        added_at: r.try_get("added_at")?,
+    })
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    pub async fn domains(&self) -> Result<Vec<DomainRow>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DomainRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn domain(&self, id: i64) -> Result<Option<DomainRow>> {
+        Ok(self.domains().await?.into_iter().find(|d| d.id == id))
+    }
+
+    /// `None` when the name is taken.
+    pub async fn create_domain(&self, name: &str, now: i64) -> Result<Option<i64>> {
+        match sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now)
+            .execute(self.pool())
+            .await
+        {
+            Ok(r) => Ok(Some(r.last_insert_rowid())),
+            Err(e) if unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The pools still pointing at the domain (it is deleted only when there are none).
+    pub async fn delete_domain(&self, id: i64) -> Result<std::result::Result<bool, Vec<String>>> {
+        let users: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pools WHERE domain_id = ? ORDER BY name")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?;
+        if !users.is_empty() {
+            return Ok(Err(users));
+        }
+        let r = sqlx::query("DELETE FROM domains WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(Ok(r.rows_affected() > 0))
+    }
+
+    pub async fn pool_rows(&self) -> Result<Vec<PoolRow>> {
+        let rows = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(pool_from).collect()
+    }
+
+    pub async fn pool_row(&self, id: i64) -> Result<Option<PoolRow>> {
+        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(pool_from).transpose()
+    }
+
+    /// `None` when the name is taken.
+    pub async fn create_pool(&self, s: &PoolSettings, now: i64) -> Result<Option<i64>> {
+        let q = sqlx::query(
+            "INSERT INTO pools (name, workflow_id, domain_id, edge_server_id, min_replicas,
+                max_replicas, lb_strategy, sticky_cookie, listen_port, target_port, health_path,
+                health_interval_s, health_timeout_s, unhealthy_after, healthy_after,
+                client_max_body_mb, connect_timeout_s, read_timeout_s, keepalive,
+                drain_timeout_s, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        match bind_settings(q, s)
+            .bind(now)
+            .bind(now)
+            .execute(self.pool())
+            .await
+        {
+            Ok(r) => {
+                let id = r.last_insert_rowid();
+                self.changes.changed(crate::changes::Kind::Pool, id);
+                Ok(Some(id))
+            }
+            Err(e) if unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a pool's settings and its members' weights in one transaction; `Ok(false)`
+    /// (and nothing written) when the name is taken by another pool.
+    pub async fn update_pool(
+        &self,
+        id: i64,
+        s: &PoolSettings,
+        weights: &[(i64, i64)],
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let q = sqlx::query(
+            "UPDATE pools SET name = ?, workflow_id = ?, domain_id = ?, edge_server_id = ?,
+                min_replicas = ?, max_replicas = ?, lb_strategy = ?, sticky_cookie = ?,
+                listen_port = ?, target_port = ?, health_path = ?, health_interval_s = ?,
+                health_timeout_s = ?, unhealthy_after = ?, healthy_after = ?,
+                client_max_body_mb = ?, connect_timeout_s = ?, read_timeout_s = ?,
+                keepalive = ?, drain_timeout_s = ?, updated_at = ?
+             WHERE id = ?",
+        );
+        match bind_settings(q, s)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        for (server, weight) in weights {
+            sqlx::query("UPDATE pool_members SET weight = ? WHERE pool_id = ? AND server_id = ?")
+                .bind(weight)
+                .bind(id)
+                .bind(server)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.changes.changed(crate::changes::Kind::Pool, id);
+        Ok(true)
+    }
+
+    pub async fn delete_pool(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM pools WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.changes.changed(crate::changes::Kind::Pool, id);
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records the last apply on the edge: success (`error` None) or why not.
+    pub async fn set_pool_lb(&self, id: i64, error: Option<&str>, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE pools SET lb_applied_at = CASE WHEN ?1 IS NULL THEN ?2 ELSE lb_applied_at END,
+                lb_error = ?1 WHERE id = ?3",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Pool, id);
+        Ok(())
+    }
+
+    pub async fn pool_members(&self, pool_id: i64) -> Result<Vec<MemberRow>> {
+        let rows = sqlx::query(
+            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
+                added_at FROM pool_members WHERE pool_id = ? ORDER BY added_at, server_id",
+        )
+        .bind(pool_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(member_from).collect()
+    }
+
+    /// Every pool's members (for the list's counts and the health checker).
+    pub async fn all_members(&self) -> Result<Vec<MemberRow>> {
+        let rows = sqlx::query(
+            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
+                added_at FROM pool_members ORDER BY pool_id, added_at, server_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(member_from).collect()
+    }
+
+    /// Adds a member in `deploying`, if the pool has fewer than `max` members; `Ok(false)`
+    /// when it is full or the server is already a member.
+    pub async fn add_member(
+        &self,
+        pool_id: i64,
+        server_id: i64,
+        max: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO pool_members (pool_id, server_id, weight, state, added_at)
+             SELECT ?1, ?2, 1, 'deploying', ?3
+             WHERE (SELECT COUNT(*) FROM pool_members WHERE pool_id = ?1) < ?4
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(pool_id)
+        .bind(server_id)
+        .bind(now)
+        .bind(max)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn set_member_run(&self, pool_id: i64, server_id: i64, run_id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE pool_members SET last_run_id = ?, state = 'deploying' WHERE pool_id = ? AND server_id = ?",
+        )
+        .bind(run_id)
+        .bind(pool_id)
+        .bind(server_id)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(())
+    }
+
+    /// Sets a member's state (and, when given, its health detail and check time).
+    pub async fn set_member_state(
+        &self,
+        pool_id: i64,
+        server_id: i64,
+        state: &str,
+        detail: Option<&str>,
+        checked_at: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE pool_members SET state = ?, health_detail = COALESCE(?, health_detail),
+                last_health_at = COALESCE(?, last_health_at)
+             WHERE pool_id = ? AND server_id = ?",
+        )
+        .bind(state)
+        .bind(detail)
+        .bind(checked_at)
+        .bind(pool_id)
+        .bind(server_id)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(())
+    }
+
+    /// Records a health check that changed nothing (not announced: it happens every
+    /// interval for every member).
+    pub async fn touch_member_health(
+        &self,
+        pool_id: i64,
+        server_id: i64,
+        detail: &str,
+        at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE pool_members SET health_detail = ?, last_health_at = ? WHERE pool_id = ? AND server_id = ?",
+        )
+        .bind(detail)
+        .bind(at)
+        .bind(pool_id)
+        .bind(server_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_member(&self, pool_id: i64, server_id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM pool_members WHERE pool_id = ? AND server_id = ?")
+            .bind(pool_id)
+            .bind(server_id)
+            .execute(self.pool())
+            .await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The member a run deploys, if it deploys one.
+    pub async fn member_of_run(&self, run_id: i64) -> Result<Option<MemberRow>> {
+        let row = sqlx::query(
+            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
+                added_at FROM pool_members WHERE last_run_id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(member_from).transpose()
+    }
+}
+
+fn bind_settings<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    s: &'q PoolSettings,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(&s.name)
+        .bind(s.workflow_id)
+        .bind(s.domain_id)
+        .bind(s.edge_server_id)
+        .bind(s.min_replicas)
+        .bind(s.max_replicas)
+        .bind(&s.lb_strategy)
+        .bind(&s.sticky_cookie)
+        .bind(s.listen_port)
+        .bind(s.target_port)
+        .bind(&s.health_path)
+        .bind(s.health_interval_s)
+        .bind(s.health_timeout_s)
+        .bind(s.unhealthy_after)
+        .bind(s.healthy_after)
+        .bind(s.client_max_body_mb)
+        .bind(s.connect_timeout_s)
+        .bind(s.read_timeout_s)
+        .bind(s.keepalive)
+        .bind(s.drain_timeout_s)
+}
