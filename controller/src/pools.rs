@@ -63,6 +63,7 @@ pub fn defaults(name: &str) -> PoolSettings {
         health_timeout_s: 2,
         unhealthy_after: 2,
         healthy_after: 2,
+        health_grace_s: 60,
         client_max_body_mb: 10,
         connect_timeout_s: 5,
         read_timeout_s: 60,
@@ -135,6 +136,7 @@ pub fn check(s: &PoolSettings) -> std::result::Result<(), String> {
     }
     range("health.unhealthy_after", s.unhealthy_after, 1, 20)?;
     range("health.healthy_after", s.healthy_after, 1, 20)?;
+    range("health.grace_s", s.health_grace_s, 1, 3600)?;
     range("proxy.client_max_body_mb", s.client_max_body_mb, 0, 10240)?;
     range("proxy.connect_timeout_s", s.connect_timeout_s, 1, 75)?;
     range("proxy.read_timeout_s", s.read_timeout_s, 1, 86400)?;
@@ -163,6 +165,8 @@ struct Inner {
     streaks: Mutex<HashMap<(i64, i64), (i64, i64)>>,
     /// Members with a probe or an admission in flight.
     busy: Mutex<HashSet<(i64, i64)>>,
+    /// Rollouts asked to stop (their drivers stop before the next batch).
+    cancelled: Mutex<HashSet<i64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -183,6 +187,7 @@ impl Pools {
             applying: tokio::sync::Mutex::new(()),
             streaks: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+            cancelled: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -449,6 +454,335 @@ impl Pools {
         result
     }
 
+    /// Starts a rolling deploy of the pool's workflow over its members, `max_unavailable`
+    /// at a time (default 1, and never the whole pool while it has more than one member).
+    pub async fn deploy(
+        &self,
+        id: i64,
+        max_unavailable: Option<i64>,
+        detail: serde_json::Value,
+    ) -> Result<i64> {
+        let pool = self.get(id).await?;
+        let st = &self.0.store;
+        let Some(wf) = pool.settings.workflow_id else {
+            return Err(PoolError::Conflict(
+                "the pool has no workflow: set workflow_id first".into(),
+            ));
+        };
+        if st.workflow(wf).await?.is_none() {
+            return Err(PoolError::Conflict(format!(
+                "the pool's workflow {wf} is gone"
+            )));
+        }
+        if pool.settings.edge_server_id.is_none() {
+            return Err(PoolError::Conflict(
+                "the pool has no edge server: set edge_server_id".into(),
+            ));
+        }
+        let members = st.pool_members(id).await?;
+        if let Some(busy) = members
+            .iter()
+            .find(|m| m.state == "deploying" || m.state == "draining")
+        {
+            return Err(PoolError::Conflict(format!(
+                "member {} is {}; wait for it",
+                busy.server_id, busy.state
+            )));
+        }
+        if members.is_empty() {
+            return Err(PoolError::Conflict(
+                "the pool has no members: scale out first".into(),
+            ));
+        }
+        let n = members.len() as i64;
+        let most = if n > 1 { n - 1 } else { 1 };
+        let mu = max_unavailable.unwrap_or(1);
+        range("max_unavailable", mu, 1, most).map_err(PoolError::Invalid)?;
+        // Healthy members first would leave the failing ones for last; the order is the
+        // pool's, so a rollout is predictable.
+        let order: Vec<i64> = members.iter().map(|m| m.server_id).collect();
+        let rid = st
+            .create_rollout(id, mu, &detail, &order, now())
+            .await?
+            .ok_or_else(|| PoolError::Conflict("a rollout of this pool is running".into()))?;
+        let me = self.clone();
+        self.0
+            .tasks
+            .spawn(async move { me.drive(rid, detail).await });
+        Ok(rid)
+    }
+
+    pub fn is_cancelling(&self, rid: i64) -> bool {
+        lock(&self.0.cancelled).contains(&rid)
+    }
+
+    /// Asks a running rollout to stop after the batch in progress.
+    pub async fn cancel_rollout(&self, pool_id: i64, rid: i64) -> Result<String> {
+        let Some((r, _)) = self
+            .0
+            .store
+            .rollout(rid)
+            .await?
+            .filter(|(r, _)| r.pool_id == pool_id)
+        else {
+            return Err(PoolError::NotFound(format!(
+                "rollout {rid} of pool {pool_id} not found"
+            )));
+        };
+        if r.status != "running" {
+            return Err(PoolError::Conflict(format!("the rollout is {}", r.status)));
+        }
+        lock(&self.0.cancelled).insert(rid);
+        Ok("cancelling".into())
+    }
+
+    async fn drive(&self, rid: i64, detail: serde_json::Value) {
+        let outcome = self.drive_batches(rid, detail).await;
+        lock(&self.0.cancelled).remove(&rid);
+        let (status, error) = match &outcome {
+            Ok(true) => ("succeeded", None),
+            Ok(false) => ("cancelled", None),
+            Err(e) => ("failed", Some(e.as_str())),
+        };
+        let pool = match self.0.store.rollout(rid).await {
+            Ok(Some((r, _))) => r.pool_id,
+            _ => return,
+        };
+        tracing::info!(
+            rollout = rid,
+            pool,
+            status,
+            error = error.unwrap_or(""),
+            "rollout ended"
+        );
+        if let Err(e) = self
+            .0
+            .store
+            .finish_rollout(rid, pool, status, error, now())
+            .await
+        {
+            tracing::error!(rollout = rid, error = %e, "cannot record a rollout's end");
+        }
+    }
+
+    /// Each batch: drained (out of the upstream, reload, drain time), deployed, checked
+    /// from the edge and put back; the first member that fails stops the rollout and
+    /// stays out. `Ok(false)` when cancelled.
+    async fn drive_batches(
+        &self,
+        rid: i64,
+        detail: serde_json::Value,
+    ) -> std::result::Result<bool, String> {
+        let st = &self.0.store;
+        let (r, members) = st
+            .rollout(rid)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the rollout is gone")?;
+        let pool_id = r.pool_id;
+        let batch_size = usize::try_from(r.max_unavailable.max(1)).unwrap_or(1);
+        for batch in members.chunks(batch_size) {
+            if lock(&self.0.cancelled).contains(&rid) {
+                return Ok(false);
+            }
+            let pool = self.get(pool_id).await.map_err(|e| e.to_string())?;
+            let wf_id = pool
+                .settings
+                .workflow_id
+                .ok_or("the pool lost its workflow")?;
+            let wf = st
+                .workflow(wf_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the pool's workflow is gone")?;
+            let why = format!("redeploying (rollout {rid})");
+            for m in batch {
+                st.set_rollout_member(rid, pool_id, m.server_id, "draining", None, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.apply_with(pool_id, Some((m.server_id, "draining", &why)))
+                    .await
+                    .map_err(|e| format!("draining server {}: {e}", m.server_id))?;
+            }
+            // New requests go elsewhere since the reload; these finish on the old workers.
+            tokio::time::sleep(Duration::from_secs(
+                pool.settings.drain_timeout_s.max(0) as u64
+            ))
+            .await;
+            for m in batch {
+                let run_detail = json!({ "user": detail["user"], "pool": pool_id, "pool_name": pool.settings.name, "rollout": rid });
+                let run = match crate::deploy::enqueue_on(
+                    &self.0.deploys,
+                    &wf,
+                    m.server_id,
+                    "manual",
+                    run_detail,
+                    None,
+                )
+                .await
+                {
+                    Ok(Some(run)) => run,
+                    Ok(None) => return Err("a run was not queued".into()),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        st.set_member_state(
+                            pool_id,
+                            m.server_id,
+                            "failed",
+                            Some(&msg),
+                            Some(now()),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        st.set_rollout_member(
+                            rid,
+                            pool_id,
+                            m.server_id,
+                            "failed",
+                            None,
+                            Some(&msg),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        return Err(format!("server {}: {msg}", m.server_id));
+                    }
+                };
+                st.set_member_run(pool_id, m.server_id, run)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                st.set_rollout_member(rid, pool_id, m.server_id, "deploying", Some(run), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // The admission (run ended → checked from the edge → in the upstream) is the
+            // scale-out's; wait for each member's outcome.
+            for m in batch {
+                let mut checking = false;
+                loop {
+                    let member = st
+                        .pool_members(pool_id)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .find(|x| x.server_id == m.server_id)
+                        .ok_or_else(|| {
+                            format!("server {} left the pool during the rollout", m.server_id)
+                        })?;
+                    match member.state.as_str() {
+                        "healthy" => {
+                            st.set_rollout_member(
+                                rid,
+                                pool_id,
+                                m.server_id,
+                                "succeeded",
+                                None,
+                                member.health_detail.as_deref(),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                            break;
+                        }
+                        "failed" | "unhealthy" => {
+                            let why = member.health_detail.unwrap_or_else(|| "failed".into());
+                            st.set_rollout_member(
+                                rid,
+                                pool_id,
+                                m.server_id,
+                                "failed",
+                                None,
+                                Some(&why),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                            let name = st
+                                .server(m.server_id)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|s| s.name)
+                                .unwrap_or_default();
+                            return Err(format!("{name} (server {}): {why}", m.server_id));
+                        }
+                        _ => {}
+                    }
+                    if !checking {
+                        if let Some(run) = member.last_run_id {
+                            if st
+                                .run(run)
+                                .await
+                                .ok()
+                                .flatten()
+                                .is_some_and(|r| r.status == "succeeded")
+                            {
+                                checking = true;
+                                st.set_rollout_member(
+                                    rid,
+                                    pool_id,
+                                    m.server_id,
+                                    "checking",
+                                    None,
+                                    None,
+                                )
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a restart: rollouts whose driver died end as failed, and members left
+    /// drained for them (still on the old version) go back into the upstream.
+    async fn recover_rollouts(&self) {
+        let st = &self.0.store;
+        if let Ok(ids) = st.running_rollouts().await {
+            for rid in ids {
+                if let Ok(Some((r, _))) = st.rollout(rid).await {
+                    let _ = st
+                        .finish_rollout(rid, r.pool_id, "failed", Some("the controller restarted during the rollout; members not yet redeployed keep the previous version"), now())
+                        .await;
+                }
+            }
+        }
+        let Ok(members) = st.all_members().await else {
+            return;
+        };
+        for m in members.into_iter().filter(|m| m.state == "draining") {
+            if let Err(e) = self
+                .apply_with(
+                    m.pool_id,
+                    Some((
+                        m.server_id,
+                        "healthy",
+                        "back in the upstream after a restart",
+                    )),
+                )
+                .await
+            {
+                tracing::warn!(pool = m.pool_id, server = m.server_id, error = %e, "cannot put a drained member back");
+            }
+        }
+    }
+
+    /// Pools whose workflow is `workflow_id` and that can roll out (members and an edge).
+    pub async fn pools_of_workflow(&self, workflow_id: i64) -> Result<Vec<i64>> {
+        let pools = self.0.store.pool_rows().await?;
+        let members = self.0.store.all_members().await?;
+        Ok(pools
+            .into_iter()
+            .filter(|p| {
+                p.settings.workflow_id == Some(workflow_id)
+                    && p.settings.edge_server_id.is_some()
+                    && members.iter().any(|m| m.pool_id == p.id)
+            })
+            .map(|p| p.id)
+            .collect())
+    }
+
     /// Adds `server` to the pool and deploys the pool's workflow on it; the member enters
     /// the upstream once the run succeeded and its health check passed.
     pub async fn scale_out(&self, id: i64, server: i64, user: &str) -> Result<i64> {
@@ -619,8 +953,8 @@ impl Pools {
         let url = Self::health_url(&server.host, s);
         let mut ok_in_a_row = 0;
         let mut last = String::new();
-        // Up to a minute's worth of checks (at least ten) for the app to come up.
-        let tries = (60 / s.health_interval_s.max(1)).max(10) + s.healthy_after;
+        // The app has `health.grace_s` to come up (then `healthy_after` checks in a row).
+        let tries = (s.health_grace_s / s.health_interval_s.max(1)).max(1) + s.healthy_after;
         for _ in 0..tries {
             match self.probe(edge, &url, s.health_timeout_s).await {
                 Ok(d) => {
@@ -712,6 +1046,7 @@ impl Pools {
     /// until the controller shuts down.
     pub async fn run(self, closing: tokio_util::sync::CancellationToken) {
         let (mut feed, _) = self.0.store.changes().subscribe(None);
+        self.recover_rollouts().await;
         self.recheck_deploying().await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,6 +25,8 @@ CREATE TABLE pools (
     health_timeout_s INTEGER NOT NULL,
     unhealthy_after INTEGER NOT NULL,
     healthy_after INTEGER NOT NULL,
+    -- How long a freshly deployed member may take to pass its first checks.
+    health_grace_s INTEGER NOT NULL,
     client_max_body_mb INTEGER NOT NULL,
     connect_timeout_s INTEGER NOT NULL,
     read_timeout_s INTEGER NOT NULL,

@@ -82,6 +82,13 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/pools/{id}/sync-lb", "moderator"),
     ("POST", "/api/pools/{id}/scale-out", "moderator"),
     ("DELETE", "/api/pools/{id}/members/{server_id}", "admin"),
+    ("POST", "/api/pools/{id}/deploy", "moderator"),
+    ("GET", "/api/pools/{id}/rollouts/{rollout_id}", "viewer"),
+    (
+        "POST",
+        "/api/pools/{id}/rollouts/{rollout_id}/cancel",
+        "moderator",
+    ),
     ("POST", "/api/webhooks/{id}", "public"),
     ("GET", "/api/registries", "admin"),
     ("PUT", "/api/registries/{host}", "admin"),
@@ -158,7 +165,8 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
                 .replace("{id}", "999999")
                 .replace("{cid}", "c1")
                 .replace("{host}", "registry.invalid:5000")
-                .replace("{server_id}", "999999");
+                .replace("{server_id}", "999999")
+                .replace("{rollout_id}", "999999");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

@@ -173,7 +173,7 @@ async fn a_graceful_stop_does_not_wait_for_run_viewers() {
     ctl.proc.terminate(Duration::from_secs(10));
 }
 
-fn signature(secret: &str, body: &str) -> String {
+pub(crate) fn signature(secret: &str, body: &str) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
     mac.update(body.as_bytes());

@@ -143,6 +143,7 @@ fn pool_json(p: &PoolRow, domain: Option<&str>) -> Value {
             "timeout_s": s.health_timeout_s,
             "unhealthy_after": s.unhealthy_after,
             "healthy_after": s.healthy_after,
+            "grace_s": s.health_grace_s,
         },
         "proxy": {
             "client_max_body_mb": s.client_max_body_mb,
@@ -280,6 +281,7 @@ struct Health {
     timeout_s: Option<i64>,
     unhealthy_after: Option<i64>,
     healthy_after: Option<i64>,
+    grace_s: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +370,7 @@ fn patched(mut s: PoolSettings, b: PatchBody) -> (PoolSettings, Vec<(i64, i64)>)
         set(&mut s.health_timeout_s, h.timeout_s);
         set(&mut s.unhealthy_after, h.unhealthy_after);
         set(&mut s.healthy_after, h.healthy_after);
+        set(&mut s.health_grace_s, h.grace_s);
     }
     if let Some(p) = b.proxy {
         set(&mut s.client_max_body_mb, p.client_max_body_mb);
@@ -465,6 +468,85 @@ async fn remove_member(
     Ok(ok(json!({})))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    #[serde(default, deserialize_with = "super::present")]
+    max_unavailable: Option<i64>,
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(raw): Path<String>,
+    body: Option<Json<DeployBody>>,
+) -> ApiResult<Response> {
+    let user = session.require()?.user.username.clone();
+    let id = parse_id(&raw, "pool")?;
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let rid = state
+        .pools()
+        .deploy(id, b.max_unavailable, json!({ "user": user }))
+        .await?;
+    Ok((StatusCode::ACCEPTED, ok(json!({ "rolloutId": rid }))).into_response())
+}
+
+fn parse_rollout(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("rollout_id: {raw:?} is not a rollout id")))
+}
+
+async fn rollout(
+    State(state): State<AppState>,
+    Path((raw, raw_rollout)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let rid = parse_rollout(&raw_rollout)?;
+    let Some((r, members)) = state
+        .store()
+        .rollout(rid)
+        .await?
+        .filter(|(r, _)| r.pool_id == id)
+    else {
+        return Err(ApiError::NotFound(format!(
+            "rollout {rid} of pool {id} not found"
+        )));
+    };
+    let status = if r.status == "running" && state.pools().is_cancelling(rid) {
+        "cancelling".to_owned()
+    } else {
+        r.status.clone()
+    };
+    Ok(Json(json!({
+        "id": r.id,
+        "pool_id": r.pool_id,
+        "status": status,
+        "max_unavailable": r.max_unavailable,
+        "trigger_detail": r.trigger_detail,
+        "error": r.error,
+        "created_at": crate::time::rfc3339(r.created_at),
+        "finished_at": r.finished_at.map(crate::time::rfc3339),
+        "members": members.iter().map(|m| json!({
+            "server_id": m.server_id,
+            "status": m.status,
+            "runId": m.run_id,
+            "detail": m.detail,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn cancel_rollout(
+    State(state): State<AppState>,
+    Path((raw, raw_rollout)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let rid = parse_rollout(&raw_rollout)?;
+    let status = state.pools().cancel_rollout(id, rid).await?;
+    Ok(ok(json!({ "status": status })))
+}
+
 pub(super) fn routes(reg: &mut Registry) {
     let viewer = Access::Role(Role::Viewer);
     let moderator = Access::Role(Role::Moderator);
@@ -503,6 +585,7 @@ pub(super) fn routes(reg: &mut Registry) {
             ("timeout_s", int(1, 60)),
             ("unhealthy_after", int(1, 20)),
             ("healthy_after", int(1, 20)),
+            ("grace_s", int(1, 3600)),
         ],
         &[],
     );
@@ -699,6 +782,73 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         scale_out,
+    )
+    .add(
+        Method::POST,
+        "/api/pools/{id}/deploy",
+        moderator,
+        Doc {
+            summary: "Roll the pool's workflow out to its members { max_unavailable? }: each batch drained, deployed, checked and put back; the first failure stops it",
+            request: Some(obj(&[("max_unavailable", int(1, 255))], &[])),
+            optional_body: true,
+            response: ok_with(&[("rolloutId", integer())]),
+            status: 202,
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        deploy,
+    )
+    .add(
+        Method::GET,
+        "/api/pools/{id}/rollouts/{rollout_id}",
+        viewer,
+        Doc {
+            summary: "A rollout and each member's step in it",
+            response: obj(
+                &[
+                    ("id", integer()),
+                    ("pool_id", integer()),
+                    ("status", json!({ "enum": ["running", "cancelling", "succeeded", "failed", "cancelled"] })),
+                    ("max_unavailable", integer()),
+                    ("trigger_detail", json!({})),
+                    ("error", nullable(string())),
+                    ("created_at", string()),
+                    ("finished_at", ts.clone()),
+                    (
+                        "members",
+                        array(obj(
+                            &[
+                                ("server_id", integer()),
+                                ("status", json!({ "enum": ["pending", "draining", "deploying", "checking", "succeeded", "failed", "skipped"] })),
+                                ("runId", nullable(integer())),
+                                ("detail", nullable(string())),
+                            ],
+                            &["server_id", "status"],
+                        )),
+                    ),
+                ],
+                &["id", "status", "members"],
+            ),
+            path: vec![("rollout_id", id())],
+            errors: &[404],
+            ..Default::default()
+        },
+        rollout,
+    )
+    .add(
+        Method::POST,
+        "/api/pools/{id}/rollouts/{rollout_id}/cancel",
+        moderator,
+        Doc {
+            summary: "Stop a rollout after the batch in progress (members done keep the new version)",
+            request: None,
+            optional_body: true,
+            response: ok_with(&[("status", string())]),
+            path: vec![("rollout_id", id())],
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        cancel_rollout,
     )
     .add(
         Method::DELETE,

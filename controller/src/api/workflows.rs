@@ -676,6 +676,17 @@ async fn webhook(
     let repo = payload_string(&payload, &["repository", "full_name"])
         .or_else(|| payload_string(&payload, &["repository", "clone_url"]));
     let detail = json!({ "ref": git_ref, "commit": commit, "repo": repo, "delivery": delivery });
+    // A pool's workflow: the push rolls out across the pool's members instead.
+    let pools = state.pools().pools_of_workflow(wf.id).await?;
+    if !pools.is_empty() {
+        let mut rollouts = Vec::new();
+        for pool in pools {
+            let mut d = detail.clone();
+            d["user"] = json!("webhook");
+            rollouts.push(state.pools().deploy(pool, None, d).await?);
+        }
+        return Ok((StatusCode::ACCEPTED, ok(json!({ "rolloutIds": rollouts }))).into_response());
+    }
     // The delivery id is recorded with the run: if queuing fails, the provider's retry
     // queues it rather than being told it is a duplicate.
     match deploy::enqueue(state.deploys(), &wf, "webhook", detail, delivery).await? {
@@ -913,13 +924,14 @@ pub(super) fn routes(reg: &mut Registry) {
                 &[
                     ("ok", json!({ "const": true })),
                     ("runId", integer()),
+                    ("rolloutIds", array(integer())),
                     ("duplicate", boolean()),
                     ("skipped", string()),
                 ],
                 &["ok"],
             ),
             status: 201,
-            also: &[200],
+            also: &[200, 202],
             errors: &[401, 409],
             ..Default::default()
         },

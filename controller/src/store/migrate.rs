@@ -71,6 +71,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "pools",
         sql: include_str!("../../../migrations/sqlite/0012_pools.sql"),
     },
+    Migration {
+        version: 13,
+        name: "rollouts",
+        sql: include_str!("../../../migrations/sqlite/0013_rollouts.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -32,7 +32,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings};
+pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
 pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};

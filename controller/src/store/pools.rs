@@ -30,6 +30,7 @@ pub struct PoolSettings {
     pub health_timeout_s: i64,
     pub unhealthy_after: i64,
     pub healthy_after: i64,
+    pub health_grace_s: i64,
     pub client_max_body_mb: i64,
     pub connect_timeout_s: i64,
     pub read_timeout_s: i64,
@@ -62,7 +63,7 @@ pub struct MemberRow {
 const POOL_COLS: &str =
     "id, name, workflow_id, domain_id, edge_server_id, min_replicas, max_replicas,
     lb_strategy, sticky_cookie, listen_port, target_port, health_path, health_interval_s,
-    health_timeout_s, unhealthy_after, healthy_after, client_max_body_mb, connect_timeout_s,
+    health_timeout_s, unhealthy_after, healthy_after, health_grace_s, client_max_body_mb, connect_timeout_s,
     read_timeout_s, keepalive, drain_timeout_s, lb_applied_at, lb_error, created_at, updated_at";
 
 fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
@@ -84,6 +85,7 @@ fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
             health_timeout_s: r.try_get("health_timeout_s")?,
             unhealthy_after: r.try_get("unhealthy_after")?,
             healthy_after: r.try_get("healthy_after")?,
+            health_grace_s: r.try_get("health_grace_s")?,
             client_max_body_mb: r.try_get("client_max_body_mb")?,
             connect_timeout_s: r.try_get("connect_timeout_s")?,
             read_timeout_s: r.try_get("read_timeout_s")?,
@@ -186,9 +188,9 @@ impl Store {
             "INSERT INTO pools (name, workflow_id, domain_id, edge_server_id, min_replicas,
                 max_replicas, lb_strategy, sticky_cookie, listen_port, target_port, health_path,
                 health_interval_s, health_timeout_s, unhealthy_after, healthy_after,
-                client_max_body_mb, connect_timeout_s, read_timeout_s, keepalive,
-                drain_timeout_s, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                health_grace_s, client_max_body_mb, connect_timeout_s, read_timeout_s,
+                keepalive, drain_timeout_s, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
         match bind_settings(q, s)
             .bind(now)
@@ -221,7 +223,7 @@ impl Store {
                 min_replicas = ?, max_replicas = ?, lb_strategy = ?, sticky_cookie = ?,
                 listen_port = ?, target_port = ?, health_path = ?, health_interval_s = ?,
                 health_timeout_s = ?, unhealthy_after = ?, healthy_after = ?,
-                client_max_body_mb = ?, connect_timeout_s = ?, read_timeout_s = ?,
+                health_grace_s = ?, client_max_body_mb = ?, connect_timeout_s = ?, read_timeout_s = ?,
                 keepalive = ?, drain_timeout_s = ?, updated_at = ?
              WHERE id = ?",
         );
@@ -401,6 +403,189 @@ impl Store {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct RolloutRow {
+    pub id: i64,
+    pub pool_id: i64,
+    pub status: String,
+    pub max_unavailable: i64,
+    pub trigger_detail: serde_json::Value,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutMemberRow {
+    pub server_id: i64,
+    pub position: i64,
+    pub status: String,
+    pub run_id: Option<i64>,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Starts a rollout over `members` (in order), unless one is running for the pool:
+    /// `None` then.
+    pub async fn create_rollout(
+        &self,
+        pool_id: i64,
+        max_unavailable: i64,
+        detail: &serde_json::Value,
+        members: &[i64],
+        now: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.pool().begin().await?;
+        let running: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM rollouts WHERE pool_id = ? AND status = 'running'")
+                .bind(pool_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if running.is_some() {
+            return Ok(None);
+        }
+        let id = sqlx::query(
+            "INSERT INTO rollouts (pool_id, status, max_unavailable, trigger_detail, created_at)
+             VALUES (?, 'running', ?, ?, ?)",
+        )
+        .bind(pool_id)
+        .bind(max_unavailable)
+        .bind(detail.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        for (i, server) in members.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO rollout_members (rollout_id, server_id, position, status) VALUES (?, ?, ?, 'pending')",
+            )
+            .bind(id)
+            .bind(server)
+            .bind(i as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(Some(id))
+    }
+
+    pub async fn rollout(&self, id: i64) -> Result<Option<(RolloutRow, Vec<RolloutMemberRow>)>> {
+        let Some(r) = sqlx::query(
+            "SELECT id, pool_id, status, max_unavailable, trigger_detail, error, created_at, finished_at
+             FROM rollouts WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let detail: String = r.try_get("trigger_detail")?;
+        let row = RolloutRow {
+            id: r.try_get("id")?,
+            pool_id: r.try_get("pool_id")?,
+            status: r.try_get("status")?,
+            max_unavailable: r.try_get("max_unavailable")?,
+            trigger_detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            error: r.try_get("error")?,
+            created_at: r.try_get("created_at")?,
+            finished_at: r.try_get("finished_at")?,
+        };
+        let members = sqlx::query(
+            "SELECT server_id, position, status, run_id, detail FROM rollout_members
+             WHERE rollout_id = ? ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|m| {
+            Ok(RolloutMemberRow {
+                server_id: m.try_get("server_id")?,
+                position: m.try_get("position")?,
+                status: m.try_get("status")?,
+                run_id: m.try_get("run_id")?,
+                detail: m.try_get("detail")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some((row, members)))
+    }
+
+    /// Rollouts still marked running (at start: their driver died with the controller).
+    pub async fn running_rollouts(&self) -> Result<Vec<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM rollouts WHERE status = 'running'")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn set_rollout_member(
+        &self,
+        rollout_id: i64,
+        pool_id: i64,
+        server_id: i64,
+        status: &str,
+        run_id: Option<i64>,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE rollout_members SET status = ?, run_id = COALESCE(?, run_id), detail = COALESCE(?, detail)
+             WHERE rollout_id = ? AND server_id = ?",
+        )
+        .bind(status)
+        .bind(run_id)
+        .bind(detail)
+        .bind(rollout_id)
+        .bind(server_id)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(())
+    }
+
+    /// Ends a rollout (once: a finished rollout keeps its outcome); members still pending
+    /// are marked skipped.
+    pub async fn finish_rollout(
+        &self,
+        id: i64,
+        pool_id: i64,
+        status: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE rollouts SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE rollout_members SET status = 'skipped' WHERE rollout_id = ? AND status = 'pending'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.changes.changed(crate::changes::Kind::Pool, pool_id);
+        Ok(())
+    }
+
+    /// The status a rollout has now (`cancel` sets `cancelling`, read by its driver).
+    pub async fn rollout_status(&self, id: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM rollouts WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+}
+
 fn bind_settings<'q>(
     q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     s: &'q PoolSettings,
@@ -420,6 +605,7 @@ fn bind_settings<'q>(
         .bind(s.health_timeout_s)
         .bind(s.unhealthy_after)
         .bind(s.healthy_after)
+        .bind(s.health_grace_s)
         .bind(s.client_max_body_mb)
         .bind(s.connect_timeout_s)
         .bind(s.read_timeout_s)
