@@ -482,7 +482,7 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
     assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
     assert!(seen.ok > 20, "the client kept asking: {}", seen.ok);
     assert!(
-        seen.versions.contains(&"v1".to_owned()) && seen.versions.contains(&"v2".to_owned()),
+        seen.versions.contains("v1") && seen.versions.contains("v2"),
         "{:?}",
         seen.versions
     );
