@@ -474,6 +474,18 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         .await;
     let run = r.body["runId"].as_i64().expect("run");
     crate::deploys::wait_run(&mut admin, run, Duration::from_secs(60)).await;
+    let r = admin
+        .post("/api/pools", json!({ "name": "web", "workflow_id": wf }))
+        .await;
+    let pool = r.body["id"].as_i64().expect("pool");
+    // A member that deploys but has no edge to be checked from: it shows as failed.
+    let r = admin
+        .post(
+            &format!("/api/pools/{pool}/scale-out"),
+            json!({ "server_id": server }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
 
     let b = Browser::start().await;
     b.log_in_as_admin(&ctl.base).await;
@@ -487,6 +499,8 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         (&*format!("/workflows/{wf}"), "site", "#runs"),
         ("/runs", "Runs", "#runs"),
         (&*format!("/runs/{run}"), "Run #", "#step-output-1 .line"),
+        ("/pools", "Pools", "#pools"),
+        (&*format!("/pools/{pool}"), "web", "#member-table"),
         ("/users", "Users", "#users"),
         ("/audit", "Audit log", "#audit"),
         ("/account", "Account", "#totp-setup"),
@@ -542,6 +556,38 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
             panic!("{hash} is {page_width} px wide in a {viewport} px window ({shot}); too wide: {wide}");
         }
     }
+    // The pool page's settings: a value the API refuses is said next to its field; a
+    // good one is saved.
+    b.set_width(1280).await;
+    b.open(&format!("{}/#/pools/{pool}", ctl.base)).await;
+    page(&b, "the pool page", "web").await;
+    b.until(
+        "the failed member",
+        "document.querySelector('#member-table').innerText.includes('failed')",
+    )
+    .await;
+    b.js("const f = document.querySelector('#pool-settings'); f.elements.path.value = 'no-slash'; f.elements.lb_strategy.value = 'ip_hash'; return 1;").await;
+    b.click("#pool-settings button[type=submit]").await;
+    b.until(
+        "the error next to the health path",
+        "document.querySelector('#pool-settings [name=path]').getAttribute('aria-invalid') === 'true' && document.querySelector('#pool-settings .field-error').textContent.includes('a path starting with /')",
+    )
+    .await;
+    b.js("document.querySelector('#pool-settings').elements.path.value = '/healthz'; return 1;")
+        .await;
+    b.click("#pool-settings button[type=submit]").await;
+    b.until(
+        "the saved toast",
+        "document.querySelector('#toasts').textContent.includes('Saved')",
+    )
+    .await;
+    let p = admin.get(&format!("/api/pools/{pool}")).await.body;
+    assert_eq!(
+        (p["lb_strategy"].as_str(), p["health"]["path"].as_str()),
+        (Some("ip_hash"), Some("/healthz")),
+        "{p}"
+    );
+
     // A viewer is told what a page needs instead of seeing a broken one.
     let viewer = Browser::start().await;
     viewer.open(&format!("{}/", ctl.base)).await;

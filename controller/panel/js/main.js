@@ -14,6 +14,8 @@ const ROUTES = [
   ["/workflows", "workflows", "viewer", "#/workflows"],
   ["/workflows/new", "workflow", "moderator", "#/workflows"],
   ["/workflows/:id", "workflow", "viewer", "#/workflows"],
+  ["/pools", "pools", "viewer", "#/pools"],
+  ["/pools/:id", "pool", "viewer", "#/pools"],
   ["/runs", "runs", "viewer", "#/runs"],
   ["/runs/:id", "run", "viewer", "#/runs"],
   ["/users", "users", "admin", "#/users"],
