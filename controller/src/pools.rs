@@ -1048,7 +1048,8 @@ impl Pools {
         let (mut feed, _) = self.0.store.changes().subscribe(None);
         self.recover_rollouts().await;
         self.recheck_deploying().await;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // Probes start within 100 ms of being due: detection is the interval, not the tick.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut due: HashMap<(i64, i64), tokio::time::Instant> = HashMap::new();
         loop {
