@@ -1073,19 +1073,25 @@ impl Pools {
     /// Starts the probes that are due: each healthy or unhealthy member every
     /// `health.interval_s`, from its pool's edge.
     async fn health_round(&self, due: &mut HashMap<(i64, i64), tokio::time::Instant>) {
-        let (Ok(pools), Ok(members)) = (
-            self.0.store.pool_rows().await,
-            self.0.store.all_members().await,
-        ) else {
+        // Every 100 ms: cheap when there is nothing to check (no members, or none due).
+        let Ok(members) = self.0.store.all_members().await else {
             return;
         };
-        let Ok(servers) = self.0.store.servers().await else {
-            return;
-        };
-        let hosts: HashMap<i64, String> = servers.into_iter().map(|s| (s.id, s.host)).collect();
-        let pools: HashMap<i64, PoolRow> = pools.into_iter().map(|p| (p.id, p)).collect();
         let now_i = tokio::time::Instant::now();
         due.retain(|k, _| members.iter().any(|m| (m.pool_id, m.server_id) == *k));
+        let checkable = |m: &&MemberRow| {
+            (m.state == "healthy" || m.state == "unhealthy")
+                && due
+                    .get(&(m.pool_id, m.server_id))
+                    .is_none_or(|t| *t <= now_i)
+        };
+        if !members.iter().any(|m| checkable(&m)) {
+            return;
+        }
+        let Ok(pools) = self.0.store.pool_rows().await else {
+            return;
+        };
+        let pools: HashMap<i64, PoolRow> = pools.into_iter().map(|p| (p.id, p)).collect();
         for m in members
             .into_iter()
             .filter(|m| m.state == "healthy" || m.state == "unhealthy")
@@ -1107,11 +1113,11 @@ impl Pools {
                 key,
                 now_i + Duration::from_secs(pool.settings.health_interval_s.max(1) as u64),
             );
-            let Some(host) = hosts.get(&m.server_id) else {
+            let Ok(Some(server)) = self.0.store.server(m.server_id).await else {
                 lock(&self.0.busy).remove(&key);
                 continue;
             };
-            let url = Self::health_url(host, &pool.settings);
+            let url = Self::health_url(&server.host, &pool.settings);
             let (me, s) = (self.clone(), pool.settings.clone());
             self.0.tasks.spawn(async move {
                 let result = me.probe(edge, &url, s.health_timeout_s).await;

@@ -80,7 +80,14 @@ fn world_readable_master_key_is_refused() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let data = dir.path().join("d");
     let out = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .arg("--master-key-file")
         .arg(&key)
@@ -95,9 +102,12 @@ async fn first_start_creates_state_and_restart_reuses_it() {
     let bin = binary("mezzanine", false);
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("state");
+    // Port 0 for agents too: the default 7443 would be shared with the other tests.
     let args = [
         "serve",
         "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
         "127.0.0.1:0",
         "--data-dir",
         data.to_str().expect("utf8"),

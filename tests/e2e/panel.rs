@@ -371,11 +371,11 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
         "document.querySelector('#run-status').textContent === 'succeeded'",
     )
     .await;
-    assert_eq!(
-        b.js("return document.querySelector('#step-output-0 .stderr').textContent;")
-            .await,
-        json!("careful\n")
-    );
+    b.until(
+        "the stderr line, marked",
+        "document.querySelector('#step-output-0 .stderr')?.textContent === 'careful\\n'",
+    )
+    .await;
     // ANSI colours are rendered, not printed.
     assert_eq!(
         b.js("return document.querySelector('#step-output-0 .ansi-green').textContent;")
@@ -392,6 +392,20 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
         b.js("return document.querySelector('#run-cancel').hidden;")
             .await,
         json!(true)
+    );
+    // The finished run by its link: the same lines, stderr still marked.
+    let url = b.js("return location.href;").await;
+    b.open("about:blank").await;
+    b.open(url.as_str().expect("url")).await;
+    b.until(
+        "the stored stderr line",
+        "document.querySelector('#step-output-0 .stderr')?.textContent === 'careful\\n' && document.querySelector('#step-output-0 .ansi-green')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('#run-status').textContent;")
+            .await,
+        json!("succeeded")
     );
     b.click("#nav a[href='#/runs']").await;
     b.until(

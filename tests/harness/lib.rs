@@ -851,6 +851,9 @@ impl Fleet {
             .lock()
             .expect("lock")
             .push(container.clone());
+        // A node is started once its sshd answers: on a loaded machine the container's
+        // init can take seconds, and an adoption sent earlier meets a refused connection.
+        wait_port(&ip, 22, Duration::from_secs(60));
         (container, ip)
     }
 

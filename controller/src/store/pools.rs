@@ -66,6 +66,9 @@ const POOL_COLS: &str =
     health_timeout_s, unhealthy_after, healthy_after, health_grace_s, client_max_body_mb, connect_timeout_s,
     read_timeout_s, keepalive, drain_timeout_s, lb_applied_at, lb_error, created_at, updated_at";
 
+const MEMBER_COLS: &str =
+    "pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail, added_at";
+
 fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
     Ok(PoolRow {
         id: r.try_get("id")?,
@@ -275,10 +278,9 @@ impl Store {
     }
 
     pub async fn pool_members(&self, pool_id: i64) -> Result<Vec<MemberRow>> {
-        let rows = sqlx::query(
-            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
-                added_at FROM pool_members WHERE pool_id = ? ORDER BY added_at, server_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {MEMBER_COLS} FROM pool_members WHERE pool_id = ? ORDER BY added_at, server_id",
+        ))
         .bind(pool_id)
         .fetch_all(self.pool())
         .await?;
@@ -287,10 +289,9 @@ impl Store {
 
     /// Every pool's members (for the list's counts and the health checker).
     pub async fn all_members(&self) -> Result<Vec<MemberRow>> {
-        let rows = sqlx::query(
-            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
-                added_at FROM pool_members ORDER BY pool_id, added_at, server_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {MEMBER_COLS} FROM pool_members ORDER BY pool_id, added_at, server_id",
+        ))
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(member_from).collect()
@@ -392,10 +393,9 @@ impl Store {
 
     /// The member a run deploys, if it deploys one.
     pub async fn member_of_run(&self, run_id: i64) -> Result<Option<MemberRow>> {
-        let row = sqlx::query(
-            "SELECT pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail,
-                added_at FROM pool_members WHERE last_run_id = ?",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {MEMBER_COLS} FROM pool_members WHERE last_run_id = ?",
+        ))
         .bind(run_id)
         .fetch_optional(self.pool())
         .await?;

@@ -75,19 +75,16 @@ export default async function run(ctx) {
     if (d.error) { errorEl.textContent = d.error; errorEl.hidden = false; }
   }
 
-  if (OVER.includes(r.status)) {
-    // Over: the stored document has every line; no stream needed.
-    for (const s of r.steps || []) {
-      const b = steps.get(s.index);
-      for (const line of (s.output || "").replace(/\n$/, "").split("\n")) if (s.output) b.view.add(line);
-    }
+  const over = OVER.includes(r.status);
+  if (over) {
+    // Over: the failing step (or a lone one) is opened; the stream below replays every
+    // line with its stream (stderr marked), then ends.
     const failed = [...steps.values()].find((b) => b.st.textContent === "failed");
     if (failed) failed.d.open = true;
     else if (steps.size === 1) [...steps.values()][0].d.open = true;
-    return;
   }
 
-  // Live: the event stream replays what is stored, then follows.
+  // The event stream replays what is stored, then follows while the run goes on.
   const es = new EventSource("/api/deployments/runs/" + encodeURIComponent(id) + "/events");
   ctx.onLeave(() => es.close());
   const data = (ev) => { try { return JSON.parse(ev.data); } catch (_) { return {}; } };
@@ -96,7 +93,10 @@ export default async function run(ctx) {
     const b = steps.get(d.step) || stepBlock({ index: d.step, name: "step " + (d.step + 1) });
     b.view.add(d.line, d.stream === "stderr" ? "stderr" : "");
   });
+  // A finished run's steps, notes and end are already shown as stored; its stream only
+  // brings the lines.
   es.addEventListener("step", (ev) => {
+    if (over) return;
     const d = data(ev);
     const b = stepBlock(d);
     if (d.status === "running") { b.started = Date.now(); b.d.open = true; }
@@ -104,8 +104,9 @@ export default async function run(ctx) {
     statusEl.textContent = "running";
     statusEl.className = "status running";
   });
-  es.addEventListener("note", (ev) => notes.append(h("li", null, data(ev).message)));
+  es.addEventListener("note", (ev) => { if (!over) notes.append(h("li", null, data(ev).message)); });
   es.addEventListener("end", (ev) => {
+    if (over) { es.close(); return; }
     end(data(ev));
     es.close();
     api("GET", "/deployments/runs/" + encodeURIComponent(id)).then((fresh) => { timing.textContent = duration(fresh.duration_ms); }).catch(() => {});
