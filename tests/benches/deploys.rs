@@ -12,7 +12,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench deploys`
 
 use hmac::Mac;
-use mezzanine_tests::{add_server, binary, first_admin, wait_server, Agent, ControllerProcess};
+use mezzanine_tests::{attached_agent_with, binary, first_admin, Agent, ControllerProcess};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -44,18 +44,11 @@ async fn bench() {
     let pid = ctl.proc.pid();
     let base = ctl.base.clone();
     let mut admin = first_admin(&base).await;
-    let (server, token, _) = add_server(&mut admin, "bench").await;
     let agent = Agent {
         dir: tempfile::tempdir().expect("tmp"),
         bin: agent_bin,
     };
-    let (ok, out) = agent.enroll(&token);
-    assert!(ok, "{out}");
-    let _agent = agent.run(10);
-    wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
-        v["status"] == "online"
-    })
-    .await;
+    let (server, _agent_dir, _agent) = attached_agent_with(&mut admin, "bench", 10, agent).await;
 
     // Latency: webhook → first line.
     let r = admin

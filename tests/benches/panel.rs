@@ -12,7 +12,7 @@
 
 use mezzanine_tests::browser::Browser;
 use mezzanine_tests::{
-    add_server, binary, first_admin, wait_server, Agent, ControllerProcess, ADMIN_PASSWORD,
+    add_server, attached_agent_with, binary, first_admin, Agent, ControllerProcess, ADMIN_PASSWORD,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -39,18 +39,11 @@ async fn bench() {
     let mut admin = first_admin(&base).await;
 
     // One real agent runs every step; the other 199 servers wait for theirs.
-    let (server, token, _) = add_server(&mut admin, "runner").await;
     let agent = Agent {
         dir: tempfile::tempdir().expect("tmp"),
         bin: agent_bin,
     };
-    let (ok, out) = agent.enroll(&token);
-    assert!(ok, "{out}");
-    let _agent = agent.run(10);
-    wait_server(&mut admin, server, Duration::from_secs(10), "online", |v| {
-        v["status"] == "online"
-    })
-    .await;
+    let (server, _agent_dir, _agent) = attached_agent_with(&mut admin, "runner", 10, agent).await;
     for i in 1..SERVERS {
         add_server(&mut admin, &format!("web-{i:03}")).await;
     }

@@ -696,8 +696,17 @@ pub async fn attached_agent(
     name: &str,
     heartbeat_secs: u64,
 ) -> (i64, Agent, Process) {
+    attached_agent_with(admin, name, heartbeat_secs, Agent::new()).await
+}
+
+/// `attached_agent` with a given agent (benchmarks run the release binary).
+pub async fn attached_agent_with(
+    admin: &mut Client,
+    name: &str,
+    heartbeat_secs: u64,
+    agent: Agent,
+) -> (i64, Agent, Process) {
     let (id, token, _) = add_server(admin, name).await;
-    let agent = Agent::new();
     let (ok, out) = agent.enroll(&token);
     assert!(ok, "enroll {name}: {out}");
     let proc = agent.run(heartbeat_secs);
