@@ -602,6 +602,36 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         "{p}"
     );
 
+    // TOTP enrolment shows the QR code the controller drew (a data: image the CSP allows)
+    // and the secret, and a code from it enables TOTP. (The console so far holds the
+    // refused PATCH above, which Chromium logs as a failed load.)
+    let refused = b.console_errors().await;
+    assert!(refused.iter().all(|e| e.contains("400")), "{refused:?}");
+    b.open(&format!("{}/#/account", ctl.base)).await;
+    page(&b, "the account page", "Account").await;
+    b.type_into("#totp-setup input[name=password]", ADMIN_PASSWORD)
+        .await;
+    b.click("#totp-setup button[type=submit]").await;
+    b.until(
+        "the QR code, drawn",
+        "document.querySelector('#totp-qr')?.complete && document.querySelector('#totp-qr').naturalWidth >= 200",
+    )
+    .await;
+    let secret = b
+        .js("return document.querySelector('#totp-secret').textContent;")
+        .await;
+    let code = mezzanine_tests::totp_code(secret.as_str().expect("secret"), 0);
+    b.type_into("#totp-enable-form input[name=code]", &code)
+        .await;
+    b.click("#totp-enable-form button[type=submit]").await;
+    b.until(
+        "TOTP enabled",
+        "document.querySelector('#totp-status')?.textContent === 'Enabled.'",
+    )
+    .await;
+    let errors = b.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+
     // A viewer is told what a page needs instead of seeing a broken one.
     let viewer = Browser::start().await;
     viewer.open(&format!("{}/", ctl.base)).await;
