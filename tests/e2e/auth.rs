@@ -558,6 +558,8 @@ async fn the_audit_log_filters_and_says_why_things_failed() {
     let ok = admin.get("/api/audit?actor=mo&outcome=success").await.body;
     assert_eq!(ok["items"][0]["reason"], serde_json::Value::Null, "{ok}");
 
+    let r = admin.get("/api/audit?outcome=").await;
+    assert_eq!(r.status, 400, "{}", r.body);
     let r = admin.get("/api/audit?outcome=maybe").await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body["error"]

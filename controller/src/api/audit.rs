@@ -200,7 +200,8 @@ async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiR
     fn nonempty(v: &Option<String>) -> Option<&str> {
         v.as_deref().filter(|s| !s.is_empty())
     }
-    if let Some(o) = nonempty(&q.outcome) {
+    // An outcome, when given, must be one (`?outcome=` is not "any": leave it out).
+    if let Some(o) = q.outcome.as_deref() {
         if !["success", "denied", "failure"].contains(&o) {
             return Err(ApiError::BadRequest(format!(
                 "outcome: {o:?} is not one of success, denied, failure"
