@@ -580,6 +580,15 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         "document.querySelector('#member-table').innerText.includes('failed')",
     )
     .await;
+    // A member's weight is set in its row.
+    b.js("const w = document.querySelector('#member-table input.weight'); w.value = '7'; w.dispatchEvent(new Event('change')); return 1;").await;
+    b.until(
+        "the weight toast",
+        "document.querySelector('#toasts').textContent.includes('set to 7')",
+    )
+    .await;
+    let p = admin.get(&format!("/api/pools/{pool}")).await.body;
+    assert_eq!(p["members"][0]["weight"], 7, "{p}");
     b.js("const f = document.querySelector('#pool-settings'); f.elements.path.value = 'no-slash'; f.elements.lb_strategy.value = 'ip_hash'; return 1;").await;
     b.click("#pool-settings button[type=submit]").await;
     b.until(

@@ -1,7 +1,9 @@
 //! Pools on real nodes: an edge with Debian's nginx and members that the pool's workflow
 //! deploys, checked from the edge, behind the edge's upstream.
 
-use mezzanine_tests::{adopt, first_admin, fleet_controller, Client, Fleet};
+use mezzanine_tests::{
+    admin_login, adopt, first_admin, fleet_controller, fleet_controller_process, Client, Fleet,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -70,6 +72,131 @@ fn pages(ip: &str, port: u16, n: usize) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The members' site: the page, and `/ws` passed to the echo server with the upgrade.
+const APP_SITE: &str = "server {
+    listen 8080;
+    root /srv/app;
+    location /ws {
+        proxy_pass http://127.0.0.1:9001;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection upgrade;
+    }
+}
+";
+
+/// A WebSocket echo server (RFC 6455, text frames) on the member's 127.0.0.1:9001 with
+/// Python's standard library: each message comes back as `echo <hostname>: <message>`.
+const WS_ECHO: &str = r#"import base64, hashlib, socket, threading
+NAME = socket.gethostname().encode()
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+def frame(payload):
+    n = len(payload)
+    head = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + n.to_bytes(2, "big")
+    return head + payload
+
+def serve(conn):
+    with conn:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        key = b""
+        for line in request.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-key":
+                key = value.strip()
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        stream = conn.makefile("rb")
+        while True:
+            head = stream.read(2)
+            if len(head) < 2:
+                return
+            opcode, size = head[0] & 0x0F, head[1] & 0x7F
+            if size == 126:
+                size = int.from_bytes(stream.read(2), "big")
+            elif size == 127:
+                size = int.from_bytes(stream.read(8), "big")
+            mask = stream.read(4) if head[1] & 0x80 else bytes(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(stream.read(size)))
+            if opcode == 8:
+                conn.sendall(b"\x88\x00")
+                return
+            conn.sendall(frame(b"echo " + NAME + b": " + data))
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", 9001))
+listener.listen()
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// A WebSocket client on a plain TCP connection, enough for short text messages.
+struct WebSocket(std::net::TcpStream);
+
+impl WebSocket {
+    /// Opens `ws://ip:port{path}` and checks the handshake. The key is RFC 6455's own
+    /// example (§1.3), whose accept value the RFC gives.
+    fn open(ip: &str, port: u16, path: &str) -> WebSocket {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((ip, port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {ip}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("handshake answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        WebSocket(s)
+    }
+
+    /// Sends `text` (masked, as a client must) and returns the message that comes back.
+    fn echo(&mut self, text: &str) -> String {
+        use std::io::{Read, Write};
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let len = u8::try_from(text.len()).expect("short message");
+        assert!(len < 126);
+        let mut out = vec![0x81, 0x80 | len];
+        out.extend_from_slice(&mask);
+        out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.0.write_all(&out).expect("send");
+        let mut head = [0u8; 2];
+        self.0.read_exact(&mut head).expect("frame");
+        assert_eq!(head[0], 0x81, "a final text frame");
+        let size = match head[1] & 0x7F {
+            126 => {
+                let mut n = [0u8; 2];
+                self.0.read_exact(&mut n).expect("size");
+                usize::from(u16::from_be_bytes(n))
+            }
+            n => usize::from(n),
+        };
+        let mut body = vec![0u8; size];
+        self.0.read_exact(&mut body).expect("payload");
+        String::from_utf8(body).expect("text")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_serves_its_healthy_members_through_the_edge() {
     let fleet = Fleet::new();
@@ -85,10 +212,15 @@ async fn a_pool_serves_its_healthy_members_through_the_edge() {
         adopt(&mut a3, "m2", &m2_ip, PW),
     );
 
-    // The app: nginx on the member at 8080 serving a page that names it.
-    let script = "mkdir -p /srv/app && echo \"member $(hostname) v1\" > /srv/app/index.html\n\
-        printf 'server {\\n listen 8080;\\n root /srv/app;\\n}\\n' > /etc/nginx/sites-enabled/app\n\
-        nginx -t && (nginx -s reload 2>/dev/null || nginx)";
+    // The app: nginx on the member at 8080 serving a page that names it, and passing
+    // `/ws` to a WebSocket echo server on the member.
+    let script = format!(
+        "mkdir -p /srv/app && echo \"member $(hostname) v1\" > /srv/app/index.html\n\
+        cat > /srv/ws.py <<'EOF'\n{WS_ECHO}EOF\n\
+        (setsid python3 /srv/ws.py </dev/null >/dev/null 2>&1 &)\n\
+        cat > /etc/nginx/sites-enabled/app <<'EOF'\n{APP_SITE}EOF\n\
+        nginx -t && (nginx -s reload 2>/dev/null || nginx)"
+    );
     let r = admin
         .post(
             "/api/workflows",
@@ -153,6 +285,31 @@ async fn a_pool_serves_its_healthy_members_through_the_edge() {
         ["member m1 v1", "member m2 v1"].map(String::from).into(),
         "round robin"
     );
+    // A WebSocket through the edge: the upgrade reaches the member, the handshake's
+    // accept key comes back intact, and frames flow both ways on one long connection.
+    // (Round robin is per nginx worker, so it may take a few connections to meet both.)
+    let mut ws = WebSocket::open(&edge_ip, 8088, "/ws");
+    let mut greeted: std::collections::BTreeSet<String> = [ws
+        .echo("hello")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()]
+    .into();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(ws.echo("still there").ends_with(": still there"));
+    for _ in 0..10 {
+        let mut other = WebSocket::open(&edge_ip, 8088, "/ws");
+        greeted.insert(
+            other
+                .echo("hello")
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(greeted, ["echo m1", "echo m2"].map(String::from).into());
     let p = pool(&mut admin, id).await;
     assert!(
         p["lb"]["applied_at"].is_string() && p["lb"]["error"].is_null(),
@@ -380,8 +537,15 @@ const SWITCH: &str =
     nginx -t && nginx -s reload";
 
 fn definition(version: &str, broken: bool) -> Value {
+    slow_definition(version, broken, 0)
+}
+
+/// `definition`, with the step first working for `pause` seconds (still serving the old
+/// version, though drained) — a deploy long enough to restart the controller during.
+fn slow_definition(version: &str, broken: bool, pause: u32) -> Value {
+    let script = format!("echo working; sleep {pause}\n{SWITCH}");
     json!({ "env": { "VERSION": version, "BROKEN": if broken { "1" } else { "0" } },
-            "steps": [{ "name": "switch", "uses": "shell", "with": { "script": SWITCH } }] })
+            "steps": [{ "name": "switch", "uses": "shell", "with": { "script": script }, "timeout_s": 120 }] })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,8 +555,8 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
     let (_, m1_ip) = fleet.node("r1", 12, &[("ROOT_PASSWORD", PW)]);
     let (_, m2_ip) = fleet.node("r2", 13, &[("ROOT_PASSWORD", PW)]);
     let (_, m3_ip) = fleet.node("r3", 14, &[("ROOT_PASSWORD", PW)]);
-    let (_ctl, base, _data) = fleet_controller(&fleet, false);
-    let mut admin = first_admin(&base).await;
+    let mut ctl = fleet_controller_process(&fleet, false);
+    let mut admin = first_admin(&ctl.base).await;
     let (mut a1, mut a2, mut a3, mut a4) =
         (admin.clone(), admin.clone(), admin.clone(), admin.clone());
     let (edge, m1, m2, m3) = tokio::join!(
@@ -456,6 +620,13 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let rollout = r.body["rolloutId"].as_i64().expect("rollout");
+    let mut stream = admin
+        .open(&format!("/api/pools/{id}/rollouts/{rollout}/events"))
+        .await;
+    assert_eq!(stream.status(), 200);
+    let watched = tokio::spawn(async move {
+        crate::deploys::sse(&mut stream, Duration::from_secs(240), crate::deploys::ended).await
+    });
     let r = admin
         .post(&format!("/api/pools/{id}/deploy"), json!({}))
         .await;
@@ -481,6 +652,51 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
     );
     assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
     assert!(seen.ok > 20, "the client kept asking: {}", seen.ok);
+    // The rollout's event stream told each member's steps as they happened, one member
+    // at a time, and ended with the outcome.
+    let events = watched.await.expect("stream");
+    let (last, snapshots) = events.split_last().expect("events");
+    assert_eq!(last.1, "end");
+    assert_eq!(last.2["status"], "succeeded");
+    assert_eq!(snapshots.last().expect("a snapshot").2, done);
+    for (i, member) in [m1, m2, m3].iter().enumerate() {
+        let steps: Vec<&str> = snapshots
+            .iter()
+            .map(|(_, _, r)| r["members"][i]["status"].as_str().unwrap_or_default())
+            .fold(Vec::new(), |mut seen, s| {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                seen
+            });
+        // The first member may be draining already when the stream opens.
+        assert!(
+            i == 0 || steps[0] == "pending",
+            "member {member}: {steps:?}"
+        );
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| **s != "checking")
+                .skip_while(|s| **s == "pending")
+                .copied()
+                .collect::<Vec<_>>(),
+            ["draining", "deploying", "succeeded"],
+            "member {member}: {steps:?}"
+        );
+    }
+    assert!(
+        snapshots.iter().all(|(_, e, r)| e == "rollout"
+            && r["members"].as_array().is_some_and(|ms| ms
+                .iter()
+                .filter(|m| matches!(
+                    m["status"].as_str(),
+                    Some("draining" | "deploying" | "checking")
+                ))
+                .count()
+                <= 1)),
+        "one member out at a time: {snapshots:?}"
+    );
     assert!(
         seen.versions.contains("v1") && seen.versions.contains("v2"),
         "{:?}",
@@ -549,12 +765,15 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
         .await;
     let secret = r.body["secret"].as_str().expect("secret").to_owned();
     let body = r#"{"ref":"refs/heads/main","after":"4444444444444444444444444444444444444444"}"#;
-    let req = admin
-        .request(reqwest::Method::POST, &format!("/api/webhooks/{wf}"))
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", crate::runs::signature(&secret, body))
-        .body(body);
-    let r = admin.raw(req).await;
+    let push = |admin: &Client| {
+        admin
+            .request(reqwest::Method::POST, &format!("/api/webhooks/{wf}"))
+            .header("content-type", "application/json")
+            .header("x-github-delivery", "d-4444")
+            .header("x-hub-signature-256", crate::runs::signature(&secret, body))
+            .body(body)
+    };
+    let r = admin.raw(push(&admin)).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let rollout = r.body["rolloutIds"][0].as_i64().expect("rollout");
     let done = wait_rollout(&mut admin, id, rollout).await;
@@ -568,5 +787,85 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
         ["member r1 v4", "member r2 v4", "member r3 v4"]
             .map(String::from)
             .into()
+    );
+    // The provider redelivers the same push: nothing rolls out again.
+    let r = admin.raw(push(&admin)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["duplicate"], true, "{}", r.body);
+
+    // The controller is killed while the first member deploys v5 (drained, its step
+    // still working), and comes back: the rollout ends failed saying why, the member's
+    // run — which its agent kept going — finishes, the member is checked and put back,
+    // and the others keep v4. The edge serves the whole time.
+    let r = admin
+        .patch(
+            &format!("/api/workflows/{wf}"),
+            json!({ "definition": slow_definition("v5", false, 6) }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let load = hammer(format!("http://{edge_ip}:8088/"), stop.clone());
+    let r = admin
+        .post(&format!("/api/pools/{id}/deploy"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let rollout = r.body["rolloutId"].as_i64().expect("rollout");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let r = admin
+            .get(&format!("/api/pools/{id}/rollouts/{rollout}"))
+            .await
+            .body;
+        if let (Some("deploying"), Some(run)) = (
+            r["members"][0]["status"].as_str(),
+            r["members"][0]["runId"].as_i64(),
+        ) {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "r1 never deployed: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    crate::deploys::first_output(&mut admin, run).await;
+    ctl.proc.signal("KILL");
+    let _ = ctl.proc.wait_exit(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctl.respawn();
+    let mut admin = admin_login(&ctl.base).await;
+    let done = wait_rollout(&mut admin, id, rollout).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("controller restarted")),
+        "{done}"
+    );
+    member_state(&mut admin, id, m1, "healthy", Duration::from_secs(90)).await;
+    let run = admin
+        .get(&format!("/api/deployments/runs/{run}"))
+        .await
+        .body;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        pages(&edge_ip, 8088, 9),
+        ["member r1 v5", "member r2 v4", "member r3 v4"]
+            .map(String::from)
+            .into()
+    );
+
+    // A member removed under load is drained first: still no failed request.
+    let r = admin.delete(&format!("/api/pools/{id}/members/{m3}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.await.expect("load");
+    println!(
+        "restart and removal: {} requests served, {} failed",
+        seen.ok,
+        seen.failed.len()
+    );
+    assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
+    assert_eq!(
+        pages(&edge_ip, 8088, 6),
+        ["member r1 v5", "member r2 v4"].map(String::from).into()
     );
 }

@@ -579,6 +579,11 @@ impl ControllerProcess {
         proc
     }
 
+    /// Its data directory (the database file is `mezzanine.db` in it).
+    pub fn data_dir(&self) -> PathBuf {
+        self._data.path().join("data")
+    }
+
     /// Starts it again (after it was killed or stopped) with the same ports and data.
     pub fn respawn(&mut self) {
         self.proc = Self::spawn(&self.bin, &self.args);
@@ -1169,22 +1174,18 @@ pub fn ssh_keypair(dir: &Path, name: &str, passphrase: &str) -> (String, String)
 /// A `mezzanine serve` process reachable from the fleet at the network's gateway, with
 /// its HTTP API at the returned base URL. `release` picks the release binaries.
 pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempfile::TempDir) {
-    let data = tempfile::tempdir().expect("tmp");
-    // Port 0: the public URL (which install scripts download from) follows the bound port.
-    let listen = format!("{}:0", fleet.gateway);
-    let agent_listen = format!("{}:0", fleet.gateway);
-    let data_dir = data.path().join("data");
+    let c = fleet_controller_process(fleet, release);
+    (c.proc, c.base, c._data)
+}
+
+/// `fleet_controller` as a process the test can kill and `respawn` on the same ports
+/// (the fleet's agents know the agent port from their install).
+pub fn fleet_controller_process(fleet: &Fleet, release: bool) -> ControllerProcess {
     let agent = binary("mezzanine-agent", release);
-    let mut proc = Process::spawn(
-        &binary("mezzanine", release),
+    ControllerProcess::start_on(
+        &fleet.gateway,
+        release,
         &[
-            "serve",
-            "--listen",
-            &listen,
-            "--agent-listen",
-            &agent_listen,
-            "--data-dir",
-            data_dir.to_str().expect("utf8"),
             "--agent-binary",
             agent.to_str().expect("utf8"),
             "--ssh-timeout-secs",
@@ -1196,9 +1197,7 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
             "--docker-timeout-secs",
             "4",
         ],
-    );
-    let bound = proc.wait_ready(Duration::from_secs(15));
-    (proc, format!("http://{bound}"), data)
+    )
 }
 
 /// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak), in MiB.

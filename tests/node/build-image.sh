@@ -37,7 +37,7 @@ main() {
     need_cmd docker
     need_cmd debootstrap
     need_cmd sha256sum
-    packages="openssh-server,nginx,git,curl,ca-certificates,iproute2,procps,sudo,docker.io"
+    packages="openssh-server,nginx,git,curl,ca-certificates,iproute2,procps,sudo,docker.io,python3-minimal"
     mirror="${DEBIAN_MIRROR:-$(apt_mirror | head -n 1)}"
     if [ -z "$mirror" ]; then
         echo "build-image.sh: no Debian bookworm mirror in /etc/apt sources; set DEBIAN_MIRROR" >&2

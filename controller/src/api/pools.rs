@@ -2,7 +2,7 @@
 
 use super::audit::Target;
 use super::openapi::{array, boolean, id, integer, nullable, obj, ok_with, string};
-use super::{ok, Access, ApiError, ApiResult, Doc, Registry, Session};
+use super::{ok, Access, ApiError, ApiResult, BodyKind, Doc, Registry, Session};
 use crate::auth::Role;
 use crate::pools::{PoolError, STATES, STRATEGIES};
 use crate::state::AppState;
@@ -498,12 +498,8 @@ fn parse_rollout(raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::BadRequest(format!("rollout_id: {raw:?} is not a rollout id")))
 }
 
-async fn rollout(
-    State(state): State<AppState>,
-    Path((raw, raw_rollout)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let id = parse_id(&raw, "pool")?;
-    let rid = parse_rollout(&raw_rollout)?;
+/// A rollout as the API shows it; 404 when it is not the pool's.
+async fn rollout_json(state: &AppState, id: i64, rid: i64) -> ApiResult<Value> {
     let Some((r, members)) = state
         .store()
         .rollout(rid)
@@ -519,7 +515,7 @@ async fn rollout(
     } else {
         r.status.clone()
     };
-    Ok(Json(json!({
+    Ok(json!({
         "id": r.id,
         "pool_id": r.pool_id,
         "status": status,
@@ -534,7 +530,85 @@ async fn rollout(
             "runId": m.run_id,
             "detail": m.detail,
         })).collect::<Vec<_>>(),
-    })))
+    }))
+}
+
+async fn rollout(
+    State(state): State<AppState>,
+    Path((raw, raw_rollout)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&raw, "pool")?;
+    let rid = parse_rollout(&raw_rollout)?;
+    Ok(Json(rollout_json(&state, id, rid).await?))
+}
+
+/// How often an idle rollout stream sends a comment and reads the rollout again (a
+/// cancellation being asked for is not a stored change).
+const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET …/rollouts/:rid/events`: `event: rollout` with the whole rollout (as the GET
+/// returns it) now and after every change of it, then `event: end` once it finished.
+/// Each event is the full state, so a client that reconnects needs no `Last-Event-ID`.
+async fn rollout_events(
+    State(state): State<AppState>,
+    Path((raw, raw_rollout)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    use crate::changes::{Change, Kind};
+    use tokio::sync::broadcast::error::RecvError;
+    let id = parse_id(&raw, "pool")?;
+    let rid = parse_rollout(&raw_rollout)?;
+    // Subscribed before the first read: a change between the two is not lost.
+    let (mut live, _) = state.store().changes().subscribe(None);
+    let mut current = rollout_json(&state, id, rid).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(16);
+    let closing = state.closing().clone();
+    let reader = state.clone();
+    state.tasks().spawn(async move {
+        let event = |name: &str, data: &Value| {
+            Ok(axum::body::Bytes::from(format!(
+                "event: {name}\ndata: {data}\n\n"
+            )))
+        };
+        let mut tick = tokio::time::interval(ROLLOUT_TICK);
+        tick.tick().await;
+        let mut sent = String::new();
+        loop {
+            let text = current.to_string();
+            if text != sent {
+                if tx.send(event("rollout", &current)).await.is_err() {
+                    return;
+                }
+                sent = text;
+            }
+            if !matches!(current["status"].as_str(), Some("running" | "cancelling")) {
+                let _ = tx
+                    .send(event("end", &json!({ "status": current["status"] })))
+                    .await;
+                return;
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                got = live.recv() => match got {
+                    Ok(Change::Entity { kind: Kind::Pool, id: pool, .. }) if pool == id => {}
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    let alive = axum::body::Bytes::from_static(b": keep-alive\n\n");
+                    if tx.send(Ok(alive)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match rollout_json(&reader, id, rid).await {
+                Ok(v) => current = v,
+                // The pool (and its rollouts) went away: nothing more to follow.
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(super::event_stream(rx, &closing))
 }
 
 async fn cancel_rollout(
@@ -834,6 +908,20 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         rollout,
+    )
+    .add(
+        Method::GET,
+        "/api/pools/{id}/rollouts/{rollout_id}/events",
+        viewer,
+        Doc {
+            summary: "Server-Sent Events: `rollout` (the whole rollout, as GET returns it) now and after each change, then `end` {status} once it finished",
+            response: string(),
+            body: BodyKind::EventStream,
+            path: vec![("rollout_id", id())],
+            errors: &[404],
+            ..Default::default()
+        },
+        rollout_events,
     )
     .add(
         Method::POST,

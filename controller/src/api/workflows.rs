@@ -679,11 +679,29 @@ async fn webhook(
     // A pool's workflow: the push rolls out across the pool's members instead.
     let pools = state.pools().pools_of_workflow(wf.id).await?;
     if !pools.is_empty() {
+        let store = state.store();
+        if let Some(d) = delivery {
+            if !store
+                .record_delivery(wf.id, d, crate::time::now_secs())
+                .await?
+            {
+                return Ok(ok(json!({ "duplicate": true })).into_response());
+            }
+        }
         let mut rollouts = Vec::new();
         for pool in pools {
             let mut d = detail.clone();
             d["user"] = json!("webhook");
-            rollouts.push(state.pools().deploy(pool, None, d).await?);
+            match state.pools().deploy(pool, None, d).await {
+                Ok(id) => rollouts.push(id),
+                Err(e) => {
+                    // Nothing started: the provider's retry of this delivery may.
+                    if let (true, Some(d)) = (rollouts.is_empty(), delivery) {
+                        store.forget_delivery(wf.id, d).await?;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         return Ok((StatusCode::ACCEPTED, ok(json!({ "rolloutIds": rollouts }))).into_response());
     }

@@ -397,6 +397,36 @@ impl Store {
         Ok(r.rows_affected())
     }
 
+    /// Records a webhook delivery id on its own (a pool's rollout has no run to record it
+    /// with); false when it was seen before.
+    pub async fn record_delivery(
+        &self,
+        workflow_id: i64,
+        delivery: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(workflow_id)
+        .bind(delivery)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Forgets one delivery id whose rollout could not start, so the provider's retry can.
+    pub async fn forget_delivery(&self, workflow_id: i64, delivery: &str) -> Result<()> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE workflow_id = ? AND delivery = ?")
+            .bind(workflow_id)
+            .bind(delivery)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Forgets webhook delivery ids received before `before` (seconds): retries come
     /// within hours, so only a replay older than this could run twice.
     pub async fn prune_deliveries(&self, before: i64) -> Result<u64> {

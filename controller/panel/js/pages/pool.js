@@ -74,7 +74,7 @@ export default async function pool(ctx) {
         ["Address", (m) => m.address + ":" + p.ports.target],
         ["State", (m) => status(m.state, m.health_detail)],
         ["Checked", (m) => ago(m.last_health_at)],
-        ["Weight", (m) => String(m.weight)],
+        ["Weight", (m) => mod ? weightInput(m, names[m.server_id] || m.name) : String(m.weight)],
         ["Deploy", (m) => m.last_run_id ? link("#/runs/" + m.last_run_id, "#" + m.last_run_id) : "—"],
         ["", (m) => admin ? button("Remove", async () => {
           const last = p.members.length - 1 < p.min_replicas;
@@ -85,6 +85,25 @@ export default async function pool(ctx) {
         }, "danger") : ""],
       ], p.members, "No members yet." + (mod ? " Scale out to a server: the pool's workflow runs on it, and it joins once its health check passes." : ""), { id: "member-table" }),
       scale);
+  }
+
+  // A member's share of the requests (1–100, nginx's `weight`), saved when it changes;
+  // a refused value is said and the stored one shown again.
+  function weightInput(m, name) {
+    return h("input", {
+      type: "number", min: 1, max: 100, value: String(m.weight), class: "weight",
+      "aria-label": "Weight of " + name,
+      onchange: async (ev) => {
+        const input = ev.target;
+        try {
+          await api("PATCH", base, { members: [{ server_id: m.server_id, weight: Number(input.value) }] });
+          toast("Weight of " + name + " set to " + input.value + ".");
+        } catch (e) {
+          toast(e.message, "error");
+          input.value = String(m.weight);
+        }
+      },
+    });
   }
 
   async function loadRollout() {
