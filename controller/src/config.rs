@@ -115,6 +115,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_DOCKER_TIMEOUT_SECS", default_value_t = 15)]
     pub docker_timeout_secs: u64,
 
+    /// Seconds a call to a cloud provider's API may take (each attempt) before the caller
+    /// gets a 504.
+    #[arg(long, env = "MEZZANINE_PROVIDER_TIMEOUT_SECS", default_value_t = 20)]
+    pub provider_timeout_secs: u64,
+
     /// Bytes of output stored per deploy run; past it a marker says what was dropped (live
     /// viewers still receive every line).
     #[arg(long, env = "MEZZANINE_RUN_OUTPUT_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -206,6 +211,7 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::net::Network>,
     pub private_registries: crate::images::Private,
     pub docker_timeout: std::time::Duration,
+    pub provider_timeout: std::time::Duration,
     pub run_output_cap_bytes: i64,
     pub keep_runs: i64,
     pub keep_audit: std::time::Duration,
@@ -444,6 +450,9 @@ impl ServeArgs {
             keep_audit: days(self.keep_audit_days),
             keep_deliveries: days(self.keep_deliveries_days),
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
+            provider_timeout: std::time::Duration::from_secs(
+                self.provider_timeout_secs.clamp(1, 600),
+            ),
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
                 .map_err(ConfigError)?,
             private_registries: crate::images::Private::parse(&self.private_registries)

@@ -18,6 +18,7 @@ pub mod install;
 pub mod net;
 mod panel;
 pub mod pools;
+pub mod providers;
 pub mod ssh;
 pub mod state;
 pub mod store;

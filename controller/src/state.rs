@@ -39,6 +39,7 @@ struct Inner {
     adoptions: Adoptions,
     deploy_keys: DeployKeys,
     pools: crate::pools::Pools,
+    providers: crate::providers::Providers,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -110,6 +111,12 @@ impl AppState {
             deploys.clone(),
             tasks.clone(),
         );
+        let providers = crate::providers::Providers::new(
+            store.clone(),
+            key.clone(),
+            config.provider_timeout,
+            config.insecure_registries.clone(),
+        );
         let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
         AppState(Arc::new(Inner {
             config,
@@ -123,6 +130,7 @@ impl AppState {
             adoptions,
             deploy_keys,
             pools,
+            providers,
             updates,
             deploys,
             tasks,
@@ -161,6 +169,10 @@ impl AppState {
 
     pub fn pools(&self) -> &crate::pools::Pools {
         &self.0.pools
+    }
+
+    pub fn providers(&self) -> &crate::providers::Providers {
+        &self.0.providers
     }
 
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with

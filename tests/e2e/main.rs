@@ -13,5 +13,6 @@ mod limits;
 mod nodes;
 mod panel;
 mod pools;
+mod providers;
 mod roles;
 mod runs;

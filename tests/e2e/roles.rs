@@ -85,6 +85,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/pools/{id}/deploy", "moderator"),
     ("GET", "/api/pools/{id}/rollouts/{rollout_id}", "viewer"),
     (
+        "GET",
+        "/api/pools/{id}/rollouts/{rollout_id}/events",
+        "viewer",
+    ),
+    (
         "POST",
         "/api/pools/{id}/rollouts/{rollout_id}/cancel",
         "moderator",
@@ -93,6 +98,49 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/registries", "admin"),
     ("PUT", "/api/registries/{host}", "admin"),
     ("DELETE", "/api/registries/{host}", "admin"),
+    ("GET", "/api/providers", "viewer"),
+    ("PUT", "/api/providers/{provider}", "admin"),
+    ("DELETE", "/api/providers/{provider}", "admin"),
+    ("GET", "/api/digitalocean/droplets", "viewer"),
+    ("POST", "/api/digitalocean/droplets", "moderator"),
+    ("GET", "/api/digitalocean/droplets/{id}", "viewer"),
+    ("DELETE", "/api/digitalocean/droplets/{id}", "admin"),
+    (
+        "POST",
+        "/api/digitalocean/droplets/{id}/actions",
+        "moderator",
+    ),
+    ("GET", "/api/digitalocean/domains", "viewer"),
+    ("POST", "/api/digitalocean/domains", "moderator"),
+    ("GET", "/api/digitalocean/domains/{name}/records", "viewer"),
+    (
+        "POST",
+        "/api/digitalocean/domains/{name}/records",
+        "moderator",
+    ),
+    (
+        "PATCH",
+        "/api/digitalocean/domains/{name}/records/{record_id}",
+        "moderator",
+    ),
+    (
+        "DELETE",
+        "/api/digitalocean/domains/{name}/records/{record_id}",
+        "admin",
+    ),
+    ("GET", "/api/cloudflare/zones", "viewer"),
+    ("GET", "/api/cloudflare/zones/{zone_id}/dns", "viewer"),
+    ("POST", "/api/cloudflare/zones/{zone_id}/dns", "moderator"),
+    (
+        "PATCH",
+        "/api/cloudflare/zones/{zone_id}/dns/{record_id}",
+        "moderator",
+    ),
+    (
+        "DELETE",
+        "/api/cloudflare/zones/{zone_id}/dns/{record_id}",
+        "admin",
+    ),
 ];
 
 fn rank(role: &str) -> u8 {
@@ -166,7 +214,11 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
                 .replace("{cid}", "c1")
                 .replace("{host}", "registry.invalid:5000")
                 .replace("{server_id}", "999999")
-                .replace("{rollout_id}", "999999");
+                .replace("{rollout_id}", "999999")
+                .replace("{provider}", "cloudflare")
+                .replace("{name}", "example.com")
+                .replace("{zone_id}", "999999")
+                .replace("{record_id}", "999999");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

@@ -25,6 +25,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many failed attempts; retry in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
+    /// A 429 passed on from elsewhere (a provider's rate limit), with its own message.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -120,7 +123,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -150,7 +155,8 @@ impl IntoResponse for ApiError {
                 .insert(super::audit::Reason(msg.to_owned()));
         }
         let retry = match &self {
-            ApiError::TooManyRequests { retry_after } => Some((*retry_after).max(1)),
+            ApiError::TooManyRequests { retry_after }
+            | ApiError::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
             ApiError::Unavailable(_) => Some(1),
             _ => None,
         };

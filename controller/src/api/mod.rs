@@ -11,6 +11,7 @@ mod install;
 mod meta;
 pub mod openapi;
 mod pools;
+mod providers;
 mod servers;
 mod session;
 mod users;
@@ -186,6 +187,7 @@ pub fn router(state: AppState) -> Router {
     workflows::routes(reg.tag("workflows"));
     pools::routes(reg.tag("pools"));
     events::routes(reg.tag("events"));
+    providers::routes(reg.tag("providers"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     // The document is rendered once and handed to its route as an extension: it belongs

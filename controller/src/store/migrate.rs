@@ -76,6 +76,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "rollouts",
         sql: include_str!("../../../migrations/sqlite/0013_rollouts.sql"),
     },
+    Migration {
+        version: 14,
+        name: "providers",
+        sql: include_str!("../../../migrations/sqlite/0014_providers.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

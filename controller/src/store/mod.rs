@@ -5,6 +5,7 @@
 mod cache;
 mod migrate;
 mod pools;
+mod providers;
 mod registries;
 mod servers;
 mod workflows;
@@ -33,6 +34,7 @@ pub enum StoreError {
 }
 
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
+pub use providers::ProviderRow;
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
 pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};

@@ -1,0 +1,695 @@
+//! `/api/providers`, `/api/digitalocean/*` and `/api/cloudflare/*`: HTTP only; the
+//! provider service and its clients own the checks and the provider calls.
+
+use super::audit::Target;
+use super::openapi::{array, integer, nullable, obj, ok_with, string};
+use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
+use crate::auth::Role;
+use crate::providers::{cloudflare, digitalocean, Credentials, Provider, ProviderError};
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ProviderError::Invalid(_) | ProviderError::Rejected { .. } => ApiError::BadRequest(msg),
+            ProviderError::NotConfigured(..) => ApiError::Conflict(msg),
+            ProviderError::NotFound { .. } => ApiError::NotFound(msg),
+            // The provider refusing our stored token is not the caller's credentials
+            // failing: a gateway error, never a 401 that would read as "log in again".
+            ProviderError::Refused { .. } | ProviderError::Upstream { .. } => {
+                ApiError::BadGateway(msg)
+            }
+            ProviderError::RateLimited { retry_after, .. } => ApiError::RateLimited {
+                message: msg,
+                retry_after,
+            },
+            ProviderError::Timeout { .. } => ApiError::Timeout(msg),
+            ProviderError::Store(e) => e.into(),
+            ProviderError::Sealed(_) | ProviderError::Seal(_) => ApiError::Internal(msg),
+        }
+    }
+}
+
+fn provider(raw: &str) -> ApiResult<Provider> {
+    Provider::parse(raw).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "provider {raw:?}: one of {} (Hostinger and Contabo are not built yet)",
+            Provider::ALL.map(Provider::as_str).join(", ")
+        ))
+    })
+}
+
+fn with_target(mut resp: Response, target: String) -> Response {
+    resp.extensions_mut().insert(Target(target));
+    resp
+}
+
+// ---- Credentials -------------------------------------------------------------------
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let configured = state.providers().list().await?;
+    Ok(Json(Value::Array(
+        Provider::ALL
+            .iter()
+            .map(|p| {
+                let c = configured.iter().find(|c| c.provider == *p);
+                json!({
+                    "provider": p.as_str(),
+                    "name": p.label(),
+                    "configured": c.is_some(),
+                    "account": c.and_then(|c| c.account.clone()),
+                    "api_url": c.and_then(|c| c.api_url.clone()),
+                    "updated_at": c.map(|c| crate::time::rfc3339(c.updated_at)),
+                })
+            })
+            .collect(),
+    )))
+}
+
+async fn put(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(creds): Json<Credentials>,
+) -> ApiResult<Response> {
+    let p = provider(&raw)?;
+    let c = match state.providers().configure(p, creds).await {
+        Ok(c) => c,
+        // Here a refusal is about the token the caller just gave: say so as a 400.
+        Err(ProviderError::Refused { provider, message }) => {
+            return Err(ApiError::BadRequest(format!(
+                "token: {provider} refused it: {message}"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(with_target(
+        ok(json!({ "provider": p.as_str(), "account": c.account })).into_response(),
+        format!("provider {}", p.as_str()),
+    ))
+}
+
+async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
+    let p = provider(&raw)?;
+    if !state.providers().remove(p).await? {
+        return Err(ApiError::NotFound(format!(
+            "{} is not configured",
+            p.label()
+        )));
+    }
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("provider {}", p.as_str()),
+    ))
+}
+
+// ---- DigitalOcean --------------------------------------------------------------------
+
+async fn droplets(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().digitalocean().await?.droplets().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn droplet(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        state.providers().digitalocean().await?.droplet(&id).await?,
+    ))
+}
+
+async fn create_droplet(
+    State(state): State<AppState>,
+    Json(b): Json<digitalocean::NewDroplet>,
+) -> ApiResult<Response> {
+    let body = b.body()?;
+    let d = state
+        .providers()
+        .digitalocean()
+        .await?
+        .create_droplet(&body)
+        .await?;
+    let target = format!(
+        "droplet {} ({})",
+        d.get("id").map(Value::to_string).unwrap_or_default(),
+        b.name
+    );
+    Ok(with_target(
+        (StatusCode::ACCEPTED, Json(d)).into_response(),
+        target,
+    ))
+}
+
+async fn delete_droplet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .digitalocean()
+        .await?
+        .delete_droplet(&id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("droplet {id}"),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+async fn droplet_action(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<ActionBody>,
+) -> ApiResult<Response> {
+    let action = state
+        .providers()
+        .digitalocean()
+        .await?
+        .droplet_action(&id, &b.kind)
+        .await?;
+    Ok(with_target(
+        (StatusCode::CREATED, Json(action)).into_response(),
+        format!("droplet {id} {}", b.kind),
+    ))
+}
+
+async fn do_domains(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().digitalocean().await?.domains().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainBody {
+    name: String,
+    ip_address: Option<String>,
+}
+
+async fn do_create_domain(
+    State(state): State<AppState>,
+    Json(b): Json<DomainBody>,
+) -> ApiResult<Response> {
+    let d = state
+        .providers()
+        .digitalocean()
+        .await?
+        .create_domain(&b.name, b.ip_address.as_deref())
+        .await?;
+    Ok(with_target(
+        (StatusCode::CREATED, Json(d)).into_response(),
+        format!("domain {} at DigitalOcean", b.name.to_ascii_lowercase()),
+    ))
+}
+
+async fn do_records(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state
+        .providers()
+        .digitalocean()
+        .await?
+        .records(&name)
+        .await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn do_create_record(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(b): Json<digitalocean::RecordBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .digitalocean()
+        .await?
+        .create_record(&name, &b)
+        .await?;
+    let target = format!(
+        "record {} of {name}",
+        r.get("id").map(Value::to_string).unwrap_or_default()
+    );
+    Ok(with_target(
+        (StatusCode::CREATED, Json(r)).into_response(),
+        target,
+    ))
+}
+
+async fn do_update_record(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    Json(b): Json<digitalocean::RecordBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .digitalocean()
+        .await?
+        .update_record(&name, &id, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("record {id} of {name}"),
+    ))
+}
+
+async fn do_delete_record(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .digitalocean()
+        .await?
+        .delete_record(&name, &id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("record {id} of {name}"),
+    ))
+}
+
+// ---- Cloudflare ----------------------------------------------------------------------
+
+async fn cf_zones(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().cloudflare().await?.zones().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cf_records(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state.providers().cloudflare().await?.records(&zone).await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cf_create_record(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+    Json(b): Json<cloudflare::RecordBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .create_record(&zone, &b)
+        .await?;
+    let target = format!(
+        "DNS record {} of zone {zone}",
+        r.get("id").and_then(Value::as_str).unwrap_or_default()
+    );
+    Ok(with_target(
+        (StatusCode::CREATED, Json(r)).into_response(),
+        target,
+    ))
+}
+
+async fn cf_update_record(
+    State(state): State<AppState>,
+    Path((zone, id)): Path<(String, String)>,
+    Json(b): Json<cloudflare::RecordBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .update_record(&zone, &id, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("DNS record {id} of zone {zone}"),
+    ))
+}
+
+async fn cf_delete_record(
+    State(state): State<AppState>,
+    Path((zone, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .cloudflare()
+        .await?
+        .delete_record(&zone, &id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("DNS record {id} of zone {zone}"),
+    ))
+}
+
+pub(super) fn routes(reg: &mut Registry) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    // Provider objects come back as the provider gives them.
+    let any = json!({ "type": "object" });
+    let provider_param = vec![(
+        "provider",
+        json!({ "type": "string", "enum": Provider::ALL.map(Provider::as_str) }),
+    )];
+    let slug = || json!({ "type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[A-Za-z0-9._-]+$" });
+    let domain_param = || {
+        (
+            "name",
+            json!({ "type": "string", "minLength": 1, "maxLength": 253, "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)+$" }),
+        )
+    };
+    let num_id = || ("record_id", json!({ "type": "integer", "minimum": 1 }));
+    let cf_id = |name: &'static str| {
+        (
+            name,
+            json!({ "type": "string", "pattern": "^[0-9a-fA-F]{1,32}$" }),
+        )
+    };
+    let upstream: &'static [u16] = &[400, 404, 409, 429, 502, 504];
+    let do_record = obj(
+        &[
+            (
+                "type",
+                json!({ "enum": ["A", "AAAA", "CAA", "CNAME", "MX", "NS", "SRV", "TXT"] }),
+            ),
+            ("name", string()),
+            ("data", string()),
+            ("priority", nullable(integer())),
+            ("port", nullable(integer())),
+            ("ttl", integer()),
+            ("weight", nullable(integer())),
+            ("flags", nullable(integer())),
+            ("tag", string()),
+        ],
+        &["type"],
+    );
+    let cf_record = obj(
+        &[
+            (
+                "type",
+                json!({ "enum": ["A", "AAAA", "CAA", "CNAME", "MX", "NS", "SRV", "TXT"] }),
+            ),
+            ("name", string()),
+            ("content", string()),
+            ("ttl", integer()),
+            ("proxied", json!({ "type": "boolean" })),
+            ("comment", string()),
+            ("priority", integer()),
+        ],
+        &["type", "name"],
+    );
+    reg.add(
+        Method::GET,
+        "/api/providers",
+        viewer,
+        Doc {
+            summary: "Cloud providers: which are configured, the account their credentials belong to (never the credentials)",
+            response: array(obj(
+                &[
+                    ("provider", string()),
+                    ("name", string()),
+                    ("configured", json!({ "type": "boolean" })),
+                    ("account", nullable(string())),
+                    ("api_url", nullable(string())),
+                    ("updated_at", nullable(string())),
+                ],
+                &["provider", "configured"],
+            )),
+            ..Default::default()
+        },
+        list,
+    )
+    .add(
+        Method::PUT,
+        "/api/providers/{provider}",
+        admin,
+        Doc {
+            summary: "Set a provider's credentials { token, account_id? (Cloudflare), api_url? }: checked with the provider's identity call, then sealed",
+            request: Some(obj(
+                &[
+                    ("token", json!({ "type": "string", "minLength": 1, "maxLength": 512 })),
+                    ("account_id", string()),
+                    ("api_url", string()),
+                ],
+                &["token"],
+            )),
+            response: ok_with(&[("provider", string()), ("account", nullable(string()))]),
+            path: provider_param.clone(),
+            errors: &[400, 404, 429, 502, 504],
+            ..Default::default()
+        },
+        put,
+    )
+    .add(
+        Method::DELETE,
+        "/api/providers/{provider}",
+        admin,
+        Doc {
+            summary: "Forget a provider's credentials",
+            response: ok_with(&[]),
+            path: provider_param,
+            errors: &[404],
+            ..Default::default()
+        },
+        remove,
+    )
+    .add(
+        Method::GET,
+        "/api/digitalocean/droplets",
+        viewer,
+        Doc {
+            summary: "Every droplet (all pages), as DigitalOcean describes it",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        droplets,
+    )
+    .add(
+        Method::POST,
+        "/api/digitalocean/droplets",
+        moderator,
+        Doc {
+            summary: "Create a droplet { name, size, image, region?, ssh_keys?, user_data?, tags?, backups?, ipv6?, monitoring? }",
+            request: Some(obj(
+                &[
+                    ("name", json!({ "type": "string", "minLength": 1, "maxLength": 255 })),
+                    ("size", slug()),
+                    ("image", json!({ "oneOf": [slug(), { "type": "integer", "minimum": 1 }] })),
+                    ("region", slug()),
+                    ("ssh_keys", array(json!({ "oneOf": [{ "type": "integer", "minimum": 1 }, { "type": "string" }] }))),
+                    ("user_data", json!({ "type": "string", "maxLength": 65536 })),
+                    ("tags", array(string())),
+                    ("backups", json!({ "type": "boolean" })),
+                    ("ipv6", json!({ "type": "boolean" })),
+                    ("monitoring", json!({ "type": "boolean" })),
+                ],
+                &["name", "size", "image"],
+            )),
+            response: any.clone(),
+            status: 202,
+            errors: upstream,
+            ..Default::default()
+        },
+        create_droplet,
+    )
+    .add(
+        Method::GET,
+        "/api/digitalocean/droplets/{id}",
+        viewer,
+        Doc {
+            summary: "One droplet",
+            response: any.clone(),
+            errors: upstream,
+            ..Default::default()
+        },
+        droplet,
+    )
+    .add(
+        Method::DELETE,
+        "/api/digitalocean/droplets/{id}",
+        admin,
+        Doc {
+            summary: "Destroy a droplet",
+            response: ok_with(&[]),
+            errors: upstream,
+            ..Default::default()
+        },
+        delete_droplet,
+    )
+    .add(
+        Method::POST,
+        "/api/digitalocean/droplets/{id}/actions",
+        moderator,
+        Doc {
+            summary: "A power action { type: power_on | power_off | reboot | shutdown | power_cycle }; answers DigitalOcean's action",
+            request: Some(obj(
+                &[("type", json!({ "enum": digitalocean::ACTIONS }))],
+                &["type"],
+            )),
+            response: any.clone(),
+            status: 201,
+            errors: upstream,
+            ..Default::default()
+        },
+        droplet_action,
+    )
+    .add(
+        Method::GET,
+        "/api/digitalocean/domains",
+        viewer,
+        Doc {
+            summary: "Every domain at DigitalOcean",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        do_domains,
+    )
+    .add(
+        Method::POST,
+        "/api/digitalocean/domains",
+        moderator,
+        Doc {
+            summary: "Add a domain { name, ip_address? (an A record at the apex) }",
+            request: Some(obj(
+                &[("name", domain_param().1), ("ip_address", string())],
+                &["name"],
+            )),
+            response: any.clone(),
+            status: 201,
+            errors: upstream,
+            ..Default::default()
+        },
+        do_create_domain,
+    )
+    .add(
+        Method::GET,
+        "/api/digitalocean/domains/{name}/records",
+        viewer,
+        Doc {
+            summary: "Every record of a domain",
+            response: array(any.clone()),
+            path: vec![domain_param()],
+            errors: upstream,
+            ..Default::default()
+        },
+        do_records,
+    )
+    .add(
+        Method::POST,
+        "/api/digitalocean/domains/{name}/records",
+        moderator,
+        Doc {
+            summary: "Add a record { type, name, data, priority?, port?, ttl?, weight?, flags?, tag? }",
+            request: Some(do_record.clone()),
+            response: any.clone(),
+            status: 201,
+            path: vec![domain_param()],
+            errors: upstream,
+            ..Default::default()
+        },
+        do_create_record,
+    )
+    .add(
+        Method::PATCH,
+        "/api/digitalocean/domains/{name}/records/{record_id}",
+        moderator,
+        Doc {
+            summary: "Change a record (`type` is required, as DigitalOcean requires it)",
+            request: Some(do_record),
+            response: any.clone(),
+            path: vec![domain_param(), num_id()],
+            errors: upstream,
+            ..Default::default()
+        },
+        do_update_record,
+    )
+    .add(
+        Method::DELETE,
+        "/api/digitalocean/domains/{name}/records/{record_id}",
+        admin,
+        Doc {
+            summary: "Delete a record",
+            response: ok_with(&[]),
+            path: vec![domain_param(), num_id()],
+            errors: upstream,
+            ..Default::default()
+        },
+        do_delete_record,
+    )
+    .add(
+        Method::GET,
+        "/api/cloudflare/zones",
+        viewer,
+        Doc {
+            summary: "Every zone the Cloudflare token can see",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_zones,
+    )
+    .add(
+        Method::GET,
+        "/api/cloudflare/zones/{zone_id}/dns",
+        viewer,
+        Doc {
+            summary: "Every DNS record of a zone",
+            response: array(any.clone()),
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_records,
+    )
+    .add(
+        Method::POST,
+        "/api/cloudflare/zones/{zone_id}/dns",
+        moderator,
+        Doc {
+            summary: "Add a DNS record { type, name, content, ttl? (1 = automatic), proxied?, comment?, priority? }",
+            request: Some(cf_record.clone()),
+            response: any.clone(),
+            status: 201,
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_create_record,
+    )
+    .add(
+        Method::PATCH,
+        "/api/cloudflare/zones/{zone_id}/dns/{record_id}",
+        moderator,
+        Doc {
+            summary: "Change a DNS record (`type` and `name` are required, as Cloudflare requires them)",
+            request: Some(cf_record),
+            response: any.clone(),
+            path: vec![cf_id("zone_id"), cf_id("record_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_update_record,
+    )
+    .add(
+        Method::DELETE,
+        "/api/cloudflare/zones/{zone_id}/dns/{record_id}",
+        admin,
+        Doc {
+            summary: "Delete a DNS record",
+            response: ok_with(&[]),
+            path: vec![cf_id("zone_id"), cf_id("record_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_delete_record,
+    );
+}

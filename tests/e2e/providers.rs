@@ -1,0 +1,1017 @@
+//! Cloud providers through our API against local fakes of DigitalOcean and Cloudflare
+//! that follow the providers' published shapes (paths, bearer auth, envelopes, pagination,
+//! error bodies, rate-limit headers) and refuse what the real APIs refuse — fields the
+//! spec does not define, missing required fields, out-of-range page sizes.
+
+use mezzanine_tests::{Client, ControllerProcess};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DO_TOKEN: &str = "dop_v1_4f1e0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0f";
+const CF_TOKEN: &str = "cf-Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0MTIzNDU2";
+
+/// What a fake answers next instead of its normal answer, and how slowly.
+#[derive(Default)]
+struct Faults {
+    /// Answers of 429 with these headers, one per request, before normal service.
+    throttle: Vec<Vec<(&'static str, String)>>,
+    /// Delay before every answer.
+    delay: Duration,
+}
+
+/// A fake provider: shared state, a request log, and the faults to inject.
+#[derive(Default)]
+struct FakeState {
+    /// (method, path with query) of every request received.
+    seen: Vec<(String, String)>,
+    faults: Faults,
+    next_id: u64,
+    /// Objects by collection name, each keyed by id.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+/// A fake's answer: status, extra headers, JSON body (`Null`: no body).
+type Answer = (u16, Vec<(&'static str, String)>, Value);
+
+/// A fake's routes: (state, method, path segments, query, Authorization, body) → answer.
+type Route =
+    fn(&mut FakeState, &str, &[&str], &BTreeMap<String, String>, Option<&str>, Value) -> Answer;
+
+struct Fake {
+    base: String,
+    state: Shared,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Fake {
+    /// Serves `route(state, method, path, query, authorization, body)` on loopback.
+    async fn start(route: Route) -> Fake {
+        let state: Shared = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let st = state.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let st = st.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let json: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or(json!("not json"))
+                };
+                let query: BTreeMap<String, String> = parts
+                    .uri
+                    .query()
+                    .map(|q| {
+                        q.split('&')
+                            .filter_map(|kv| kv.split_once('='))
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let auth = parts
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let (delay, throttled) = {
+                    let mut s = st.lock().expect("fake");
+                    s.seen
+                        .push((parts.method.to_string(), parts.uri.to_string()));
+                    let t = if s.faults.throttle.is_empty() {
+                        None
+                    } else {
+                        Some(s.faults.throttle.remove(0))
+                    };
+                    (s.faults.delay, t)
+                };
+                tokio::time::sleep(delay).await;
+                let (status, headers, body) = match throttled {
+                    Some(h) => (429, h, json!({ "id": "too_many_requests", "message": "API Rate limit exceeded.", "success": false, "errors": [{ "code": 971, "message": "Please wait and consider throttling your request speed" }] })),
+                    None => {
+                        let segs: Vec<&str> =
+                            parts.uri.path().split('/').filter(|s| !s.is_empty()).collect();
+                        let mut s = st.lock().expect("fake");
+                        route(&mut s, parts.method.as_str(), &segs, &query, auth.as_deref(), json)
+                    }
+                };
+                let mut resp = axum::response::Response::builder().status(status);
+                for (k, v) in headers {
+                    resp = resp.header(k, v);
+                }
+                if body.is_null() {
+                    resp.body(axum::body::Body::empty()).expect("response")
+                } else {
+                    resp.header("content-type", "application/json")
+                        .body(axum::body::Body::from(body.to_string()))
+                        .expect("response")
+                }
+            }
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake {
+            base,
+            state,
+            _server: server,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.state.lock().expect("fake").seen.len()
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.state.lock().expect("fake").seen.clone()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().expect("fake"))
+    }
+}
+
+impl FakeState {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn coll(&mut self, name: &str) -> &mut BTreeMap<String, Value> {
+        self.objects.entry(name.to_owned()).or_default()
+    }
+}
+
+fn ok(v: Value) -> Answer {
+    (200, Vec::new(), v)
+}
+
+// ---- DigitalOcean (v2), after its published OpenAPI ----------------------------------
+
+fn do_error(status: u16, id: &str, message: &str) -> Answer {
+    (
+        status,
+        Vec::new(),
+        json!({ "id": id, "message": message, "request_id": "4d9d8375-3c56-4925-a3e7-eb137fed17e9" }),
+    )
+}
+
+/// A page of `items` as DigitalOcean pages lists: `page` from 1, `per_page` 1–200.
+fn do_page(key: &str, items: Vec<Value>, q: &BTreeMap<String, String>, path: &str) -> Answer {
+    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let per: usize = match q.get("per_page").map(|p| p.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=200).contains(&n) => n,
+        _ => return do_error(400, "bad_request", "per_page must be between 1 and 200"),
+    };
+    if page == 0 {
+        return do_error(400, "bad_request", "page must be at least 1");
+    }
+    let total = items.len();
+    let chunk: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
+    let last = total.div_ceil(per).max(1);
+    let mut pages = Map::new();
+    let url = |p: usize| {
+        json!(format!(
+            "https://api.digitalocean.com/v2/{path}?page={p}&per_page={per}"
+        ))
+    };
+    if page > 1 {
+        pages.insert("first".into(), url(1));
+        pages.insert("prev".into(), url(page - 1));
+    }
+    if page < last {
+        pages.insert("next".into(), url(page + 1));
+        pages.insert("last".into(), url(last));
+    }
+    ok(json!({ key: chunk, "links": { "pages": pages }, "meta": { "total": total } }))
+}
+
+/// Refuses a body with fields the operation does not define (the real API ignores
+/// some, but a client that sends them is not following the spec).
+fn unknown_fields(body: &Value, allowed: &[&str]) -> Option<String> {
+    body.as_object()?
+        .keys()
+        .find(|k| !allowed.contains(&k.as_str()))
+        .cloned()
+}
+
+fn digitalocean(
+    s: &mut FakeState,
+    method: &str,
+    segs: &[&str],
+    q: &BTreeMap<String, String>,
+    auth: Option<&str>,
+    body: Value,
+) -> Answer {
+    if auth != Some(&format!("Bearer {DO_TOKEN}")) {
+        return do_error(401, "Unauthorized", "Unable to authenticate you");
+    }
+    let Some(("v2", rest)) = segs.split_first().map(|(a, b)| (*a, b)) else {
+        return do_error(
+            404,
+            "not_found",
+            "The resource you were accessing could not be found.",
+        );
+    };
+    let not_found = || {
+        do_error(
+            404,
+            "not_found",
+            "The resource you were accessing could not be found.",
+        )
+    };
+    match (method, rest) {
+        ("GET", ["account"]) => ok(json!({ "account": {
+            "droplet_limit": 25, "floating_ip_limit": 5, "email": "ops@example.com",
+            "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef", "email_verified": true,
+            "status": "active", "status_message": "" } })),
+        ("GET", ["droplets"]) => {
+            let items = s.coll("droplets").values().cloned().collect();
+            do_page("droplets", items, q, "droplets")
+        }
+        ("POST", ["droplets"]) => {
+            let allowed = [
+                "name",
+                "region",
+                "size",
+                "image",
+                "ssh_keys",
+                "backups",
+                "backup_policy",
+                "ipv6",
+                "monitoring",
+                "tags",
+                "user_data",
+                "private_networking",
+                "volumes",
+                "vpc_uuid",
+                "with_droplet_agent",
+                "public_networking",
+            ];
+            if let Some(k) = unknown_fields(&body, &allowed) {
+                return do_error(
+                    422,
+                    "unprocessable_entity",
+                    &format!("{k} is not a permitted field"),
+                );
+            }
+            for k in ["name", "size", "image"] {
+                if body.get(k).is_none() {
+                    return do_error(422, "unprocessable_entity", &format!("{k} is required"));
+                }
+            }
+            if body["size"] == "s-999vcpu" {
+                return do_error(
+                    422,
+                    "unprocessable_entity",
+                    "Size is not available in this region.",
+                );
+            }
+            let id = s.id();
+            let d = json!({ "id": id, "name": body["name"], "status": "new", "memory": 1024,
+                "vcpus": 1, "disk": 25, "locked": false, "created_at": "2026-12-03T17:00:00Z",
+                "image": { "slug": body["image"] }, "size_slug": body["size"],
+                "region": { "slug": body.get("region").cloned().unwrap_or(json!("nyc3")) },
+                "networks": { "v4": [{ "ip_address": format!("203.0.113.{}", id % 250), "type": "public" }], "v6": [] },
+                "tags": body.get("tags").cloned().unwrap_or(json!([])) });
+            s.coll("droplets").insert(id.to_string(), d.clone());
+            (
+                202,
+                Vec::new(),
+                json!({ "droplet": d, "links": { "actions": [] } }),
+            )
+        }
+        ("GET", ["droplets", id]) => match s.coll("droplets").get(*id) {
+            Some(d) => ok(json!({ "droplet": d })),
+            None => not_found(),
+        },
+        ("DELETE", ["droplets", id]) => match s.coll("droplets").remove(*id) {
+            Some(_) => (204, Vec::new(), Value::Null),
+            None => not_found(),
+        },
+        ("POST", ["droplets", id, "actions"]) => {
+            let kinds = [
+                "enable_backups",
+                "disable_backups",
+                "reboot",
+                "power_cycle",
+                "shutdown",
+                "power_off",
+                "power_on",
+                "restore",
+                "password_reset",
+                "resize",
+                "rebuild",
+                "rename",
+                "change_kernel",
+                "enable_ipv6",
+                "snapshot",
+            ];
+            let Some(kind) = body["type"].as_str().filter(|k| kinds.contains(k)) else {
+                return do_error(422, "unprocessable_entity", "type is invalid");
+            };
+            let action_id = s.id();
+            let Some(d) = s.coll("droplets").get_mut(*id) else {
+                return not_found();
+            };
+            d["status"] = json!(match kind {
+                "power_off" | "shutdown" => "off",
+                _ => "active",
+            });
+            (
+                201,
+                Vec::new(),
+                json!({ "action": { "id": action_id, "status": "in-progress",
+                "type": kind, "resource_id": id.parse::<u64>().unwrap_or(0), "resource_type": "droplet" } }),
+            )
+        }
+        ("GET", ["domains"]) => {
+            let items = s.coll("domains").values().cloned().collect();
+            do_page("domains", items, q, "domains")
+        }
+        ("POST", ["domains"]) => {
+            if let Some(k) = unknown_fields(&body, &["name", "ip_address"]) {
+                return do_error(
+                    422,
+                    "unprocessable_entity",
+                    &format!("{k} is not a permitted field"),
+                );
+            }
+            let Some(name) = body["name"].as_str().map(str::to_owned) else {
+                return do_error(422, "unprocessable_entity", "name is required");
+            };
+            let d = json!({ "name": name, "ttl": 1800, "zone_file": "" });
+            s.coll("domains").insert(name, d.clone());
+            (201, Vec::new(), json!({ "domain": d }))
+        }
+        ("GET", ["domains", d, "records"]) => {
+            if !s.coll("domains").contains_key(*d) {
+                return not_found();
+            }
+            let items = s
+                .coll("records")
+                .values()
+                .filter(|r| r["_domain"] == *d)
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.as_object_mut().map(|o| o.remove("_domain"));
+                    r
+                })
+                .collect();
+            do_page("domain_records", items, q, &format!("domains/{d}/records"))
+        }
+        ("POST", ["domains", d, "records"]) | ("PATCH", ["domains", d, "records", _]) => {
+            if !s.coll("domains").contains_key(*d) {
+                return not_found();
+            }
+            let allowed = [
+                "type", "name", "data", "priority", "port", "ttl", "weight", "flags", "tag",
+            ];
+            if let Some(k) = unknown_fields(&body, &allowed) {
+                return do_error(
+                    422,
+                    "unprocessable_entity",
+                    &format!("{k} is not a permitted field"),
+                );
+            }
+            // The spec requires `type` on create and update alike.
+            if body.get("type").is_none() {
+                return do_error(422, "unprocessable_entity", "type is required");
+            }
+            if body["type"] == "A"
+                && body.get("data").is_some()
+                && body["data"]
+                    .as_str()
+                    .and_then(|d| d.parse::<std::net::Ipv4Addr>().ok())
+                    .is_none()
+            {
+                return do_error(
+                    422,
+                    "unprocessable_entity",
+                    "Data needs to be a valid IP address.",
+                );
+            }
+            let id = match rest {
+                [_, _, _, id] => id.to_string(),
+                _ => s.id().to_string(),
+            };
+            let mut r = match s.coll("records").get(&id) {
+                Some(r) if method == "PATCH" => r.clone(),
+                None if method == "PATCH" => return not_found(),
+                _ => json!({ "id": id.parse::<u64>().unwrap_or(0), "ttl": 1800, "priority": null,
+                    "port": null, "weight": null, "flags": null, "tag": null, "_domain": d }),
+            };
+            for (k, v) in body.as_object().into_iter().flatten() {
+                r[k] = v.clone();
+            }
+            s.coll("records").insert(id, r.clone());
+            r.as_object_mut().map(|o| o.remove("_domain"));
+            (
+                if method == "POST" { 201 } else { 200 },
+                Vec::new(),
+                json!({ "domain_record": r }),
+            )
+        }
+        ("DELETE", ["domains", _, "records", id]) => match s.coll("records").remove(*id) {
+            Some(_) => (204, Vec::new(), Value::Null),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+// ---- Cloudflare (v4), after its published OpenAPI ------------------------------------
+
+fn cf_error(status: u16, code: i64, message: &str) -> Answer {
+    (
+        status,
+        Vec::new(),
+        json!({ "success": false, "errors": [{ "code": code, "message": message }], "messages": [], "result": null }),
+    )
+}
+
+fn cf_ok(result: Value) -> Answer {
+    ok(json!({ "success": true, "errors": [], "messages": [], "result": result }))
+}
+
+fn cf_page(items: Vec<Value>, q: &BTreeMap<String, String>, per_range: (usize, usize)) -> Answer {
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per: usize = match q.get("per_page").map(|p| p.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (per_range.0..=per_range.1).contains(&n) => n,
+        _ => return cf_error(400, 1001, "per_page must be within its bounds"),
+    };
+    let total = items.len();
+    let chunk: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
+    ok(
+        json!({ "success": true, "errors": [], "messages": [], "result": chunk,
+        "result_info": { "page": page, "per_page": per, "count": chunk.len(), "total_count": total } }),
+    )
+}
+
+fn hex_id(n: u64) -> String {
+    format!("{n:032x}")
+}
+
+fn cloudflare(
+    s: &mut FakeState,
+    method: &str,
+    segs: &[&str],
+    q: &BTreeMap<String, String>,
+    auth: Option<&str>,
+    body: Value,
+) -> Answer {
+    if auth != Some(&format!("Bearer {CF_TOKEN}")) {
+        return cf_error(401, 1000, "Invalid API Token");
+    }
+    let Some(rest) = segs.strip_prefix(&["client", "v4"]) else {
+        return cf_error(404, 7003, "Could not route to the path");
+    };
+    match (method, rest) {
+        ("GET", ["user", "tokens", "verify"]) => {
+            cf_ok(json!({ "id": hex_id(77), "status": "active" }))
+        }
+        ("GET", ["zones"]) => {
+            let items = s.coll("zones").values().cloned().collect();
+            cf_page(items, q, (5, 50))
+        }
+        ("GET", ["zones", z, "dns_records"]) => {
+            if !s.coll("zones").contains_key(*z) {
+                return cf_error(404, 7003, "Could not route to /zones/.../dns_records, perhaps your object identifier is invalid?");
+            }
+            let items = s
+                .coll("dns")
+                .values()
+                .filter(|r| r["_zone"] == *z)
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.as_object_mut().map(|o| o.remove("_zone"));
+                    r
+                })
+                .collect();
+            cf_page(items, q, (5, 5_000_000))
+        }
+        ("POST", ["zones", z, "dns_records"]) | ("PATCH", ["zones", z, "dns_records", _]) => {
+            if !s.coll("zones").contains_key(*z) {
+                return cf_error(404, 7003, "Could not route to /zones/.../dns_records, perhaps your object identifier is invalid?");
+            }
+            let allowed = [
+                "type", "name", "content", "ttl", "proxied", "comment", "priority", "tags",
+                "settings", "data",
+            ];
+            if let Some(k) = unknown_fields(&body, &allowed) {
+                return cf_error(400, 9000, &format!("{k}: unknown field"));
+            }
+            // The current spec requires type, name and ttl on create and on PATCH.
+            for k in ["type", "name", "ttl"] {
+                if body.get(k).is_none() {
+                    return cf_error(400, 9000, &format!("DNS Validation Error: {k} is required"));
+                }
+            }
+            let ttl = body["ttl"].as_i64().unwrap_or(0);
+            if ttl != 1 && !(30..=86400).contains(&ttl) {
+                return cf_error(
+                    400,
+                    9021,
+                    "Invalid TTL. Must be between 30 and 86,400 seconds, or 1 for Automatic.",
+                );
+            }
+            if body["name"] == "taken" {
+                return cf_error(
+                    400,
+                    81053,
+                    "An A, AAAA, or CNAME record with that host already exists.",
+                );
+            }
+            let id = match rest {
+                [_, _, _, id] => id.to_string(),
+                _ => {
+                    let n = s.id();
+                    hex_id(n)
+                }
+            };
+            let mut r = match s.coll("dns").get(&id) {
+                Some(r) if method == "PATCH" => r.clone(),
+                None if method == "PATCH" => return cf_error(404, 81044, "Record does not exist."),
+                _ => {
+                    json!({ "id": id, "proxied": false, "proxiable": true, "comment": null, "tags": [],
+                    "created_on": "2026-12-03T17:00:00Z", "modified_on": "2026-12-03T17:00:00Z", "_zone": z })
+                }
+            };
+            for (k, v) in body.as_object().into_iter().flatten() {
+                r[k] = v.clone();
+            }
+            s.coll("dns").insert(id, r.clone());
+            r.as_object_mut().map(|o| o.remove("_zone"));
+            cf_ok(r)
+        }
+        ("DELETE", ["zones", _, "dns_records", id]) => match s.coll("dns").remove(*id) {
+            Some(_) => cf_ok(json!({ "id": id })),
+            None => cf_error(404, 81044, "Record does not exist."),
+        },
+        _ => cf_error(404, 7003, "Could not route to the path"),
+    }
+}
+
+async fn put(admin: &mut Client, path: &str, body: Value) -> mezzanine_tests::Resp {
+    admin.send(Method::PUT, path, Some(body)).await
+}
+
+/// Everything a controller has said and stored: its log lines and its database file.
+fn controller_traces(ctl: &ControllerProcess) -> Vec<u8> {
+    let mut out = ctl
+        .proc
+        .lines
+        .lock()
+        .expect("lines")
+        .join("\n")
+        .into_bytes();
+    for f in ["mezzanine.db", "mezzanine.db-wal"] {
+        if let Ok(b) = std::fs::read(ctl.data_dir().join(f)) {
+            out.extend(b);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digitalocean_through_our_api() {
+    let fake = Fake::start(digitalocean).await;
+    let ctl = ControllerProcess::start(false, &["--provider-timeout-secs", "2"]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let api_url = format!("{}/v2", fake.base);
+
+    // Not configured yet: a clear 409, nothing sent anywhere.
+    let r = admin.get("/api/digitalocean/droplets").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.error().contains("PUT /api/providers/digitalocean"),
+        "{}",
+        r.body
+    );
+    assert_eq!(fake.requests(), 0);
+
+    // Credentials: checked with GET /account; a refused token is a 400 and not kept.
+    let r = put(
+        &mut admin,
+        "/api/providers/digitalocean",
+        json!({ "token": "dop_v1_wrong", "api_url": api_url }),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "token: DigitalOcean refused it: Unable to authenticate you"
+    );
+    for (body, field) in [
+        (json!({ "token": "has space", "api_url": api_url }), "token"),
+        (
+            json!({ "token": DO_TOKEN, "api_url": "http://api.example.com/v2" }),
+            "api_url",
+        ),
+        (
+            json!({ "token": DO_TOKEN, "account_id": "abc" }),
+            "account_id",
+        ),
+    ] {
+        let r = put(&mut admin, "/api/providers/digitalocean", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().starts_with(field), "{body}: {}", r.body);
+    }
+    let r = put(
+        &mut admin,
+        "/api/providers/hostinger",
+        json!({ "token": DO_TOKEN }),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = put(
+        &mut admin,
+        "/api/providers/digitalocean",
+        json!({ "token": DO_TOKEN, "api_url": api_url }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["account"], "ops@example.com");
+    let r = admin.get("/api/providers").await;
+    let d = r
+        .body
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["provider"] == "digitalocean"))
+        .cloned()
+        .expect("listed");
+    assert_eq!(
+        (d["configured"].as_bool(), d["account"].as_str()),
+        (Some(true), Some("ops@example.com")),
+        "{d}"
+    );
+    assert!(!r.body.to_string().contains(DO_TOKEN));
+
+    // Lists come back whole: 450 droplets over three pages of 200.
+    fake.with(|s| {
+        for i in 0..450 {
+            let id = s.id();
+            s.coll("droplets").insert(
+                id.to_string(),
+                json!({ "id": id, "name": format!("d{i}"), "status": "active" }),
+            );
+        }
+    });
+    let before = fake.requests();
+    let r = admin.get("/api/digitalocean/droplets").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(450));
+    assert_eq!(fake.requests() - before, 3, "{:?}", fake.seen());
+
+    // Create (only fields the spec defines), get, power off, destroy.
+    let before = fake.requests();
+    for (body, field) in [
+        (
+            json!({ "name": "web;1", "size": "s-1vcpu-1gb", "image": "debian-12-x64" }),
+            "name",
+        ),
+        (json!({ "name": "web-1", "size": "s-1vcpu-1gb" }), "image"),
+        (
+            json!({ "name": "web-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "colour": "red" }),
+            "colour",
+        ),
+    ] {
+        let r = admin.post("/api/digitalocean/droplets", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().contains(field), "{body}: {}", r.body);
+    }
+    assert_eq!(
+        fake.requests(),
+        before,
+        "refused before reaching DigitalOcean"
+    );
+    let r = admin
+        .post(
+            "/api/digitalocean/droplets",
+            json!({ "name": "web-1", "size": "s-999vcpu", "image": "debian-12-x64" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "DigitalOcean rejected the request: Size is not available in this region."
+    );
+    let r = admin
+        .post("/api/digitalocean/droplets", json!({ "name": "web-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "ams3", "tags": ["env:prod"] }))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_u64().expect("droplet id");
+    assert_eq!(r.body["status"], "new");
+    let r = admin.get(&format!("/api/digitalocean/droplets/{id}")).await;
+    assert_eq!(
+        (r.status, r.body["name"].as_str()),
+        (200, Some("web-1")),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .post(
+            &format!("/api/digitalocean/droplets/{id}/actions"),
+            json!({ "type": "power_off" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (r.body["type"].as_str(), r.body["status"].as_str()),
+        (Some("power_off"), Some("in-progress"))
+    );
+    assert_eq!(
+        admin
+            .get(&format!("/api/digitalocean/droplets/{id}"))
+            .await
+            .body["status"],
+        "off"
+    );
+    let r = admin
+        .post(
+            &format!("/api/digitalocean/droplets/{id}/actions"),
+            json!({ "type": "rebuild" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin
+        .delete(&format!("/api/digitalocean/droplets/{id}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.get(&format!("/api/digitalocean/droplets/{id}")).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "DigitalOcean: The resource you were accessing could not be found."
+    );
+    assert_eq!(
+        admin.get("/api/digitalocean/droplets/web-1").await.status,
+        400
+    );
+
+    // Domains and records; PATCH needs the type, as the spec says.
+    let r = admin
+        .post(
+            "/api/digitalocean/domains",
+            json!({ "name": "Example.com" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        admin.get("/api/digitalocean/domains").await.body[0]["name"],
+        "example.com"
+    );
+    let r = admin
+        .post(
+            "/api/digitalocean/domains/example.com/records",
+            json!({ "type": "A", "name": "www", "data": "192.0.2.10", "ttl": 300 }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rec = r.body["id"].as_u64().expect("record id");
+    let r = admin
+        .post(
+            "/api/digitalocean/domains/example.com/records",
+            json!({ "type": "A", "name": "api", "data": "not-an-ip" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().contains("valid IP address"), "{}", r.body);
+    let r = admin
+        .patch(
+            &format!("/api/digitalocean/domains/example.com/records/{rec}"),
+            json!({ "data": "192.0.2.11" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("type"), "{}", r.body);
+    let r = admin
+        .patch(
+            &format!("/api/digitalocean/domains/example.com/records/{rec}"),
+            json!({ "type": "A", "data": "192.0.2.11" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["data"].as_str()),
+        (200, Some("192.0.2.11")),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .get("/api/digitalocean/domains/example.com/records")
+        .await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(1), "{}", r.body);
+    let r = admin
+        .delete(&format!(
+            "/api/digitalocean/domains/example.com/records/{rec}"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .get("/api/digitalocean/domains/nope.example/records")
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // 429: a short wait (ratelimit-reset) is waited out once; a long one is passed on
+    // with Retry-After.
+    let soon = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 1)
+    .to_string();
+    fake.with(|s| {
+        s.faults.throttle = vec![vec![
+            ("ratelimit-reset", soon.clone()),
+            ("ratelimit-remaining", "0".into()),
+        ]]
+    });
+    let before = fake.requests();
+    let r = admin.get("/api/digitalocean/domains").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(fake.requests() - before, 2);
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 60)
+        .to_string();
+    fake.with(|s| s.faults.throttle = vec![vec![("ratelimit-reset", later.clone())]]);
+    let r = admin.get("/api/digitalocean/domains").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((55..=60).contains(&wait), "{wait}");
+    assert!(r.error().contains("DigitalOcean"), "{}", r.body);
+
+    // A provider that does not answer in time: 504 naming it, within the bound.
+    fake.with(|s| s.faults.delay = Duration::from_secs(5));
+    let t = Instant::now();
+    let r = admin.get("/api/digitalocean/domains").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(
+        r.error().contains("DigitalOcean did not answer"),
+        "{}",
+        r.body
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    fake.with(|s| s.faults.delay = Duration::ZERO);
+
+    // Mutations are audited with their object; the token is nowhere: not in any answer,
+    // log line, audit record or the database file.
+    let audit = admin.get("/api/audit?per_page=200").await.body.to_string();
+    assert!(
+        audit.contains("droplet") && audit.contains("provider digitalocean"),
+        "{audit}"
+    );
+    assert!(!audit.contains(DO_TOKEN));
+    let traces = controller_traces(&ctl);
+    assert!(
+        !traces
+            .windows(DO_TOKEN.len())
+            .any(|w| w == DO_TOKEN.as_bytes()),
+        "the token is stored or logged in the clear"
+    );
+
+    // Forgetting the credentials.
+    let r = admin.delete("/api/providers/digitalocean").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(admin.get("/api/digitalocean/droplets").await.status, 409);
+    assert_eq!(
+        admin.delete("/api/providers/digitalocean").await.status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_dns_through_our_api() {
+    let fake = Fake::start(cloudflare).await;
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let api_url = format!("{}/client/v4", fake.base);
+    let r = put(
+        &mut admin,
+        "/api/providers/cloudflare",
+        json!({ "token": "wrong", "api_url": api_url }),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "token: Cloudflare refused it: Invalid API Token (1000)"
+    );
+    let r = put(
+        &mut admin,
+        "/api/providers/cloudflare",
+        json!({ "token": CF_TOKEN, "api_url": api_url }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // 120 zones over pages of 50.
+    let zone = fake.with(|s| {
+        for i in 0..120u64 {
+            let id = hex_id(1000 + i);
+            s.coll("zones").insert(
+                id.clone(),
+                json!({ "id": id, "name": format!("zone{i}.example"), "status": "active" }),
+            );
+        }
+        hex_id(1000)
+    });
+    let before = fake.requests();
+    let r = admin.get("/api/cloudflare/zones").await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(120), "{}", r.body);
+    assert_eq!(fake.requests() - before, 3);
+
+    // Records: ttl sent even when not given (the spec requires it), checked content.
+    let dns = format!("/api/cloudflare/zones/{zone}/dns");
+    let r = admin
+        .post(
+            &dns,
+            json!({ "type": "A", "name": "www", "content": "192.0.2.20", "proxied": true }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["ttl"], 1);
+    let rec = r.body["id"].as_str().expect("record id").to_owned();
+    for (body, field) in [
+        (
+            json!({ "type": "A", "name": "www", "content": "nope" }),
+            "content",
+        ),
+        (
+            json!({ "type": "A", "name": "www;x", "content": "192.0.2.1" }),
+            "name",
+        ),
+        (
+            json!({ "type": "TXT", "name": "www", "content": "x", "ttl": 5 }),
+            "ttl",
+        ),
+    ] {
+        let r = admin.post(&dns, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().starts_with(field), "{body}: {}", r.body);
+    }
+    let r = admin
+        .post(
+            &dns,
+            json!({ "type": "A", "name": "taken", "content": "192.0.2.1" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error(), "Cloudflare rejected the request: An A, AAAA, or CNAME record with that host already exists. (81053)");
+    let r = admin
+        .patch(
+            &format!("{dns}/{rec}"),
+            json!({ "type": "A", "name": "www", "content": "192.0.2.21", "ttl": 300 }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["content"].as_str()),
+        (200, Some("192.0.2.21")),
+        "{}",
+        r.body
+    );
+    let r = admin.get(&dns).await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(1), "{}", r.body);
+    let r = admin.delete(&format!("{dns}/{rec}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.delete(&format!("{dns}/{rec}")).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        admin.get("/api/cloudflare/zones/not-hex/dns").await.status,
+        400
+    );
+    let r = admin
+        .get(&format!("/api/cloudflare/zones/{}/dns", hex_id(5)))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // A 429 with Retry-After: 1 is waited out once.
+    fake.with(|s| s.faults.throttle = vec![vec![("retry-after", "1".into())]]);
+    let r = admin.get("/api/cloudflare/zones").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let traces = controller_traces(&ctl);
+    assert!(!traces
+        .windows(CF_TOKEN.len())
+        .any(|w| w == CF_TOKEN.as_bytes()));
+}
