@@ -464,6 +464,18 @@ fn cf_page(items: Vec<Value>, q: &BTreeMap<String, String>, per_range: (usize, u
     )
 }
 
+/// The Cloudflare account every fake zone belongs to.
+const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
+
+/// An object without the fake's own bookkeeping fields (`_zone`).
+fn strip(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| !k.starts_with('_'));
+    }
+    v
+}
+
 fn hex_id(n: u64) -> String {
     format!("{n:032x}")
 }
@@ -560,11 +572,267 @@ fn cloudflare(
             r.as_object_mut().map(|o| o.remove("_zone"));
             cf_ok(r)
         }
+        ("GET", ["zones", z, "email", "routing", "rules"]) => {
+            let items = s
+                .coll("rules")
+                .values()
+                .filter(|r| r["_zone"] == *z)
+                .map(strip)
+                .collect();
+            cf_page(items, q, (5, 50))
+        }
+        ("GET", ["zones", _, "email", "routing", "rules", "catch_all"]) => {
+            let r = s
+                .coll("catch_all")
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or(json!({
+                "id": hex_id(9), "tag": hex_id(9), "name": "", "enabled": false,
+                "matchers": [{ "type": "all" }], "actions": [{ "type": "drop" }] }));
+            cf_ok(r)
+        }
+        ("PUT", ["zones", _, "email", "routing", "rules", "catch_all"]) => {
+            if let Some(k) = unknown_fields(&body, &["actions", "matchers", "enabled", "name"]) {
+                return cf_error(400, 2020, &format!("{k}: unknown field"));
+            }
+            if body["matchers"] != json!([{ "type": "all" }]) || body.get("actions").is_none() {
+                return cf_error(400, 2020, "Invalid rule operation");
+            }
+            let mut r = json!({ "id": hex_id(9), "tag": hex_id(9), "enabled": true, "name": "" });
+            for (k, v) in body.as_object().into_iter().flatten() {
+                r[k] = v.clone();
+            }
+            s.coll("catch_all").insert("one".into(), r.clone());
+            cf_ok(r)
+        }
+        ("POST", ["zones", z, "email", "routing", "rules"])
+        | ("PUT", ["zones", z, "email", "routing", "rules", _]) => {
+            if let Some(k) = unknown_fields(
+                &body,
+                &["actions", "matchers", "enabled", "name", "priority"],
+            ) {
+                return cf_error(400, 2020, &format!("{k}: unknown field"));
+            }
+            if body.get("actions").is_none() || body.get("matchers").is_none() {
+                return cf_error(400, 2020, "Invalid rule operation");
+            }
+            let id = match rest {
+                [_, _, _, _, _, id] => id.to_string(),
+                _ => {
+                    let n = s.id();
+                    hex_id(n)
+                }
+            };
+            if method == "PUT" && !s.coll("rules").contains_key(&id) {
+                return cf_error(404, 2020, "Rule not found");
+            }
+            let mut r = json!({ "id": id, "tag": id, "enabled": true, "name": "", "priority": 0, "_zone": z });
+            for (k, v) in body.as_object().into_iter().flatten() {
+                r[k] = v.clone();
+            }
+            s.coll("rules").insert(id, r.clone());
+            cf_ok(strip(&r))
+        }
+        ("DELETE", ["zones", _, "email", "routing", "rules", id]) => {
+            match s.coll("rules").remove(*id) {
+                Some(r) => cf_ok(strip(&r)),
+                None => cf_error(404, 2020, "Rule not found"),
+            }
+        }
+        ("GET", ["accounts", a, "email", "routing", "addresses"]) => {
+            if *a != ACCOUNT {
+                return cf_error(403, 10000, "Authentication error");
+            }
+            let want_verified = q.get("verified").map(String::as_str) != Some("false");
+            let items = s
+                .coll("addresses")
+                .values()
+                .filter(|d| d["verified"].is_string() == want_verified)
+                .cloned()
+                .collect();
+            cf_page(items, q, (5, 50))
+        }
+        ("POST", ["accounts", a, "email", "routing", "addresses"]) => {
+            if *a != ACCOUNT {
+                return cf_error(403, 10000, "Authentication error");
+            }
+            if unknown_fields(&body, &["email"]).is_some() || !body["email"].is_string() {
+                return cf_error(400, 2020, "Invalid email");
+            }
+            let n = s.id();
+            let d = json!({ "id": hex_id(n), "tag": hex_id(n), "email": body["email"], "verified": null,
+                "created": "2026-12-03T17:00:00Z", "modified": "2026-12-03T17:00:00Z" });
+            s.coll("addresses").insert(hex_id(n), d.clone());
+            cf_ok(d)
+        }
+        ("DELETE", ["accounts", _, "email", "routing", "addresses", id]) => {
+            match s.coll("addresses").remove(*id) {
+                Some(d) => cf_ok(d),
+                None => cf_error(404, 2020, "Address not found"),
+            }
+        }
         ("DELETE", ["zones", _, "dns_records", id]) => match s.coll("dns").remove(*id) {
             Some(_) => cf_ok(json!({ "id": id })),
             None => cf_error(404, 81044, "Record does not exist."),
         },
         _ => cf_error(404, 7003, "Could not route to the path"),
+    }
+}
+
+// ---- Hostinger, after its published OpenAPI ------------------------------------------
+
+const HG_TOKEN: &str = "hg-7Tq2mZ0xWv9RkLpQ3sNfYbH8cJdE5aGu";
+
+fn hg_error(status: u16, message: &str) -> Answer {
+    (
+        status,
+        Vec::new(),
+        json!({ "message": message, "correlation_id": "26a91bd9-f8c8-4a83-9df9-83e23d696fe3" }),
+    )
+}
+
+fn hostinger(
+    s: &mut FakeState,
+    method: &str,
+    segs: &[&str],
+    q: &BTreeMap<String, String>,
+    auth: Option<&str>,
+    body: Value,
+) -> Answer {
+    if auth != Some(&format!("Bearer {HG_TOKEN}")) {
+        return hg_error(401, "Unauthenticated.");
+    }
+    let types = [
+        "A", "AAAA", "CNAME", "ALIAS", "MX", "TXT", "NS", "SOA", "SRV", "CAA",
+    ];
+    match (method, segs) {
+        ("GET", ["api", "vps", "v1", "virtual-machines"]) => {
+            ok(Value::Array(s.coll("vms").values().cloned().collect()))
+        }
+        ("GET", ["api", "vps", "v1", "virtual-machines", id]) => match s.coll("vms").get(*id) {
+            Some(vm) => ok(vm.clone()),
+            None => hg_error(404, "Virtual machine not found"),
+        },
+        ("POST", ["api", "vps", "v1", "virtual-machines", id, action]) => {
+            if !body.is_null() {
+                return hg_error(422, "This action takes no body");
+            }
+            let n = s.id();
+            let Some(vm) = s.coll("vms").get_mut(*id) else {
+                return hg_error(404, "Virtual machine not found");
+            };
+            vm["state"] = json!(if *action == "stop" {
+                "stopped"
+            } else {
+                "running"
+            });
+            ok(
+                json!({ "id": n, "name": format!("{action}_virtual_machine"), "state": "sent",
+                "created_at": "2026-12-03T17:00:00Z", "updated_at": "2026-12-03T17:00:00Z" }),
+            )
+        }
+        ("GET", ["api", "domains", "v1", "portfolio"]) => ok(json!([
+            { "id": 1, "domain": "shop.example", "type": "domain", "status": "active",
+              "created_at": "2025-01-01T00:00:00Z", "expires_at": "2027-01-01T00:00:00Z" }
+        ])),
+        ("GET", ["api", "dns", "v1", "zones", d]) => {
+            if *d != "shop.example" {
+                return hg_error(404, "Domain not found");
+            }
+            ok(Value::Array(s.coll("zone").values().cloned().collect()))
+        }
+        ("PUT", ["api", "dns", "v1", "zones", "shop.example"]) => {
+            if unknown_fields(&body, &["overwrite", "zone"]).is_some() {
+                return hg_error(422, "Unknown field");
+            }
+            let Some(zone) = body["zone"].as_array() else {
+                return (
+                    422,
+                    Vec::new(),
+                    json!({ "message": "The zone field is required.", "errors": { "zone": ["The zone field is required."] }, "correlation_id": "c" }),
+                );
+            };
+            for e in zone {
+                if !types.contains(&e["type"].as_str().unwrap_or("")) {
+                    return (
+                        422,
+                        Vec::new(),
+                        json!({ "message": "The selected zone.0.type is invalid.", "errors": { "zone.0.type": ["The selected zone.0.type is invalid."] }, "correlation_id": "c" }),
+                    );
+                }
+                if e["type"] == "A" && e["records"][0]["content"] == "10.0.0.300" {
+                    return (
+                        422,
+                        Vec::new(),
+                        json!({ "message": "The zone.0.records.0.content must be a valid IPv4 address.", "errors": { "zone.0.records.0.content": ["The zone.0.records.0.content must be a valid IPv4 address."] }, "correlation_id": "c" }),
+                    );
+                }
+                let key = format!(
+                    "{} {}",
+                    e["name"].as_str().unwrap_or(""),
+                    e["type"].as_str().unwrap_or("")
+                );
+                let records: Vec<Value> = e["records"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| json!({ "content": r["content"], "is_disabled": false }))
+                    .collect();
+                let overwrite = body.get("overwrite") != Some(&json!(false));
+                let entry = s.coll("zone").entry(key).or_insert(
+                    json!({ "name": e["name"], "type": e["type"], "ttl": 14400, "records": [] }),
+                );
+                if let Some(t) = e.get("ttl") {
+                    entry["ttl"] = t.clone();
+                }
+                if overwrite {
+                    entry["records"] = json!(records);
+                } else if let Some(a) = entry["records"].as_array_mut() {
+                    a.extend(records);
+                }
+            }
+            ok(json!({ "message": "Request accepted" }))
+        }
+        ("DELETE", ["api", "dns", "v1", "zones", "shop.example"]) => {
+            let Some(filters) = body["filters"].as_array() else {
+                return hg_error(422, "The filters field is required.");
+            };
+            for f in filters {
+                let key = format!(
+                    "{} {}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["type"].as_str().unwrap_or("")
+                );
+                s.coll("zone").remove(&key);
+            }
+            ok(json!({ "message": "Request accepted" }))
+        }
+        ("GET", ["api", "mail", "v1", "orders"]) => {
+            let page: usize = q
+                .get("page")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1)
+                .max(1);
+            let per: usize = match q.get("per_page").map(|p| p.parse::<usize>()) {
+                None => 25,
+                Some(Ok(n)) if (1..=100).contains(&n) => n,
+                _ => return hg_error(422, "The per page field must not be greater than 100."),
+            };
+            let all: Vec<Value> = s.coll("mail").values().cloned().collect();
+            let total = all.len();
+            let data: Vec<Value> = all.into_iter().skip((page - 1) * per).take(per).collect();
+            ok(
+                json!({ "data": data, "meta": { "current_page": page, "per_page": per, "total": total } }),
+            )
+        }
+        ("GET", ["api", "billing", "v1", "subscriptions"]) => ok(json!([
+            { "id": "Azz353Uhl1xC54pR0", "name": "KVM 2", "status": "active", "billing_period": 1,
+              "billing_period_unit": "month", "currency_code": "EUR", "total_price": 1299,
+              "renewal_price": 1599, "is_auto_renewed": true, "created_at": "2025-01-01T00:00:00Z",
+              "expires_at": "2027-01-01T00:00:00Z", "next_billing_at": "2026-12-31T00:00:00Z" }
+        ])),
+        _ => hg_error(404, "Not found"),
     }
 }
 
@@ -633,10 +901,11 @@ async fn digitalocean_through_our_api() {
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert!(r.error().starts_with(field), "{body}: {}", r.body);
     }
+    // An unknown provider (Contabo is not built yet) is a 404 before any request.
     let r = put(
         &mut admin,
-        "/api/providers/hostinger",
-        json!({ "token": DO_TOKEN }),
+        "/api/providers/contabo",
+        json!({ "token": DO_TOKEN, "api_url": api_url }),
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.body);
@@ -931,7 +1200,7 @@ async fn cloudflare_dns_through_our_api() {
             let id = hex_id(1000 + i);
             s.coll("zones").insert(
                 id.clone(),
-                json!({ "id": id, "name": format!("zone{i}.example"), "status": "active" }),
+                json!({ "id": id, "name": format!("zone{i}.example"), "status": "active", "account": { "id": ACCOUNT, "name": "Ops" } }),
             );
         }
         hex_id(1000)
@@ -1005,6 +1274,90 @@ async fn cloudflare_dns_through_our_api() {
         .await;
     assert_eq!(r.status, 404, "{}", r.body);
 
+    // Email Routing: rules, the catch-all, and the account's destination addresses
+    // (the account found from the zone, since none is configured).
+    let email = format!("/api/cloudflare/zones/{zone}/email");
+    let r = admin
+        .post(
+            &format!("{email}/destinations"),
+            json!({ "email": "ops@example.net" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body["verified"].is_null(), "{}", r.body);
+    let dest = r.body["id"].as_str().expect("destination").to_owned();
+    fake.with(|s| {
+        let n = s.id();
+        s.coll("addresses").insert(hex_id(n), json!({ "id": hex_id(n), "email": "old@example.net", "verified": "2026-01-01T00:00:00Z" }));
+    });
+    let r = admin.get(&format!("{email}/destinations")).await;
+    assert_eq!(
+        r.body.as_array().map(Vec::len),
+        Some(2),
+        "verified and pending: {}",
+        r.body
+    );
+    let r = admin
+        .post(
+            &format!("{email}/destinations"),
+            json!({ "email": "not-an-address" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let rule = json!({ "name": "hello", "actions": [{ "type": "forward", "value": ["ops@example.net"] }],
+        "matchers": [{ "type": "literal", "field": "to", "value": "hello@zone0.example" }] });
+    let r = admin.post(&format!("{email}/rules"), rule.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rule_id = r.body["id"].as_str().expect("rule").to_owned();
+    let r = admin
+        .post(&format!("{email}/rules"), json!({ "actions": [{ "type": "forward", "value": ["x"] }], "matchers": [{ "type": "all" }] }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("actions[0].value[0]"), "{}", r.body);
+    let mut changed = rule.clone();
+    changed["enabled"] = json!(false);
+    let r = admin
+        .send(
+            Method::PUT,
+            &format!("{email}/rules/{rule_id}"),
+            Some(changed),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["enabled"].as_bool()),
+        (200, Some(false)),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        admin
+            .get(&format!("{email}/rules"))
+            .await
+            .body
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let r = admin.delete(&format!("{email}/rules/{rule_id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let catch_all = json!({ "actions": [{ "type": "forward", "value": ["ops@example.net"] }], "matchers": [{ "type": "all" }], "enabled": true });
+    let r = admin
+        .send(Method::PUT, &format!("{email}/catch-all"), Some(catch_all))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.get(&format!("{email}/catch-all")).await;
+    assert_eq!(
+        r.body["actions"][0]["value"][0], "ops@example.net",
+        "{}",
+        r.body
+    );
+    let r = admin
+        .send(Method::PUT, &format!("{email}/catch-all"), Some(json!({ "actions": [{ "type": "drop" }], "matchers": [{ "type": "literal", "value": "a@b.example" }] })))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin.delete(&format!("{email}/destinations/{dest}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
     // A 429 with Retry-After: 1 is waited out once.
     fake.with(|s| s.faults.throttle = vec![vec![("retry-after", "1".into())]]);
     let r = admin.get("/api/cloudflare/zones").await;
@@ -1014,4 +1367,143 @@ async fn cloudflare_dns_through_our_api() {
     assert!(!traces
         .windows(CF_TOKEN.len())
         .any(|w| w == CF_TOKEN.as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostinger_through_our_api() {
+    let fake = Fake::start(hostinger).await;
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let r = put(
+        &mut admin,
+        "/api/providers/hostinger",
+        json!({ "token": "nope", "api_url": fake.base }),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error(), "token: Hostinger refused it: Unauthenticated.");
+    let r = put(
+        &mut admin,
+        "/api/providers/hostinger",
+        json!({ "token": HG_TOKEN, "api_url": fake.base }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // VPS: list, get, power.
+    fake.with(|s| {
+        for id in [1001u64, 1002] {
+            s.coll("vms").insert(id.to_string(), json!({ "id": id, "hostname": format!("srv{id}.hstgr.cloud"),
+                "state": "running", "cpus": 2, "memory": 8192, "disk": 102400, "bandwidth": 8192000,
+                "ipv4": [{ "id": 1, "address": "203.0.113.7", "ptr": null }], "ipv6": null,
+                "template": null, "actions_lock": "unlocked", "created_at": "2025-01-01T00:00:00Z" }));
+        }
+    });
+    let r = admin.get("/api/hostinger/vps").await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(2), "{}", r.body);
+    let r = admin.post("/api/hostinger/vps/1001/stop", json!({})).await;
+    assert_eq!(
+        (r.status, r.body["state"].as_str()),
+        (200, Some("sent")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        admin.get("/api/hostinger/vps/1001").await.body["state"],
+        "stopped"
+    );
+    assert_eq!(
+        admin
+            .post("/api/hostinger/vps/1001/explode", json!({}))
+            .await
+            .status,
+        400
+    );
+    let r = admin.get("/api/hostinger/vps/9");
+    let r = r.await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.error(), "Hostinger: Virtual machine not found");
+
+    // DNS: write, append, read, a value Hostinger refuses (its field errors passed on),
+    // delete by name and type.
+    let dns = "/api/hostinger/domains/shop.example/dns";
+    let r = admin.get("/api/hostinger/domains").await;
+    assert_eq!(r.body[0]["domain"], "shop.example", "{}", r.body);
+    let write = |records: Value, overwrite: bool| json!({ "overwrite": overwrite, "zone": [{ "name": "@", "type": "A", "ttl": 300, "records": records }] });
+    let r = admin
+        .send(
+            Method::PUT,
+            dns,
+            Some(write(json!([{ "content": "192.0.2.1" }]), true)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .send(
+            Method::PUT,
+            dns,
+            Some(write(json!([{ "content": "192.0.2.2" }]), false)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.get(dns).await;
+    assert_eq!(
+        r.body[0]["records"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body[0]["name"], "@");
+    let r = admin
+        .send(
+            Method::PUT,
+            dns,
+            Some(write(json!([{ "content": "10.0.0.300" }]), true)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error().contains(
+            "zone.0.records.0.content: The zone.0.records.0.content must be a valid IPv4 address."
+        ),
+        "{}",
+        r.body
+    );
+    let r = admin.send(Method::PUT, dns, Some(json!({ "zone": [{ "name": "www", "type": "PTR", "records": [{ "content": "x" }] }] }))).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("zone[0].type"), "{}", r.body);
+    let r = admin
+        .send(
+            Method::DELETE,
+            dns,
+            Some(json!({ "filters": [{ "name": "@", "type": "A" }] })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(admin.get(dns).await.body, json!([]));
+    assert_eq!(
+        admin
+            .get("/api/hostinger/domains/other.example/dns")
+            .await
+            .status,
+        404
+    );
+
+    // Mail orders over pages of 100; subscriptions as they are.
+    fake.with(|s| {
+        for i in 0..130u64 {
+            s.coll("mail").insert(format!("{i:04}"), json!({ "id": format!("OR{i}"), "status": "active", "is_trial": false, "seats": 5 }));
+        }
+    });
+    let before = fake.requests();
+    let r = admin.get("/api/hostinger/email").await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(130), "{}", r.body);
+    assert_eq!(fake.requests() - before, 2);
+    let r = admin.get("/api/hostinger/billing/subscriptions").await;
+    assert_eq!(r.body[0]["renewal_price"], 1599, "{}", r.body);
+
+    let traces = controller_traces(&ctl);
+    assert!(!traces
+        .windows(HG_TOKEN.len())
+        .any(|w| w == HG_TOKEN.as_bytes()));
 }

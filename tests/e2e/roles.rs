@@ -128,6 +128,15 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/api/digitalocean/domains/{name}/records/{record_id}",
         "admin",
     ),
+    ("GET", "/api/hostinger/vps", "viewer"),
+    ("GET", "/api/hostinger/vps/{id}", "viewer"),
+    ("POST", "/api/hostinger/vps/{id}/{action}", "moderator"),
+    ("GET", "/api/hostinger/domains", "viewer"),
+    ("GET", "/api/hostinger/domains/{domain}/dns", "viewer"),
+    ("PUT", "/api/hostinger/domains/{domain}/dns", "moderator"),
+    ("DELETE", "/api/hostinger/domains/{domain}/dns", "admin"),
+    ("GET", "/api/hostinger/email", "viewer"),
+    ("GET", "/api/hostinger/billing/subscriptions", "viewer"),
     ("GET", "/api/cloudflare/zones", "viewer"),
     ("GET", "/api/cloudflare/zones/{zone_id}/dns", "viewer"),
     ("POST", "/api/cloudflare/zones/{zone_id}/dns", "moderator"),
@@ -139,6 +148,51 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     (
         "DELETE",
         "/api/cloudflare/zones/{zone_id}/dns/{record_id}",
+        "admin",
+    ),
+    (
+        "GET",
+        "/api/cloudflare/zones/{zone_id}/email/rules",
+        "viewer",
+    ),
+    (
+        "POST",
+        "/api/cloudflare/zones/{zone_id}/email/rules",
+        "moderator",
+    ),
+    (
+        "PUT",
+        "/api/cloudflare/zones/{zone_id}/email/rules/{rule_id}",
+        "moderator",
+    ),
+    (
+        "DELETE",
+        "/api/cloudflare/zones/{zone_id}/email/rules/{rule_id}",
+        "admin",
+    ),
+    (
+        "GET",
+        "/api/cloudflare/zones/{zone_id}/email/catch-all",
+        "viewer",
+    ),
+    (
+        "PUT",
+        "/api/cloudflare/zones/{zone_id}/email/catch-all",
+        "moderator",
+    ),
+    (
+        "GET",
+        "/api/cloudflare/zones/{zone_id}/email/destinations",
+        "viewer",
+    ),
+    (
+        "POST",
+        "/api/cloudflare/zones/{zone_id}/email/destinations",
+        "moderator",
+    ),
+    (
+        "DELETE",
+        "/api/cloudflare/zones/{zone_id}/email/destinations/{destination_id}",
         "admin",
     ),
 ];
@@ -218,7 +272,11 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
                 .replace("{provider}", "cloudflare")
                 .replace("{name}", "example.com")
                 .replace("{zone_id}", "999999")
-                .replace("{record_id}", "999999");
+                .replace("{record_id}", "999999")
+                .replace("{rule_id}", "999999")
+                .replace("{destination_id}", "999999")
+                .replace("{action}", "start")
+                .replace("{domain}", "example.com");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

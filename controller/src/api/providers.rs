@@ -5,7 +5,7 @@ use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
-use crate::providers::{cloudflare, digitalocean, Credentials, Provider, ProviderError};
+use crate::providers::{cloudflare, digitalocean, hostinger, Credentials, Provider, ProviderError};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
@@ -40,7 +40,7 @@ impl From<ProviderError> for ApiError {
 fn provider(raw: &str) -> ApiResult<Provider> {
     Provider::parse(raw).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "provider {raw:?}: one of {} (Hostinger and Contabo are not built yet)",
+            "provider {raw:?}: one of {} (Contabo is not built yet)",
             Provider::ALL.map(Provider::as_str).join(", ")
         ))
     })
@@ -348,6 +348,239 @@ async fn cf_delete_record(
     ))
 }
 
+async fn cf_rules(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state.providers().cloudflare().await?.rules(&zone).await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cf_create_rule(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+    Json(b): Json<cloudflare::RuleBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .create_rule(&zone, &b)
+        .await?;
+    let target = format!(
+        "email rule {} of zone {zone}",
+        r.get("id").and_then(Value::as_str).unwrap_or_default()
+    );
+    Ok(with_target(
+        (StatusCode::CREATED, Json(r)).into_response(),
+        target,
+    ))
+}
+
+async fn cf_update_rule(
+    State(state): State<AppState>,
+    Path((zone, id)): Path<(String, String)>,
+    Json(b): Json<cloudflare::RuleBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .update_rule(&zone, &id, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("email rule {id} of zone {zone}"),
+    ))
+}
+
+async fn cf_delete_rule(
+    State(state): State<AppState>,
+    Path((zone, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .cloudflare()
+        .await?
+        .delete_rule(&zone, &id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("email rule {id} of zone {zone}"),
+    ))
+}
+
+async fn cf_catch_all(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        state
+            .providers()
+            .cloudflare()
+            .await?
+            .catch_all(&zone)
+            .await?,
+    ))
+}
+
+async fn cf_set_catch_all(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+    Json(b): Json<cloudflare::RuleBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .set_catch_all(&zone, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("email catch-all of zone {zone}"),
+    ))
+}
+
+async fn cf_destinations(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state
+        .providers()
+        .cloudflare()
+        .await?
+        .destinations(&zone)
+        .await?;
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationBody {
+    email: String,
+}
+
+async fn cf_create_destination(
+    State(state): State<AppState>,
+    Path(zone): Path<String>,
+    Json(b): Json<DestinationBody>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .cloudflare()
+        .await?
+        .create_destination(&zone, &b.email)
+        .await?;
+    let target = format!(
+        "email destination {}",
+        r.get("id").and_then(Value::as_str).unwrap_or_default()
+    );
+    Ok(with_target(
+        (StatusCode::CREATED, Json(r)).into_response(),
+        target,
+    ))
+}
+
+async fn cf_delete_destination(
+    State(state): State<AppState>,
+    Path((zone, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .cloudflare()
+        .await?
+        .delete_destination(&zone, &id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("email destination {id}"),
+    ))
+}
+
+// ---- Hostinger -----------------------------------------------------------------------
+
+async fn hg_vms(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().hostinger().await?.vms().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn hg_vm(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(state.providers().hostinger().await?.vm(&id).await?))
+}
+
+async fn hg_vm_action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = state
+        .providers()
+        .hostinger()
+        .await?
+        .vm_action(&id, &action)
+        .await?;
+    Ok(with_target(
+        Json(a).into_response(),
+        format!("Hostinger VPS {id} {action}"),
+    ))
+}
+
+async fn hg_domains(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().hostinger().await?.domains().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn hg_zone(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state.providers().hostinger().await?.zone(&domain).await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn hg_update_zone(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+    Json(b): Json<hostinger::ZoneUpdate>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .hostinger()
+        .await?
+        .update_zone(&domain, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("DNS zone {domain} at Hostinger"),
+    ))
+}
+
+async fn hg_delete_records(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+    Json(b): Json<hostinger::ZoneDelete>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .hostinger()
+        .await?
+        .delete_records(&domain, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("DNS zone {domain} at Hostinger"),
+    ))
+}
+
+async fn hg_email(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().hostinger().await?.mail_orders().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn hg_subscriptions(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().hostinger().await?.subscriptions().await?;
+    Ok(Json(Value::Array(list)))
+}
+
 pub(super) fn routes(reg: &mut Registry) {
     let viewer = Access::Role(Role::Viewer);
     let moderator = Access::Role(Role::Moderator);
@@ -405,6 +638,39 @@ pub(super) fn routes(reg: &mut Registry) {
         ],
         &["type", "name"],
     );
+    let rule = obj(
+        &[
+            (
+                "actions",
+                array(obj(
+                    &[
+                        ("type", json!({ "enum": ["forward", "worker", "drop"] })),
+                        ("value", array(json!({ "type": "string", "maxLength": 90 }))),
+                    ],
+                    &["type"],
+                )),
+            ),
+            (
+                "matchers",
+                array(obj(
+                    &[
+                        ("type", json!({ "enum": ["literal", "all"] })),
+                        ("field", json!({ "enum": ["to"] })),
+                        ("value", json!({ "type": "string", "maxLength": 90 })),
+                    ],
+                    &["type"],
+                )),
+            ),
+            ("enabled", json!({ "type": "boolean" })),
+            ("name", json!({ "type": "string", "maxLength": 256 })),
+            ("priority", json!({ "type": "integer", "minimum": 0 })),
+        ],
+        &["actions", "matchers"],
+    );
+    let mut catch_all = rule.clone();
+    if let Some(props) = catch_all["properties"].as_object_mut() {
+        props.remove("priority");
+    }
     reg.add(
         Method::GET,
         "/api/providers",
@@ -434,9 +700,9 @@ pub(super) fn routes(reg: &mut Registry) {
             summary: "Set a provider's credentials { token, account_id? (Cloudflare), api_url? }: checked with the provider's identity call, then sealed",
             request: Some(obj(
                 &[
-                    ("token", json!({ "type": "string", "minLength": 1, "maxLength": 512 })),
-                    ("account_id", string()),
-                    ("api_url", string()),
+                    ("token", json!({ "type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$" })),
+                    ("account_id", json!({ "type": "string", "pattern": "^[0-9a-fA-F]{1,64}$" })),
+                    ("api_url", json!({ "type": "string", "format": "uri" })),
                 ],
                 &["token"],
             )),
@@ -691,5 +957,271 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         cf_delete_record,
+    )
+    .add(
+        Method::GET,
+        "/api/cloudflare/zones/{zone_id}/email/rules",
+        viewer,
+        Doc {
+            summary: "Every Email Routing rule of a zone",
+            response: array(any.clone()),
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_rules,
+    )
+    .add(
+        Method::POST,
+        "/api/cloudflare/zones/{zone_id}/email/rules",
+        moderator,
+        Doc {
+            summary: "Add an Email Routing rule { actions: [{type: forward|worker|drop, value?}], matchers: [{type: literal|all, field?: to, value?}], enabled?, name?, priority? }",
+            request: Some(rule.clone()),
+            response: any.clone(),
+            status: 201,
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_create_rule,
+    )
+    .add(
+        Method::PUT,
+        "/api/cloudflare/zones/{zone_id}/email/rules/{rule_id}",
+        moderator,
+        Doc {
+            summary: "Replace an Email Routing rule",
+            request: Some(rule.clone()),
+            response: any.clone(),
+            path: vec![cf_id("zone_id"), cf_id("rule_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_update_rule,
+    )
+    .add(
+        Method::DELETE,
+        "/api/cloudflare/zones/{zone_id}/email/rules/{rule_id}",
+        admin,
+        Doc {
+            summary: "Delete an Email Routing rule",
+            response: ok_with(&[]),
+            path: vec![cf_id("zone_id"), cf_id("rule_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_delete_rule,
+    )
+    .add(
+        Method::GET,
+        "/api/cloudflare/zones/{zone_id}/email/catch-all",
+        viewer,
+        Doc {
+            summary: "The zone's catch-all rule",
+            response: any.clone(),
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_catch_all,
+    )
+    .add(
+        Method::PUT,
+        "/api/cloudflare/zones/{zone_id}/email/catch-all",
+        moderator,
+        Doc {
+            summary: "Set the catch-all rule { actions, matchers: [{type: all}], enabled?, name? }",
+            request: Some(catch_all),
+            response: any.clone(),
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_set_catch_all,
+    )
+    .add(
+        Method::GET,
+        "/api/cloudflare/zones/{zone_id}/email/destinations",
+        viewer,
+        Doc {
+            summary: "Destination addresses of the zone's account (the configured account_id, else the zone's), verified or not",
+            response: array(any.clone()),
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_destinations,
+    )
+    .add(
+        Method::POST,
+        "/api/cloudflare/zones/{zone_id}/email/destinations",
+        moderator,
+        Doc {
+            summary: "Add a destination address { email }; Cloudflare mails it a confirmation (verified stays null until then)",
+            request: Some(obj(
+                &[("email", json!({ "type": "string", "maxLength": 90 }))],
+                &["email"],
+            )),
+            response: any.clone(),
+            status: 201,
+            path: vec![cf_id("zone_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_create_destination,
+    )
+    .add(
+        Method::DELETE,
+        "/api/cloudflare/zones/{zone_id}/email/destinations/{destination_id}",
+        admin,
+        Doc {
+            summary: "Delete a destination address",
+            response: ok_with(&[]),
+            path: vec![cf_id("zone_id"), cf_id("destination_id")],
+            errors: upstream,
+            ..Default::default()
+        },
+        cf_delete_destination,
+    );
+    hostinger_routes(reg, &any, upstream);
+}
+
+fn hostinger_routes(reg: &mut Registry, any: &Value, upstream: &'static [u16]) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    let domain = || {
+        (
+            "domain",
+            json!({ "type": "string", "minLength": 3, "maxLength": 253, "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)+$" }),
+        )
+    };
+    let types =
+        json!({ "enum": ["A", "AAAA", "CNAME", "ALIAS", "MX", "TXT", "NS", "SOA", "SRV", "CAA"] });
+    let list = |summary: &'static str| Doc {
+        summary,
+        response: array(any.clone()),
+        errors: upstream,
+        ..Default::default()
+    };
+    reg.add(
+        Method::GET,
+        "/api/hostinger/vps",
+        viewer,
+        list("Every Hostinger VPS"),
+        hg_vms,
+    )
+    .add(
+        Method::GET,
+        "/api/hostinger/vps/{id}",
+        viewer,
+        Doc {
+            summary: "One Hostinger VPS",
+            response: any.clone(),
+            errors: upstream,
+            ..Default::default()
+        },
+        hg_vm,
+    )
+    .add(
+        Method::POST,
+        "/api/hostinger/vps/{id}/{action}",
+        moderator,
+        Doc {
+            summary: "Start, stop or restart a VPS; answers Hostinger's action { id, name, state, … }",
+            optional_body: true,
+            request: Some(obj(&[], &[])),
+            response: any.clone(),
+            path: vec![("action", json!({ "enum": hostinger::ACTIONS }))],
+            errors: upstream,
+            ..Default::default()
+        },
+        hg_vm_action,
+    )
+    .add(
+        Method::GET,
+        "/api/hostinger/domains",
+        viewer,
+        list("The domain portfolio"),
+        hg_domains,
+    )
+    .add(
+        Method::GET,
+        "/api/hostinger/domains/{domain}/dns",
+        viewer,
+        Doc {
+            summary: "A domain's DNS zone: [{ name, type, ttl, records: [{ content, is_disabled }] }] (`@` is the apex)",
+            response: array(any.clone()),
+            path: vec![domain()],
+            errors: upstream,
+            ..Default::default()
+        },
+        hg_zone,
+    )
+    .add(
+        Method::PUT,
+        "/api/hostinger/domains/{domain}/dns",
+        moderator,
+        Doc {
+            summary: "Write records { overwrite? (default true: replace what matches name and type), zone: [{ name, type, ttl?, records: [{ content }] }] }",
+            request: Some(obj(
+                &[
+                    ("overwrite", json!({ "type": "boolean" })),
+                    (
+                        "zone",
+                        array(obj(
+                            &[
+                                ("name", string()),
+                                ("type", types.clone()),
+                                ("ttl", integer()),
+                                ("records", array(obj(&[("content", string())], &["content"]))),
+                            ],
+                            &["name", "type", "records"],
+                        )),
+                    ),
+                ],
+                &["zone"],
+            )),
+            response: any.clone(),
+            path: vec![domain()],
+            errors: upstream,
+            ..Default::default()
+        },
+        hg_update_zone,
+    )
+    .add(
+        Method::DELETE,
+        "/api/hostinger/domains/{domain}/dns",
+        admin,
+        Doc {
+            summary: "Delete the records matching { filters: [{ name, type }] }",
+            request: Some(obj(
+                &[(
+                    "filters",
+                    array(obj(&[("name", string()), ("type", types)], &["name", "type"])),
+                )],
+                &["filters"],
+            )),
+            response: any.clone(),
+            path: vec![domain()],
+            errors: upstream,
+            ..Default::default()
+        },
+        hg_delete_records,
+    )
+    .add(
+        Method::GET,
+        "/api/hostinger/email",
+        viewer,
+        list("Every mail order (all pages)"),
+        hg_email,
+    )
+    .add(
+        Method::GET,
+        "/api/hostinger/billing/subscriptions",
+        viewer,
+        list("Billing subscriptions (prices in cents)"),
+        hg_subscriptions,
     );
 }

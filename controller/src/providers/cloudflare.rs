@@ -25,9 +25,11 @@ pub struct RecordBody {
     pub kind: Option<String>,
     pub name: Option<String>,
     pub content: Option<String>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub ttl: Option<i64>,
     pub proxied: Option<bool>,
     pub comment: Option<String>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub priority: Option<i64>,
 }
 
@@ -89,6 +91,153 @@ impl RecordBody {
             b.insert("priority".into(), json!(p));
         }
         Ok(Value::Object(b))
+    }
+}
+
+/// An Email Routing rule (or the catch-all) as our API takes it: Cloudflare's fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    pub actions: Vec<RuleAction>,
+    pub matchers: Vec<RuleMatcher>,
+    pub enabled: Option<bool>,
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "super::whole")]
+    pub priority: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleAction {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatcher {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub field: Option<String>,
+    pub value: Option<String>,
+}
+
+/// An e-mail address as Email Routing takes it (at most 90 characters).
+pub fn check_email(field: &str, v: &str) -> Result<()> {
+    let ok = v.len() <= 90
+        && v.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.bytes().all(|b| {
+                    b.is_ascii_graphic() && !matches!(b, b'@' | b'"' | b'<' | b'>' | b',' | b';')
+                })
+                && domain.contains('.')
+                && check::dns_name(field, domain).is_ok()
+        });
+    if !ok {
+        return Err(invalid(field, "an e-mail address (at most 90 characters)"));
+    }
+    Ok(())
+}
+
+impl RuleBody {
+    /// The body Cloudflare gets; the catch-all takes only an `all` matcher and no
+    /// priority.
+    pub fn body(&self, catch_all: bool) -> Result<Value> {
+        if self.actions.is_empty() || self.actions.len() > 10 {
+            return Err(invalid("actions", "1–10 actions"));
+        }
+        let mut actions = Vec::new();
+        for (i, a) in self.actions.iter().enumerate() {
+            let at = format!("actions[{i}]");
+            let values = a.value.as_deref().unwrap_or_default();
+            match a.kind.as_str() {
+                "forward" => {
+                    if values.is_empty() || values.len() > 10 {
+                        return Err(invalid(
+                            &format!("{at}.value"),
+                            "1–10 destination addresses",
+                        ));
+                    }
+                    for (j, v) in values.iter().enumerate() {
+                        check_email(&format!("{at}.value[{j}]"), v)?;
+                    }
+                }
+                "worker" => {
+                    let ok = values.len() == 1
+                        && !values[0].is_empty()
+                        && values[0].len() <= 63
+                        && values[0]
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+                    if !ok {
+                        return Err(invalid(&format!("{at}.value"), "one Worker's name"));
+                    }
+                }
+                "drop" => {
+                    if !values.is_empty() {
+                        return Err(invalid(&format!("{at}.value"), "drop takes no value"));
+                    }
+                }
+                _ => return Err(invalid(&format!("{at}.type"), "forward, worker or drop")),
+            }
+            let mut o = json!({ "type": a.kind });
+            if !values.is_empty() {
+                o["value"] = json!(values);
+            }
+            actions.push(o);
+        }
+        if self.matchers.is_empty() || self.matchers.len() > 10 {
+            return Err(invalid("matchers", "1–10 matchers"));
+        }
+        let mut matchers = Vec::new();
+        for (i, m) in self.matchers.iter().enumerate() {
+            let at = format!("matchers[{i}]");
+            match (m.kind.as_str(), catch_all) {
+                ("all", _) => {
+                    if m.field.is_some() || m.value.is_some() {
+                        return Err(invalid(&at, "an `all` matcher takes no field or value"));
+                    }
+                    matchers.push(json!({ "type": "all" }));
+                }
+                ("literal", false) => {
+                    if m.field.as_deref().unwrap_or("to") != "to" {
+                        return Err(invalid(&format!("{at}.field"), "to"));
+                    }
+                    let v = m
+                        .value
+                        .as_deref()
+                        .ok_or_else(|| invalid(&format!("{at}.value"), "required"))?;
+                    check_email(&format!("{at}.value"), v)?;
+                    matchers.push(json!({ "type": "literal", "field": "to", "value": v }));
+                }
+                (_, true) => {
+                    return Err(invalid(
+                        &format!("{at}.type"),
+                        "the catch-all matches `all`",
+                    ))
+                }
+                _ => return Err(invalid(&format!("{at}.type"), "literal or all")),
+            }
+        }
+        let mut b = json!({ "actions": actions, "matchers": matchers });
+        if let Some(e) = self.enabled {
+            b["enabled"] = json!(e);
+        }
+        if let Some(n) = &self.name {
+            check::text("name", n, 256)?;
+            b["name"] = json!(n);
+        }
+        if let Some(p) = self.priority {
+            if catch_all {
+                return Err(invalid("priority", "the catch-all has no priority"));
+            }
+            if !(0..=i64::from(i32::MAX)).contains(&p) {
+                return Err(invalid("priority", "0 or more"));
+            }
+            b["priority"] = json!(p);
+        }
+        Ok(b)
     }
 }
 
@@ -205,6 +354,107 @@ impl Cloudflare {
         )
     }
 
+    pub async fn rules(&self, zone: &str) -> Result<Vec<Value>> {
+        cf_id("zone_id", zone)?;
+        self.list(
+            &format!("/zones/{zone}/email/routing/rules"),
+            ZONES_PER_PAGE,
+            &[],
+        )
+        .await
+    }
+
+    pub async fn create_rule(&self, zone: &str, r: &RuleBody) -> Result<Value> {
+        cf_id("zone_id", zone)?;
+        let body = r.body(false)?;
+        let path = format!("/zones/{zone}/email/routing/rules");
+        result(self.api.call(Method::POST, &path, &[], Some(&body)).await?)
+    }
+
+    pub async fn update_rule(&self, zone: &str, id: &str, r: &RuleBody) -> Result<Value> {
+        cf_id("zone_id", zone)?;
+        cf_id("rule_id", id)?;
+        let body = r.body(false)?;
+        let path = format!("/zones/{zone}/email/routing/rules/{id}");
+        result(self.api.call(Method::PUT, &path, &[], Some(&body)).await?)
+    }
+
+    pub async fn delete_rule(&self, zone: &str, id: &str) -> Result<()> {
+        cf_id("zone_id", zone)?;
+        cf_id("rule_id", id)?;
+        let path = format!("/zones/{zone}/email/routing/rules/{id}");
+        self.api.call(Method::DELETE, &path, &[], None).await?;
+        Ok(())
+    }
+
+    pub async fn catch_all(&self, zone: &str) -> Result<Value> {
+        cf_id("zone_id", zone)?;
+        let path = format!("/zones/{zone}/email/routing/rules/catch_all");
+        result(self.api.call(Method::GET, &path, &[], None).await?)
+    }
+
+    pub async fn set_catch_all(&self, zone: &str, r: &RuleBody) -> Result<Value> {
+        cf_id("zone_id", zone)?;
+        let body = r.body(true)?;
+        let path = format!("/zones/{zone}/email/routing/rules/catch_all");
+        result(self.api.call(Method::PUT, &path, &[], Some(&body)).await?)
+    }
+
+    /// Destination addresses belong to the account: the configured one, else the
+    /// account that owns the zone (from the zone list, the operation the token has).
+    async fn account_of(&self, zone: &str) -> Result<String> {
+        cf_id("zone_id", zone)?;
+        if let Some(a) = &self.account_id {
+            return Ok(a.clone());
+        }
+        let zones = self.zones().await?;
+        let z = zones
+            .iter()
+            .find(|z| z.get("id").and_then(Value::as_str) == Some(zone))
+            .ok_or_else(|| ProviderError::NotFound {
+                provider: "Cloudflare",
+                message: format!("no zone {zone} for this token"),
+            })?;
+        z.pointer("/account/id")
+            .and_then(Value::as_str)
+            .filter(|a| cf_id("account_id", a).is_ok())
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Upstream {
+                provider: "Cloudflare",
+                message: format!("zone {zone} names no account"),
+            })
+    }
+
+    /// Every destination address, verified or not (the API lists one kind at a time).
+    pub async fn destinations(&self, zone: &str) -> Result<Vec<Value>> {
+        let account = self.account_of(zone).await?;
+        let path = format!("/accounts/{account}/email/routing/addresses");
+        let mut out = self
+            .list(&path, ZONES_PER_PAGE, &[("verified", "true".into())])
+            .await?;
+        out.extend(
+            self.list(&path, ZONES_PER_PAGE, &[("verified", "false".into())])
+                .await?,
+        );
+        Ok(out)
+    }
+
+    pub async fn create_destination(&self, zone: &str, email: &str) -> Result<Value> {
+        check_email("email", email)?;
+        let account = self.account_of(zone).await?;
+        let path = format!("/accounts/{account}/email/routing/addresses");
+        let body = json!({ "email": email });
+        result(self.api.call(Method::POST, &path, &[], Some(&body)).await?)
+    }
+
+    pub async fn delete_destination(&self, zone: &str, id: &str) -> Result<()> {
+        cf_id("destination_id", id)?;
+        let account = self.account_of(zone).await?;
+        let path = format!("/accounts/{account}/email/routing/addresses/{id}");
+        self.api.call(Method::DELETE, &path, &[], None).await?;
+        Ok(())
+    }
+
     pub async fn delete_record(&self, zone: &str, id: &str) -> Result<()> {
         cf_id("zone_id", zone)?;
         cf_id("record_id", id)?;
@@ -258,6 +508,48 @@ mod tests {
             assert!(e.starts_with(field), "{bad}: {e}");
         }
         assert!(cf_id("zone_id", "023e105f4ecef8ad9ca31a8372d0c353").is_ok());
+        let rule = |v: Value, catch_all: bool| {
+            serde_json::from_value::<RuleBody>(v)
+                .map_err(|e| ProviderError::Invalid(e.to_string()))
+                .and_then(|r| r.body(catch_all))
+        };
+        assert_eq!(
+            rule(
+                json!({ "actions": [{ "type": "forward", "value": ["me@example.net"] }],
+                "matchers": [{ "type": "literal", "value": "hi@example.com" }] }),
+                false
+            )
+            .expect("rule"),
+            json!({ "actions": [{ "type": "forward", "value": ["me@example.net"] }],
+                "matchers": [{ "type": "literal", "field": "to", "value": "hi@example.com" }] })
+        );
+        for (bad, catch_all, field) in [
+            (
+                json!({ "actions": [], "matchers": [{ "type": "all" }] }),
+                false,
+                "actions",
+            ),
+            (
+                json!({ "actions": [{ "type": "forward", "value": ["not an address"] }], "matchers": [{ "type": "all" }] }),
+                false,
+                "actions[0].value[0]",
+            ),
+            (
+                json!({ "actions": [{ "type": "drop" }], "matchers": [{ "type": "literal", "value": "x@example.com" }] }),
+                true,
+                "matchers[0].type",
+            ),
+            (
+                json!({ "actions": [{ "type": "drop" }], "matchers": [{ "type": "all" }], "priority": 1 }),
+                true,
+                "priority",
+            ),
+        ] {
+            let e = rule(bad.clone(), catch_all)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.starts_with(field), "{bad}: {e}");
+        }
         assert!(cf_id("zone_id", "../x").is_err());
     }
 }

@@ -132,10 +132,15 @@ pub struct RecordBody {
     pub kind: Option<String>,
     pub name: Option<String>,
     pub data: Option<String>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub priority: Option<i64>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub port: Option<i64>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub ttl: Option<i64>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub weight: Option<i64>,
+    #[serde(default, deserialize_with = "super::whole")]
     pub flags: Option<i64>,
     pub tag: Option<String>,
 }

@@ -6,6 +6,7 @@
 
 pub mod cloudflare;
 pub mod digitalocean;
+pub mod hostinger;
 
 use crate::crypto::MasterKey;
 use crate::store::{ProviderRow, Store, StoreError};
@@ -20,10 +21,15 @@ use std::time::Duration;
 pub enum Provider {
     DigitalOcean,
     Cloudflare,
+    Hostinger,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 2] = [Provider::DigitalOcean, Provider::Cloudflare];
+    pub const ALL: [Provider; 3] = [
+        Provider::DigitalOcean,
+        Provider::Cloudflare,
+        Provider::Hostinger,
+    ];
 
     pub fn parse(raw: &str) -> Option<Provider> {
         Provider::ALL.into_iter().find(|p| p.as_str() == raw)
@@ -33,6 +39,7 @@ impl Provider {
         match self {
             Provider::DigitalOcean => "digitalocean",
             Provider::Cloudflare => "cloudflare",
+            Provider::Hostinger => "hostinger",
         }
     }
 
@@ -41,6 +48,7 @@ impl Provider {
         match self {
             Provider::DigitalOcean => "DigitalOcean",
             Provider::Cloudflare => "Cloudflare",
+            Provider::Hostinger => "Hostinger",
         }
     }
 
@@ -48,6 +56,8 @@ impl Provider {
         match self {
             Provider::DigitalOcean => "https://api.digitalocean.com/v2",
             Provider::Cloudflare => "https://api.cloudflare.com/client/v4",
+            // Paths are under /api/… on the host itself.
+            Provider::Hostinger => "https://developers.hostinger.com",
         }
     }
 }
@@ -289,6 +299,35 @@ fn message_of(provider: Provider, v: &Value) -> Option<String> {
             }
             errs.join("; ")
         }
+        // {"message", "correlation_id"}, 422 adding {"errors": {"field": ["msg", …]}};
+        // some answers carry `error` instead.
+        Provider::Hostinger => {
+            let base = v
+                .get("message")
+                .or_else(|| v.get("error"))
+                .and_then(Value::as_str)?
+                .to_owned();
+            let fields: Vec<String> = v
+                .get("errors")
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, msgs)| {
+                            let m: Vec<&str> = msgs
+                                .as_array()
+                                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                                .unwrap_or_default();
+                            format!("{k}: {}", m.join(", "))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if fields.is_empty() {
+                base
+            } else {
+                format!("{base} ({})", fields.join("; "))
+            }
+        }
     };
     // A provider's message is shown to our user: keep it one bounded line.
     let one_line: String = text
@@ -443,6 +482,7 @@ impl Providers {
         let account = match provider {
             Provider::DigitalOcean => digitalocean::DigitalOcean(api).account().await?,
             Provider::Cloudflare => cloudflare::Cloudflare::new(api, None).verify().await?,
+            Provider::Hostinger => hostinger::Hostinger(api).verify().await?,
         };
         let plain = serde_json::to_vec(&creds)
             .map_err(|e| ProviderError::Invalid(format!("credentials: {e}")))?;
@@ -515,10 +555,35 @@ impl Providers {
         ))
     }
 
+    pub async fn hostinger(&self) -> Result<hostinger::Hostinger> {
+        let creds = self.credentials(Provider::Hostinger).await?;
+        Ok(hostinger::Hostinger(self.api(Provider::Hostinger, &creds)?))
+    }
+
     pub async fn cloudflare(&self) -> Result<cloudflare::Cloudflare> {
         let creds = self.credentials(Provider::Cloudflare).await?;
         let api = self.api(Provider::Cloudflare, &creds)?;
         Ok(cloudflare::Cloudflare::new(api, creds.account_id))
+    }
+}
+
+/// An optional integer that JSON may also write as `3.0` (JSON Schema's `integer` allows
+/// it, and so do the providers).
+pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number"
+        ))),
     }
 }
 
