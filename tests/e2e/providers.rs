@@ -31,6 +31,13 @@ struct FakeState {
     next_id: u64,
     /// Objects by collection name, each keyed by id.
     objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The `x-request-id` of the request being answered.
+    request_id: Option<String>,
+    /// Every `x-request-id` received (Contabo).
+    request_ids: Vec<String>,
+    /// Access tokens issued (Contabo), and the lifetime they are given.
+    tokens: Vec<String>,
+    token_lifetime: u64,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -67,7 +74,9 @@ impl Fake {
                 let json: Value = if bytes.is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&bytes).unwrap_or(json!("not json"))
+                    // A form (Contabo's token request) arrives as its text.
+                    serde_json::from_slice(&bytes)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
                 };
                 let query: BTreeMap<String, String> = parts
                     .uri
@@ -84,8 +93,14 @@ impl Fake {
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                let request_id = parts
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let (delay, throttled) = {
                     let mut s = st.lock().expect("fake");
+                    s.request_id = request_id;
                     s.seen
                         .push((parts.method.to_string(), parts.uri.to_string()));
                     let t = if s.faults.throttle.is_empty() {
@@ -836,6 +851,287 @@ fn hostinger(
     }
 }
 
+// ---- Contabo, after its published OpenAPI and its OAuth token endpoint ----------------
+
+const CB_CLIENT_SECRET: &str = "cb-client-secret-8f2d1c9a7e";
+const CB_PASSWORD: &str = "Api user pass 7!";
+
+fn cb_error(status: u16, message: &str) -> Answer {
+    (
+        status,
+        Vec::new(),
+        json!({ "statusCode": status, "message": message }),
+    )
+}
+
+fn cb_data(status: u16, items: Vec<Value>) -> Answer {
+    (
+        status,
+        Vec::new(),
+        json!({ "data": items, "_links": { "self": "/v1" } }),
+    )
+}
+
+/// `application/x-www-form-urlencoded` value decoding: `+` is a space, `%XX` a byte.
+fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A v4 UUID as Contabo's spec patterns it.
+fn is_uuid(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn contabo(
+    s: &mut FakeState,
+    method: &str,
+    segs: &[&str],
+    q: &BTreeMap<String, String>,
+    auth: Option<&str>,
+    body: Value,
+) -> Answer {
+    if segs.first() == Some(&"auth") {
+        // The OpenID Connect token endpoint: a form with the password grant.
+        let form: BTreeMap<String, String> = body
+            .as_str()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), form_decode(v)))
+            .collect();
+        let get = |k: &str| form.get(k).map(String::as_str);
+        if (
+            get("grant_type"),
+            get("client_id"),
+            get("client_secret"),
+            get("username"),
+            get("password"),
+        ) != (
+            Some("password"),
+            Some("cb-client"),
+            Some(CB_CLIENT_SECRET),
+            Some("ops@example.com"),
+            Some(CB_PASSWORD),
+        ) {
+            return (
+                401,
+                Vec::new(),
+                json!({ "error": "invalid_grant", "error_description": "Invalid user credentials" }),
+            );
+        }
+        let token = format!("cb-access-{}", s.tokens.len() + 1);
+        s.tokens.push(token.clone());
+        return ok(
+            json!({ "access_token": token, "expires_in": s.token_lifetime, "token_type": "Bearer" }),
+        );
+    }
+    let Some(rid) = s.request_id.clone().filter(|r| is_uuid(r)) else {
+        return cb_error(400, "x-request-id must be a UUID");
+    };
+    s.request_ids.push(rid);
+    let valid = auth
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|t| s.tokens.last().map(String::as_str) == Some(t));
+    if !valid {
+        return cb_error(401, "Unauthorized");
+    }
+    let Some(rest) = segs.strip_prefix(&["v1"]) else {
+        return cb_error(404, "Not Found");
+    };
+    let page = |items: Vec<Value>| {
+        let page: usize = q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        let size: usize = q
+            .get("size")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(10)
+            .clamp(1, 1000);
+        let total = items.len();
+        let data: Vec<Value> = items
+            .into_iter()
+            .skip((page - 1) * size)
+            .take(size)
+            .collect();
+        ok(
+            json!({ "data": data, "_links": {}, "_pagination": { "page": page, "size": size,
+            "totalElements": total, "totalPages": total.div_ceil(size) } }),
+        )
+    };
+    match (method, rest) {
+        ("GET", ["users", "client"]) => cb_data(
+            200,
+            vec![json!({ "id": "5f2d", "clientId": "cb-client", "secret": CB_CLIENT_SECRET })],
+        ),
+        ("GET", ["compute", "instances"]) => page(s.coll("instances").values().cloned().collect()),
+        ("POST", ["compute", "instances"]) => {
+            let allowed = [
+                "imageId",
+                "productId",
+                "region",
+                "sshKeys",
+                "rootPassword",
+                "userData",
+                "license",
+                "period",
+                "displayName",
+                "defaultUser",
+                "addOns",
+                "applicationId",
+            ];
+            if let Some(k) = unknown_fields(&body, &allowed) {
+                return cb_error(400, &format!("property {k} should not exist"));
+            }
+            if body.get("period").is_none() {
+                return cb_error(400, "period must be a number");
+            }
+            let id = 200_000 + s.id();
+            let i = json!({ "instanceId": id, "name": format!("vmi{id}"), "displayName": body.get("displayName").cloned().unwrap_or(json!("")),
+                "status": "provisioning", "region": body.get("region").cloned().unwrap_or(json!("EU")), "productId": body.get("productId").cloned().unwrap_or(json!("V45")),
+                "ipConfig": { "v4": { "ip": "198.51.100.9" } }, "cpuCores": 4, "ramMb": 8192, "diskMb": 204800 });
+            s.coll("instances").insert(id.to_string(), i.clone());
+            cb_data(201, vec![i])
+        }
+        ("GET", ["compute", "instances", id]) => match s.coll("instances").get(*id) {
+            Some(i) => cb_data(200, vec![i.clone()]),
+            None => cb_error(
+                404,
+                &format!("Entry Instances not found by instanceId {id}"),
+            ),
+        },
+        ("PATCH", ["compute", "instances", id]) => {
+            if unknown_fields(&body, &["displayName"]).is_some() {
+                return cb_error(400, "only displayName can change");
+            }
+            match s.coll("instances").get_mut(*id) {
+                Some(i) => {
+                    i["displayName"] = body["displayName"].clone();
+                    let i = i.clone();
+                    cb_data(200, vec![i])
+                }
+                None => cb_error(
+                    404,
+                    &format!("Entry Instances not found by instanceId {id}"),
+                ),
+            }
+        }
+        ("POST", ["compute", "instances", id, "actions", action]) => match s
+            .coll("instances")
+            .get_mut(*id)
+        {
+            Some(i) => {
+                i["status"] = json!(if matches!(*action, "stop" | "shutdown") {
+                    "stopped"
+                } else {
+                    "running"
+                });
+                cb_data(
+                    201,
+                    vec![json!({ "instanceId": id.parse::<u64>().unwrap_or(0), "action": action })],
+                )
+            }
+            None => cb_error(
+                404,
+                &format!("Entry Instances not found by instanceId {id}"),
+            ),
+        },
+        ("GET", ["compute", "instances", id, "snapshots"]) => {
+            let items = s
+                .coll("snapshots")
+                .values()
+                .filter(|x| x["_instance"] == *id)
+                .map(strip)
+                .collect();
+            page(items)
+        }
+        ("POST", ["compute", "instances", id, "snapshots"]) => {
+            if unknown_fields(&body, &["name", "description"]).is_some() {
+                return cb_error(400, "unknown property");
+            }
+            let name = body["name"].as_str().unwrap_or_default();
+            if name.is_empty() || name.chars().count() > 30 {
+                return cb_error(400, "name must be shorter than or equal to 30 characters");
+            }
+            let sid = format!("snap{}", s.id());
+            let snap = json!({ "snapshotId": sid, "name": name, "description": body.get("description").cloned().unwrap_or(json!("")), "instanceId": id.parse::<u64>().unwrap_or(0), "_instance": id });
+            s.coll("snapshots").insert(sid, snap.clone());
+            cb_data(201, vec![strip(&snap)])
+        }
+        ("DELETE", ["compute", "instances", _, "snapshots", sid]) => {
+            match s.coll("snapshots").remove(*sid) {
+                Some(_) => (204, Vec::new(), Value::Null),
+                None => cb_error(404, "Entry Snapshot not found"),
+            }
+        }
+        ("POST", ["compute", "instances", id, "snapshots", sid, "rollback"]) => {
+            if body != json!({}) {
+                return cb_error(400, "rollback takes an empty object");
+            }
+            match s.coll("snapshots").get(*sid) {
+                Some(_) => cb_data(
+                    200,
+                    vec![
+                        json!({ "instanceId": id.parse::<u64>().unwrap_or(0), "snapshotId": sid }),
+                    ],
+                ),
+                None => cb_error(404, "Entry Snapshot not found"),
+            }
+        }
+        ("GET", ["secrets"]) => page(s.coll("secrets").values().cloned().collect()),
+        ("POST", ["secrets"]) | ("PATCH", ["secrets", _]) => {
+            if unknown_fields(&body, &["name", "value", "type"]).is_some() {
+                return cb_error(400, "unknown property");
+            }
+            if body
+                .get("value")
+                .is_some_and(|v| v.as_str().is_none_or(|v| v.len() < 8))
+            {
+                return cb_error(400, "value must be longer than or equal to 8 characters");
+            }
+            let id = match rest {
+                ["secrets", id] => id.to_string(),
+                _ => s.id().to_string(),
+            };
+            let mut secret = match s.coll("secrets").get(&id) {
+                Some(x) if method == "PATCH" => x.clone(),
+                None if method == "PATCH" => return cb_error(404, "Entry Secret not found"),
+                _ => {
+                    json!({ "secretId": id.parse::<u64>().unwrap_or(0), "tenantId": "DE", "customerId": "54321", "createdAt": "2026-12-03T17:00:00Z" })
+                }
+            };
+            for (k, v) in body.as_object().into_iter().flatten() {
+                secret[k] = v.clone();
+            }
+            s.coll("secrets").insert(id, secret.clone());
+            cb_data(if method == "POST" { 201 } else { 200 }, vec![secret])
+        }
+        ("DELETE", ["secrets", id]) => match s.coll("secrets").remove(*id) {
+            Some(_) => (204, Vec::new(), Value::Null),
+            None => cb_error(404, "Entry Secret not found"),
+        },
+        _ => cb_error(404, "Not Found"),
+    }
+}
+
 async fn put(admin: &mut Client, path: &str, body: Value) -> mezzanine_tests::Resp {
     admin.send(Method::PUT, path, Some(body)).await
 }
@@ -901,10 +1197,10 @@ async fn digitalocean_through_our_api() {
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert!(r.error().starts_with(field), "{body}: {}", r.body);
     }
-    // An unknown provider (Contabo is not built yet) is a 404 before any request.
+    // An unknown provider is a 404 before any request.
     let r = put(
         &mut admin,
-        "/api/providers/contabo",
+        "/api/providers/linode",
         json!({ "token": DO_TOKEN, "api_url": api_url }),
     )
     .await;
@@ -1506,4 +1802,212 @@ async fn hostinger_through_our_api() {
     assert!(!traces
         .windows(HG_TOKEN.len())
         .any(|w| w == HG_TOKEN.as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contabo_through_our_api() {
+    let fake = Fake::start(contabo).await;
+    fake.with(|s| s.token_lifetime = 3600);
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let creds = |password: &str| {
+        json!({ "client_id": "cb-client", "client_secret": CB_CLIENT_SECRET, "username": "ops@example.com",
+            "password": password, "api_url": fake.base,
+            "auth_url": format!("{}/auth/realms/contabo/protocol/openid-connect/token", fake.base) })
+    };
+    let r = put(
+        &mut admin,
+        "/api/providers/contabo",
+        creds("wrong password"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "credentials: Contabo refused them: Invalid user credentials"
+    );
+    let r = put(
+        &mut admin,
+        "/api/providers/contabo",
+        json!({ "token": "x", "api_url": fake.base }),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("token"), "{}", r.body);
+    let r = put(&mut admin, "/api/providers/contabo", creds(CB_PASSWORD)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["account"], "ops@example.com");
+    // /v1/users/client answered the client secret: it goes nowhere.
+    let listed = admin.get("/api/providers").await.body.to_string();
+    assert!(
+        !listed.contains(CB_CLIENT_SECRET) && !listed.contains(CB_PASSWORD),
+        "{listed}"
+    );
+
+    // Instances over pages of 100, one token for all of it.
+    fake.with(|s| {
+        for i in 0..150u64 {
+            let id = 100_000 + i;
+            s.coll("instances").insert(
+                id.to_string(),
+                json!({ "instanceId": id, "name": format!("vmi{id}"), "status": "running" }),
+            );
+        }
+    });
+    let r = admin.get("/api/contabo/instances").await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(150), "{}", r.body);
+    let r = admin.get("/api/contabo/instances/100007").await;
+    assert_eq!(
+        (r.status, r.body["name"].as_str()),
+        (200, Some("vmi100007")),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .patch(
+            "/api/contabo/instances/100007",
+            json!({ "displayName": "web" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["displayName"].as_str()),
+        (200, Some("web")),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .post("/api/contabo/instances/100007/actions/stop", json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["action"].as_str()),
+        (201, Some("stop")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        admin.get("/api/contabo/instances/100007").await.body["status"],
+        "stopped"
+    );
+    let r = admin.get("/api/contabo/instances/999").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        r.error(),
+        "Contabo: Entry Instances not found by instanceId 999"
+    );
+    let r = admin
+        .post("/api/contabo/instances", json!({ "productId": "V45" }))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("period"), "{}", r.body);
+    let r = admin
+        .post(
+            "/api/contabo/instances",
+            json!({ "period": 1, "productId": "V45", "region": "EU", "displayName": "new" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("provisioning")),
+        "{}",
+        r.body
+    );
+    assert_eq!(fake.with(|s| s.tokens.len()), 1, "the token is reused");
+
+    // Snapshots: take, list, roll back, delete.
+    let snaps = "/api/contabo/instances/100007/snapshots";
+    let r = admin
+        .post(
+            snaps,
+            json!({ "name": "a name longer than thirty characters" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin
+        .post(
+            snaps,
+            json!({ "name": "before-upgrade", "description": "pre 2.0" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sid = r.body["snapshotId"].as_str().expect("snapshot").to_owned();
+    assert_eq!(
+        admin.get(snaps).await.body.as_array().map(Vec::len),
+        Some(1)
+    );
+    let r = admin
+        .post(&format!("{snaps}/{sid}/rollback"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.delete(&format!("{snaps}/{sid}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(admin.delete(&format!("{snaps}/{sid}")).await.status, 404);
+
+    // Secrets: stored at Contabo, their values never shown by us.
+    let r = admin
+        .post(
+            "/api/contabo/secrets",
+            json!({ "name": "root", "value": "short", "type": "password" }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = admin
+        .post(
+            "/api/contabo/secrets",
+            json!({ "name": "root", "value": "Hunter2-Hunter2", "type": "password" }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body.get("value").is_none(), "{}", r.body);
+    let secret = r.body["secretId"].as_u64().expect("secret");
+    let r = admin
+        .patch(
+            &format!("/api/contabo/secrets/{secret}"),
+            json!({ "name": "root-2" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["name"].as_str()),
+        (200, Some("root-2")),
+        "{}",
+        r.body
+    );
+    let list = admin.get("/api/contabo/secrets").await.body;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert!(!list.to_string().contains("Hunter2"), "{list}");
+    let r = admin
+        .delete(&format!("/api/contabo/secrets/{secret}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A token is refreshed before it expires: give the next one 62 s, so a minute's
+    // margin leaves 2 s.
+    fake.with(|s| s.token_lifetime = 62);
+    let r = put(&mut admin, "/api/providers/contabo", json!({ "client_id": "cb-client", "client_secret": CB_CLIENT_SECRET,
+        "username": "ops@example.com", "password": CB_PASSWORD, "api_url": format!("{}/", fake.base),
+        "auth_url": format!("{}/auth/realms/contabo/protocol/openid-connect/token", fake.base) })).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let issued = fake.with(|s| s.tokens.len());
+    assert_eq!(issued, 2, "new credentials, new token");
+    assert_eq!(admin.get("/api/contabo/secrets").await.status, 200);
+    assert_eq!(fake.with(|s| s.tokens.len()), issued, "still fresh");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(admin.get("/api/contabo/secrets").await.status, 200);
+    assert_eq!(
+        fake.with(|s| s.tokens.len()),
+        issued + 1,
+        "refreshed before expiry"
+    );
+
+    // A fresh x-request-id on every request.
+    let ids = fake.with(|s| s.request_ids.clone());
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert!(ids.len() > 20 && distinct.len() == ids.len(), "{ids:?}");
+
+    let traces = controller_traces(&ctl);
+    for secret in [CB_CLIENT_SECRET, CB_PASSWORD, "cb-access-1"] {
+        assert!(
+            !traces.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} leaked"
+        );
+    }
 }

@@ -137,6 +137,31 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/api/hostinger/domains/{domain}/dns", "admin"),
     ("GET", "/api/hostinger/email", "viewer"),
     ("GET", "/api/hostinger/billing/subscriptions", "viewer"),
+    ("GET", "/api/contabo/instances", "viewer"),
+    ("POST", "/api/contabo/instances", "moderator"),
+    ("GET", "/api/contabo/instances/{id}", "viewer"),
+    ("PATCH", "/api/contabo/instances/{id}", "moderator"),
+    (
+        "POST",
+        "/api/contabo/instances/{id}/actions/{action}",
+        "moderator",
+    ),
+    ("GET", "/api/contabo/instances/{id}/snapshots", "viewer"),
+    ("POST", "/api/contabo/instances/{id}/snapshots", "moderator"),
+    (
+        "DELETE",
+        "/api/contabo/instances/{id}/snapshots/{snapshot_id}",
+        "admin",
+    ),
+    (
+        "POST",
+        "/api/contabo/instances/{id}/snapshots/{snapshot_id}/rollback",
+        "moderator",
+    ),
+    ("GET", "/api/contabo/secrets", "viewer"),
+    ("POST", "/api/contabo/secrets", "moderator"),
+    ("PATCH", "/api/contabo/secrets/{id}", "moderator"),
+    ("DELETE", "/api/contabo/secrets/{id}", "admin"),
     ("GET", "/api/cloudflare/zones", "viewer"),
     ("GET", "/api/cloudflare/zones/{zone_id}/dns", "viewer"),
     ("POST", "/api/cloudflare/zones/{zone_id}/dns", "moderator"),
@@ -276,7 +301,8 @@ async fn every_route_has_the_expected_rule_and_enforces_it() {
                 .replace("{rule_id}", "999999")
                 .replace("{destination_id}", "999999")
                 .replace("{action}", "start")
-                .replace("{domain}", "example.com");
+                .replace("{domain}", "example.com")
+                .replace("{snapshot_id}", "snap1");
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             let body = (method != "GET").then(|| json!({}));
             let r = client.send(m, &concrete, body).await;

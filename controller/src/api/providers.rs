@@ -5,7 +5,9 @@ use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
-use crate::providers::{cloudflare, digitalocean, hostinger, Credentials, Provider, ProviderError};
+use crate::providers::{
+    cloudflare, contabo, digitalocean, hostinger, Credentials, Provider, ProviderError,
+};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
@@ -40,7 +42,7 @@ impl From<ProviderError> for ApiError {
 fn provider(raw: &str) -> ApiResult<Provider> {
     Provider::parse(raw).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "provider {raw:?}: one of {} (Contabo is not built yet)",
+            "provider {raw:?}: one of {}",
             Provider::ALL.map(Provider::as_str).join(", ")
         ))
     })
@@ -83,9 +85,11 @@ async fn put(
         Ok(c) => c,
         // Here a refusal is about the token the caller just gave: say so as a 400.
         Err(ProviderError::Refused { provider, message }) => {
-            return Err(ApiError::BadRequest(format!(
-                "token: {provider} refused it: {message}"
-            )))
+            return Err(ApiError::BadRequest(if p == Provider::Contabo {
+                format!("credentials: {provider} refused them: {message}")
+            } else {
+                format!("token: {provider} refused it: {message}")
+            }));
         }
         Err(e) => return Err(e.into()),
     };
@@ -581,6 +585,183 @@ async fn hg_subscriptions(State(state): State<AppState>) -> ApiResult<Json<Value
     Ok(Json(Value::Array(list)))
 }
 
+// ---- Contabo -------------------------------------------------------------------------
+
+async fn cb_instances(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().contabo().await?.instances().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cb_instance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        state.providers().contabo().await?.instance(&id).await?,
+    ))
+}
+
+async fn cb_create_instance(
+    State(state): State<AppState>,
+    Json(b): Json<contabo::NewInstance>,
+) -> ApiResult<Response> {
+    let i = state
+        .providers()
+        .contabo()
+        .await?
+        .create_instance(&b)
+        .await?;
+    let target = format!(
+        "Contabo instance {}",
+        i.get("instanceId")
+            .map(Value::to_string)
+            .unwrap_or_default()
+    );
+    Ok(with_target(
+        (StatusCode::CREATED, Json(i)).into_response(),
+        target,
+    ))
+}
+
+async fn cb_rename_instance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<contabo::InstancePatch>,
+) -> ApiResult<Response> {
+    let i = state
+        .providers()
+        .contabo()
+        .await?
+        .rename_instance(&id, &b)
+        .await?;
+    Ok(with_target(
+        Json(i).into_response(),
+        format!("Contabo instance {id}"),
+    ))
+}
+
+async fn cb_instance_action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let a = state
+        .providers()
+        .contabo()
+        .await?
+        .instance_action(&id, &action)
+        .await?;
+    Ok(with_target(
+        (StatusCode::CREATED, Json(a)).into_response(),
+        format!("Contabo instance {id} {action}"),
+    ))
+}
+
+async fn cb_snapshots(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let list = state.providers().contabo().await?.snapshots(&id).await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cb_create_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<contabo::NewSnapshot>,
+) -> ApiResult<Response> {
+    let snap = state
+        .providers()
+        .contabo()
+        .await?
+        .create_snapshot(&id, &b)
+        .await?;
+    Ok(with_target(
+        (StatusCode::CREATED, Json(snap)).into_response(),
+        format!("snapshot {} of Contabo instance {id}", b.name),
+    ))
+}
+
+async fn cb_delete_snapshot(
+    State(state): State<AppState>,
+    Path((id, snap)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .contabo()
+        .await?
+        .delete_snapshot(&id, &snap)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("snapshot {snap} of Contabo instance {id}"),
+    ))
+}
+
+async fn cb_rollback_snapshot(
+    State(state): State<AppState>,
+    Path((id, snap)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .contabo()
+        .await?
+        .rollback_snapshot(&id, &snap)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("Contabo instance {id} rolled back to snapshot {snap}"),
+    ))
+}
+
+async fn cb_secrets(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let list = state.providers().contabo().await?.secrets().await?;
+    Ok(Json(Value::Array(list)))
+}
+
+async fn cb_create_secret(
+    State(state): State<AppState>,
+    Json(b): Json<contabo::NewSecret>,
+) -> ApiResult<Response> {
+    let r = state.providers().contabo().await?.create_secret(&b).await?;
+    Ok(with_target(
+        (StatusCode::CREATED, Json(r)).into_response(),
+        format!("Contabo secret {}", b.name),
+    ))
+}
+
+async fn cb_update_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<contabo::SecretPatch>,
+) -> ApiResult<Response> {
+    let r = state
+        .providers()
+        .contabo()
+        .await?
+        .update_secret(&id, &b)
+        .await?;
+    Ok(with_target(
+        Json(r).into_response(),
+        format!("Contabo secret {id}"),
+    ))
+}
+
+async fn cb_delete_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    state
+        .providers()
+        .contabo()
+        .await?
+        .delete_secret(&id)
+        .await?;
+    Ok(with_target(
+        ok(json!({})).into_response(),
+        format!("Contabo secret {id}"),
+    ))
+}
+
 pub(super) fn routes(reg: &mut Registry) {
     let viewer = Access::Role(Role::Viewer);
     let moderator = Access::Role(Role::Moderator);
@@ -697,14 +878,19 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/providers/{provider}",
         admin,
         Doc {
-            summary: "Set a provider's credentials { token, account_id? (Cloudflare), api_url? }: checked with the provider's identity call, then sealed",
+            summary: "Set a provider's credentials — { token, account_id? (Cloudflare), api_url? }, or for Contabo { client_id, client_secret, username, password, api_url?, auth_url? } — checked with the provider's identity call, then sealed",
             request: Some(obj(
                 &[
                     ("token", json!({ "type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$" })),
                     ("account_id", json!({ "type": "string", "pattern": "^[0-9a-fA-F]{1,64}$" })),
                     ("api_url", json!({ "type": "string", "format": "uri" })),
+                    ("client_id", json!({ "type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$" })),
+                    ("client_secret", json!({ "type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$" })),
+                    ("username", json!({ "type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$" })),
+                    ("password", json!({ "type": "string", "minLength": 1, "maxLength": 512 })),
+                    ("auth_url", json!({ "type": "string", "format": "uri" })),
                 ],
-                &["token"],
+                &[],
             )),
             response: ok_with(&[("provider", string()), ("account", nullable(string()))]),
             path: provider_param.clone(),
@@ -1085,6 +1271,221 @@ pub(super) fn routes(reg: &mut Registry) {
         cf_delete_destination,
     );
     hostinger_routes(reg, &any, upstream);
+    contabo_routes(reg, &any, upstream);
+}
+
+fn contabo_routes(reg: &mut Registry, any: &Value, upstream: &'static [u16]) {
+    let viewer = Access::Role(Role::Viewer);
+    let moderator = Access::Role(Role::Moderator);
+    let admin = Access::Role(Role::Admin);
+    let snap_id = || {
+        (
+            "snapshot_id",
+            json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" }),
+        )
+    };
+    let one = |summary: &'static str| Doc {
+        summary,
+        response: any.clone(),
+        errors: upstream,
+        ..Default::default()
+    };
+    reg.add(
+        Method::GET,
+        "/api/contabo/instances",
+        viewer,
+        Doc {
+            summary: "Every Contabo instance (all pages)",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_instances,
+    )
+    .add(
+        Method::POST,
+        "/api/contabo/instances",
+        moderator,
+        Doc {
+            summary: "Create an instance { period (months), imageId?, productId?, region?, sshKeys?, rootPassword?, userData?, displayName?, defaultUser? }",
+            request: Some(obj(
+                &[
+                    ("period", json!({ "enum": [1, 3, 6, 12] })),
+                    ("imageId", string()),
+                    ("productId", string()),
+                    ("region", json!({ "enum": ["EU", "US-central", "US-east", "US-west", "SIN", "UK", "AUS", "JPN", "IND"] })),
+                    ("sshKeys", array(json!({ "type": "integer", "minimum": 1 }))),
+                    ("rootPassword", json!({ "type": "integer", "minimum": 1 })),
+                    ("userData", json!({ "type": "string", "maxLength": 65536 })),
+                    ("displayName", json!({ "type": "string", "maxLength": 255 })),
+                    ("defaultUser", json!({ "enum": ["root", "admin", "administrator"] })),
+                ],
+                &["period"],
+            )),
+            response: any.clone(),
+            status: 201,
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_create_instance,
+    )
+    .add(Method::GET, "/api/contabo/instances/{id}", viewer, one("One instance"), cb_instance)
+    .add(
+        Method::PATCH,
+        "/api/contabo/instances/{id}",
+        moderator,
+        Doc {
+            summary: "Rename an instance { displayName }",
+            request: Some(obj(
+                &[("displayName", json!({ "type": "string", "maxLength": 255 }))],
+                &["displayName"],
+            )),
+            response: any.clone(),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_rename_instance,
+    )
+    .add(
+        Method::POST,
+        "/api/contabo/instances/{id}/actions/{action}",
+        moderator,
+        Doc {
+            summary: "start, stop, restart or shutdown; answers Contabo's { instanceId, action }",
+            optional_body: true,
+            request: Some(obj(&[], &[])),
+            response: any.clone(),
+            status: 201,
+            path: vec![("action", json!({ "enum": contabo::ACTIONS }))],
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_instance_action,
+    )
+    .add(
+        Method::GET,
+        "/api/contabo/instances/{id}/snapshots",
+        viewer,
+        Doc {
+            summary: "An instance's snapshots",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_snapshots,
+    )
+    .add(
+        Method::POST,
+        "/api/contabo/instances/{id}/snapshots",
+        moderator,
+        Doc {
+            summary: "Take a snapshot { name (≤ 30), description? (≤ 255) }",
+            request: Some(obj(
+                &[
+                    ("name", json!({ "type": "string", "minLength": 1, "maxLength": 30 })),
+                    ("description", json!({ "type": "string", "minLength": 1, "maxLength": 255 })),
+                ],
+                &["name"],
+            )),
+            response: any.clone(),
+            status: 201,
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_create_snapshot,
+    )
+    .add(
+        Method::DELETE,
+        "/api/contabo/instances/{id}/snapshots/{snapshot_id}",
+        admin,
+        Doc {
+            summary: "Delete a snapshot",
+            response: ok_with(&[]),
+            path: vec![snap_id()],
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_delete_snapshot,
+    )
+    .add(
+        Method::POST,
+        "/api/contabo/instances/{id}/snapshots/{snapshot_id}/rollback",
+        moderator,
+        Doc {
+            summary: "Roll the instance back to a snapshot",
+            optional_body: true,
+            request: Some(obj(&[], &[])),
+            response: any.clone(),
+            path: vec![snap_id()],
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_rollback_snapshot,
+    )
+    .add(
+        Method::GET,
+        "/api/contabo/secrets",
+        viewer,
+        Doc {
+            summary: "Contabo's stored secrets (passwords, SSH keys), without their values",
+            response: array(any.clone()),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_secrets,
+    )
+    .add(
+        Method::POST,
+        "/api/contabo/secrets",
+        moderator,
+        Doc {
+            summary: "Store a secret { name, value (≥ 8), type: password | ssh }; the answer leaves the value out",
+            request: Some(obj(
+                &[
+                    ("name", json!({ "type": "string", "minLength": 1, "maxLength": 255 })),
+                    ("value", json!({ "type": "string", "minLength": 8, "maxLength": 4096 })),
+                    ("type", json!({ "enum": ["password", "ssh"] })),
+                ],
+                &["name", "value", "type"],
+            )),
+            response: any.clone(),
+            status: 201,
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_create_secret,
+    )
+    .add(
+        Method::PATCH,
+        "/api/contabo/secrets/{id}",
+        moderator,
+        Doc {
+            summary: "Rename a secret or replace its value { name?, value? }",
+            request: Some(obj(
+                &[
+                    ("name", json!({ "type": "string", "minLength": 1, "maxLength": 255 })),
+                    ("value", json!({ "type": "string", "minLength": 8, "maxLength": 4096 })),
+                ],
+                &[],
+            )),
+            response: any.clone(),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_update_secret,
+    )
+    .add(
+        Method::DELETE,
+        "/api/contabo/secrets/{id}",
+        admin,
+        Doc {
+            summary: "Delete a secret",
+            response: ok_with(&[]),
+            errors: upstream,
+            ..Default::default()
+        },
+        cb_delete_secret,
+    );
 }
 
 fn hostinger_routes(reg: &mut Registry, any: &Value, upstream: &'static [u16]) {

@@ -5,6 +5,7 @@
 //! message.
 
 pub mod cloudflare;
+pub mod contabo;
 pub mod digitalocean;
 pub mod hostinger;
 
@@ -22,13 +23,15 @@ pub enum Provider {
     DigitalOcean,
     Cloudflare,
     Hostinger,
+    Contabo,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 3] = [
+    pub const ALL: [Provider; 4] = [
         Provider::DigitalOcean,
         Provider::Cloudflare,
         Provider::Hostinger,
+        Provider::Contabo,
     ];
 
     pub fn parse(raw: &str) -> Option<Provider> {
@@ -40,6 +43,7 @@ impl Provider {
             Provider::DigitalOcean => "digitalocean",
             Provider::Cloudflare => "cloudflare",
             Provider::Hostinger => "hostinger",
+            Provider::Contabo => "contabo",
         }
     }
 
@@ -49,6 +53,7 @@ impl Provider {
             Provider::DigitalOcean => "DigitalOcean",
             Provider::Cloudflare => "Cloudflare",
             Provider::Hostinger => "Hostinger",
+            Provider::Contabo => "Contabo",
         }
     }
 
@@ -58,6 +63,8 @@ impl Provider {
             Provider::Cloudflare => "https://api.cloudflare.com/client/v4",
             // Paths are under /api/… on the host itself.
             Provider::Hostinger => "https://developers.hostinger.com",
+            // Paths are under /v1/…; tokens come from `contabo::AUTH_URL`.
+            Provider::Contabo => "https://api.contabo.com",
         }
     }
 }
@@ -126,6 +133,30 @@ pub(crate) struct Api {
     timeout: Duration,
 }
 
+/// A random (version 4) UUID, as Contabo wants in `x-request-id` on every request.
+pub(crate) fn uuid_v4() -> String {
+    let mut b = crate::crypto::random_bytes::<16>().unwrap_or_else(|_| {
+        // The system's random source failing is not a reason to refuse a call: a unique
+        // enough id from the clock keeps requests distinguishable.
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        n.to_le_bytes()
+    });
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 impl Api {
     fn new(
         http: reqwest::Client,
@@ -164,6 +195,9 @@ impl Api {
                 .header("accept", "application/json")
                 .timeout(self.timeout)
                 .query(query);
+            if self.provider == Provider::Contabo {
+                req = req.header("x-request-id", uuid_v4());
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -299,6 +333,16 @@ fn message_of(provider: Provider, v: &Value) -> Option<String> {
             }
             errs.join("; ")
         }
+        // {"statusCode", "message"}
+        Provider::Contabo => match v.get("message")? {
+            Value::String(m) => m.clone(),
+            Value::Array(ms) => ms
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => return None,
+        },
         // {"message", "correlation_id"}, 422 adding {"errors": {"field": ["msg", …]}};
         // some answers carry `error` instead.
         Provider::Hostinger => {
@@ -338,26 +382,83 @@ fn message_of(provider: Provider, v: &Value) -> Option<String> {
     Some(one_line)
 }
 
-/// A provider's credentials as the API takes them and the store keeps them (sealed).
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+/// A provider's credentials as the API takes them and the store keeps them (sealed):
+/// a token (DigitalOcean, Cloudflare with an optional account, Hostinger), or Contabo's
+/// OAuth client and API user.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
+}
+
+/// Printable ASCII without spaces, as tokens and OAuth values are; anything else cannot
+/// travel in a header or a form intact.
+fn printable(field: &str, v: Option<&str>) -> Result<()> {
+    match v {
+        Some(t) if !t.is_empty() && t.len() <= 512 && t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(())
+        }
+        Some(_) => Err(ProviderError::Invalid(format!(
+            "{field}: 1–512 printable characters without spaces"
+        ))),
+        None => Err(ProviderError::Invalid(format!("{field}: required"))),
+    }
 }
 
 impl Credentials {
     fn check(&self, provider: Provider, insecure: &crate::images::Insecure) -> Result<()> {
-        // API tokens are printable ASCII without spaces (DigitalOcean `dop_v1_…`,
-        // Cloudflare 40 characters); anything else cannot go into a header intact.
-        let t = &self.token;
-        if t.is_empty() || t.len() > 512 || !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ProviderError::Invalid(
-                "token: 1–512 printable characters without spaces".into(),
-            ));
+        let unused = |field: &str, v: &Option<String>| match v {
+            Some(_) => Err(ProviderError::Invalid(format!(
+                "{field}: {} takes no {field}",
+                provider.label()
+            ))),
+            None => Ok(()),
+        };
+        if provider == Provider::Contabo {
+            unused("token", &self.token)?;
+            printable("client_id", self.client_id.as_deref())?;
+            printable("client_secret", self.client_secret.as_deref())?;
+            printable("username", self.username.as_deref())?;
+            // A password may hold spaces; it goes in a form body, never a header.
+            match self.password.as_deref() {
+                Some(p) if !p.is_empty() && p.len() <= 512 && !p.chars().any(char::is_control) => {}
+                _ => {
+                    return Err(ProviderError::Invalid(
+                        "password: 1–512 characters, no control characters".into(),
+                    ))
+                }
+            }
+            if let Some(u) = &self.auth_url {
+                check_api_url(u, insecure).map_err(|e| {
+                    ProviderError::Invalid(e.to_string().replacen("api_url", "auth_url", 1))
+                })?;
+            }
+        } else {
+            printable("token", self.token.as_deref())?;
+            for (f, v) in [
+                ("client_id", &self.client_id),
+                ("client_secret", &self.client_secret),
+                ("username", &self.username),
+                ("password", &self.password),
+                ("auth_url", &self.auth_url),
+            ] {
+                unused(f, v)?;
+            }
         }
         if let Some(a) = &self.account_id {
             if provider != Provider::Cloudflare {
@@ -422,6 +523,8 @@ struct Inner {
     http: reqwest::Client,
     timeout: Duration,
     insecure: crate::images::Insecure,
+    /// Contabo's access token, for the credentials it was issued to (a hash of them).
+    contabo_token: tokio::sync::Mutex<Option<contabo::CachedToken>>,
 }
 
 /// The provider service: credentials, and clients built from them.
@@ -461,28 +564,48 @@ impl Providers {
             http,
             timeout,
             insecure,
+            contabo_token: tokio::sync::Mutex::new(None),
         }))
     }
 
     fn api(&self, provider: Provider, creds: &Credentials) -> Result<Api> {
+        self.api_with(provider, creds, creds.token.as_deref().unwrap_or_default())
+    }
+
+    fn api_with(&self, provider: Provider, creds: &Credentials, token: &str) -> Result<Api> {
         Api::new(
             self.0.http.clone(),
             provider,
             creds.api_url.as_deref().unwrap_or(provider.default_base()),
-            &creds.token,
+            token,
             self.0.timeout,
         )
+    }
+
+    /// A Contabo client: the cached access token while it has a minute left, else a new
+    /// one from the password grant.
+    async fn contabo_api(&self, creds: &Credentials) -> Result<Api> {
+        let mut cache = self.0.contabo_token.lock().await;
+        let token = contabo::token(&self.0.http, creds, self.0.timeout, &mut cache).await?;
+        self.api_with(Provider::Contabo, creds, &token)
     }
 
     /// Checks the credentials with the provider's own identity call and saves them
     /// sealed; a token the provider refuses is not kept.
     pub async fn configure(&self, provider: Provider, creds: Credentials) -> Result<Configured> {
         creds.check(provider, &self.0.insecure)?;
-        let api = self.api(provider, &creds)?;
+        let api = match provider {
+            Provider::Contabo => self.contabo_api(&creds).await?,
+            _ => self.api(provider, &creds)?,
+        };
         let account = match provider {
             Provider::DigitalOcean => digitalocean::DigitalOcean(api).account().await?,
             Provider::Cloudflare => cloudflare::Cloudflare::new(api, None).verify().await?,
             Provider::Hostinger => hostinger::Hostinger(api).verify().await?,
+            Provider::Contabo => {
+                contabo::Contabo(api).verify().await?;
+                creds.username.clone()
+            }
         };
         let plain = serde_json::to_vec(&creds)
             .map_err(|e| ProviderError::Invalid(format!("credentials: {e}")))?;
@@ -553,6 +676,11 @@ impl Providers {
         Ok(digitalocean::DigitalOcean(
             self.api(Provider::DigitalOcean, &creds)?,
         ))
+    }
+
+    pub async fn contabo(&self) -> Result<contabo::Contabo> {
+        let creds = self.credentials(Provider::Contabo).await?;
+        Ok(contabo::Contabo(self.contabo_api(&creds).await?))
     }
 
     pub async fn hostinger(&self) -> Result<hostinger::Hostinger> {
@@ -710,6 +838,15 @@ mod tests {
             message_of(Provider::DigitalOcean, &v).map(|m| m.len()),
             Some(500)
         );
+    }
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = uuid_v4();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert_ne!(a, uuid_v4());
     }
 
     #[test]
