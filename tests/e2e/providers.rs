@@ -3,7 +3,7 @@
 //! error bodies, rate-limit headers) and refuse what the real APIs refuse — fields the
 //! spec does not define, missing required fields, out-of-range page sizes.
 
-use mezzanine_tests::{Client, ControllerProcess};
+use mezzanine_tests::{fleet_controller_process, Client, ControllerProcess, Fleet};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -301,6 +301,9 @@ fn digitalocean(
                 "networks": { "v4": [{ "ip_address": format!("203.0.113.{}", id % 250), "type": "public" }], "v6": [] },
                 "tags": body.get("tags").cloned().unwrap_or(json!([])) });
             s.coll("droplets").insert(id.to_string(), d.clone());
+            if let Some(u) = body.get("user_data") {
+                s.coll("user_data").insert(id.to_string(), u.clone());
+            }
             (
                 202,
                 Vec::new(),
@@ -2010,4 +2013,87 @@ async fn contabo_through_our_api() {
             "{secret} leaked"
         );
     }
+}
+
+/// A droplet made with `adopt: true` comes online by itself: the fake "boots" it as a
+/// harness node and runs the user data DigitalOcean would hand to cloud-init — no SSH,
+/// nothing pasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_droplet_made_to_adopt_itself_comes_online() {
+    let fleet = Fleet::new();
+    let fake = Fake::start(digitalocean).await;
+    let ctl = fleet_controller_process(&fleet, false);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let r = put(
+        &mut admin,
+        "/api/providers/digitalocean",
+        json!({ "token": DO_TOKEN, "api_url": format!("{}/v2", fake.base) }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let droplet = json!({ "name": "cloud-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "ams3", "adopt": true });
+
+    // Our own user data cannot ride along; a taken name creates nothing anywhere.
+    let mut with_data = droplet.clone();
+    with_data["user_data"] = json!("#!/bin/sh\necho hi");
+    let r = admin.post("/api/digitalocean/droplets", with_data).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("user_data"), "{}", r.body);
+    let (taken, _, _) = mezzanine_tests::add_server(&mut admin, "cloud-0").await;
+    let mut clash = droplet.clone();
+    clash["name"] = json!("cloud-0");
+    let before = fake.requests();
+    let r = admin.post("/api/digitalocean/droplets", clash).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(fake.requests(), before, "no droplet for a refused server");
+    // A droplet DigitalOcean refuses leaves no server behind.
+    let mut refused = droplet.clone();
+    refused["size"] = json!("s-999vcpu");
+    let r = admin.post("/api/digitalocean/droplets", refused).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let servers = admin.get("/api/servers").await.body;
+    assert_eq!(
+        servers.as_array().map(Vec::len),
+        Some(1),
+        "only cloud-0: {servers}"
+    );
+
+    let r = admin.post("/api/digitalocean/droplets", droplet).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let server = r.body["server_id"].as_i64().expect("server_id");
+    assert_ne!(server, taken);
+    let id = r.body["id"].as_u64().expect("droplet id");
+    let user_data = fake.with(|s| s.coll("user_data").get(&id.to_string()).cloned());
+    let user_data = user_data
+        .and_then(|u| u.as_str().map(str::to_owned))
+        .expect("user data sent");
+    assert!(
+        user_data.starts_with("#!/bin/sh\n") && user_data.contains("/install.sh"),
+        "{user_data}"
+    );
+
+    // The "datacenter": a fresh node runs the user data, as cloud-init would at first boot.
+    let (node, _ip) = fleet.node("cloud-1", 31, &[]);
+    let booted = Instant::now();
+    let (ok, out) = fleet.exec(&node, &user_data);
+    assert!(ok, "{out}");
+    let s = mezzanine_tests::wait_server(
+        &mut admin,
+        server,
+        Duration::from_secs(120),
+        "online",
+        |v| v["status"] == "online",
+    )
+    .await;
+    println!(
+        "droplet online {:?} after its user data ran",
+        booted.elapsed()
+    );
+    assert_eq!(s["name"], "cloud-1", "{s}");
+    assert!(
+        s["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("digitalocean"))),
+        "{s}"
+    );
 }

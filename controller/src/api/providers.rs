@@ -3,7 +3,7 @@
 
 use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
-use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
+use super::{ok, Access, ApiError, ApiResult, BaseUrl, Doc, Registry};
 use crate::auth::Role;
 use crate::providers::{
     cloudflare, contabo, digitalocean, hostinger, Credentials, Provider, ProviderError,
@@ -12,7 +12,7 @@ use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -126,22 +126,83 @@ async fn droplet(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     ))
 }
 
+/// Creates a droplet; with `adopt: true` it also makes a server record whose agent
+/// install goes into the droplet's `user_data`, so the machine comes online by itself.
 async fn create_droplet(
     State(state): State<AppState>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
     Json(b): Json<digitalocean::NewDroplet>,
 ) -> ApiResult<Response> {
-    let body = b.body()?;
-    let d = state
-        .providers()
-        .digitalocean()
-        .await?
-        .create_droplet(&body)
-        .await?;
+    let mut body = b.body()?;
+    let client = state.providers().digitalocean().await?;
+    let mut server = None;
+    if b.adopt {
+        if b.user_data.is_some() {
+            return Err(ApiError::BadRequest(
+                "user_data: adopt writes the machine's user data itself (the agent install); leave user_data out".into(),
+            ));
+        }
+        // Fail before creating anything if no agent binary can be served.
+        state
+            .installs()
+            .script(&base)
+            .await
+            .map_err(|e| ApiError::Conflict(e.to_string()))?;
+        for (field, r) in [
+            ("name", crate::validate::name(&b.name)),
+            ("name", crate::validate::host(&b.name)),
+        ] {
+            r.map_err(|m| ApiError::BadRequest(format!("{field}: {m}")))?;
+        }
+        let tags = vec!["digitalocean".to_owned()];
+        // The droplet's address is not known yet; its name stands for it until the
+        // agent reports in.
+        let new = crate::store::NewServer {
+            name: &b.name,
+            host: &b.name,
+            port: 22,
+            username: None,
+            auth_type: "manual",
+            tags: &tags,
+        };
+        let s = state
+            .store()
+            .create_server(&new, crate::time::now_secs())
+            .await?
+            .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", b.name)))?;
+        state.deploy_keys().create(s.id, false).await?;
+        let minted = state.installs().mint(s.id, &base).await?;
+        // cloud-init runs user data that starts with `#!` as a script, once, as root.
+        body["user_data"] = json!(format!(
+            "#!/bin/sh\n# Mezzanine: install the agent, which dials back to the controller.\n{}\n",
+            minted.command
+        ));
+        server = Some(s.id);
+    }
+    let mut d = match client.create_droplet(&body).await {
+        Ok(d) => d,
+        Err(e) => {
+            // No droplet, so no server to wait for.
+            if let Some(id) = server {
+                if let Err(de) = state
+                    .store()
+                    .delete_server(id, crate::time::now_secs())
+                    .await
+                {
+                    tracing::warn!(server = id, error = %de, "cannot remove the server of a droplet that was not created");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let target = format!(
         "droplet {} ({})",
         d.get("id").map(Value::to_string).unwrap_or_default(),
         b.name
     );
+    if let Some(id) = server {
+        d["server_id"] = json!(id);
+    }
     Ok(with_target(
         (StatusCode::ACCEPTED, Json(d)).into_response(),
         target,
@@ -929,7 +990,7 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/digitalocean/droplets",
         moderator,
         Doc {
-            summary: "Create a droplet { name, size, image, region?, ssh_keys?, user_data?, tags?, backups?, ipv6?, monitoring? }",
+            summary: "Create a droplet { name, size, image, region?, ssh_keys?, user_data?, tags?, backups?, ipv6?, monitoring?, adopt? }; with adopt: true a server of the same name is made and the agent install goes into user_data (the answer adds server_id)",
             request: Some(obj(
                 &[
                     ("name", json!({ "type": "string", "minLength": 1, "maxLength": 255 })),
@@ -942,6 +1003,7 @@ pub(super) fn routes(reg: &mut Registry) {
                     ("backups", json!({ "type": "boolean" })),
                     ("ipv6", json!({ "type": "boolean" })),
                     ("monitoring", json!({ "type": "boolean" })),
+                    ("adopt", json!({ "type": "boolean" })),
                 ],
                 &["name", "size", "image"],
             )),

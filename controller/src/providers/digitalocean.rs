@@ -13,7 +13,9 @@ const PER_PAGE: usize = 200;
 
 pub struct DigitalOcean(pub(crate) Api);
 
-/// `POST /droplets` as our API takes it (DigitalOcean's field names).
+/// `POST /droplets` as our API takes it (DigitalOcean's field names). `adopt` is ours:
+/// the caller makes a server record and writes the agent install into `user_data`; it is
+/// never sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewDroplet {
@@ -27,13 +29,15 @@ pub struct NewDroplet {
     pub backups: Option<bool>,
     pub ipv6: Option<bool>,
     pub monitoring: Option<bool>,
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 /// DigitalOcean's user data limit.
 const USER_DATA_MAX: usize = 64 * 1024;
 
 impl NewDroplet {
-    /// The body DigitalOcean gets: checked values only.
+    /// The body DigitalOcean gets: checked values only, `adopt` left out.
     pub fn body(&self) -> Result<Value> {
         // The API's own pattern for a droplet name (a host name, dots allowed).
         let n = &self.name;
