@@ -2097,3 +2097,250 @@ async fn a_droplet_made_to_adopt_itself_comes_online() {
         "{s}"
     );
 }
+
+/// The domain's record at `provider`'s fake: (type, name, address) of every A record.
+fn a_records(fake: &Fake, coll: &str) -> Vec<(String, String)> {
+    fake.with(|s| {
+        s.coll(coll)
+            .values()
+            .filter(|r| r["type"] == "A")
+            .map(|r| {
+                let addr = r
+                    .get("content")
+                    .or_else(|| r.get("data"))
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    r["name"].as_str().unwrap_or_default().to_owned(),
+                    addr.as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Waits until the domain's DNS state satisfies `pred`.
+async fn domain_dns(
+    admin: &mut Client,
+    id: i64,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = admin.get("/api/domains").await.body;
+        let d = list
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["id"] == id).cloned())
+            .unwrap_or_default();
+        if pred(&d["dns"]) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "domain {id} never {what}: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Domains linked to a zone get an A record pointing at the edge of the pools using
+/// them, kept in line when the edge changes — at Cloudflare and at DigitalOcean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_domain_points_at_its_pools_edge() {
+    const PW: &str = "dns-node-pw-17";
+    let fleet = Fleet::new();
+    let (_, e1_ip) = fleet.node("edge1", 41, &[("ROOT_PASSWORD", PW)]);
+    let (_, e2_ip) = fleet.node("edge2", 42, &[("ROOT_PASSWORD", PW)]);
+    let ctl = fleet_controller_process(&fleet, false);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let (mut a1, mut a2) = (admin.clone(), admin.clone());
+    let (e1, e2) = tokio::join!(
+        mezzanine_tests::adopt(&mut a1, "edge1", &e1_ip, PW),
+        mezzanine_tests::adopt(&mut a2, "edge2", &e2_ip, PW),
+    );
+    let cf = Fake::start(cloudflare).await;
+    let dig = Fake::start(digitalocean).await;
+    let zone = cf.with(|s| {
+        let id = hex_id(500);
+        s.coll("zones").insert(id.clone(), json!({ "id": id, "name": "example.com", "status": "active", "account": { "id": ACCOUNT } }));
+        id
+    });
+    let r = put(
+        &mut admin,
+        "/api/providers/cloudflare",
+        json!({ "token": CF_TOKEN, "api_url": format!("{}/client/v4", cf.base) }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Linking checks the zone; an unconfigured provider keeps nothing.
+    let r = admin
+        .post("/api/domains", json!({ "name": "app.example.com" }))
+        .await;
+    let d1 = r.body["id"].as_i64().expect("domain");
+    for (body, status) in [
+        (json!({ "provider": "cloudflare", "zone": "not-hex" }), 400),
+        (
+            json!({ "provider": "digitalocean", "zone": "other.com" }),
+            400,
+        ),
+        (json!({ "provider": "contabo", "zone": "example.com" }), 400),
+        (
+            json!({ "provider": "digitalocean", "zone": "example.com" }),
+            409,
+        ),
+    ] {
+        let r = admin
+            .patch(&format!("/api/domains/{d1}"), body.clone())
+            .await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+    }
+    let r = admin
+        .patch(
+            &format!("/api/domains/{d1}"),
+            json!({ "provider": "cloudflare", "zone": zone }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body["dns"]["address"].is_null(),
+        "no pool uses it yet: {}",
+        r.body
+    );
+
+    // A pool with that domain on edge1: the record points there; moved to edge2, the
+    // same record follows.
+    let r = admin
+        .post("/api/pools", json!({ "name": "web", "domain_id": d1 }))
+        .await;
+    let pool = r.body["id"].as_i64().expect("pool");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{pool}"),
+            json!({ "edge_server_id": e1, "ports": { "listen": 8088, "target": 8080 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    domain_dns(&mut admin, d1, "pointed at edge1", |d| {
+        d["address"] == e1_ip.as_str()
+    })
+    .await;
+    assert_eq!(
+        a_records(&cf, "dns"),
+        [("app.example.com".to_owned(), e1_ip.clone())]
+    );
+    let r = admin
+        .patch(
+            &format!("/api/pools/{pool}"),
+            json!({ "edge_server_id": e2 }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = domain_dns(&mut admin, d1, "followed edge2", |d| {
+        d["address"] == e2_ip.as_str()
+    })
+    .await;
+    assert!(
+        d["dns"]["error"].is_null() && d["dns"]["synced_at"].is_string(),
+        "{d}"
+    );
+    assert_eq!(
+        a_records(&cf, "dns"),
+        [("app.example.com".to_owned(), e2_ip.clone())]
+    );
+
+    // A provider that refuses for a while: the domain says why; re-linking retries.
+    cf.with(|s| s.faults.throttle = vec![vec![("retry-after", "120".into())]; 4]);
+    let r = admin
+        .patch(
+            &format!("/api/pools/{pool}"),
+            json!({ "edge_server_id": e1 }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "the pool change stands: {}", r.body);
+    let d = domain_dns(&mut admin, d1, "said why", |d| {
+        d["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Cloudflare"))
+    })
+    .await;
+    assert_eq!(
+        d["dns"]["address"],
+        e2_ip.as_str(),
+        "the last written address: {d}"
+    );
+    cf.with(|s| s.faults.throttle.clear());
+    let r = admin
+        .patch(
+            &format!("/api/domains/{d1}"),
+            json!({ "provider": "cloudflare", "zone": zone }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["dns"]["address"].as_str()),
+        (200, Some(e1_ip.as_str())),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        a_records(&cf, "dns"),
+        [("app.example.com".to_owned(), e1_ip.clone())]
+    );
+
+    // At DigitalOcean the record is named relative to the zone.
+    let r = put(
+        &mut admin,
+        "/api/providers/digitalocean",
+        json!({ "token": DO_TOKEN, "api_url": format!("{}/v2", dig.base) }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        admin
+            .post(
+                "/api/digitalocean/domains",
+                json!({ "name": "shop.example" })
+            )
+            .await
+            .status,
+        201
+    );
+    let r = admin
+        .post("/api/domains", json!({ "name": "api.shop.example" }))
+        .await;
+    let d2 = r.body["id"].as_i64().expect("domain");
+    let r = admin
+        .post("/api/pools", json!({ "name": "api", "domain_id": d2 }))
+        .await;
+    let pool2 = r.body["id"].as_i64().expect("pool");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{pool2}"),
+            json!({ "edge_server_id": e2, "ports": { "listen": 8089, "target": 8080 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .patch(
+            &format!("/api/domains/{d2}"),
+            json!({ "provider": "digitalocean", "zone": "shop.example" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["dns"]["address"].as_str()),
+        (200, Some(e2_ip.as_str())),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        a_records(&dig, "records"),
+        [("api".to_owned(), e2_ip.clone())]
+    );
+    // Unlinking leaves the provider's records alone and stops following.
+    let r = admin
+        .patch(
+            &format!("/api/domains/{d2}"),
+            json!({ "provider": null, "zone": null }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.get("dns").is_none(), "{}", r.body);
+}

@@ -73,6 +73,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("POST", "/api/deployments/runs/{id}/cancel", "moderator"),
     ("GET", "/api/domains", "viewer"),
     ("POST", "/api/domains", "moderator"),
+    ("PATCH", "/api/domains/{id}", "moderator"),
     ("DELETE", "/api/domains/{id}", "admin"),
     ("GET", "/api/pools", "viewer"),
     ("POST", "/api/pools", "moderator"),

@@ -40,17 +40,99 @@ fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
 async fn list_domains(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let domains = state.store().domains().await?;
     Ok(Json(Value::Array(
-        domains
-            .iter()
-            .map(|d| json!({ "id": d.id, "name": d.name, "created_at": crate::time::rfc3339(d.created_at) }))
-            .collect(),
+        domains.iter().map(domain_json).collect(),
     )))
+}
+
+fn domain_json(d: &crate::store::DomainRow) -> Value {
+    let mut v =
+        json!({ "id": d.id, "name": d.name, "created_at": crate::time::rfc3339(d.created_at) });
+    if let Some((provider, zone)) = &d.dns {
+        v["dns"] = json!({
+            "provider": provider,
+            "zone": zone,
+            "address": d.dns_address,
+            "synced_at": d.dns_synced_at.map(crate::time::rfc3339),
+            "error": d.dns_error,
+        });
+    }
+    v
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DomainBody {
     name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainPatch {
+    /// `null` unlinks the domain from its zone.
+    provider: Option<String>,
+    zone: Option<String>,
+}
+
+/// Links a domain to a DNS zone (or unlinks it): the record is written at once when a
+/// pool with an edge uses the domain; a link the provider refuses is not kept.
+async fn patch_domain(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Json(b): Json<DomainPatch>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "domain")?;
+    let d = state
+        .store()
+        .domain(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("domain {id} not found")))?;
+    let link = match (&b.provider, &b.zone) {
+        (None, None) => None,
+        (Some(p), Some(z)) => Some(crate::providers::dns::check_link(&d.name, p, z)?),
+        (Some(_), None) => {
+            return Err(ApiError::BadRequest(
+                "zone: required with a provider".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "provider: required with a zone".into(),
+            ))
+        }
+    };
+    if let Some((p, _)) = &link {
+        // The provider must be configured before anything is kept.
+        state.providers().check_configured(*p).await?;
+    }
+    state
+        .store()
+        .link_domain(id, link.as_ref().map(|(p, z)| (p.as_str(), z.as_str())))
+        .await?;
+    if link.is_some() {
+        if let Err(e) = state.providers().sync_domain(state.store(), id).await {
+            // The record could not be written: the domain goes back as it was.
+            let st = state.store();
+            st.link_domain(id, d.dns.as_ref().map(|(p, z)| (p.as_str(), z.as_str())))
+                .await?;
+            st.set_domain_dns(
+                id,
+                d.dns_address.as_deref(),
+                d.dns_synced_at,
+                d.dns_error.as_deref(),
+            )
+            .await?;
+            return Err(e.into());
+        }
+    }
+    let now = state
+        .store()
+        .domain(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("domain {id} not found")))?;
+    let mut resp = Json(domain_json(&now)).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("domain {}", d.name)));
+    Ok(resp)
 }
 
 /// A domain a pool can serve: a host name (or `*.name`), stored lower-case.
@@ -395,9 +477,12 @@ async fn patch(
 ) -> ApiResult<Response> {
     let id = parse_id(&raw, "pool")?;
     let old = state.pools().get(id).await?;
+    let old_domain = old.settings.domain_id;
     let (s, weights) = patched(old.settings, b);
     let name = s.name.clone();
+    let new_domain = s.domain_id;
     state.pools().update(id, s, weights).await?;
+    sync_dns(&state, [old_domain, new_domain]);
     let mut resp = ok(json!({})).into_response();
     resp.extensions_mut().insert(Target(format!("pool {name}")));
     Ok(resp)
@@ -416,10 +501,24 @@ async fn delete(
     let id = parse_id(&raw, "pool")?;
     let p = state.pools().get(id).await?;
     state.pools().delete(id, q.force.unwrap_or(false)).await?;
+    sync_dns(&state, [p.settings.domain_id, None]);
     let mut resp = ok(json!({})).into_response();
     resp.extensions_mut()
         .insert(Target(format!("pool {}", p.settings.name)));
     Ok(resp)
+}
+
+/// Brings the DNS records of linked domains in line with the pools' edges, in the
+/// background: a slow provider does not hold up the pool change, and the domain shows
+/// the outcome (`GET /api/domains`).
+fn sync_dns(state: &AppState, domains: [Option<i64>; 2]) {
+    if domains.iter().all(Option::is_none) {
+        return;
+    }
+    let st = state.clone();
+    state.tasks().spawn(async move {
+        st.providers().sync_domains(st.store(), &domains).await;
+    });
 }
 
 async fn sync_lb(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
@@ -631,6 +730,19 @@ pub(super) fn routes(reg: &mut Registry) {
             ("id", integer()),
             ("name", string()),
             ("created_at", string()),
+            (
+                "dns",
+                obj(
+                    &[
+                        ("provider", string()),
+                        ("zone", string()),
+                        ("address", nullable(string())),
+                        ("synced_at", nullable(string())),
+                        ("error", nullable(string())),
+                    ],
+                    &["provider", "zone"],
+                ),
+            ),
         ],
         &["id", "name", "created_at"],
     );
@@ -722,7 +834,7 @@ pub(super) fn routes(reg: &mut Registry) {
         Method::GET,
         "/api/domains",
         viewer,
-        Doc { summary: "Domains pools can serve", response: array(domain), ..Default::default() },
+        Doc { summary: "Domains pools can serve", response: array(domain.clone()), ..Default::default() },
         list_domains,
     )
     .add(
@@ -738,6 +850,25 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         create_domain,
+    )
+    .add(
+        Method::PATCH,
+        "/api/domains/{id}",
+        moderator,
+        Doc {
+            summary: "Link a domain to a DNS zone { provider: cloudflare | digitalocean | hostinger, zone } (a Cloudflare zone id, else the zone's domain name), or unlink it { provider: null, zone: null }; its A record then points at the edge of the pools using it",
+            request: Some(obj(
+                &[
+                    ("provider", nullable(json!({ "enum": ["cloudflare", "digitalocean", "hostinger"] }))),
+                    ("zone", nullable(string())),
+                ],
+                &[],
+            )),
+            response: domain.clone(),
+            errors: &[400, 404, 409, 429, 502, 504],
+            ..Default::default()
+        },
+        patch_domain,
     )
     .add(
         Method::DELETE,

@@ -7,6 +7,7 @@
 pub mod cloudflare;
 pub mod contabo;
 pub mod digitalocean;
+pub mod dns;
 pub mod hostinger;
 
 use crate::crypto::MasterKey;
@@ -651,6 +652,17 @@ impl Providers {
     /// Returns whether there were credentials to forget.
     pub async fn remove(&self, provider: Provider) -> Result<bool> {
         Ok(self.0.store.delete_provider(provider.as_str()).await?)
+    }
+
+    /// `NotConfigured` unless the provider has credentials.
+    pub async fn check_configured(&self, provider: Provider) -> Result<()> {
+        match self.0.store.provider_sealed(provider.as_str()).await? {
+            Some(_) => Ok(()),
+            None => Err(ProviderError::NotConfigured(
+                provider.label(),
+                provider.as_str(),
+            )),
+        }
     }
 
     async fn credentials(&self, provider: Provider) -> Result<Credentials> {

@@ -81,6 +81,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "providers",
         sql: include_str!("../../../migrations/sqlite/0014_providers.sql"),
     },
+    Migration {
+        version: 15,
+        name: "domain_dns",
+        sql: include_str!("../../../migrations/sqlite/0015_domain_dns.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -10,6 +10,12 @@ pub struct DomainRow {
     pub id: i64,
     pub name: String,
     pub created_at: i64,
+    /// The DNS zone it is linked to: (provider, zone) — a Cloudflare zone id, or the
+    /// zone's domain name at DigitalOcean and Hostinger.
+    pub dns: Option<(String, String)>,
+    pub dns_address: Option<String>,
+    pub dns_synced_at: Option<i64>,
+    pub dns_error: Option<String>,
 }
 
 /// Everything about a pool a user sets.
@@ -121,15 +127,24 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 
 impl Store {
     pub async fn domains(&self) -> Result<Vec<DomainRow>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM domains ORDER BY name")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, dns_provider, dns_zone, dns_address, dns_synced_at,
+                    dns_error FROM domains ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|r| {
+                let provider: Option<String> = r.try_get("dns_provider")?;
+                let zone: Option<String> = r.try_get("dns_zone")?;
                 Ok(DomainRow {
                     id: r.try_get("id")?,
                     name: r.try_get("name")?,
                     created_at: r.try_get("created_at")?,
+                    dns: provider.zip(zone),
+                    dns_address: r.try_get("dns_address")?,
+                    dns_synced_at: r.try_get("dns_synced_at")?,
+                    dns_error: r.try_get("dns_error")?,
                 })
             })
             .collect()
@@ -151,6 +166,41 @@ impl Store {
             Err(e) if unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Links a domain to a DNS zone (or unlinks it with `None`); what was written for the
+    /// old link is forgotten.
+    pub async fn link_domain(&self, id: i64, dns: Option<(&str, &str)>) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE domains SET dns_provider = ?, dns_zone = ?, dns_address = NULL,
+                dns_synced_at = NULL, dns_error = NULL WHERE id = ?",
+        )
+        .bind(dns.map(|d| d.0))
+        .bind(dns.map(|d| d.1))
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records a sync of the domain's record: the address written (and when), or why not.
+    pub async fn set_domain_dns(
+        &self,
+        id: i64,
+        address: Option<&str>,
+        synced_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE domains SET dns_address = ?, dns_synced_at = ?, dns_error = ? WHERE id = ?",
+        )
+        .bind(address)
+        .bind(synced_at)
+        .bind(error)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// The pools still pointing at the domain (it is deleted only when there are none).
