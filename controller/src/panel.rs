@@ -66,6 +66,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../panel/js/pages/pool.js"),
     ),
     (
+        "/js/pages/providers.js",
+        JS,
+        include_str!("../panel/js/pages/providers.js"),
+    ),
+    (
+        "/js/pages/dns.js",
+        JS,
+        include_str!("../panel/js/pages/dns.js"),
+    ),
+    (
         "/js/pages/runs.js",
         JS,
         include_str!("../panel/js/pages/runs.js"),

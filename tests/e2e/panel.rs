@@ -515,6 +515,8 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         (&*format!("/runs/{run}"), "Run #", "#step-output-1 .line"),
         ("/pools", "Pools", "#pools"),
         (&*format!("/pools/{pool}"), "web", "#member-table"),
+        ("/providers", "Providers", "#provider-table"),
+        ("/dns", "DNS and e-mail", "#view p.muted"),
         ("/users", "Users", "#users"),
         ("/audit", "Audit log", "#audit"),
         ("/account", "Account", "#totp-setup"),

@@ -2344,3 +2344,124 @@ async fn a_linked_domain_points_at_its_pools_edge() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.get("dns").is_none(), "{}", r.body);
 }
+
+/// The Providers and DNS pages in Chromium against the fakes: credentials set (a refused
+/// token said next to its field), a droplet powered off, a DNS record and a mail rule
+/// added — each page accessible (axe) and free of console errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_and_dns_in_the_panel() {
+    use mezzanine_tests::browser::Browser;
+    let dig = Fake::start(digitalocean).await;
+    let cf = Fake::start(cloudflare).await;
+    dig.with(|s| {
+        s.coll("droplets").insert(
+            "7".into(),
+            json!({ "id": 7, "name": "db-1", "status": "active",
+            "networks": { "v4": [{ "ip_address": "203.0.113.70", "type": "public" }] } }),
+        );
+    });
+    let zone = cf.with(|s| {
+        let id = hex_id(600);
+        s.coll("zones").insert(id.clone(), json!({ "id": id, "name": "example.org", "status": "active", "account": { "id": ACCOUNT } }));
+        id
+    });
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let r = admin
+        .post("/api/domains", json!({ "name": "shop.example.org" }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let axe_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/axe/axe.min.js");
+    let axe = std::fs::read_to_string(&axe_path).expect("axe-core (tests/run fetches it)");
+
+    let b = Browser::start().await;
+    b.log_in_as_admin(&ctl.base).await;
+    b.until("the dashboard", "!!document.querySelector('#attention')")
+        .await;
+    b.click("#nav a[href='#/providers']").await;
+    b.until(
+        "the credentials table",
+        "!!document.querySelector('#provider-table')",
+    )
+    .await;
+
+    let set = |provider: &'static str, token: &'static str, url: String| {
+        format!(
+            "const f = document.querySelector('#provider-form'); f.elements.provider.value = {provider:?}; \
+             f.elements.provider.dispatchEvent(new Event('change')); f.elements.token.value = {token:?}; \
+             f.elements.api_url.value = {url:?}; return 1;"
+        )
+    };
+    b.js(&set(
+        "cloudflare",
+        "wrong",
+        format!("{}/client/v4", cf.base),
+    ))
+    .await;
+    b.click("#provider-form button[type=submit]").await;
+    b.until(
+        "the refusal next to the token",
+        "document.querySelector('#provider-form [name=token]').getAttribute('aria-invalid') === 'true' && document.querySelector('#provider-form .field-error').textContent.includes('Cloudflare refused it')",
+    )
+    .await;
+    b.js(&set(
+        "cloudflare",
+        CF_TOKEN,
+        format!("{}/client/v4", cf.base),
+    ))
+    .await;
+    b.click("#provider-form button[type=submit]").await;
+    b.until("the Cloudflare toast", "document.querySelector('#toasts').textContent.includes('Cloudflare credentials checked and saved')").await;
+    b.js(&set("digitalocean", DO_TOKEN, format!("{}/v2", dig.base)))
+        .await;
+    b.click("#provider-form button[type=submit]").await;
+    b.until("the droplet list", "!!document.querySelector('#digitalocean-machines') && document.querySelector('#digitalocean-machines').textContent.includes('db-1')").await;
+    b.js("[...document.querySelectorAll('#digitalocean-machines button')].find(x => x.textContent === 'power off').click(); return 1;").await;
+    b.until(
+        "the power-off toast",
+        "document.querySelector('#toasts').textContent.includes('db-1: power off sent')",
+    )
+    .await;
+    assert_eq!(
+        dig.with(|s| s.coll("droplets")["7"]["status"].clone()),
+        "off"
+    );
+    let listed = admin.get("/api/providers").await.body.to_string();
+    assert!(!listed.contains(CF_TOKEN) && !listed.contains(DO_TOKEN));
+    b.console_errors().await;
+    let violations = b.accessibility_violations(&axe).await;
+    assert!(violations.is_empty(), "providers page: {violations:#?}");
+
+    // DNS: the Cloudflare zone, a record added through the form, a mail rule, and the
+    // pool domain in that zone linked.
+    b.open(&format!("{}/#/dns?zone=cloudflare:{zone}", ctl.base))
+        .await;
+    b.until(
+        "the records",
+        "!!document.querySelector('#records-title') && !!document.querySelector('#email-title')",
+    )
+    .await;
+    b.js("const f = document.querySelector('#record-form'); f.elements.type.value = 'A'; f.elements.name.value = 'www.example.org'; f.elements.value.value = '192.0.2.44'; return 1;").await;
+    b.click("#record-form button[type=submit]").await;
+    b.until("the new record", "!!document.querySelector('#records') && document.querySelector('#records').textContent.includes('192.0.2.44')").await;
+    b.js("const f = document.querySelector('#rule-form'); f.elements.to.value = 'hello@example.org'; f.elements.dest.value = 'ops@example.net'; return 1;").await;
+    b.click("#rule-form button[type=submit]").await;
+    b.until("the new rule", "!!document.querySelector('#email-rules') && document.querySelector('#email-rules').textContent.includes('hello@example.org')").await;
+    b.js("[...document.querySelectorAll('#pool-domain-table button')].find(x => x.textContent === 'Link').click(); return 1;").await;
+    b.until(
+        "the linked domain",
+        "document.querySelector('#toasts').textContent.includes('shop.example.org linked')",
+    )
+    .await;
+    let domains = admin.get("/api/domains").await.body;
+    assert_eq!(domains[0]["dns"]["zone"], zone.as_str(), "{domains}");
+    assert_eq!(
+        a_records(&cf, "dns"),
+        [("www.example.org".to_owned(), "192.0.2.44".to_owned())]
+    );
+    let errors = b.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let violations = b.accessibility_violations(&axe).await;
+    assert!(violations.is_empty(), "DNS page: {violations:#?}");
+}

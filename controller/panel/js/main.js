@@ -16,6 +16,8 @@ const ROUTES = [
   ["/workflows/:id", "workflow", "viewer", "#/workflows"],
   ["/pools", "pools", "viewer", "#/pools"],
   ["/pools/:id", "pool", "viewer", "#/pools"],
+  ["/providers", "providers", "viewer", "#/providers"],
+  ["/dns", "dns", "viewer", "#/dns"],
   ["/runs", "runs", "viewer", "#/runs"],
   ["/runs/:id", "run", "viewer", "#/runs"],
   ["/users", "users", "admin", "#/users"],
