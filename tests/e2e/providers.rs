@@ -1012,6 +1012,9 @@ fn contabo(
                 "status": "provisioning", "region": body.get("region").cloned().unwrap_or(json!("EU")), "productId": body.get("productId").cloned().unwrap_or(json!("V45")),
                 "ipConfig": { "v4": { "ip": "198.51.100.9" } }, "cpuCores": 4, "ramMb": 8192, "diskMb": 204800 });
             s.coll("instances").insert(id.to_string(), i.clone());
+            if let Some(u) = body.get("userData") {
+                s.coll("user_data").insert(id.to_string(), u.clone());
+            }
             cb_data(201, vec![i])
         }
         ("GET", ["compute", "instances", id]) => match s.coll("instances").get(*id) {
@@ -1133,6 +1136,28 @@ fn contabo(
         },
         _ => cb_error(404, "Not Found"),
     }
+}
+
+/// A provider that rate-limits for long (429 passed on with its wait) and one that does
+/// not answer in time (504 within the controller's bound, 2 s in these tests).
+async fn limits_and_timeouts(admin: &mut Client, fake: &Fake, path: &str, label: &str) {
+    fake.with(|s| s.faults.throttle = vec![vec![("retry-after", "90".into())]]);
+    let r = admin.get(path).await;
+    assert_eq!(r.status, 429, "{path}: {}", r.body);
+    assert_eq!(r.header("retry-after"), Some("90"), "{path}");
+    assert!(r.error().contains(label), "{}", r.body);
+    fake.with(|s| s.faults.delay = Duration::from_secs(5));
+    let t = Instant::now();
+    let r = admin.get(path).await;
+    assert_eq!(r.status, 504, "{path}: {}", r.body);
+    assert!(
+        r.error().contains(&format!("{label} did not answer")),
+        "{}",
+        r.body
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    fake.with(|s| s.faults.delay = Duration::ZERO);
+    assert_eq!(admin.get(path).await.status, 200, "{path} answers again");
 }
 
 async fn put(admin: &mut Client, path: &str, body: Value) -> mezzanine_tests::Resp {
@@ -1471,7 +1496,7 @@ async fn digitalocean_through_our_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudflare_dns_through_our_api() {
     let fake = Fake::start(cloudflare).await;
-    let ctl = ControllerProcess::start(false, &[]);
+    let ctl = ControllerProcess::start(false, &["--provider-timeout-secs", "2"]);
     let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
     let api_url = format!("{}/client/v4", fake.base);
     let r = put(
@@ -1662,6 +1687,7 @@ async fn cloudflare_dns_through_our_api() {
     let r = admin.get("/api/cloudflare/zones").await;
     assert_eq!(r.status, 200, "{}", r.body);
 
+    limits_and_timeouts(&mut admin, &fake, "/api/cloudflare/zones", "Cloudflare").await;
     let traces = controller_traces(&ctl);
     assert!(!traces
         .windows(CF_TOKEN.len())
@@ -1671,7 +1697,7 @@ async fn cloudflare_dns_through_our_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostinger_through_our_api() {
     let fake = Fake::start(hostinger).await;
-    let ctl = ControllerProcess::start(false, &[]);
+    let ctl = ControllerProcess::start(false, &["--provider-timeout-secs", "2"]);
     let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
     let r = put(
         &mut admin,
@@ -1801,6 +1827,7 @@ async fn hostinger_through_our_api() {
     let r = admin.get("/api/hostinger/billing/subscriptions").await;
     assert_eq!(r.body[0]["renewal_price"], 1599, "{}", r.body);
 
+    limits_and_timeouts(&mut admin, &fake, "/api/hostinger/vps", "Hostinger").await;
     let traces = controller_traces(&ctl);
     assert!(!traces
         .windows(HG_TOKEN.len())
@@ -1811,7 +1838,7 @@ async fn hostinger_through_our_api() {
 async fn contabo_through_our_api() {
     let fake = Fake::start(contabo).await;
     fake.with(|s| s.token_lifetime = 3600);
-    let ctl = ControllerProcess::start(false, &[]);
+    let ctl = ControllerProcess::start(false, &["--provider-timeout-secs", "2"]);
     let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
     let creds = |password: &str| {
         json!({ "client_id": "cb-client", "client_secret": CB_CLIENT_SECRET, "username": "ops@example.com",
@@ -1915,6 +1942,35 @@ async fn contabo_through_our_api() {
         r.body
     );
     assert_eq!(fake.with(|s| s.tokens.len()), 1, "the token is reused");
+    // An instance that adopts itself: a server named after it, the install in userData.
+    let r = admin
+        .post(
+            "/api/contabo/instances",
+            json!({ "period": 1, "adopt": true }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().starts_with("displayName"), "{}", r.body);
+    let r = admin
+        .post(
+            "/api/contabo/instances",
+            json!({ "period": 1, "displayName": "cb-web", "adopt": true }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let server = r.body["server_id"].as_i64().expect("server_id");
+    let id = r.body["instanceId"].to_string();
+    let user_data = fake
+        .with(|s| s.coll("user_data").get(&id).cloned())
+        .unwrap_or_default();
+    assert!(
+        user_data
+            .as_str()
+            .is_some_and(|u| u.starts_with("#!/bin/sh") && u.contains("/install.sh")),
+        "{user_data}"
+    );
+    let s = admin.get(&format!("/api/servers/{server}")).await.body;
+    assert_eq!(s["name"], "cb-web", "{s}");
 
     // Snapshots: take, list, roll back, delete.
     let snaps = "/api/contabo/instances/100007/snapshots";
@@ -2006,6 +2062,7 @@ async fn contabo_through_our_api() {
     let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert!(ids.len() > 20 && distinct.len() == ids.len(), "{ids:?}");
 
+    limits_and_timeouts(&mut admin, &fake, "/api/contabo/secrets", "Contabo").await;
     let traces = controller_traces(&ctl);
     for secret in [CB_CLIENT_SECRET, CB_PASSWORD, "cb-access-1"] {
         assert!(

@@ -126,6 +126,57 @@ async fn droplet(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     ))
 }
 
+/// A server record for a machine about to be created, and the cloud-init user data that
+/// installs its agent (which then dials back by itself). Checked before anything exists.
+async fn adoption(state: &AppState, base: &str, name: &str, tag: &str) -> ApiResult<(i64, String)> {
+    for r in [crate::validate::name(name), crate::validate::host(name)] {
+        r.map_err(|m| ApiError::BadRequest(format!("name: {m}")))?;
+    }
+    // Fail before creating anything if no agent binary can be served.
+    state
+        .installs()
+        .script(base)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let tags = vec![tag.to_owned()];
+    // The machine's address is not known yet; its name stands for it until the agent
+    // reports in.
+    let new = crate::store::NewServer {
+        name,
+        host: name,
+        port: 22,
+        username: None,
+        auth_type: "manual",
+        tags: &tags,
+    };
+    let s = state
+        .store()
+        .create_server(&new, crate::time::now_secs())
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("a server named {name:?} exists")))?;
+    state.deploy_keys().create(s.id, false).await?;
+    let minted = state.installs().mint(s.id, base).await?;
+    // cloud-init runs user data that starts with `#!` as a script, once, as root.
+    let user_data = format!(
+        "#!/bin/sh\n# Mezzanine: install the agent, which dials back to the controller.\n{}\n",
+        minted.command
+    );
+    Ok((s.id, user_data))
+}
+
+/// Removes the server record of a machine the provider did not create.
+async fn abandon(state: &AppState, server: Option<i64>) {
+    if let Some(id) = server {
+        if let Err(e) = state
+            .store()
+            .delete_server(id, crate::time::now_secs())
+            .await
+        {
+            tracing::warn!(server = id, error = %e, "cannot remove the server of a machine that was not created");
+        }
+    }
+}
+
 /// Creates a droplet; with `adopt: true` it also makes a server record whose agent
 /// install goes into the droplet's `user_data`, so the machine comes online by itself.
 async fn create_droplet(
@@ -142,56 +193,14 @@ async fn create_droplet(
                 "user_data: adopt writes the machine's user data itself (the agent install); leave user_data out".into(),
             ));
         }
-        // Fail before creating anything if no agent binary can be served.
-        state
-            .installs()
-            .script(&base)
-            .await
-            .map_err(|e| ApiError::Conflict(e.to_string()))?;
-        for (field, r) in [
-            ("name", crate::validate::name(&b.name)),
-            ("name", crate::validate::host(&b.name)),
-        ] {
-            r.map_err(|m| ApiError::BadRequest(format!("{field}: {m}")))?;
-        }
-        let tags = vec!["digitalocean".to_owned()];
-        // The droplet's address is not known yet; its name stands for it until the
-        // agent reports in.
-        let new = crate::store::NewServer {
-            name: &b.name,
-            host: &b.name,
-            port: 22,
-            username: None,
-            auth_type: "manual",
-            tags: &tags,
-        };
-        let s = state
-            .store()
-            .create_server(&new, crate::time::now_secs())
-            .await?
-            .ok_or_else(|| ApiError::Conflict(format!("a server named {:?} exists", b.name)))?;
-        state.deploy_keys().create(s.id, false).await?;
-        let minted = state.installs().mint(s.id, &base).await?;
-        // cloud-init runs user data that starts with `#!` as a script, once, as root.
-        body["user_data"] = json!(format!(
-            "#!/bin/sh\n# Mezzanine: install the agent, which dials back to the controller.\n{}\n",
-            minted.command
-        ));
-        server = Some(s.id);
+        let (id, user_data) = adoption(&state, &base, &b.name, "digitalocean").await?;
+        body["user_data"] = json!(user_data);
+        server = Some(id);
     }
     let mut d = match client.create_droplet(&body).await {
         Ok(d) => d,
         Err(e) => {
-            // No droplet, so no server to wait for.
-            if let Some(id) = server {
-                if let Err(de) = state
-                    .store()
-                    .delete_server(id, crate::time::now_secs())
-                    .await
-                {
-                    tracing::warn!(server = id, error = %de, "cannot remove the server of a droplet that was not created");
-                }
-            }
+            abandon(&state, server).await;
             return Err(e.into());
         }
     };
@@ -662,22 +671,45 @@ async fn cb_instance(
     ))
 }
 
+/// Creates an instance; with `adopt: true` (and a `displayName`, which names the server)
+/// the agent install goes into its `userData`, as for droplets.
 async fn cb_create_instance(
     State(state): State<AppState>,
-    Json(b): Json<contabo::NewInstance>,
+    Extension(BaseUrl(base)): Extension<BaseUrl>,
+    Json(mut b): Json<contabo::NewInstance>,
 ) -> ApiResult<Response> {
-    let i = state
-        .providers()
-        .contabo()
-        .await?
-        .create_instance(&b)
-        .await?;
+    b.body()?;
+    let client = state.providers().contabo().await?;
+    let mut server = None;
+    if b.adopt {
+        if b.user_data.is_some() {
+            return Err(ApiError::BadRequest(
+                "userData: adopt writes the machine's user data itself (the agent install); leave userData out".into(),
+            ));
+        }
+        let name = b.display_name.clone().ok_or_else(|| {
+            ApiError::BadRequest("displayName: required to adopt (it names the server)".into())
+        })?;
+        let (id, user_data) = adoption(&state, &base, &name, "contabo").await?;
+        b.user_data = Some(user_data);
+        server = Some(id);
+    }
+    let mut i = match client.create_instance(&b).await {
+        Ok(i) => i,
+        Err(e) => {
+            abandon(&state, server).await;
+            return Err(e.into());
+        }
+    };
     let target = format!(
         "Contabo instance {}",
         i.get("instanceId")
             .map(Value::to_string)
             .unwrap_or_default()
     );
+    if let Some(id) = server {
+        i["server_id"] = json!(id);
+    }
     Ok(with_target(
         (StatusCode::CREATED, Json(i)).into_response(),
         target,
@@ -1369,7 +1401,7 @@ fn contabo_routes(reg: &mut Registry, any: &Value, upstream: &'static [u16]) {
         "/api/contabo/instances",
         moderator,
         Doc {
-            summary: "Create an instance { period (months), imageId?, productId?, region?, sshKeys?, rootPassword?, userData?, displayName?, defaultUser? }",
+            summary: "Create an instance { period (months), imageId?, productId?, region?, sshKeys?, rootPassword?, userData?, displayName?, defaultUser?, adopt? }; with adopt: true a server named displayName is made and the agent install goes into userData (the answer adds server_id)",
             request: Some(obj(
                 &[
                     ("period", json!({ "enum": [1, 3, 6, 12] })),
@@ -1381,6 +1413,7 @@ fn contabo_routes(reg: &mut Registry, any: &Value, upstream: &'static [u16]) {
                     ("userData", json!({ "type": "string", "maxLength": 65536 })),
                     ("displayName", json!({ "type": "string", "maxLength": 255 })),
                     ("defaultUser", json!({ "enum": ["root", "admin", "administrator"] })),
+                    ("adopt", json!({ "type": "boolean" })),
                 ],
                 &["period"],
             )),

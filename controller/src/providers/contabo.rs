@@ -139,6 +139,9 @@ pub struct NewInstance {
     pub user_data: Option<String>,
     pub display_name: Option<String>,
     pub default_user: Option<String>,
+    /// Ours, never sent: see the API's create route.
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 const REGIONS: &[&str] = &[
