@@ -414,6 +414,24 @@ async fn a_pool_serves_its_healthy_members_through_the_edge() {
     member_state(&mut admin, id, m1, "healthy", Duration::from_secs(30)).await;
     assert_eq!(pages(&edge_ip, 8088, 8).len(), 2);
 
+    // The member's whole container stopped abruptly (frozen: no answer, no reset): out
+    // within the window, back when it returns.
+    let docker = |verb: &str| {
+        let out = std::process::Command::new("docker")
+            .args([verb, &m1_c])
+            .output()
+            .expect("docker");
+        assert!(out.status.success(), "docker {verb}: {out:?}");
+    };
+    docker("pause");
+    let frozen = Instant::now();
+    let m = member_state(&mut admin, id, m1, "unhealthy", Duration::from_secs(30)).await;
+    println!("frozen member out after {:?}: {m}", frozen.elapsed());
+    assert_eq!(pages(&edge_ip, 8088, 6), ["member m2 v1".to_owned()].into());
+    docker("unpause");
+    member_state(&mut admin, id, m1, "healthy", Duration::from_secs(30)).await;
+    assert_eq!(pages(&edge_ip, 8088, 8).len(), 2);
+
     // Removing a member drains it; the last one needs force (min_replicas 1).
     let r = admin.delete(&format!("/api/pools/{id}/members/{m2}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
