@@ -472,6 +472,12 @@ async fn execute(
         Some(command::Body::ApplyPool(p)) => {
             crate::nginx::apply(&crate::nginx::Layout::default(), &p).await
         }
+        Some(command::Body::AcmeChallenge(c)) => {
+            match crate::nginx::challenge(&crate::nginx::Layout::default(), &c).await {
+                Ok(()) => reply::Body::Ack(Ack {}),
+                Err(message) => reply::Body::Error(CommandError { message }),
+            }
+        }
         Some(command::Body::Probe(p)) => {
             let started = std::time::Instant::now();
             let timeout =

@@ -120,6 +120,23 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_PROVIDER_TIMEOUT_SECS", default_value_t = 20)]
     pub provider_timeout_secs: u64,
 
+    /// The ACME directory pools' certificates come from (Let's Encrypt production unless
+    /// set: its staging directory, ZeroSSL, a private CA).
+    #[arg(
+        long,
+        env = "MEZZANINE_ACME_DIRECTORY_URL",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+    )]
+    pub acme_directory_url: String,
+
+    /// Contact e-mail given to the ACME CA with the account (expiry warnings).
+    #[arg(long, env = "MEZZANINE_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// A PEM file of extra roots trusted for the ACME directory's HTTPS (a private CA, tests).
+    #[arg(long, env = "MEZZANINE_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
     /// Bytes of output stored per deploy run; past it a marker says what was dropped (live
     /// viewers still receive every line).
     #[arg(long, env = "MEZZANINE_RUN_OUTPUT_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -212,6 +229,10 @@ pub struct Config {
     pub private_registries: crate::images::Private,
     pub docker_timeout: std::time::Duration,
     pub provider_timeout: std::time::Duration,
+    pub acme_directory_url: String,
+    pub acme_email: Option<String>,
+    /// The extra roots' PEM, read at start.
+    pub acme_ca_pem: Option<Vec<u8>>,
     pub run_output_cap_bytes: i64,
     pub keep_runs: i64,
     pub keep_audit: std::time::Duration,
@@ -453,6 +474,42 @@ impl ServeArgs {
             provider_timeout: std::time::Duration::from_secs(
                 self.provider_timeout_secs.clamp(1, 600),
             ),
+            acme_directory_url: {
+                let u = reqwest::Url::parse(&self.acme_directory_url)
+                    .map_err(|_| ConfigError("--acme-directory-url: not a URL".into()))?;
+                if u.scheme() != "https" {
+                    return Err(ConfigError("--acme-directory-url: must be https".into()));
+                }
+                self.acme_directory_url.clone()
+            },
+            acme_email: match &self.acme_email {
+                Some(e)
+                    if e.len() > 254
+                        || !e.split_once('@').is_some_and(|(l, d)| {
+                            !l.is_empty()
+                                && d.contains('.')
+                                && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+                        }) =>
+                {
+                    return Err(ConfigError("--acme-email: not an e-mail address".into()))
+                }
+                e => e.clone(),
+            },
+            acme_ca_pem: match &self.acme_ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        ConfigError(format!("--acme-ca-file {}: {e}", path.display()))
+                    })?;
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        ConfigError(format!(
+                            "--acme-ca-file {}: not PEM certificates ({e})",
+                            path.display()
+                        ))
+                    })?;
+                    Some(pem)
+                }
+                None => None,
+            },
             insecure_registries: crate::images::Insecure::parse(&self.insecure_registries)
                 .map_err(ConfigError)?,
             private_registries: crate::images::Private::parse(&self.private_registries)

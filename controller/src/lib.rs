@@ -3,6 +3,7 @@
 //! API and panel on a listener until the shutdown future resolves. `main` only parses
 //! flags and calls these, so tests run many controllers side by side.
 
+pub mod acme;
 pub mod api;
 pub mod auth;
 pub mod changes;
@@ -134,6 +135,10 @@ pub async fn serve(
     state
         .tasks()
         .spawn(state.pools().clone().run(state.closing().clone()));
+    // Pools with HTTPS get and renew their certificates.
+    state
+        .tasks()
+        .spawn(state.acme().clone().run(state.closing().clone()));
     let web = serve_http(http, app, &state, shutdown.clone());
     // The gateway runs on its own single-threaded runtime: thousands of mostly idle
     // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API

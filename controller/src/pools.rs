@@ -69,6 +69,9 @@ pub fn defaults(name: &str) -> PoolSettings {
         read_timeout_s: 60,
         keepalive: 16,
         drain_timeout_s: 5,
+        tls_enabled: false,
+        tls_challenge: "http-01".into(),
+        tls_port: 443,
     }
 }
 
@@ -142,6 +145,21 @@ pub fn check(s: &PoolSettings) -> std::result::Result<(), String> {
     range("proxy.read_timeout_s", s.read_timeout_s, 1, 86400)?;
     range("proxy.keepalive", s.keepalive, 0, 1024)?;
     range("drain_timeout_s", s.drain_timeout_s, 0, 600)?;
+    if !matches!(s.tls_challenge.as_str(), "http-01" | "dns-01") {
+        return Err(format!(
+            "tls.challenge: {:?} is not http-01 or dns-01",
+            s.tls_challenge
+        ));
+    }
+    range("tls.port", s.tls_port, 1, 65535)?;
+    if s.tls_port == s.listen_port {
+        return Err("tls.port: the same as ports.listen (plain HTTP)".into());
+    }
+    if s.tls_enabled && s.domain_id.is_none() {
+        return Err(
+            "tls.enabled: a certificate names the pool's domain; set domain_id first".into(),
+        );
+    }
     Ok(())
 }
 
@@ -156,6 +174,8 @@ impl std::fmt::Debug for Pools {
 
 struct Inner {
     store: Store,
+    /// Opens the pools' certificate keys to send them to their edges.
+    key: Arc<crate::crypto::MasterKey>,
     agents: Arc<Registry>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -178,9 +198,16 @@ fn now() -> i64 {
 }
 
 impl Pools {
-    pub fn new(store: Store, agents: Arc<Registry>, deploys: Deploys, tasks: TaskTracker) -> Pools {
+    pub fn new(
+        store: Store,
+        key: Arc<crate::crypto::MasterKey>,
+        agents: Arc<Registry>,
+        deploys: Deploys,
+        tasks: TaskTracker,
+    ) -> Pools {
         Pools(Arc::new(Inner {
             store,
+            key,
             agents,
             deploys,
             tasks,
@@ -331,8 +358,47 @@ impl Pools {
 
     /// What the edge is told for the pool now: its healthy members (with `change`, one
     /// member counted in the state it is about to get).
-    async fn config(&self, pool: &PoolRow, change: Option<(i64, &str)>) -> Result<ApplyPool> {
+    /// The certificate and key a pool's edge serves: the stored ones, while TLS is on.
+    async fn stored_tls(&self, pool: &PoolRow) -> Result<Option<(String, String)>> {
+        if !pool.settings.tls_enabled {
+            return Ok(None);
+        }
+        let Some(c) = self.0.store.certificate(pool.id).await? else {
+            return Ok(None);
+        };
+        let (Some(chain), Some(sealed)) = (c.chain_pem, c.key_sealed) else {
+            return Ok(None);
+        };
+        let key = self
+            .0
+            .key
+            .open(&crate::acme::key_context(pool.id), &sealed)
+            .map_err(|_| {
+                PoolError::Unavailable(format!(
+                    "the certificate key of pool {} does not open with this master key",
+                    pool.id
+                ))
+            })?;
+        let key = String::from_utf8(key).map_err(|_| {
+            PoolError::Unavailable(format!(
+                "the certificate key of pool {} is not PEM",
+                pool.id
+            ))
+        })?;
+        Ok(Some((chain, key)))
+    }
+
+    async fn config(
+        &self,
+        pool: &PoolRow,
+        change: Option<(i64, &str)>,
+        tls: Option<(String, String)>,
+    ) -> Result<ApplyPool> {
         let s = &pool.settings;
+        let tls = match tls {
+            Some(t) => Some(t),
+            None => self.stored_tls(pool).await?,
+        };
         let members = self.0.store.pool_members(pool.id).await?;
         let hosts: HashMap<i64, String> = self
             .0
@@ -389,6 +455,10 @@ impl Pools {
             read_timeout_s: u(s.read_timeout_s),
             keepalive: u(s.keepalive),
             remove: false,
+            acme_challenges: s.tls_enabled,
+            tls_port: if tls.is_some() { u(s.tls_port) } else { 0 },
+            tls_certificate_pem: tls.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+            tls_key_pem: tls.map(|t| t.1).unwrap_or_default(),
         })
     }
 
@@ -422,6 +492,75 @@ impl Pools {
         self.apply_with(id, None).await
     }
 
+    /// Renders the pool's config with a certificate not stored yet: `Ok` once the edge
+    /// serves it; on refusal the edge keeps what it served (and the caller keeps the old
+    /// certificate too).
+    pub async fn apply_tls(
+        &self,
+        id: i64,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<mezzanine_proto::v1::PoolApplied> {
+        let _one = self.0.applying.lock().await;
+        let pool = self.get(id).await?;
+        let Some(edge) = pool.settings.edge_server_id else {
+            return Err(PoolError::Conflict(
+                "the pool has no edge server: set edge_server_id".into(),
+            ));
+        };
+        let body = self
+            .config(
+                &pool,
+                None,
+                Some((chain_pem.to_owned(), key_pem.to_owned())),
+            )
+            .await?;
+        let result = self.send(edge, body).await;
+        let error = result.as_ref().err().map(ToString::to_string);
+        self.0
+            .store
+            .set_pool_lb(id, error.as_deref(), now())
+            .await?;
+        result
+    }
+
+    /// Writes (or removes) the file answering one ACME HTTP-01 challenge on the pool's edge.
+    pub async fn acme_challenge(
+        &self,
+        id: i64,
+        token: &str,
+        key_authorization: &str,
+        remove: bool,
+    ) -> Result<()> {
+        let pool = self.get(id).await?;
+        let Some(edge) = pool.settings.edge_server_id else {
+            return Err(PoolError::Conflict(
+                "the pool has no edge server: set edge_server_id".into(),
+            ));
+        };
+        let body = command::Body::AcmeChallenge(mezzanine_proto::v1::AcmeChallenge {
+            token: token.to_owned(),
+            key_authorization: key_authorization.to_owned(),
+            remove,
+        });
+        match self
+            .0
+            .agents
+            .call(edge, body, Duration::from_secs(30))
+            .await
+        {
+            Ok(reply::Body::Ack(_)) => Ok(()),
+            Ok(_) => Err(PoolError::Unavailable(
+                "the edge agent cannot answer ACME challenges; upgrade it".into(),
+            )),
+            Err(CallError::Offline) => Err(PoolError::Conflict(format!(
+                "the edge server ({edge}) is offline"
+            ))),
+            Err(CallError::Agent(m)) => Err(PoolError::Conflict(m)),
+            Err(e) => Err(PoolError::Unavailable(format!("the edge server: {e}"))),
+        }
+    }
+
     /// `apply`, with one member's state changing: the config is built with its new state,
     /// and the state is written only once the edge serves that config — a member the API
     /// calls healthy is in the upstream. Applies are serialised, so one cannot build from
@@ -438,7 +577,9 @@ impl Pools {
                 "the pool has no edge server: set edge_server_id".into(),
             ));
         };
-        let body = self.config(&pool, change.map(|(s, st, _)| (s, st))).await?;
+        let body = self
+            .config(&pool, change.map(|(s, st, _)| (s, st)), None)
+            .await?;
         let result = self.send(edge, body).await;
         let error = result.as_ref().err().map(ToString::to_string);
         self.0

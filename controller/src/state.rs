@@ -40,6 +40,7 @@ struct Inner {
     deploy_keys: DeployKeys,
     pools: crate::pools::Pools,
     providers: crate::providers::Providers,
+    acme: crate::acme::Acme,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -107,6 +108,7 @@ impl AppState {
         );
         let pools = crate::pools::Pools::new(
             store.clone(),
+            key.clone(),
             agents.clone(),
             deploys.clone(),
             tasks.clone(),
@@ -116,6 +118,13 @@ impl AppState {
             key.clone(),
             config.provider_timeout,
             config.insecure_registries.clone(),
+        );
+        let acme = crate::acme::Acme::new(
+            store.clone(),
+            key.clone(),
+            pools.clone(),
+            providers.clone(),
+            &config,
         );
         let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
         AppState(Arc::new(Inner {
@@ -131,6 +140,7 @@ impl AppState {
             deploy_keys,
             pools,
             providers,
+            acme,
             updates,
             deploys,
             tasks,
@@ -173,6 +183,10 @@ impl AppState {
 
     pub fn providers(&self) -> &crate::providers::Providers {
         &self.0.providers
+    }
+
+    pub fn acme(&self) -> &crate::acme::Acme {
+        &self.0.acme
     }
 
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with

@@ -9,6 +9,7 @@ mod conventions;
 mod deploys;
 mod docker;
 mod events;
+mod https;
 mod limits;
 mod nodes;
 mod panel;

@@ -81,6 +81,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/pools/{id}", "moderator"),
     ("DELETE", "/api/pools/{id}", "admin"),
     ("POST", "/api/pools/{id}/sync-lb", "moderator"),
+    ("POST", "/api/pools/{id}/certificate/renew", "moderator"),
     ("POST", "/api/pools/{id}/scale-out", "moderator"),
     ("DELETE", "/api/pools/{id}/members/{server_id}", "admin"),
     ("POST", "/api/pools/{id}/deploy", "moderator"),

@@ -1181,23 +1181,26 @@ pub fn fleet_controller(fleet: &Fleet, release: bool) -> (Process, String, tempf
 /// `fleet_controller` as a process the test can kill and `respawn` on the same ports
 /// (the fleet's agents know the agent port from their install).
 pub fn fleet_controller_process(fleet: &Fleet, release: bool) -> ControllerProcess {
+    fleet_controller_with(fleet, release, &[])
+}
+
+/// `fleet_controller_process` with `extra` flags.
+pub fn fleet_controller_with(fleet: &Fleet, release: bool, extra: &[&str]) -> ControllerProcess {
     let agent = binary("mezzanine-agent", release);
-    ControllerProcess::start_on(
-        &fleet.gateway,
-        release,
-        &[
-            "--agent-binary",
-            agent.to_str().expect("utf8"),
-            "--ssh-timeout-secs",
-            "4",
-            "--insecure-registry",
-            "10.213.0.0/16",
-            "--private-registry",
-            "10.213.0.0/16",
-            "--docker-timeout-secs",
-            "4",
-        ],
-    )
+    let mut args = vec![
+        "--agent-binary",
+        agent.to_str().expect("utf8"),
+        "--ssh-timeout-secs",
+        "4",
+        "--insecure-registry",
+        "10.213.0.0/16",
+        "--private-registry",
+        "10.213.0.0/16",
+        "--docker-timeout-secs",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    ControllerProcess::start_on(&fleet.gateway, release, &args)
 }
 
 /// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak), in MiB.

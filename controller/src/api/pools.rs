@@ -234,6 +234,7 @@ fn pool_json(p: &PoolRow, domain: Option<&str>) -> Value {
             "keepalive": s.keepalive,
         },
         "drain_timeout_s": s.drain_timeout_s,
+        "tls": { "enabled": s.tls_enabled, "challenge": s.tls_challenge, "port": s.tls_port },
         "lb": {
             "applied_at": p.lb_applied_at.map(crate::time::rfc3339),
             "error": p.lb_error,
@@ -314,7 +315,40 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
             .map(String::as_str),
     );
     v["members"] = Value::Array(members.iter().map(|m| member_json(m, &names)).collect());
+    if let Some(c) = state.store().certificate(id).await? {
+        let ts = |t: Option<i64>| t.filter(|t| *t > 0).map(crate::time::rfc3339);
+        v["certificate"] = json!({
+            "names": c.names,
+            "issuer": c.issuer,
+            "not_before": ts(c.not_before),
+            "not_after": ts(c.not_after),
+            "renew_at": ts(crate::acme::renew_at(&c)),
+            "last_attempt_at": ts(c.last_attempt_at),
+            "next_attempt_at": ts(c.next_attempt_at),
+            "error": c.error,
+        });
+    }
     Ok(Json(v))
+}
+
+/// `POST /api/pools/:id/certificate/renew`: the pool's certificate is issued again now
+/// (in the background; its state shows in the pool).
+async fn renew_certificate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw, "pool")?;
+    let p = state.pools().get(id).await?;
+    if !p.settings.tls_enabled {
+        return Err(ApiError::Conflict(
+            "HTTPS is off for this pool: PATCH {\"tls\": {\"enabled\": true}} first".into(),
+        ));
+    }
+    state.acme().renew_now(id).await?;
+    let mut resp = (StatusCode::ACCEPTED, ok(json!({}))).into_response();
+    resp.extensions_mut()
+        .insert(Target(format!("certificate of pool {}", p.settings.name)));
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -412,6 +446,16 @@ struct PatchBody {
     drain_timeout_s: Option<i64>,
     #[serde(default, deserialize_with = "super::present")]
     members: Option<Vec<Weight>>,
+    #[serde(default, deserialize_with = "super::present")]
+    tls: Option<Tls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    enabled: Option<bool>,
+    challenge: Option<String>,
+    port: Option<i64>,
 }
 
 fn patched(mut s: PoolSettings, b: PatchBody) -> (PoolSettings, Vec<(i64, i64)>) {
@@ -461,6 +505,15 @@ fn patched(mut s: PoolSettings, b: PatchBody) -> (PoolSettings, Vec<(i64, i64)>)
         set(&mut s.keepalive, p.keepalive);
     }
     set(&mut s.drain_timeout_s, b.drain_timeout_s);
+    if let Some(t) = b.tls {
+        if let Some(e) = t.enabled {
+            s.tls_enabled = e;
+        }
+        if let Some(c) = t.challenge {
+            s.tls_challenge = c;
+        }
+        set(&mut s.tls_port, t.port);
+    }
     let weights = b
         .members
         .unwrap_or_default()
@@ -481,8 +534,12 @@ async fn patch(
     let (s, weights) = patched(old.settings, b);
     let name = s.name.clone();
     let new_domain = s.domain_id;
+    let tls = s.tls_enabled;
     state.pools().update(id, s, weights).await?;
     sync_dns(&state, [old_domain, new_domain]);
+    if tls {
+        state.acme().nudge();
+    }
     let mut resp = ok(json!({})).into_response();
     resp.extensions_mut().insert(Target(format!("pool {name}")));
     Ok(resp)
@@ -800,6 +857,8 @@ pub(super) fn routes(reg: &mut Registry) {
             ("health", json!({ "type": "object" })),
             ("proxy", json!({ "type": "object" })),
             ("drain_timeout_s", integer()),
+            ("tls", json!({ "type": "object" })),
+            ("certificate", json!({ "type": "object" })),
             (
                 "lb",
                 obj(
@@ -935,6 +994,17 @@ pub(super) fn routes(reg: &mut Registry) {
                     ("proxy", proxy),
                     ("drain_timeout_s", int(0, 600)),
                     (
+                        "tls",
+                        obj(
+                            &[
+                                ("enabled", boolean()),
+                                ("challenge", json!({ "enum": ["http-01", "dns-01"] })),
+                                ("port", int(1, 65535)),
+                            ],
+                            &[],
+                        ),
+                    ),
+                    (
                         "members",
                         array(obj(&[("server_id", id()), ("weight", int(1, 100))], &["server_id", "weight"])),
                     ),
@@ -959,6 +1029,21 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         delete,
+    )
+    .add(
+        Method::POST,
+        "/api/pools/{id}/certificate/renew",
+        moderator,
+        Doc {
+            summary: "Issue the pool's certificate again now (in the background; `certificate` in the pool shows how it went)",
+            request: None,
+            optional_body: true,
+            response: ok_with(&[]),
+            status: 202,
+            errors: &[404, 409],
+            ..Default::default()
+        },
+        renew_certificate,
     )
     .add(
         Method::POST,

@@ -223,6 +223,149 @@ impl Providers {
         }
     }
 
+    /// The DNS-01 record name for a domain (`_acme-challenge.` before it, wildcard
+    /// dropped), its zone and provider; the domain must be linked to a zone.
+    async fn acme_target(
+        &self,
+        store: &Store,
+        domain_id: i64,
+    ) -> Result<(Provider, String, String)> {
+        let d = store
+            .domain(domain_id)
+            .await?
+            .ok_or_else(|| invalid("domain_id", "the domain is gone"))?;
+        let (provider, zone) = d.dns.clone().ok_or_else(|| {
+            invalid(
+                "tls.challenge",
+                &format!(
+                    "dns-01 needs {} linked to its DNS zone (PATCH /api/domains/{})",
+                    d.name, d.id
+                ),
+            )
+        })?;
+        let p = Provider::parse(&provider).ok_or_else(|| invalid("provider", "no longer known"))?;
+        let base = d.name.strip_prefix("*.").unwrap_or(&d.name);
+        Ok((p, zone, format!("_acme-challenge.{base}")))
+    }
+
+    /// Adds the DNS-01 TXT record `value` for the domain at its provider.
+    pub async fn put_acme_txt(&self, store: &Store, domain_id: i64, value: &str) -> Result<()> {
+        let (p, zone, name) = self.acme_target(store, domain_id).await?;
+        match p {
+            Provider::Cloudflare => {
+                let body = cloudflare::RecordBody {
+                    kind: Some("TXT".into()),
+                    name: Some(name),
+                    content: Some(value.to_owned()),
+                    ttl: Some(60),
+                    proxied: None,
+                    comment: Some("ACME challenge, removed by Mezzanine".into()),
+                    priority: None,
+                };
+                self.cloudflare()
+                    .await?
+                    .create_record(&zone, &body)
+                    .await
+                    .map(drop)
+            }
+            Provider::DigitalOcean => {
+                let rel = relative(&name, &zone)
+                    .ok_or_else(|| invalid("zone", "does not hold the domain"))?;
+                let body = digitalocean::RecordBody {
+                    kind: Some("TXT".into()),
+                    name: Some(rel),
+                    data: Some(value.to_owned()),
+                    priority: None,
+                    port: None,
+                    ttl: Some(30),
+                    weight: None,
+                    flags: None,
+                    tag: None,
+                };
+                self.digitalocean()
+                    .await?
+                    .create_record(&zone, &body)
+                    .await
+                    .map(drop)
+            }
+            Provider::Hostinger => {
+                let rel = relative(&name, &zone)
+                    .ok_or_else(|| invalid("zone", "does not hold the domain"))?;
+                let update = hostinger::ZoneUpdate {
+                    overwrite: Some(false),
+                    zone: vec![hostinger::ZoneEntry {
+                        name: rel,
+                        kind: "TXT".into(),
+                        ttl: Some(60),
+                        records: vec![hostinger::ZoneRecord {
+                            content: value.to_owned(),
+                        }],
+                    }],
+                };
+                self.hostinger()
+                    .await?
+                    .update_zone(&zone, &update)
+                    .await
+                    .map(drop)
+            }
+            Provider::Contabo => Err(invalid("provider", "Contabo holds no DNS zones")),
+        }
+    }
+
+    /// Removes the DNS-01 TXT record `value` again.
+    pub async fn remove_acme_txt(&self, store: &Store, domain_id: i64, value: &str) -> Result<()> {
+        let (p, zone, name) = self.acme_target(store, domain_id).await?;
+        let is_it = |r: &Value, name_key: &str, name: &str, content_key: &str| {
+            r.get("type").and_then(Value::as_str) == Some("TXT")
+                && r.get(name_key).and_then(Value::as_str) == Some(name)
+                && r.get(content_key)
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c.trim_matches('"') == value)
+        };
+        match p {
+            Provider::Cloudflare => {
+                let cf = self.cloudflare().await?;
+                for r in cf.records(&zone).await? {
+                    if is_it(&r, "name", &name, "content") {
+                        if let Some(id) = r.get("id").and_then(Value::as_str) {
+                            cf.delete_record(&zone, id).await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Provider::DigitalOcean => {
+                let rel = relative(&name, &zone)
+                    .ok_or_else(|| invalid("zone", "does not hold the domain"))?;
+                let dig = self.digitalocean().await?;
+                for r in dig.records(&zone).await? {
+                    if is_it(&r, "name", &rel, "data") {
+                        if let Some(id) = r.get("id").and_then(Value::as_u64) {
+                            dig.delete_record(&zone, &id.to_string()).await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Provider::Hostinger => {
+                let rel = relative(&name, &zone)
+                    .ok_or_else(|| invalid("zone", "does not hold the domain"))?;
+                let delete = hostinger::ZoneDelete {
+                    filters: vec![hostinger::ZoneFilter {
+                        name: rel,
+                        kind: "TXT".into(),
+                    }],
+                };
+                self.hostinger()
+                    .await?
+                    .delete_records(&zone, &delete)
+                    .await
+                    .map(drop)
+            }
+            Provider::Contabo => Ok(()),
+        }
+    }
+
     /// `sync_domain` for every domain in `ids` (a pool's old and new domain), logging
     /// failures — which the domain also shows — instead of failing the pool change.
     pub async fn sync_domains(&self, store: &Store, ids: &[Option<i64>]) {

@@ -86,6 +86,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "domain_dns",
         sql: include_str!("../../../migrations/sqlite/0015_domain_dns.sql"),
     },
+    Migration {
+        version: 16,
+        name: "certificates",
+        sql: include_str!("../../../migrations/sqlite/0016_certificates.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -3,6 +3,7 @@
 //! PostgreSQL backend can slot in here without touching them.
 
 mod cache;
+mod certificates;
 mod migrate;
 mod pools;
 mod providers;
@@ -33,6 +34,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+pub use certificates::{CertificateRow, Issued};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};

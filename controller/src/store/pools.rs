@@ -42,6 +42,12 @@ pub struct PoolSettings {
     pub read_timeout_s: i64,
     pub keepalive: i64,
     pub drain_timeout_s: i64,
+    /// HTTPS with a certificate from ACME for the pool's domain.
+    pub tls_enabled: bool,
+    /// `http-01` (the edge answers the CA) or `dns-01` (a TXT record at the domain's
+    /// DNS provider).
+    pub tls_challenge: String,
+    pub tls_port: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +76,8 @@ const POOL_COLS: &str =
     "id, name, workflow_id, domain_id, edge_server_id, min_replicas, max_replicas,
     lb_strategy, sticky_cookie, listen_port, target_port, health_path, health_interval_s,
     health_timeout_s, unhealthy_after, healthy_after, health_grace_s, client_max_body_mb, connect_timeout_s,
-    read_timeout_s, keepalive, drain_timeout_s, lb_applied_at, lb_error, created_at, updated_at";
+    read_timeout_s, keepalive, drain_timeout_s, tls_enabled, tls_challenge, tls_port,
+    lb_applied_at, lb_error, created_at, updated_at";
 
 const MEMBER_COLS: &str =
     "pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail, added_at";
@@ -100,6 +107,9 @@ fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
             read_timeout_s: r.try_get("read_timeout_s")?,
             keepalive: r.try_get("keepalive")?,
             drain_timeout_s: r.try_get("drain_timeout_s")?,
+            tls_enabled: r.try_get("tls_enabled")?,
+            tls_challenge: r.try_get("tls_challenge")?,
+            tls_port: r.try_get("tls_port")?,
         },
         lb_applied_at: r.try_get("lb_applied_at")?,
         lb_error: r.try_get("lb_error")?,
@@ -242,8 +252,9 @@ impl Store {
                 max_replicas, lb_strategy, sticky_cookie, listen_port, target_port, health_path,
                 health_interval_s, health_timeout_s, unhealthy_after, healthy_after,
                 health_grace_s, client_max_body_mb, connect_timeout_s, read_timeout_s,
-                keepalive, drain_timeout_s, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                keepalive, drain_timeout_s, tls_enabled, tls_challenge, tls_port, created_at,
+                updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
         match bind_settings(q, s)
             .bind(now)
@@ -277,7 +288,8 @@ impl Store {
                 listen_port = ?, target_port = ?, health_path = ?, health_interval_s = ?,
                 health_timeout_s = ?, unhealthy_after = ?, healthy_after = ?,
                 health_grace_s = ?, client_max_body_mb = ?, connect_timeout_s = ?, read_timeout_s = ?,
-                keepalive = ?, drain_timeout_s = ?, updated_at = ?
+                keepalive = ?, drain_timeout_s = ?, tls_enabled = ?, tls_challenge = ?,
+                tls_port = ?, updated_at = ?
              WHERE id = ?",
         );
         match bind_settings(q, s)
@@ -661,4 +673,7 @@ fn bind_settings<'q>(
         .bind(s.read_timeout_s)
         .bind(s.keepalive)
         .bind(s.drain_timeout_s)
+        .bind(s.tls_enabled)
+        .bind(&s.tls_challenge)
+        .bind(s.tls_port)
 }

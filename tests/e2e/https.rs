@@ -1,0 +1,413 @@
+//! HTTPS for pools with certificates from a real ACME server: Debian's `pebble` (RFC 8555
+//! test CA) and `pebble-challtestsrv` (its DNS, which points the test names at the edge),
+//! both on the fleet network's gateway; an edge with nginx and a member, adopted over SSH.
+
+use mezzanine_tests::{adopt, first_admin, fleet_controller_with, free_port, Client, Fleet};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const PW: &str = "https-node-pw-23";
+
+/// A program that dies with the test.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// pebble and its DNS on `gateway`: the directory URL, the root the directory's own
+/// HTTPS is signed by (for `--acme-ca-file`), and the management URL.
+struct Pebble {
+    _pebble: Daemon,
+    _dns: Daemon,
+    _dir: tempfile::TempDir,
+    directory: String,
+    ca_file: std::path::PathBuf,
+    ca_pem: String,
+    management: String,
+    dns_management: String,
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Pebble {
+    /// `http_port`: where pebble checks HTTP-01 (the pools' plain HTTP port); `edge`: the
+    /// address every name resolves to; `validity_s`: the certificates' lifetime.
+    fn start(gateway: &str, http_port: u16, edge: &str, validity_s: u64) -> Pebble {
+        let dir = tempfile::tempdir().expect("tmp");
+        // A CA for pebble's own listener, and its certificate for the gateway address.
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Mezzanine test ACME listener CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        leaf.subject_alt_names = vec![rcgen::SanType::IpAddress(
+            gateway.parse().expect("gateway ip"),
+        )];
+        let leaf = leaf
+            .signed_by(&key, &rcgen::Issuer::from_params(&ca, &ca_key))
+            .expect("leaf");
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, leaf.pem()).expect("cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("key");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).expect("ca");
+        let (acme, mgmt) = (free_port(gateway), free_port(gateway));
+        let (dns, dns_mgmt) = (free_port(gateway), free_port(gateway));
+        let config = json!({ "pebble": {
+            "listenAddress": format!("{gateway}:{acme}"),
+            "managementListenAddress": format!("{gateway}:{mgmt}"),
+            "certificate": cert_path, "privateKey": key_path,
+            "httpPort": http_port, "tlsPort": free_port(gateway),
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_s,
+        } });
+        let config_path = dir.path().join("pebble.json");
+        std::fs::write(&config_path, config.to_string()).expect("config");
+        let dns_daemon = Daemon(
+            std::process::Command::new("pebble-challtestsrv")
+                .args([
+                    "-dns01",
+                    &format!("{gateway}:{dns}"),
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    &format!("{gateway}:{dns_mgmt}"),
+                    "-defaultIPv4",
+                    edge,
+                    "-defaultIPv6",
+                    "",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("pebble-challtestsrv (tests/run installs Debian's pebble)"),
+        );
+        let pebble = Daemon(
+            std::process::Command::new("pebble")
+                .args([
+                    "-config",
+                    config_path.to_str().expect("utf8"),
+                    "-dnsserver",
+                    &format!("{gateway}:{dns}"),
+                ])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("pebble (tests/run installs Debian's pebble)"),
+        );
+        wait_port(&format!("{gateway}:{acme}"));
+        wait_port(&format!("{gateway}:{mgmt}"));
+        wait_port(&format!("{gateway}:{dns_mgmt}"));
+        Pebble {
+            _pebble: pebble,
+            _dns: dns_daemon,
+            _dir: dir,
+            directory: format!("https://{gateway}:{acme}/dir"),
+            ca_file,
+            ca_pem: ca_cert.pem(),
+            management: format!("https://{gateway}:{mgmt}"),
+            dns_management: format!("http://{gateway}:{dns_mgmt}"),
+        }
+    }
+
+    /// The root pebble signs issued certificates with (new at every start).
+    async fn issuing_root(&self) -> reqwest::Certificate {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("ca"),
+            )
+            .build()
+            .expect("client");
+        let pem = http
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .expect("roots")
+            .bytes()
+            .await
+            .expect("root");
+        reqwest::Certificate::from_pem(&pem).expect("root pem")
+    }
+
+    /// Points `host` at `ip` in pebble's DNS.
+    async fn point(&self, host: &str, ip: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/add-a", self.dns_management))
+            .json(&json!({ "host": host, "addresses": [ip] }))
+            .send()
+            .await
+            .expect("add-a");
+        assert!(r.status().is_success(), "{r:?}");
+    }
+}
+
+/// A client of `host` that reaches it at `ip` and trusts only `root`.
+fn https_client(host: &str, ip: &str, port: u16, root: reqwest::Certificate) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve(host, format!("{ip}:{port}").parse().expect("addr"))
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn pool(admin: &mut Client, id: i64) -> Value {
+    admin.get(&format!("/api/pools/{id}")).await.body
+}
+
+/// Waits until the pool's certificate satisfies `pred`.
+async fn certificate(
+    admin: &mut Client,
+    id: i64,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = pool(admin, id).await;
+        if pred(&p["certificate"]) {
+            return p["certificate"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the certificate never {what}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_domain_gets_a_certificate_and_keeps_it_renewed() {
+    let fleet = Fleet::new();
+    let (_edge_c, edge_ip) = fleet.node("tls-edge", 51, &[("ROOT_PASSWORD", PW)]);
+    let (_m_c, m_ip) = fleet.node("tls-m1", 52, &[("ROOT_PASSWORD", PW)]);
+    // Certificates live 90 s, so one renews (at two thirds) within the test.
+    let pebble = Pebble::start(&fleet.gateway, 8088, &edge_ip, 90);
+    let ca = pebble.ca_file.to_str().expect("utf8").to_owned();
+    let ctl = fleet_controller_with(
+        &fleet,
+        false,
+        &[
+            "--acme-directory-url",
+            &pebble.directory,
+            "--acme-ca-file",
+            &ca,
+            "--acme-email",
+            "ops@example.com",
+        ],
+    );
+    let mut admin = first_admin(&ctl.base).await;
+    let (mut a1, mut a2) = (admin.clone(), admin.clone());
+    let (edge, m1) = tokio::join!(
+        adopt(&mut a1, "tls-edge", &edge_ip, PW),
+        adopt(&mut a2, "tls-m1", &m_ip, PW),
+    );
+    let script = "mkdir -p /srv/app && echo \"member $(hostname)\" > /srv/app/index.html\n\
+        printf 'server {\\n listen 8080;\\n root /srv/app;\\n}\\n' > /etc/nginx/sites-enabled/app\n\
+        nginx -t && (nginx -s reload 2>/dev/null || nginx)";
+    let r = admin
+        .post(
+            "/api/workflows",
+            json!({ "name": "site", "server_id": m1, "definition": { "steps": [
+            { "name": "serve", "uses": "shell", "with": { "script": script } }] } }),
+        )
+        .await;
+    let wf = r.body["id"].as_i64().expect("workflow");
+    let r = admin
+        .post("/api/domains", json!({ "name": "shop.test" }))
+        .await;
+    let domain = r.body["id"].as_i64().expect("domain");
+    let r = admin
+        .post(
+            "/api/pools",
+            json!({ "name": "shop", "workflow_id": wf, "domain_id": domain }),
+        )
+        .await;
+    let id = r.body["id"].as_i64().expect("pool");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id}"),
+            json!({ "edge_server_id": edge, "ports": { "listen": 8088, "target": 8080 },
+            "health": { "interval_s": 1, "timeout_s": 1, "healthy_after": 1 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .post(
+            &format!("/api/pools/{id}/scale-out"),
+            json!({ "server_id": m1 }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    // Bad TLS settings are refused; renewing before TLS is on is a conflict.
+    for (body, field) in [
+        (
+            json!({ "tls": { "challenge": "tls-alpn-01" } }),
+            "tls.challenge",
+        ),
+        (json!({ "tls": { "port": 8088 } }), "tls.port"),
+        (json!({ "tls": { "port": 0 } }), "tls.port"),
+    ] {
+        let r = admin.patch(&format!("/api/pools/{id}"), body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().starts_with(field), "{body}: {}", r.body);
+    }
+    let r = admin
+        .post(&format!("/api/pools/{id}/certificate/renew"), json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // HTTPS on: issued over HTTP-01 through the edge, served on 8443.
+    let asked = Instant::now();
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id}"),
+            json!({ "tls": { "enabled": true, "port": 8443 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first = certificate(&mut admin, id, "issued", Duration::from_secs(120), |c| {
+        c["not_after"].is_string()
+    })
+    .await;
+    println!(
+        "certificate issued {:?} after HTTPS was turned on: {first}",
+        asked.elapsed()
+    );
+    assert_eq!(first["names"], json!(["shop.test"]));
+    assert!(first["error"].is_null(), "{first}");
+    assert!(
+        first["issuer"]
+            .as_str()
+            .is_some_and(|i| i.contains("Pebble")),
+        "{first}"
+    );
+    let root = pebble.issuing_root().await;
+    let client = https_client("shop.test", &edge_ip, 8443, root.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match client.get("https://shop.test:8443/").send().await {
+            Ok(r) if r.status() == 200 => break r.text().await.expect("body"),
+            other => {
+                assert!(Instant::now() < deadline, "no HTTPS answer: {other:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    println!(
+        "first HTTPS answer {:?} after HTTPS was turned on",
+        asked.elapsed()
+    );
+    assert_eq!(body.trim(), "member tls-m1");
+    // Plain HTTP moves to HTTPS; the challenge path stays plain.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = plain
+        .get(format!("http://{edge_ip}:8088/some/page?x=1"))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("https://shop.test:8443/some/page?x=1")
+    );
+    let r = plain
+        .get(format!(
+            "http://{edge_ip}:8088/.well-known/acme-challenge/none"
+        ))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(r.status(), 404, "the challenge path is not redirected");
+
+    // Renewal at two thirds of 90 s, while a client asks over HTTPS the whole time: no
+    // failed request.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, client) = (stop.clone(), client.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.get("https://shop.test:8443/").send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("HTTP {}", r.status())),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+    let renewed = certificate(&mut admin, id, "renewed", Duration::from_secs(150), |c| {
+        c["not_after"].is_string() && c["not_after"] != first["not_after"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.expect("load");
+    println!(
+        "renewed: {renewed}; {ok} HTTPS requests during, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 50, "{ok}");
+
+    // A challenge that cannot succeed (the name points elsewhere): the API says why, and
+    // the edge keeps serving the certificate it has.
+    pebble.point("shop.test", &m_ip).await;
+    let r = admin
+        .post(&format!("/api/pools/{id}/certificate/renew"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let failed = certificate(
+        &mut admin,
+        id,
+        "failed with a reason",
+        Duration::from_secs(120),
+        |c| c["error"].is_string(),
+    )
+    .await;
+    println!("failed renewal: {failed}");
+    assert_eq!(
+        failed["not_after"], renewed["not_after"],
+        "the certificate held is kept"
+    );
+    assert!(failed["next_attempt_at"].is_string(), "{failed}");
+    let r = client
+        .get("https://shop.test:8443/")
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(r.status(), 200);
+}
