@@ -84,6 +84,8 @@ struct Inner {
     http: reqwest::Client,
     directory: String,
     email: Option<String>,
+    /// How long a DNS-01 record is given to propagate before the CA looks.
+    dns_wait: Duration,
     account: tokio::sync::Mutex<Option<Account>>,
     /// Pools with an issuance in flight.
     busy: Mutex<HashSet<i64>>,
@@ -157,6 +159,7 @@ impl Acme {
             http,
             directory: config.acme_directory_url.clone(),
             email: config.acme_email.clone(),
+            dns_wait: config.acme_dns_wait,
             account: tokio::sync::Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
@@ -338,6 +341,8 @@ impl Acme {
                         .await
                         .map_err(|e| format!("writing the _acme-challenge TXT record: {e}"))?;
                     txts.push(value);
+                    // The CA asks the zone's nameservers, which learn the record later.
+                    tokio::time::sleep(self.0.dns_wait).await;
                 } else {
                     self.0
                         .pools

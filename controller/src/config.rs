@@ -133,6 +133,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_ACME_EMAIL")]
     pub acme_email: Option<String>,
 
+    /// Seconds to let a DNS-01 TXT record reach the provider's nameservers before the CA
+    /// is asked to look.
+    #[arg(long, env = "MEZZANINE_ACME_DNS_WAIT_SECS", default_value_t = 20)]
+    pub acme_dns_wait_secs: u64,
+
     /// A PEM file of extra roots trusted for the ACME directory's HTTPS (a private CA, tests).
     #[arg(long, env = "MEZZANINE_ACME_CA_FILE")]
     pub acme_ca_file: Option<PathBuf>,
@@ -231,6 +236,7 @@ pub struct Config {
     pub provider_timeout: std::time::Duration,
     pub acme_directory_url: String,
     pub acme_email: Option<String>,
+    pub acme_dns_wait: std::time::Duration,
     /// The extra roots' PEM, read at start.
     pub acme_ca_pem: Option<Vec<u8>>,
     pub run_output_cap_bytes: i64,
@@ -495,6 +501,7 @@ impl ServeArgs {
                 }
                 e => e.clone(),
             },
+            acme_dns_wait: std::time::Duration::from_secs(self.acme_dns_wait_secs.min(600)),
             acme_ca_pem: match &self.acme_ca_file {
                 Some(path) => {
                     let pem = std::fs::read(path).map_err(|e| {

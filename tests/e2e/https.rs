@@ -219,6 +219,9 @@ async fn a_pool_domain_gets_a_certificate_and_keeps_it_renewed() {
             &ca,
             "--acme-email",
             "ops@example.com",
+            // The fake provider's records reach pebble's DNS within 100 ms.
+            "--acme-dns-wait-secs",
+            "2",
         ],
     );
     let mut admin = first_admin(&ctl.base).await;
@@ -410,4 +413,176 @@ async fn a_pool_domain_gets_a_certificate_and_keeps_it_renewed() {
         .await
         .expect("https");
     assert_eq!(r.status(), 200);
+
+    // DNS-01 for a wildcard name, through the domain's DNS provider: Cloudflare (the fake)
+    // gets the _acme-challenge TXT record, which "its nameservers" (pebble's DNS, fed by
+    // the fake's records) then answer.
+    let cf = crate::providers::Fake::start(crate::providers::cloudflare).await;
+    let zone = cf.with(|s| {
+        let id = crate::providers::hex_id(700);
+        s.coll("zones").insert(
+            id.clone(),
+            json!({ "id": id, "name": "wild.test", "status": "active",
+            "account": { "id": crate::providers::ACCOUNT } }),
+        );
+        id
+    });
+    let r = crate::providers::put(
+        &mut admin,
+        "/api/providers/cloudflare",
+        json!({ "token": crate::providers::CF_TOKEN, "api_url": format!("{}/client/v4", cf.base) }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .post("/api/domains", json!({ "name": "*.wild.test" }))
+        .await;
+    let wild = r.body["id"].as_i64().expect("domain");
+    let r = admin
+        .post(
+            "/api/pools",
+            json!({ "name": "wild", "workflow_id": wf, "domain_id": wild }),
+        )
+        .await;
+    let id2 = r.body["id"].as_i64().expect("pool");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id2}"),
+            json!({ "edge_server_id": edge, "ports": { "listen": 8089, "target": 8080 },
+            "health": { "interval_s": 1, "timeout_s": 1, "healthy_after": 1 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .post(
+            &format!("/api/pools/{id2}/scale-out"),
+            json!({ "server_id": m1 }),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    // HTTP-01 cannot prove a wildcard, and DNS-01 needs the domain linked to its zone.
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id2}"),
+            json!({ "tls": { "enabled": true, "port": 8444 } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = certificate(
+        &mut admin,
+        id2,
+        "refused for http-01",
+        Duration::from_secs(60),
+        |c| c["error"].as_str().is_some_and(|e| e.contains("wildcard")),
+    )
+    .await;
+    assert!(c["not_after"].is_null(), "{c}");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id2}"),
+            json!({ "tls": { "challenge": "dns-01" } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin
+        .post(&format!("/api/pools/{id2}/certificate/renew"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    certificate(
+        &mut admin,
+        id2,
+        "said the zone is missing",
+        Duration::from_secs(60),
+        |c| c["error"].as_str().is_some_and(|e| e.contains("linked")),
+    )
+    .await;
+    let r = admin
+        .patch(
+            &format!("/api/domains/{wild}"),
+            json!({ "provider": "cloudflare", "zone": zone }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The provider's nameservers: every TXT record at the fake, published to pebble's DNS.
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mirror = {
+        let stop = stop.clone();
+        let state = cf.clone_state();
+        let pebble_dns = PebbleDns(pebble.dns_management.clone());
+        tokio::spawn(async move {
+            let mut published: std::collections::BTreeMap<String, String> = Default::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now: std::collections::BTreeMap<String, String> = {
+                    let mut s = state.lock().expect("fake");
+                    s.coll("dns")
+                        .values()
+                        .filter(|r| r["type"] == "TXT")
+                        .map(|r| {
+                            (
+                                r["name"].as_str().unwrap_or_default().to_owned(),
+                                r["content"].as_str().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .collect()
+                };
+                for (name, value) in &now {
+                    if published.get(name) != Some(value) {
+                        pebble_dns.txt(name, Some(value)).await;
+                    }
+                }
+                for name in published.keys().filter(|n| !now.contains_key(*n)) {
+                    pebble_dns.txt(name, None).await;
+                }
+                published = now;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let r = admin
+        .post(&format!("/api/pools/{id2}/certificate/renew"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let c = certificate(
+        &mut admin,
+        id2,
+        "issued over dns-01",
+        Duration::from_secs(120),
+        |c| c["not_after"].is_string(),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    mirror.await.expect("mirror");
+    println!("wildcard certificate: {c}");
+    assert_eq!(c["names"], json!(["*.wild.test"]));
+    assert!(
+        cf.with(|s| s.coll("dns").values().all(|r| r["type"] != "TXT")),
+        "the challenge record was removed"
+    );
+    let client = https_client("anything.wild.test", &edge_ip, 8444, root);
+    let r = client
+        .get("https://anything.wild.test:8444/")
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body").trim(), "member tls-m1");
+}
+
+/// pebble-challtestsrv's management API.
+struct PebbleDns(String);
+
+impl PebbleDns {
+    async fn txt(&self, host: &str, value: Option<&str>) {
+        let (path, body) = match value {
+            Some(v) => ("set-txt", json!({ "host": format!("{host}."), "value": v })),
+            None => ("clear-txt", json!({ "host": format!("{host}.") })),
+        };
+        let r = reqwest::Client::new()
+            .post(format!("{}/{path}", self.0))
+            .json(&body)
+            .send()
+            .await
+            .expect("txt");
+        assert!(r.status().is_success(), "{r:?}");
+    }
 }

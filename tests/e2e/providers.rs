@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const DO_TOKEN: &str = "dop_v1_4f1e0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0f";
-const CF_TOKEN: &str = "cf-Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0MTIzNDU2";
+pub(crate) const CF_TOKEN: &str = "cf-Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0MTIzNDU2";
 
 /// What a fake answers next instead of its normal answer, and how slowly.
 #[derive(Default)]
@@ -24,7 +24,7 @@ struct Faults {
 
 /// A fake provider: shared state, a request log, and the faults to inject.
 #[derive(Default)]
-struct FakeState {
+pub(crate) struct FakeState {
     /// (method, path with query) of every request received.
     seen: Vec<(String, String)>,
     faults: Faults,
@@ -40,24 +40,24 @@ struct FakeState {
     token_lifetime: u64,
 }
 
-type Shared = Arc<Mutex<FakeState>>;
+pub(crate) type Shared = Arc<Mutex<FakeState>>;
 
 /// A fake's answer: status, extra headers, JSON body (`Null`: no body).
-type Answer = (u16, Vec<(&'static str, String)>, Value);
+pub(crate) type Answer = (u16, Vec<(&'static str, String)>, Value);
 
 /// A fake's routes: (state, method, path segments, query, Authorization, body) → answer.
-type Route =
+pub(crate) type Route =
     fn(&mut FakeState, &str, &[&str], &BTreeMap<String, String>, Option<&str>, Value) -> Answer;
 
-struct Fake {
-    base: String,
+pub(crate) struct Fake {
+    pub(crate) base: String,
     state: Shared,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Fake {
     /// Serves `route(state, method, path, query, authorization, body)` on loopback.
-    async fn start(route: Route) -> Fake {
+    pub(crate) async fn start(route: Route) -> Fake {
         let state: Shared = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -151,7 +151,12 @@ impl Fake {
         self.state.lock().expect("fake").seen.clone()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+    /// The fake's state, for a task that watches it.
+    pub(crate) fn clone_state(&self) -> Shared {
+        self.state.clone()
+    }
+
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
         f(&mut self.state.lock().expect("fake"))
     }
 }
@@ -162,7 +167,7 @@ impl FakeState {
         self.next_id
     }
 
-    fn coll(&mut self, name: &str) -> &mut BTreeMap<String, Value> {
+    pub(crate) fn coll(&mut self, name: &str) -> &mut BTreeMap<String, Value> {
         self.objects.entry(name.to_owned()).or_default()
     }
 }
@@ -483,7 +488,7 @@ fn cf_page(items: Vec<Value>, q: &BTreeMap<String, String>, per_range: (usize, u
 }
 
 /// The Cloudflare account every fake zone belongs to.
-const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
+pub(crate) const ACCOUNT: &str = "01a7362d577a6c3019a474fd6f485823";
 
 /// An object without the fake's own bookkeeping fields (`_zone`).
 fn strip(v: &Value) -> Value {
@@ -494,11 +499,11 @@ fn strip(v: &Value) -> Value {
     v
 }
 
-fn hex_id(n: u64) -> String {
+pub(crate) fn hex_id(n: u64) -> String {
     format!("{n:032x}")
 }
 
-fn cloudflare(
+pub(crate) fn cloudflare(
     s: &mut FakeState,
     method: &str,
     segs: &[&str],
@@ -1160,7 +1165,7 @@ async fn limits_and_timeouts(admin: &mut Client, fake: &Fake, path: &str, label:
     assert_eq!(admin.get(path).await.status, 200, "{path} answers again");
 }
 
-async fn put(admin: &mut Client, path: &str, body: Value) -> mezzanine_tests::Resp {
+pub(crate) async fn put(admin: &mut Client, path: &str, body: Value) -> mezzanine_tests::Resp {
     admin.send(Method::PUT, path, Some(body)).await
 }
 

@@ -50,7 +50,27 @@ export default async function pool(ctx) {
       h("div", { class: "bar wrap" }, h("h1", null, p.name), h("div", { class: "actions" }, actions)),
       h("p", { class: "muted" },
         (p.domain || "any host name") + " → edge " + (edge ? edge.name : "not set") + " :" + p.ports.listen + " → members :" + p.ports.target + " · " + p.lb_strategy.replace("_", " ")),
-      p.lb.error ? h("p", { class: "warning", id: "lb-error" }, "The edge did not take the last config: " + p.lb.error) : null);
+      p.lb.error ? h("p", { class: "warning", id: "lb-error" }, "The edge did not take the last config: " + p.lb.error) : null,
+      certificateLine());
+  }
+
+  // HTTPS: what the certificate is, when it renews, or why it could not be had.
+  function certificateLine() {
+    if (!p.tls.enabled) return null;
+    const c = p.certificate;
+    const renew = mod ? button("Renew now", async () => {
+      await api("POST", base + "/certificate/renew", {});
+      toast("Renewing the certificate; this page shows how it goes.");
+    }, "secondary") : null;
+    const parts = [];
+    if (c && c.not_after) {
+      parts.push(h("span", null, "HTTPS on :" + p.tls.port + " — certificate for " + c.names.join(", ") + " from " + (c.issuer || "the CA") +
+        ", valid until " + new Date(c.not_after).toLocaleString() + " (renewed from " + new Date(c.renew_at).toLocaleString() + ")"));
+    } else {
+      parts.push(h("span", null, "HTTPS on :" + p.tls.port + " — waiting for the first certificate (" + p.tls.challenge + ")"));
+    }
+    if (c && c.error) parts.push(h("span", { class: "status failed" }, " Last attempt failed: " + c.error));
+    return h("p", { id: "certificate", class: c && c.error ? "warning" : "muted" }, parts, " ", renew);
   }
 
   function drawMembers() {
@@ -155,6 +175,11 @@ export default async function pool(ctx) {
       field("Min members", num("min_replicas", p.min_replicas, 0, 256)),
       field("Max members", num("max_replicas", p.max_replicas, 1, 256)),
       field("Drain (s)", num("drain_timeout_s", p.drain_timeout_s, 0, 600))),
+    h("div", { class: "row" },
+      h("label", { class: "check" }, h("input", { name: "tls_enabled", type: "checkbox", checked: p.tls.enabled, dataset: { path: "tls.enabled" } }),
+        " HTTPS with a certificate from ACME (needs a domain)"),
+      field("Challenge", sel("tls_challenge", [["http-01", "HTTP-01 (the edge answers)"], ["dns-01", "DNS-01 (the domain's DNS zone)"]], p.tls.challenge)),
+      field("HTTPS port", h("input", { name: "tls_port", type: "number", min: "1", max: "65535", value: String(p.tls.port), dataset: { path: "tls.port" } }))),
     mod ? h("button", { type: "submit" }, "Save settings") : null);
   if (!mod) for (const el of settings.querySelectorAll("input, select")) el.disabled = true;
   onSubmit(settings, async () => {
@@ -172,6 +197,7 @@ export default async function pool(ctx) {
       min_replicas: Number(f.min_replicas.value),
       max_replicas: Number(f.max_replicas.value),
       drain_timeout_s: Number(f.drain_timeout_s.value),
+      tls: { enabled: f.tls_enabled.checked, challenge: f.tls_challenge.value, port: Number(f.tls_port.value) },
     };
     await api("PATCH", base, body);
     toast("Saved" + (body.edge_server_id ? "; the edge serves the new config." : "."));
