@@ -75,6 +75,13 @@ pub fn defaults(name: &str) -> PoolSettings {
     }
 }
 
+/// The pool's edge server, or why there is none.
+fn edge_of(pool: &PoolRow) -> Result<i64> {
+    pool.settings.edge_server_id.ok_or_else(|| {
+        PoolError::Conflict("the pool has no edge server: set edge_server_id".into())
+    })
+}
+
 fn range(field: &str, v: i64, lo: i64, hi: i64) -> std::result::Result<(), String> {
     if (lo..=hi).contains(&v) {
         Ok(())
@@ -503,11 +510,7 @@ impl Pools {
     ) -> Result<mezzanine_proto::v1::PoolApplied> {
         let _one = self.0.applying.lock().await;
         let pool = self.get(id).await?;
-        let Some(edge) = pool.settings.edge_server_id else {
-            return Err(PoolError::Conflict(
-                "the pool has no edge server: set edge_server_id".into(),
-            ));
-        };
+        let edge = edge_of(&pool)?;
         let body = self
             .config(
                 &pool,
@@ -533,11 +536,7 @@ impl Pools {
         remove: bool,
     ) -> Result<()> {
         let pool = self.get(id).await?;
-        let Some(edge) = pool.settings.edge_server_id else {
-            return Err(PoolError::Conflict(
-                "the pool has no edge server: set edge_server_id".into(),
-            ));
-        };
+        let edge = edge_of(&pool)?;
         let body = command::Body::AcmeChallenge(mezzanine_proto::v1::AcmeChallenge {
             token: token.to_owned(),
             key_authorization: key_authorization.to_owned(),
@@ -572,11 +571,7 @@ impl Pools {
     ) -> Result<mezzanine_proto::v1::PoolApplied> {
         let _one = self.0.applying.lock().await;
         let pool = self.get(id).await?;
-        let Some(edge) = pool.settings.edge_server_id else {
-            return Err(PoolError::Conflict(
-                "the pool has no edge server: set edge_server_id".into(),
-            ));
-        };
+        let edge = edge_of(&pool)?;
         let body = self
             .config(&pool, change.map(|(s, st, _)| (s, st)), None)
             .await?;
