@@ -17,3 +17,4 @@ mod pools;
 mod providers;
 mod roles;
 mod runs;
+mod tokens;

@@ -643,6 +643,51 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
     let errors = b.console_errors().await;
     assert!(errors.is_empty(), "{errors:?}");
 
+    // An API token made on the account page: shown once, works as a bearer token, listed
+    // without its secret, revoked from its row.
+    b.type_into("#token-form input[name=name]", "ci deploys")
+        .await;
+    // (Submitted from the page: the "TOTP enabled" toast may still cover the button.)
+    b.js("const f = document.querySelector('#token-form'); f.elements.role.value = 'moderator'; f.requestSubmit(); return 1;")
+        .await;
+    b.until(
+        "the new token",
+        "document.querySelector('#token-value')?.textContent.startsWith('mz_') && document.querySelector('#token-table')?.textContent.includes('ci deploys')",
+    )
+    .await;
+    let token = b
+        .js("return document.querySelector('#token-value').textContent;")
+        .await;
+    let token = token.as_str().expect("token").to_owned();
+    let mut script = mezzanine_tests::Client::new(&ctl.base);
+    let req = script
+        .request(reqwest::Method::GET, "/api/servers")
+        .header("authorization", format!("Bearer {token}"));
+    assert_eq!(script.raw(req).await.status, 200);
+    let listed = b
+        .js("return document.querySelector('#token-table').textContent;")
+        .await;
+    assert!(!listed.as_str().unwrap_or_default().contains(&token));
+    b.js("[...document.querySelectorAll('#token-table button')].find(x => x.textContent === 'Revoke').click(); return 1;").await;
+    b.until(
+        "the confirmation",
+        "!!document.querySelector('dialog[open]')",
+    )
+    .await;
+    b.js("document.querySelector('dialog[open] button[value=ok]').click(); return 1;")
+        .await;
+    b.until(
+        "the revoked token",
+        "document.querySelector('#toasts').textContent.includes('revoked') && document.querySelector('#tokens').textContent.includes('No API tokens.')",
+    )
+    .await;
+    let req = script
+        .request(reqwest::Method::GET, "/api/servers")
+        .header("authorization", format!("Bearer {token}"));
+    assert_eq!(script.raw(req).await.status, 401);
+    let errors = b.console_errors().await;
+    assert!(errors.is_empty(), "{errors:?}");
+
     // A viewer is told what a page needs instead of seeing a broken one.
     let viewer = Browser::start().await;
     viewer.open(&format!("{}/", ctl.base)).await;

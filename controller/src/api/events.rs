@@ -82,7 +82,7 @@ async fn stream(
             metrics,
             seen: 0,
         };
-        pump.run(live, resume, ctx.hash).await;
+        pump.run(live, resume, ctx.hash, ctx.token.is_some()).await;
     });
     Ok(super::event_stream(rx, &closing))
 }
@@ -137,6 +137,7 @@ impl Pump {
         mut live: tokio::sync::broadcast::Receiver<Change>,
         resume: Resume,
         hash: [u8; 32],
+        by_token: bool,
     ) {
         // A client reconnects after three seconds by default; say so explicitly.
         if !self.send("retry: 3000\n\n".into()).await {
@@ -170,9 +171,18 @@ impl Pump {
                 _ = tick.tick() => {
                     // A stream lives no longer than its session (logout, expiry,
                     // password change), and follows a changed role.
-                    match self.store.session(&hash).await {
-                        Ok(Some(s)) => {
-                            self.admin = s.user.role == Role::Admin;
+                    let role = if by_token {
+                        let now = crate::time::now_secs();
+                        self.store.token_by_hash(&hash).await.map(|t| {
+                            t.filter(|t| t.token.expires_at.is_none_or(|e| now < e))
+                                .map(|t| t.user.role.min(t.token.role))
+                        })
+                    } else {
+                        self.store.session(&hash).await.map(|s| s.map(|s| s.user.role))
+                    };
+                    match role {
+                        Ok(Some(role)) => {
+                            self.admin = role == Role::Admin;
                             self.send(": keep-alive\n\n".into()).await
                         }
                         Ok(None) => false,

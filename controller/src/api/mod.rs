@@ -14,6 +14,7 @@ mod pools;
 mod providers;
 mod servers;
 mod session;
+mod tokens;
 mod users;
 mod workflows;
 
@@ -188,6 +189,7 @@ pub fn router(state: AppState) -> Router {
     pools::routes(reg.tag("pools"));
     events::routes(reg.tag("events"));
     providers::routes(reg.tag("providers"));
+    tokens::routes(reg.tag("tokens"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     // The document is rendered once and handed to its route as an extension: it belongs

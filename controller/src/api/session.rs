@@ -16,8 +16,12 @@ pub const COOKIE: &str = "cp_session";
 /// The caller's session, as resolved by `authorize` for every registered route.
 #[derive(Debug, Clone)]
 pub struct SessionCtx {
+    /// The caller; with an API token, `role` is the lesser of the token's and the user's.
     pub user: User,
+    /// The SHA-256 of the session id, or of the API token.
     pub hash: [u8; 32],
+    /// The API token the request carried (no cookie session then).
+    pub token: Option<i64>,
 }
 
 /// Inserted into every request's extensions; `None` for anonymous callers.
@@ -44,14 +48,61 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value.trim())
 }
 
+/// `Authorization: Bearer <token>`, if the request carries one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// An API token (`mz_` and 64 hex digits) to its owner, at the lesser of the token's role
+/// and the owner's current one. A token that is malformed, unknown or expired is refused
+/// outright (401): a script should learn at once that its credential is wrong.
+async fn resolve_token(state: &AppState, token: &str) -> Result<SessionCtx, ApiError> {
+    let refused = || ApiError::Unauthorized("invalid or expired API token".into());
+    let hex = token
+        .strip_prefix(crate::auth::TOKEN_PREFIX)
+        .ok_or_else(refused)?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refused());
+    }
+    let hash = session_hash(token);
+    let found = state
+        .store()
+        .token_by_hash(&hash)
+        .await?
+        .ok_or_else(refused)?;
+    let now = crate::time::now_secs();
+    if found.token.expires_at.is_some_and(|t| now >= t) {
+        return Err(refused());
+    }
+    // Last use is a minute-grained fact: a busy script does not write on every request.
+    if found.token.last_used_at.is_none_or(|t| now - t >= 60) {
+        state.store().touch_token(found.token.id, now).await?;
+    }
+    let mut user = found.user;
+    user.role = user.role.min(found.token.role);
+    Ok(SessionCtx {
+        user,
+        hash,
+        token: Some(found.token.id),
+    })
+}
+
 /// Looks the cookie up, enforcing idle and absolute expiry; refreshes `last_seen` at
-/// most every few seconds of activity so reads stay reads.
+/// most every few seconds of activity so reads stay reads. A request without a cookie
+/// may carry an API token instead.
 pub async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<SessionCtx>, ApiError> {
     let Some(token) = cookie_value(headers) else {
-        return Ok(None);
+        return match bearer(headers) {
+            Some(t) => resolve_token(state, t).await.map(Some),
+            None => Ok(None),
+        };
     };
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
@@ -73,6 +124,7 @@ pub async fn resolve(
     Ok(Some(SessionCtx {
         user: found.user,
         hash,
+        token: None,
     }))
 }
 
@@ -91,21 +143,26 @@ pub async fn authorize(
         id: Some(s.user.id),
         name: s.user.username.clone(),
     });
-    let denied = super::check_mutation(&state, &req)
-        .err()
-        .or_else(|| match (access, &session) {
-            (Access::Public, _) => None,
-            (Access::Role(_), None) => {
-                Some(ApiError::Unauthorized("authentication required".into()))
-            }
-            (Access::Role(required), Some(s)) if s.user.role < required => {
-                Some(ApiError::InsufficientRole {
-                    required,
-                    role: s.user.role,
-                })
-            }
-            (Access::Role(_), Some(_)) => None,
-        });
+    // A token is sent by a script on purpose, never attached by a browser to a page's
+    // request: the cross-site rules for cookies do not apply to it.
+    let by_token = session.as_ref().is_some_and(|s| s.token.is_some());
+    let denied = (if by_token {
+        Ok(())
+    } else {
+        super::check_mutation(&state, &req)
+    })
+    .err()
+    .or_else(|| match (access, &session) {
+        (Access::Public, _) => None,
+        (Access::Role(_), None) => Some(ApiError::Unauthorized("authentication required".into())),
+        (Access::Role(required), Some(s)) if s.user.role < required => {
+            Some(ApiError::InsufficientRole {
+                required,
+                role: s.user.role,
+            })
+        }
+        (Access::Role(_), Some(_)) => None,
+    });
     let mut resp = match denied {
         Some(e) => e.into_response(),
         None => {

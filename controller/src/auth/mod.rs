@@ -67,6 +67,9 @@ pub fn new_session_token() -> Result<(String, [u8; 32]), crate::crypto::KeyError
     Ok((token, hash))
 }
 
+/// What every API token starts with (so secret scanners and people recognise one).
+pub const TOKEN_PREFIX: &str = "mz_";
+
 pub fn session_hash(token: &str) -> [u8; 32] {
     crate::crypto::sha256(token.as_bytes())
 }

@@ -91,6 +91,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "certificates",
         sql: include_str!("../../../migrations/sqlite/0016_certificates.sql"),
     },
+    Migration {
+        version: 17,
+        name: "api_tokens",
+        sql: include_str!("../../../migrations/sqlite/0017_api_tokens.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

@@ -9,6 +9,7 @@ mod pools;
 mod providers;
 mod registries;
 mod servers;
+mod tokens;
 mod workflows;
 
 use crate::auth::Role;
@@ -38,6 +39,7 @@ pub use certificates::{CertificateRow, Issued};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
+pub use tokens::{TokenRow, TokenUser};
 pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};
 

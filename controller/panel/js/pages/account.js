@@ -1,7 +1,8 @@
-// Account: password, two-factor (TOTP with a QR code made by the controller), theme.
+// Account: password, two-factor (TOTP with a QR code made by the controller), API
+// tokens (made here, shown once, revoked here), theme.
 
 import { api } from "../api.js";
-import { h, field, onSubmit, toast, applyTheme, fill } from "../ui.js";
+import { h, field, onSubmit, toast, applyTheme, fill, table, button, confirmDialog, copyButton, ago, rank } from "../ui.js";
 
 export default async function account(ctx) {
   ctx.title("Account");
@@ -67,7 +68,50 @@ export default async function account(ctx) {
       h("input", { type: "radio", name: "theme", value: t, checked: current === t, onchange: () => applyTheme(t) }),
       t === "system" ? "Follow the system" : t[0].toUpperCase() + t.slice(1))));
 
+  // ---- API tokens: for scripts and CI (Authorization: Bearer mz_…). ----
+  const tokens = h("section", { class: "card wide", id: "tokens", "aria-labelledby": "tokens-title" });
+  const shown = h("div", { id: "new-token", "aria-live": "polite" });
+  const roles = ["viewer", "moderator", "admin"].filter((r) => rank(r) <= rank(me.role));
+  const make = h("form", { id: "token-form", class: "row" },
+    field("Name", h("input", { name: "name", required: true, maxlength: "64", autocomplete: "off", placeholder: "CI deploys" })),
+    field("Role", h("select", { name: "role" }, roles.map((r) => h("option", { value: r, selected: r === me.role }, r)))),
+    field("Expires after (days)", h("input", { name: "expires_in_days", type: "number", min: "1", max: "3650", placeholder: "never" })),
+    h("button", { type: "submit" }, "Make token"));
+  onSubmit(make, async () => {
+    const f = make.elements;
+    const body = { name: f.name.value.trim(), role: f.role.value };
+    if (f.expires_in_days.value) body.expires_in_days = Number(f.expires_in_days.value);
+    const r = await api("POST", "/tokens", body);
+    make.reset();
+    fill(shown, h("p", { class: "warning" }, "Copy the token now: it is not shown again."),
+      h("code", { id: "token-value" }, r.token), " ", copyButton(() => r.token, "Copy token"));
+    toast("Token " + r.name + " made.");
+    await loadTokens();
+  });
+  async function loadTokens() {
+    const list = await api("GET", "/tokens");
+    if (!ctx.current()) return;
+    fill(tokens, h("h2", { id: "tokens-title" }, "API tokens"),
+      h("p", { class: "muted" }, "For scripts and CI: send Authorization: Bearer <token>. A token acts with its role, never more than yours."),
+      table([
+        ["Name", (t) => t.name],
+        ["Role", (t) => t.role],
+        ["Owner", (t) => t.user],
+        ["Token", (t) => h("code", null, t.prefix + "…")],
+        ["Last used", (t) => ago(t.last_used_at)],
+        ["Expires", (t) => t.expires_at ? new Date(t.expires_at).toLocaleDateString() : "never"],
+        ["", (t) => button("Revoke", async () => {
+          if (!await confirmDialog("Revoke token " + t.name + "?", "Scripts using it are refused from now on.", "Revoke")) return;
+          await api("DELETE", "/tokens/" + t.id);
+          toast("Token " + t.name + " revoked.");
+          await loadTokens();
+        }, "danger")],
+      ], list, "No API tokens.", { id: "token-table" }),
+      make, shown);
+  }
+
   fill(ctx.view, h("h1", null, "Account"),
     h("p", { class: "muted" }, "Signed in as " + me.username + " (" + me.role + ")."),
-    h("div", { class: "grid" }, pw, totp, theme));
+    h("div", { class: "grid" }, pw, totp, theme), tokens);
+  await loadTokens();
 }
