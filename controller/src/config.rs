@@ -115,6 +115,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_DOCKER_TIMEOUT_SECS", default_value_t = 15)]
     pub docker_timeout_secs: u64,
 
+    /// An address to serve `GET /metrics` on without authentication (for a Prometheus on a
+    /// private network). Without it, `/metrics` on the API address needs an API token.
+    #[arg(long, env = "MEZZANINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Seconds a call to a cloud provider's API may take (each attempt) before the caller
     /// gets a 504.
     #[arg(long, env = "MEZZANINE_PROVIDER_TIMEOUT_SECS", default_value_t = 20)]
@@ -234,6 +239,7 @@ pub struct Config {
     pub private_registries: crate::images::Private,
     pub docker_timeout: std::time::Duration,
     pub provider_timeout: std::time::Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub acme_directory_url: String,
     pub acme_email: Option<String>,
     pub acme_dns_wait: std::time::Duration,
@@ -480,6 +486,7 @@ impl ServeArgs {
             provider_timeout: std::time::Duration::from_secs(
                 self.provider_timeout_secs.clamp(1, 600),
             ),
+            metrics_listen: self.metrics_listen,
             acme_directory_url: {
                 let u = reqwest::Url::parse(&self.acme_directory_url)
                     .map_err(|_| ConfigError("--acme-directory-url: not a URL".into()))?;

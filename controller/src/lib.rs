@@ -16,6 +16,7 @@ pub mod docker_logs;
 pub mod gateway;
 pub mod images;
 pub mod install;
+pub mod metrics;
 pub mod net;
 mod panel;
 pub mod pools;

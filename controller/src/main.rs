@@ -130,7 +130,29 @@ fn main() -> ExitCode {
         let shutdown = shutdown_signal();
         let local = listener.local_addr().map_or(listen, |a| a);
         let agent_local = agents.local_addr().map_or(agent_listen, |a| a);
-        tracing::info!(listen = %local, agent_listen = %agent_local, url = %public_url, open_files_limit = fds, "Mezzanine is ready: {hint}");
+        let mut metrics_local = None;
+        if let Some(addr) = state.config().metrics_listen {
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("mezzanine: cannot listen for metrics on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            metrics_local = l.local_addr().ok();
+            let app = mezzanine::api::metrics_router(state.clone());
+            let closing = state.closing().clone();
+            tokio::spawn(async move {
+                let served = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { closing.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
+        let metrics_listen = metrics_local.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %local, agent_listen = %agent_local, metrics_listen = %metrics_listen, url = %public_url, open_files_limit = fds, "Mezzanine is ready: {hint}");
         match mezzanine::serve(listener, agents, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -41,6 +41,7 @@ struct Inner {
     pools: crate::pools::Pools,
     providers: crate::providers::Providers,
     acme: crate::acme::Acme,
+    metrics: Arc<crate::metrics::Metrics>,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -141,6 +142,7 @@ impl AppState {
             pools,
             providers,
             acme,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             updates,
             deploys,
             tasks,
@@ -187,6 +189,10 @@ impl AppState {
 
     pub fn acme(&self) -> &crate::acme::Acme {
         &self.0.acme
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.0.metrics
     }
 
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with

@@ -213,3 +213,81 @@ async fn api_tokens_stand_in_for_a_session_within_their_role() {
         "{audit}"
     );
 }
+
+/// `GET /metrics`: Prometheus text for a request with an API token (never a cookie or
+/// nothing), and for anyone on `--metrics-listen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_to_tokens_and_on_their_own_address() {
+    let ctl = ControllerProcess::start(false, &["--metrics-listen", "127.0.0.1:0"]);
+    let base = ctl.base.clone();
+    let mut admin = mezzanine_tests::first_admin(&base).await;
+    assert_eq!(
+        admin.get("/metrics").await.status,
+        401,
+        "a cookie is not enough"
+    );
+    assert_eq!(Client::new(&base).get("/metrics").await.status, 401);
+    let r = admin
+        .post(
+            "/api/tokens",
+            json!({ "name": "prometheus", "role": "viewer" }),
+        )
+        .await;
+    let token = r.body["token"].as_str().expect("token").to_owned();
+    for _ in 0..3 {
+        assert_eq!(admin.get("/api/servers").await.status, 200);
+    }
+    assert_eq!(admin.get("/api/servers/999999").await.status, 404);
+    // An open change feed counts as an SSE viewer.
+    let stream = admin.open("/api/events").await;
+    assert_eq!(stream.status(), 200);
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = resp.text().await.expect("text");
+    for line in [
+        "mezzanine_http_requests_total{route=\"/api/servers\",method=\"GET\",status=\"200\"} 3",
+        "mezzanine_http_requests_total{route=\"/api/servers/{id}\",method=\"GET\",status=\"404\"} 1",
+        "mezzanine_agents_attached 0",
+        "mezzanine_sse_viewers 1",
+        "# TYPE mezzanine_http_request_duration_seconds histogram",
+        "mezzanine_run_queue_depth 0",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .find_map(|l| l.strip_prefix("mezzanine_process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|b| b > 1_000_000),
+        "{text}"
+    );
+    drop(stream);
+    // The operator's own address: no token, and nothing else served there.
+    let addr = ctl
+        .proc
+        .ready_field("metrics_listen")
+        .expect("metrics_listen");
+    let plain = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics");
+    assert_eq!(plain.status(), 200);
+    assert!(plain
+        .text()
+        .await
+        .expect("text")
+        .contains("mezzanine_http_requests_total"));
+    let other = reqwest::get(format!("http://{addr}/api/servers"))
+        .await
+        .expect("other");
+    assert_eq!(other.status(), 404);
+}

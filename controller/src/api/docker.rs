@@ -465,7 +465,7 @@ async fn logs(
         })
         .await;
     });
-    Ok(super::event_stream(rx, state.closing()))
+    Ok(super::event_stream(rx, &state))
 }
 
 /// The log service's errors as the API's.

@@ -71,7 +71,6 @@ async fn stream(
         ),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let closing = state.closing().clone();
     let (live, resume) = state.store().changes().subscribe(last.as_deref());
     let store = state.store().clone();
     state.tasks().spawn(async move {
@@ -84,7 +83,7 @@ async fn stream(
         };
         pump.run(live, resume, ctx.hash, ctx.token.is_some()).await;
     });
-    Ok(super::event_stream(rx, &closing))
+    Ok(super::event_stream(rx, &state))
 }
 
 struct Pump {

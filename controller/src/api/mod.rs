@@ -205,13 +205,73 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/healthz", axum::routing::get(meta::healthz))
+        .route("/metrics", axum::routing::get(metrics))
         .merge(crate::panel::routes())
         .merge(install::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(from_fn(json_errors))
+        .layer(from_fn_with_state(state.clone(), count_request))
         .layer(from_fn_with_state(state.clone(), client_addr))
         .layer(from_fn(catch_panic))
+        .with_state(state)
+}
+
+/// Counts every answered request by its route template (metrics).
+async fn count_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state.metrics().request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// `GET /metrics`: for a request carrying an API token (any role). Also served without
+/// one on `--metrics-listen`, an address of the operator's choosing.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    match session::resolve(&state, &headers).await {
+        Ok(Some(s)) if s.token.is_some() => metrics_text(&state).await,
+        Ok(_) => ApiError::Unauthorized(
+            "metrics need an API token: Authorization: Bearer mz_… (or --metrics-listen)".into(),
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn metrics_text(state: &AppState) -> Response {
+    match state.metrics().render(state).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(format!("metrics: {e}")).into_response(),
+    }
+}
+
+/// Serves only `/metrics`, without authentication, on the operator's `--metrics-listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<AppState>| async move { metrics_text(&s).await }),
+        )
+        .fallback(not_found)
         .with_state(state)
 }
 
@@ -505,11 +565,17 @@ pub fn matched(req_ext: &axum::http::Extensions) -> Option<String> {
 /// down (`closing`), so a graceful stop never waits on a viewer.
 pub(crate) fn event_stream(
     rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
-    closing: &tokio_util::sync::CancellationToken,
+    state: &AppState,
 ) -> Response {
     use futures_util::StreamExt;
+    // Counted as an open stream (metrics) for as long as the body lives.
+    let open = state.metrics().stream_opened();
     let body = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .take_until(closing.clone().cancelled_owned());
+        .take_until(state.closing().clone().cancelled_owned())
+        .map(move |chunk| {
+            let _counted = &open;
+            chunk
+        });
     let mut resp = Body::from_stream(body).into_response();
     let h = resp.headers_mut();
     h.insert(

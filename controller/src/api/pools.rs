@@ -717,7 +717,6 @@ async fn rollout_events(
     let (mut live, _) = state.store().changes().subscribe(None);
     let mut current = rollout_json(&state, id, rid).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(16);
-    let closing = state.closing().clone();
     let reader = state.clone();
     state.tasks().spawn(async move {
         let event = |name: &str, data: &Value| {
@@ -764,7 +763,7 @@ async fn rollout_events(
             }
         }
     });
-    Ok(super::event_stream(rx, &closing))
+    Ok(super::event_stream(rx, &state))
 }
 
 async fn cancel_rollout(

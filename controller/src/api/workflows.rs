@@ -568,11 +568,10 @@ async fn events(
             .ok_or_else(|| ApiError::BadRequest("Last-Event-ID: not an event id".into()))?,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let closing = state.closing().clone();
     state
         .tasks()
         .spawn(pump_events(state.clone(), id, after, tx));
-    Ok(super::event_stream(rx, &closing))
+    Ok(super::event_stream(rx, &state))
 }
 
 /// Encodes what `deploy::follow` yields as SSE.

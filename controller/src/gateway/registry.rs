@@ -285,6 +285,12 @@ impl Registry {
         lock(&self.sessions).len()
     }
 
+    /// Commands sent to attached agents and not answered yet.
+    pub fn commands_in_flight(&self) -> usize {
+        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        sessions.iter().map(|l| lock(&l.pending).len()).sum()
+    }
+
     pub fn view(&self, server_id: i64) -> Option<LiveView> {
         let live = lock(&self.sessions).get(&server_id).cloned()?;
         Some(view_of(&live))

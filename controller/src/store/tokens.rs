@@ -120,3 +120,20 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Runs kept, by state (for the metrics).
+    pub async fn run_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Database connections open and idle (for the metrics).
+    pub fn pool_use(&self) -> (u32, usize) {
+        (self.pool().size(), self.pool().num_idle())
+    }
+}
