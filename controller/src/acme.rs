@@ -87,6 +87,9 @@ struct Inner {
     /// How long a DNS-01 record is given to propagate before the CA looks.
     dns_wait: Duration,
     account: tokio::sync::Mutex<Option<Account>>,
+    /// Issuances run here, so a shutdown waits for them (a certificate is not left half
+    /// recorded).
+    tasks: tokio_util::task::TaskTracker,
     /// Pools with an issuance in flight.
     busy: Mutex<HashSet<i64>>,
     wake: tokio::sync::Notify,
@@ -134,6 +137,7 @@ impl Acme {
         key: Arc<MasterKey>,
         pools: Pools,
         providers: Providers,
+        tasks: tokio_util::task::TaskTracker,
         config: &crate::config::Config,
     ) -> Acme {
         let mut b = reqwest::Client::builder()
@@ -161,6 +165,7 @@ impl Acme {
             email: config.acme_email.clone(),
             dns_wait: config.acme_dns_wait,
             account: tokio::sync::Mutex::new(None),
+            tasks,
             busy: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
         }))
@@ -205,7 +210,7 @@ impl Acme {
                 continue;
             }
             let me = self.clone();
-            tokio::spawn(async move {
+            self.0.tasks.spawn(async move {
                 let outcome = me.issue(p.id).await;
                 if let Err(e) = &outcome {
                     tracing::warn!(pool = p.id, error = %e, "certificate not issued");

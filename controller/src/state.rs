@@ -125,6 +125,7 @@ impl AppState {
             key.clone(),
             pools.clone(),
             providers.clone(),
+            tasks.clone(),
             &config,
         );
         let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
