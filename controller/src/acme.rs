@@ -81,6 +81,7 @@ struct Inner {
     key: Arc<MasterKey>,
     pools: Pools,
     providers: Providers,
+    notifier: crate::notify::Notifier,
     http: reqwest::Client,
     directory: String,
     email: Option<String>,
@@ -137,6 +138,7 @@ impl Acme {
         key: Arc<MasterKey>,
         pools: Pools,
         providers: Providers,
+        notifier: crate::notify::Notifier,
         tasks: tokio_util::task::TaskTracker,
         config: &crate::config::Config,
     ) -> Acme {
@@ -160,6 +162,7 @@ impl Acme {
             key,
             pools,
             providers,
+            notifier,
             http,
             directory: config.acme_directory_url.clone(),
             email: config.acme_email.clone(),
@@ -229,6 +232,17 @@ impl Acme {
                             .await
                     {
                         tracing::error!(pool = p.id, error = %se, "cannot record a failed certificate attempt");
+                    }
+                    // A certificate held and not renewed is worth a message; a first
+                    // issuance still failing shows in the pool.
+                    if cert.as_ref().is_some_and(|c| c.chain_pem.is_some()) {
+                        me.0.notifier
+                            .emit(
+                                "certificate.renewal_failed",
+                                &format!("certificate:{}:{now}", p.id),
+                                serde_json::json!({ "pool_id": p.id, "pool": p.settings.name, "error": e }),
+                            )
+                            .await;
                     }
                 }
                 lock(&me.0.busy).remove(&p.id);

@@ -18,6 +18,7 @@ pub mod images;
 pub mod install;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 mod panel;
 pub mod pools;
 pub mod providers;
@@ -136,6 +137,10 @@ pub async fn serve(
     state
         .tasks()
         .spawn(state.pools().clone().run(state.closing().clone()));
+    // Events reach the notifiers subscribed to them.
+    state
+        .tasks()
+        .spawn(state.notifier().clone().run(state.closing().clone()));
     // Pools with HTTPS get and renew their certificates.
     state
         .tasks()

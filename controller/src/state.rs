@@ -42,6 +42,7 @@ struct Inner {
     providers: crate::providers::Providers,
     acme: crate::acme::Acme,
     metrics: Arc<crate::metrics::Metrics>,
+    notifier: crate::notify::Notifier,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
     tasks: TaskTracker,
@@ -120,11 +121,13 @@ impl AppState {
             config.provider_timeout,
             config.insecure_registries.clone(),
         );
+        let notifier = crate::notify::Notifier::new(store.clone(), key.clone());
         let acme = crate::acme::Acme::new(
             store.clone(),
             key.clone(),
             pools.clone(),
             providers.clone(),
+            notifier.clone(),
             tasks.clone(),
             &config,
         );
@@ -144,6 +147,7 @@ impl AppState {
             providers,
             acme,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            notifier,
             updates,
             deploys,
             tasks,
@@ -194,6 +198,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.0.metrics
+    }
+
+    pub fn notifier(&self) -> &crate::notify::Notifier {
+        &self.0.notifier
     }
 
     /// Background work (run drivers, adoptions, deliveries): `serve` waits for it, with

@@ -12,6 +12,7 @@ mod events;
 mod https;
 mod limits;
 mod nodes;
+mod notify;
 mod panel;
 mod pools;
 mod providers;

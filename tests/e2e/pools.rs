@@ -601,7 +601,9 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
         .patch(
             &format!("/api/pools/{id}"),
             json!({ "edge_server_id": edge, "ports": { "listen": 8088, "target": 8080 },
-                    "health": { "interval_s": 1, "timeout_s": 1, "healthy_after": 1, "unhealthy_after": 2, "grace_s": 20 },
+                    // Generous probes: on a loaded machine a slow answer must not take healthy
+                    // members out (an empty upstream answers 503) while one is drained.
+                    "health": { "interval_s": 2, "timeout_s": 2, "healthy_after": 1, "unhealthy_after": 3, "grace_s": 20 },
                     "drain_timeout_s": 1 }),
         )
         .await;

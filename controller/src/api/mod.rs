@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 mod install;
 mod meta;
+mod notifiers;
 pub mod openapi;
 mod pools;
 mod providers;
@@ -190,6 +191,7 @@ pub fn router(state: AppState) -> Router {
     events::routes(reg.tag("events"));
     providers::routes(reg.tag("providers"));
     tokens::routes(reg.tag("tokens"));
+    notifiers::routes(reg.tag("notifiers"));
     meta::routes(reg.tag("meta"));
     let Registry { router, routes, .. } = reg;
     // The document is rendered once and handed to its route as an extension: it belongs

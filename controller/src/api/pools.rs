@@ -453,8 +453,11 @@ struct PatchBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tls {
+    #[serde(default, deserialize_with = "super::present")]
     enabled: Option<bool>,
+    #[serde(default, deserialize_with = "super::present")]
     challenge: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     port: Option<i64>,
 }
 

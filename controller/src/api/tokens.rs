@@ -32,7 +32,10 @@ fn token_json(t: &TokenRow) -> Value {
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
+    // Left out means the default; `null` is refused like any value of the wrong type.
+    #[serde(default, deserialize_with = "super::present")]
     role: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
     expires_in_days: Option<i64>,
 }
 

@@ -23,11 +23,15 @@ const RECORDS_PER_PAGE: usize = 100;
 pub struct RecordBody {
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub content: Option<String>,
     #[serde(default, deserialize_with = "super::whole")]
     pub ttl: Option<i64>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub proxied: Option<bool>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub comment: Option<String>,
     #[serde(default, deserialize_with = "super::whole")]
     pub priority: Option<i64>,
@@ -100,7 +104,9 @@ impl RecordBody {
 pub struct RuleBody {
     pub actions: Vec<RuleAction>,
     pub matchers: Vec<RuleMatcher>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "super::whole")]
     pub priority: Option<i64>,
@@ -111,6 +117,7 @@ pub struct RuleBody {
 pub struct RuleAction {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub value: Option<Vec<String>>,
 }
 
@@ -119,7 +126,9 @@ pub struct RuleAction {
 pub struct RuleMatcher {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub field: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub value: Option<String>,
 }
 

@@ -130,14 +130,21 @@ pub(crate) async fn token(
 pub struct NewInstance {
     #[serde(default, deserialize_with = "super::whole")]
     pub period: Option<i64>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub image_id: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub product_id: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub region: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub ssh_keys: Option<Vec<i64>>,
     #[serde(default, deserialize_with = "super::whole")]
     pub root_password: Option<i64>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub user_data: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub display_name: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub default_user: Option<String>,
     /// Ours, never sent: see the API's create route.
     #[serde(default)]
@@ -225,6 +232,7 @@ pub struct InstancePatch {
 #[serde(deny_unknown_fields)]
 pub struct NewSnapshot {
     pub name: String,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub description: Option<String>,
 }
 
@@ -240,7 +248,9 @@ pub struct NewSecret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretPatch {
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub value: Option<String>,
 }
 

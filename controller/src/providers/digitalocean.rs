@@ -22,12 +22,19 @@ pub struct NewDroplet {
     pub name: String,
     pub size: String,
     pub image: Value,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub region: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub ssh_keys: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub user_data: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub backups: Option<bool>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub ipv6: Option<bool>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub monitoring: Option<bool>,
     #[serde(default)]
     pub adopt: bool,
@@ -134,7 +141,9 @@ pub const ACTIONS: &[&str] = &["power_on", "power_off", "reboot", "shutdown", "p
 pub struct RecordBody {
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub data: Option<String>,
     #[serde(default, deserialize_with = "super::whole")]
     pub priority: Option<i64>,
@@ -146,6 +155,7 @@ pub struct RecordBody {
     pub weight: Option<i64>,
     #[serde(default, deserialize_with = "super::whole")]
     pub flags: Option<i64>,
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub tag: Option<String>,
 }
 

@@ -22,6 +22,7 @@ const TYPES: &[&str] = &[
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneUpdate {
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub overwrite: Option<bool>,
     pub zone: Vec<ZoneEntry>,
 }

@@ -96,6 +96,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "api_tokens",
         sql: include_str!("../../../migrations/sqlite/0017_api_tokens.sql"),
     },
+    Migration {
+        version: 18,
+        name: "notifiers",
+        sql: include_str!("../../../migrations/sqlite/0018_notifiers.sql"),
+    },
 ];
 
 fn checksum(sql: &str) -> String {

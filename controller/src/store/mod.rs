@@ -5,6 +5,7 @@
 mod cache;
 mod certificates;
 mod migrate;
+mod notifiers;
 mod pools;
 mod providers;
 mod registries;
@@ -36,6 +37,7 @@ pub enum StoreError {
 }
 
 pub use certificates::{CertificateRow, Issued};
+pub use notifiers::{DeliveryRow, NotifierRow};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;
 pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};

@@ -1,0 +1,231 @@
+//! Notifications: events reach the notifiers subscribed to them — a webhook (signed,
+//! retried after a failure) and a Slack-shaped one — through a receiver in this test.
+
+use mezzanine_tests::{attached_agent, ControllerProcess};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the receiver got: (path, signature header, event header, body).
+type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>, String)>>>;
+
+async fn receiver() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let st = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (st, failed_once) = (st.clone(), failed_once.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            let header = |n: &str| {
+                parts
+                    .headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let body = String::from_utf8_lossy(&body).into_owned();
+            // The webhook's first run.failed is answered 500, to be retried.
+            if parts.uri.path() == "/hook"
+                && body.contains("\"run.failed\"")
+                && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            st.lock().expect("seen").push((
+                parts.uri.path().to_owned(),
+                header("x-mezzanine-signature-256"),
+                header("x-mezzanine-event"),
+                body,
+            ));
+            axum::http::StatusCode::OK
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, seen)
+}
+
+/// Waits until the receiver got a request on `path` for `event`; returns its signature and body.
+async fn received(
+    seen: &Seen,
+    path: &str,
+    event: &str,
+    within: Duration,
+) -> (Option<String>, Value) {
+    let deadline = Instant::now() + within;
+    loop {
+        let hit = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .find_map(|(p, sig, ev, body)| {
+                (p == path && ev.as_deref() == Some(event))
+                    .then(|| (sig.clone(), serde_json::from_str(body).unwrap_or_default()))
+            });
+        if let Some(h) = hit {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {event} on {path}: {:?}",
+            seen.lock().expect("seen")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_notifiers_signed_and_retried() {
+    const SECRET: &str = "notify-secret-0123456789";
+    let (base_rx, seen) = receiver().await;
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let all = [
+        "run.failed",
+        "run.succeeded",
+        "server.offline",
+        "server.online",
+    ];
+    for (body, field) in [
+        (
+            json!({ "name": "x", "kind": "email", "url": format!("{base_rx}/hook"), "events": all }),
+            "kind",
+        ),
+        (
+            json!({ "name": "x", "kind": "webhook", "url": "http://hooks.example.com/x", "events": all }),
+            "url",
+        ),
+        (
+            json!({ "name": "x", "kind": "webhook", "url": format!("{base_rx}/hook"), "events": ["run.exploded"] }),
+            "events[0]",
+        ),
+        (
+            json!({ "name": "x", "kind": "webhook", "url": format!("{base_rx}/hook"), "events": [] }),
+            "events",
+        ),
+        (
+            json!({ "name": "x", "kind": "webhook", "url": format!("{base_rx}/hook"), "secret": "short", "events": all }),
+            "secret",
+        ),
+        (
+            json!({ "name": "x", "kind": "slack", "url": format!("{base_rx}/slack"), "secret": SECRET, "events": all }),
+            "secret",
+        ),
+    ] {
+        let r = admin.post("/api/notifiers", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().starts_with(field), "{body}: {}", r.body);
+    }
+    let r = admin
+        .post("/api/notifiers", json!({ "name": "ops-hook", "kind": "webhook", "url": format!("{base_rx}/hook"), "secret": SECRET, "events": all }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let hook = r.body["id"].as_i64().expect("id");
+    let r = admin
+        .post("/api/notifiers", json!({ "name": "chat", "kind": "slack", "url": format!("{base_rx}/slack"), "events": ["run.failed"] }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let listed = admin.get("/api/notifiers").await.body;
+    assert_eq!(listed[1]["host"], "127.0.0.1", "{listed}");
+    assert_eq!(listed[1]["signed"], true, "{listed}");
+    assert!(
+        !listed.to_string().contains("/hook") && !listed.to_string().contains(SECRET),
+        "{listed}"
+    );
+
+    // A run that fails: the webhook's first delivery is refused (500) and retried; the
+    // body is signed with the secret; Slack gets one line.
+    let (server, agent, agent_proc) = attached_agent(&mut admin, "notify-box", 1).await;
+    let r = admin
+        .post("/api/workflows", json!({ "name": "flaky", "server_id": server, "definition": { "steps": [
+            { "name": "fail", "uses": "shell", "with": { "script": "echo about to fail; exit 3" } }] } }))
+        .await;
+    let wf = r.body["id"].as_i64().expect("workflow");
+    let r = admin
+        .post(&format!("/api/workflows/{wf}/run"), json!({}))
+        .await;
+    let run = r.body["runId"].as_i64().expect("run");
+    let (sig, body) = received(&seen, "/hook", "run.failed", Duration::from_secs(60)).await;
+    assert_eq!(
+        (body["event"].as_str(), body["run_id"].as_i64()),
+        (Some("run.failed"), Some(run)),
+        "{body}"
+    );
+    assert_eq!(body["workflow"], "flaky");
+    assert_eq!(body["server"], "notify-box");
+    let raw = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .find(|(p, _, ev, _)| p == "/hook" && ev.as_deref() == Some("run.failed"))
+        .map(|(.., b)| b.clone())
+        .expect("raw body");
+    assert_eq!(
+        sig.as_deref(),
+        Some(crate::runs::signature(SECRET, &raw).as_str()),
+        "the signature over the body"
+    );
+    let (_, chat) = received(&seen, "/slack", "run.failed", Duration::from_secs(30)).await;
+    assert!(
+        chat["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("Run #{run} of flaky on notify-box failed"))),
+        "{chat}"
+    );
+    let log = admin
+        .get(&format!("/api/notifiers/{hook}/deliveries"))
+        .await
+        .body;
+    let failed = log
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["event"] == "run.failed"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (failed["status"].as_str(), failed["attempts"].as_i64()),
+        (Some("delivered"), Some(2)),
+        "{log}"
+    );
+
+    // The test button, and a server going offline.
+    let r = admin
+        .post(&format!("/api/notifiers/{hook}/test"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    received(&seen, "/hook", "test", Duration::from_secs(30)).await;
+    drop(agent_proc);
+    let (_, off) = received(&seen, "/hook", "server.offline", Duration::from_secs(60)).await;
+    assert_eq!(off["server"], "notify-box", "{off}");
+    // Back: `server.online` (a new server's first attach was not announced).
+    let _agent_again = agent.run_with(1, &[]);
+    received(&seen, "/hook", "server.online", Duration::from_secs(60)).await;
+    assert_eq!(
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .filter(|(_, _, ev, _)| ev.as_deref() == Some("server.online"))
+            .count(),
+        1
+    );
+
+    // The secret and the URLs are sealed: not in the database file in the clear.
+    let mut bytes = std::fs::read(ctl.data_dir().join("mezzanine.db")).expect("db");
+    bytes.extend(std::fs::read(ctl.data_dir().join("mezzanine.db-wal")).unwrap_or_default());
+    for secret in [SECRET, &format!("{base_rx}/hook")] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} stored in the clear"
+        );
+    }
+    let r = admin.delete(&format!("/api/notifiers/{hook}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
