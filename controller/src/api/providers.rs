@@ -184,8 +184,9 @@ async fn create_droplet(
     Extension(BaseUrl(base)): Extension<BaseUrl>,
     Json(b): Json<digitalocean::NewDroplet>,
 ) -> ApiResult<Response> {
-    let mut body = b.body()?;
+    // Not configured is said first; then what is wrong with the request.
     let client = state.providers().digitalocean().await?;
+    let mut body = b.body()?;
     let mut server = None;
     if b.adopt {
         if b.user_data.is_some() {
@@ -678,8 +679,8 @@ async fn cb_create_instance(
     Extension(BaseUrl(base)): Extension<BaseUrl>,
     Json(mut b): Json<contabo::NewInstance>,
 ) -> ApiResult<Response> {
-    b.body()?;
     let client = state.providers().contabo().await?;
+    b.body()?;
     let mut server = None;
     if b.adopt {
         if b.user_data.is_some() {

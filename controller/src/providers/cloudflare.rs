@@ -489,6 +489,26 @@ mod tests {
             body(json!({ "type": "A", "name": "www", "content": "192.0.2.1" })).expect("body"),
             json!({ "type": "A", "name": "www", "content": "192.0.2.1", "ttl": 1 })
         );
+        // JSON Schema's integers include 300.0; a huge integral number is not a type
+        // error either: the range check names the field.
+        assert_eq!(
+            body(json!({ "type": "A", "name": "www", "content": "192.0.2.1", "ttl": 300.0 }))
+                .expect("body")["ttl"],
+            300
+        );
+        for (v, field) in [
+            (json!(300.5), "ttl"),
+            (json!(1.0e23), "ttl"),
+            (Value::Null, "ttl"),
+        ] {
+            let e = body(json!({ "type": "A", "name": "www", "content": "192.0.2.1", "ttl": v }))
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                e.contains(field) || e.contains("whole") || e.contains("null"),
+                "{v}: {e}"
+            );
+        }
         for (bad, field) in [
             (
                 json!({ "type": "A", "name": "www", "content": "not-an-ip" }),

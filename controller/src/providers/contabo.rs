@@ -137,7 +137,7 @@ pub struct NewInstance {
     #[serde(default, deserialize_with = "crate::api::present")]
     pub region: Option<String>,
     #[serde(default, deserialize_with = "crate::api::present")]
-    pub ssh_keys: Option<Vec<i64>>,
+    pub ssh_keys: Option<Vec<Value>>,
     #[serde(default, deserialize_with = "super::whole")]
     pub root_password: Option<i64>,
     #[serde(default, deserialize_with = "crate::api::present")]
@@ -191,10 +191,21 @@ impl NewInstance {
             b.insert("region".into(), json!(r));
         }
         if let Some(k) = &self.ssh_keys {
-            if k.len() > 20 || k.iter().any(|id| *id < 1) {
-                return Err(invalid("sshKeys", "at most 20 secret ids"));
+            // Secret ids; JSON may write 5 as 5.0.
+            let ids: Option<Vec<i64>> = k
+                .iter()
+                .map(|v| {
+                    v.as_i64()
+                        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                        .filter(|id| (1..=i64::from(i32::MAX)).contains(id))
+                })
+                .collect();
+            match ids {
+                Some(ids) if ids.len() <= 20 => {
+                    b.insert("sshKeys".into(), json!(ids));
+                }
+                _ => return Err(invalid("sshKeys", "at most 20 secret ids")),
             }
-            b.insert("sshKeys".into(), json!(k));
         }
         if let Some(p) = self.root_password {
             if p < 1 {

@@ -751,7 +751,8 @@ pub(crate) fn whole<'de, D: serde::Deserializer<'de>>(
         return Ok(Some(i));
     }
     match n.as_f64() {
-        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        // Beyond i64 it saturates; the field's own range check then refuses it by name.
+        Some(f) if f.fract() == 0.0 => Ok(Some(f as i64)),
         _ => Err(serde::de::Error::custom(format!(
             "{n} is not a whole number"
         ))),
