@@ -98,8 +98,10 @@ async fn the_api_keeps_its_openapi_contract() {
             budget,
             // The change feed never ends by design (tests/e2e/events.rs covers it).
             // Setting a provider's credentials calls that provider (its real API, or any
-            // https `api_url` generated data names): tests send traffic only to loopback,
-            // so that route is covered by tests/e2e/providers.rs against local fakes.
+            // https `api_url` generated data names), and a notifier delivers to the URL it
+            // is given (its test button at once): tests send traffic only to loopback, so
+            // those routes are covered by tests/e2e/providers.rs and notify.rs against
+            // local receivers.
             &[
                 "--exclude-path",
                 "/api/auth/logout",
@@ -107,6 +109,8 @@ async fn the_api_keeps_its_openapi_contract() {
                 "/api/events",
                 "--exclude-path",
                 "/api/providers/{provider}",
+                "--exclude-path",
+                "/api/notifiers",
             ],
             "signed in as admin",
         )
