@@ -32,6 +32,16 @@ fn parse_id(raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::BadRequest(format!("id: {raw:?} is not a notifier id")))
 }
 
+/// The notifier a path names, or 404.
+async fn notifier_or_404(state: &AppState, raw: &str) -> ApiResult<crate::store::NotifierRow> {
+    let id = parse_id(raw)?;
+    state
+        .store()
+        .notifier(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("notifier {id} not found")))
+}
+
 async fn create(State(state): State<AppState>, Json(b): Json<CreateBody>) -> ApiResult<Response> {
     let bad = |m: String| ApiError::BadRequest(m);
     crate::validate::name(&b.name).map_err(|e| bad(format!("name: {e}")))?;
@@ -110,12 +120,8 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 }
 
 async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
-    let id = parse_id(&raw)?;
-    let n = state
-        .store()
-        .notifier(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("notifier {id} not found")))?;
+    let n = notifier_or_404(&state, &raw).await?;
+    let id = n.id;
     state.store().delete_notifier(id).await?;
     let mut resp = ok(json!({})).into_response();
     resp.extensions_mut()
@@ -124,12 +130,8 @@ async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
 }
 
 async fn test(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Response> {
-    let id = parse_id(&raw)?;
-    let n = state
-        .store()
-        .notifier(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("notifier {id} not found")))?;
+    let n = notifier_or_404(&state, &raw).await?;
+    let id = n.id;
     state.notifier().test(id).await;
     let mut resp = (StatusCode::ACCEPTED, ok(json!({}))).into_response();
     resp.extensions_mut()
@@ -141,10 +143,7 @@ async fn deliveries(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_id(&raw)?;
-    if state.store().notifier(id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("notifier {id} not found")));
-    }
+    let id = notifier_or_404(&state, &raw).await?.id;
     let ts = |t: Option<i64>| t.map(crate::time::rfc3339);
     let list = state.store().deliveries(id, 100).await?;
     Ok(Json(Value::Array(
