@@ -4,7 +4,12 @@
 //! scale-out (a member deploys, passes its health check, then enters the upstream),
 //! active health checks from the edge to each member, and draining on removal.
 //!
-//! A member is in the upstream exactly when its state is `healthy`.
+//! A member is in the upstream when its state is `healthy`. When none is, the edge fails
+//! open: the members that are merely `unhealthy` (not draining, deploying or failed) take
+//! the traffic, as AWS's and Google's load balancers and Envoy's panic mode do. A checker
+//! that reaches no member at all is more often wrong (an overloaded edge, a wrong health
+//! path) than every member at once, and an empty upstream fails every request for sure;
+//! nginx's own passive check still skips a member that refuses connections.
 
 use crate::deploy::{Deploys, EnqueueError};
 use crate::gateway::registry::{CallError, Registry};
@@ -196,6 +201,19 @@ struct Inner {
     cancelled: Mutex<HashSet<i64>>,
 }
 
+/// The members the upstream holds: the healthy ones, else the unhealthy ones (fail open).
+fn serving<'a>(members: &'a [MemberRow], change: Option<(i64, &str)>) -> Vec<&'a MemberRow> {
+    let state = |m: &MemberRow| match change {
+        Some((server, state)) if server == m.server_id => state.to_owned(),
+        _ => m.state.clone(),
+    };
+    let healthy: Vec<&MemberRow> = members.iter().filter(|m| state(m) == "healthy").collect();
+    if !healthy.is_empty() {
+        return healthy;
+    }
+    members.iter().filter(|m| state(m) == "unhealthy").collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -363,8 +381,6 @@ impl Pools {
         Ok(())
     }
 
-    /// What the edge is told for the pool now: its healthy members (with `change`, one
-    /// member counted in the state it is about to get).
     /// The certificate and key a pool's edge serves: the stored ones, while TLS is on.
     async fn stored_tls(&self, pool: &PoolRow) -> Result<Option<(String, String)>> {
         if !pool.settings.tls_enabled {
@@ -395,6 +411,9 @@ impl Pools {
         Ok(Some((chain, key)))
     }
 
+    /// What the edge is told for the pool now: its healthy members, or its unhealthy ones
+    /// when none is healthy (see the module's comment), with `change` counting one member
+    /// in the state it is about to get.
     async fn config(
         &self,
         pool: &PoolRow,
@@ -440,12 +459,8 @@ impl Pools {
             server_name,
             strategy: strategy as i32,
             sticky_cookie: s.sticky_cookie.clone().unwrap_or_default(),
-            members: members
-                .iter()
-                .filter(|m| match change {
-                    Some((server, state)) if server == m.server_id => state == "healthy",
-                    _ => m.state == "healthy",
-                })
+            members: serving(&members, change)
+                .into_iter()
                 .filter_map(|m| {
                     Some(PoolMember {
                         address: hosts.get(&m.server_id)?.clone(),
@@ -992,7 +1007,10 @@ impl Pools {
                 pool.settings.min_replicas
             )));
         }
-        if m.state == "healthy" && pool.settings.edge_server_id.is_some() {
+        let in_upstream = serving(&members, None)
+            .iter()
+            .any(|x| x.server_id == server);
+        if in_upstream && pool.settings.edge_server_id.is_some() {
             st.set_member_state(id, server, "draining", Some("leaving the pool"), None)
                 .await?;
             if let Err(e) = self.apply(id).await {

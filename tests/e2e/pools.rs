@@ -414,6 +414,28 @@ async fn a_pool_serves_its_healthy_members_through_the_edge() {
     member_state(&mut admin, id, m1, "healthy", Duration::from_secs(30)).await;
     assert_eq!(pages(&edge_ip, 8088, 8).len(), 2);
 
+    // Every member failing its check (a health path that answers 404 everywhere): the
+    // edge fails open and keeps sending to them rather than answering 503 for all.
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id}"),
+            json!({ "health": { "path": "/nowhere" } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    member_state(&mut admin, id, m1, "unhealthy", Duration::from_secs(30)).await;
+    member_state(&mut admin, id, m2, "unhealthy", Duration::from_secs(30)).await;
+    assert_eq!(pages(&edge_ip, 8088, 8).len(), 2, "fail open: both serve");
+    let r = admin
+        .patch(
+            &format!("/api/pools/{id}"),
+            json!({ "health": { "path": "/" } }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    member_state(&mut admin, id, m1, "healthy", Duration::from_secs(30)).await;
+    member_state(&mut admin, id, m2, "healthy", Duration::from_secs(30)).await;
+
     // The member's whole container stopped abruptly (frozen: no answer, no reset): out
     // within the window, back when it returns.
     let docker = |verb: &str| {
@@ -492,6 +514,14 @@ struct Load {
 /// transport (browsers and most clients retry such a GET; RFC 9110 §9.2.2) — nginx's own
 /// behaviour, which this test does not measure. Failures of our own (a member deployed
 /// while it served, an empty upstream) show on new connections too.
+/// Now, as Unix seconds with milliseconds: failures line up with the controller's log.
+fn wall() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:.3}", t.as_secs_f64())
+}
+
 fn hammer(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -515,8 +545,10 @@ fn hammer(
                         .to_owned();
                     load.versions.insert(version);
                 }
-                Ok(r) => load.failed.push(format!("HTTP {}", r.status())),
-                Err(e) => load.failed.push(e.to_string()),
+                Ok(r) => load
+                    .failed
+                    .push(format!("HTTP {} at {}", r.status(), wall())),
+                Err(e) => load.failed.push(format!("{e} at {}", wall())),
             }
         }
         load
@@ -670,7 +702,22 @@ async fn a_rollout_replaces_every_member_without_a_failed_request() {
                 .all(|m| m["status"] == "succeeded" && m["runId"].is_i64())),
         "{done}"
     );
-    assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
+    // On a failure, what the controller decided meanwhile (health changes, applies).
+    let decisions = || {
+        ctl.proc
+            .output()
+            .lines()
+            .filter(|l| l.contains("member health changed") || l.contains("pool"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        seen.failed.is_empty(),
+        "failed requests: {:?}\n{}",
+        seen.failed,
+        decisions()
+    );
     assert!(seen.ok > 20, "the client kept asking: {}", seen.ok);
     // The rollout's event stream told each member's steps as they happened, one member
     // at a time, and ended with the outcome.
