@@ -384,6 +384,19 @@ impl Config {
     }
 }
 
+/// A database URL with its password (if any) replaced, fit for a message or a log line.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        // Not a URL at all: nothing in it can be told from a password.
+        Err(_) => "<not a URL>".into(),
+    }
+}
+
 impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let public_url = self
@@ -393,15 +406,11 @@ impl ServeArgs {
         let (scheme, authority) = parse_public_url(&public_url)?;
         let public_url = public_url.trim_end_matches('/').to_owned();
         let database_url = match &self.database_url {
-            Some(url) if url.starts_with("sqlite:") => url.clone(),
-            Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
-                return Err(ConfigError(
-                    "--database-url: PostgreSQL support is not built yet; use sqlite://PATH or omit the flag".into(),
-                ))
-            }
+            Some(url) if crate::store::Engine::of(url).is_some() => url.clone(),
             Some(url) => {
                 return Err(ConfigError(format!(
-                    "--database-url {url:?}: expected sqlite://PATH"
+                    "--database-url {:?}: expected sqlite://PATH or postgres://USER@HOST[:PORT]/DATABASE",
+                    redact_url(url)
                 )))
             }
             None => crate::store::Store::sqlite_url(&self.data_dir.join("mezzanine.db")),

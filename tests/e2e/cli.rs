@@ -46,11 +46,11 @@ fn bad_configuration_exits_64_with_a_message() {
             &[
                 "serve",
                 "--database-url",
-                "postgres://db/x",
+                "mysql://u:hunter2@db/x",
                 "--data-dir",
                 data,
             ],
-            "PostgreSQL",
+            "postgres://",
         ),
         (
             &["serve", "--database-url", "mysql://db", "--data-dir", data],
@@ -68,6 +68,7 @@ fn bad_configuration_exits_64_with_a_message() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "a password is never echoed: {err}");
     }
 }
 

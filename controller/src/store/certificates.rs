@@ -35,7 +35,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT pool_id, names, chain_pem, key_sealed, issuer, not_before, not_after,
                     last_attempt_at, error, failures, next_attempt_at
-             FROM certificates WHERE pool_id = ?",
+             FROM certificates WHERE pool_id = $1",
         )
         .bind(pool_id)
         .fetch_optional(self.pool())
@@ -64,9 +64,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO certificates (pool_id, names, chain_pem, key_sealed, issuer, not_before,
                 not_after, last_attempt_at, error, failures, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 0, NULL)
-             ON CONFLICT(pool_id) DO UPDATE SET names = ?2, chain_pem = ?3, key_sealed = ?4,
-                issuer = ?5, not_before = ?6, not_after = ?7, last_attempt_at = ?8, error = NULL,
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 0, NULL)
+             ON CONFLICT(pool_id) DO UPDATE SET names = $2, chain_pem = $3, key_sealed = $4,
+                issuer = $5, not_before = $6, not_after = $7, last_attempt_at = $8, error = NULL,
                 failures = 0, next_attempt_at = NULL",
         )
         .bind(pool_id)
@@ -93,9 +93,9 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO certificates (pool_id, last_attempt_at, error, failures, next_attempt_at)
-             VALUES (?1, ?2, ?3, 1, ?4)
-             ON CONFLICT(pool_id) DO UPDATE SET last_attempt_at = ?2, error = ?3,
-                failures = failures + 1, next_attempt_at = ?4",
+             VALUES ($1, $2, $3, 1, $4)
+             ON CONFLICT(pool_id) DO UPDATE SET last_attempt_at = $2, error = $3,
+                failures = failures + 1, next_attempt_at = $4",
         )
         .bind(pool_id)
         .bind(now)
@@ -110,7 +110,7 @@ impl Store {
     /// Makes the next check try at once (a forced renewal), keeping what is recorded.
     pub async fn certificate_force(&self, pool_id: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO certificates (pool_id, next_attempt_at) VALUES (?1, 0)
+            "INSERT INTO certificates (pool_id, next_attempt_at) VALUES ($1, 0)
              ON CONFLICT(pool_id) DO UPDATE SET next_attempt_at = 0",
         )
         .bind(pool_id)
@@ -121,7 +121,7 @@ impl Store {
 
     pub async fn acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT credentials_sealed FROM acme_accounts WHERE directory = ?")
+            sqlx::query_scalar("SELECT credentials_sealed FROM acme_accounts WHERE directory = $1")
                 .bind(directory)
                 .fetch_optional(self.pool())
                 .await?,
@@ -130,8 +130,8 @@ impl Store {
 
     pub async fn put_acme_account(&self, directory: &str, sealed: &[u8], now: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO acme_accounts (directory, credentials_sealed, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(directory) DO UPDATE SET credentials_sealed = ?2",
+            "INSERT INTO acme_accounts (directory, credentials_sealed, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT(directory) DO UPDATE SET credentials_sealed = $2",
         )
         .bind(directory)
         .bind(sealed)

@@ -1,16 +1,19 @@
-//! A small migration runner over the SQL files in `migrations/`, embedded at build time.
-//! Each migration runs in its own transaction; a checksum catches edited history.
+//! A small migration runner over the SQL files in `migrations/<engine>/`, embedded at
+//! build time. Each migration runs in its own transaction; a checksum catches edited
+//! history. Both engines share the version numbers: PostgreSQL's history starts at 18,
+//! one file with the schema SQLite had reached by then, and every later version has a
+//! file in each folder.
 
-use super::{Result, StoreError};
-use sqlx::{Row, SqlitePool};
+use super::{Engine, Result, StoreError};
+use sqlx::{AnyPool, Connection, Row};
 
-struct Migration {
+pub(super) struct Migration {
     version: i64,
     name: &'static str,
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[
+const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
         name: "init",
@@ -103,25 +106,63 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+const POSTGRES: &[Migration] = &[Migration {
+    version: 18,
+    name: "baseline",
+    sql: include_str!("../../../migrations/postgres/0018_baseline.sql"),
+}];
+
+/// The migrations of `engine`, oldest first.
+pub(super) fn list(engine: Engine) -> &'static [Migration] {
+    match engine {
+        Engine::Sqlite => SQLITE,
+        Engine::Postgres => POSTGRES,
+    }
+}
+
 fn checksum(sql: &str) -> String {
     hex::encode(crate::crypto::sha256(sql.as_bytes()))
 }
 
-pub(super) async fn run(pool: &SqlitePool) -> Result<()> {
+/// Any number to tell this runner's lock from others' in `pg_advisory_lock`.
+const PG_MIGRATION_LOCK: i64 = 0x6d7a_6d69_6772;
+
+pub(super) async fn run(pool: &AnyPool, engine: Engine) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    if engine == Engine::Postgres {
+        // Controllers starting together: one migrates, the others wait and then find
+        // nothing left to do.
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PG_MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = apply(&mut conn, engine).await;
+    if engine == Engine::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, engine: Engine) -> Result<()> {
+    let migrations = list(engine);
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
-             checksum TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+             version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+             checksum TEXT NOT NULL, applied_at BIGINT NOT NULL)",
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     let applied = sqlx::query("SELECT version, checksum FROM schema_migrations ORDER BY version")
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
     for row in &applied {
         let version: i64 = row.try_get("version")?;
         let sum: String = row.try_get("checksum")?;
-        match MIGRATIONS.iter().find(|m| m.version == version) {
+        match migrations.iter().find(|m| m.version == version) {
             None => return Err(StoreError::MigrationUnknown(version)),
             Some(m) if checksum(m.sql) != sum => {
                 return Err(StoreError::MigrationChanged {
@@ -132,20 +173,21 @@ pub(super) async fn run(pool: &SqlitePool) -> Result<()> {
             Some(_) => {}
         }
     }
-    for m in MIGRATIONS.iter().filter(|m| {
-        !applied
-            .iter()
-            .any(|r| r.get::<i64, _>("version") == m.version)
-    }) {
-        let mut tx = pool.begin().await?;
+    let done: Vec<i64> = applied
+        .iter()
+        .map(|r| r.try_get::<i64, _>("version"))
+        .collect::<std::result::Result<_, _>>()?;
+    for m in migrations.iter().filter(|m| !done.contains(&m.version)) {
+        let mut tx = conn.begin().await?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-             VALUES (?, ?, ?, unixepoch())",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(m.version)
         .bind(m.name)
         .bind(checksum(m.sql))
+        .bind(crate::time::now_secs())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

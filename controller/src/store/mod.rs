@@ -4,6 +4,8 @@
 
 mod cache;
 mod certificates;
+#[cfg(test)]
+mod contract;
 mod migrate;
 mod notifiers;
 mod pools;
@@ -14,10 +16,9 @@ mod tokens;
 mod workflows;
 
 use crate::auth::Role;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +29,7 @@ pub enum StoreError {
     MigrationChanged { version: i64, name: String },
     #[error("database holds migration {0}, which this build does not know; refusing to run an older controller on a newer database")]
     MigrationUnknown(i64),
-    #[error(
-        "unsupported database URL {0:?}: use sqlite://PATH (PostgreSQL support is not built yet)"
-    )]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     Unsupported(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
@@ -113,9 +112,40 @@ pub enum Guarded {
     LastAdmin,
 }
 
+/// The database engine behind a store. Statements are written once, in SQL both engines
+/// read (`$n` placeholders, `ON CONFLICT`, `RETURNING`, `IS DISTINCT FROM`); the few that
+/// differ ask the engine (`Engine::pick`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a database URL names, if it is one this build speaks.
+    pub fn of(url: &str) -> Option<Engine> {
+        if url.starts_with("sqlite:") {
+            Some(Engine::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Engine::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The statement written for this engine.
+    pub fn pick<'a>(self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+        match self {
+            Engine::Sqlite => sqlite,
+            Engine::Postgres => postgres,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
     sessions: std::sync::Arc<cache::SessionCache>,
     /// Committed changes, announced to `GET /api/events`.
     changes: std::sync::Arc<crate::changes::Feed>,
@@ -130,18 +160,27 @@ fn key(hash: &[u8]) -> [u8; 32] {
 
 const USER_COLS: &str = "id, username, role, totp_secret IS NOT NULL AS totp_enabled, created_at";
 
-fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User> {
+/// A yes/no column: SQLite gives integers (stored flags and `x IS NOT NULL` alike),
+/// PostgreSQL gives booleans for expressions.
+pub(crate) fn flag(row: &sqlx::any::AnyRow, col: &str) -> Result<bool> {
+    match row.try_get::<i64, _>(col) {
+        Ok(v) => Ok(v != 0),
+        Err(_) => Ok(row.try_get::<bool, _>(col)?),
+    }
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     let role: String = row.try_get("role")?;
     Ok(User {
         id: row.try_get("id")?,
         username: row.try_get("username")?,
         role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
-        totp_enabled: row.try_get("totp_enabled")?,
+        totp_enabled: flag(row, "totp_enabled")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
-fn credentials_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Credentials> {
+fn credentials_from_row(row: &sqlx::any::AnyRow) -> Result<Credentials> {
     Ok(Credentials {
         user: user_from_row(row)?,
         password_hash: row.try_get("password_hash")?,
@@ -150,28 +189,68 @@ fn credentials_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Credentials> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database named by `url` and applies migrations.
+    /// Opens the database named by `url` (a SQLite file is created if needed) and applies
+    /// migrations.
     pub async fn open(url: &str) -> Result<Store> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::Unsupported(url.to_owned()));
-        }
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(opts)
-            .await?;
-        migrate::run(&pool).await?;
+        Self::open_with(url, 16).await
+    }
+
+    /// `open`, with at most `pg_connections` connections to PostgreSQL (SQLite has one
+    /// writer whatever the pool, so it keeps four).
+    pub async fn open_with(url: &str, pg_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let engine = Engine::of(url).ok_or_else(|| StoreError::Unsupported(url.to_owned()))?;
+        let pool = match engine {
+            Engine::Sqlite => {
+                // Created if missing, unless the URL says otherwise.
+                let url = if url.contains("mode=") || url.contains(":memory:") {
+                    url.to_owned()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .min_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL: readers never wait for the writer; NORMAL is durable in
+                            // WAL mode but for the last commits on power loss.
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = NORMAL",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA busy_timeout = 5000",
+                            ] {
+                                sqlx::Executor::execute(&mut *conn, pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Engine::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(pg_connections.max(2))
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?
+            }
+        };
+        migrate::run(&pool, engine).await?;
         Ok(Store {
             pool,
+            engine,
             sessions: Default::default(),
             changes: Default::default(),
         })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     pub fn sqlite_url(path: &Path) -> String {
@@ -209,7 +288,7 @@ impl Store {
     ) -> Result<Option<User>> {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, role, created_at, updated_at)
-             SELECT ?1, ?2, 'admin', ?3, ?3 WHERE NOT EXISTS (SELECT 1 FROM users)
+             SELECT $1, $2, 'admin', $3, $3 WHERE NOT EXISTS (SELECT 1 FROM users)
              RETURNING id",
         )
         .bind(username)
@@ -236,7 +315,7 @@ impl Store {
     ) -> Result<Option<User>> {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, role, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (username) DO NOTHING RETURNING id",
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(username)
         .bind(password_hash)
@@ -254,7 +333,7 @@ impl Store {
     }
 
     pub async fn user(&self, id: i64) -> Result<Option<User>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -270,7 +349,7 @@ impl Store {
 
     pub async fn credentials_by_name(&self, username: &str) -> Result<Option<Credentials>> {
         let sql =
-            format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE username = ?");
+            format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE lower(username) = lower($1)");
         let row = sqlx::query(&sql)
             .bind(username)
             .fetch_optional(&self.pool)
@@ -279,7 +358,8 @@ impl Store {
     }
 
     pub async fn credentials_by_id(&self, id: i64) -> Result<Option<Credentials>> {
-        let sql = format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE id = ?");
+        let sql =
+            format!("SELECT {USER_COLS}, password_hash, totp_secret FROM users WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -288,7 +368,7 @@ impl Store {
     }
 
     pub async fn set_password(&self, id: i64, password_hash: &str, now: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+        let r = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(password_hash)
             .bind(now)
             .bind(id)
@@ -301,8 +381,8 @@ impl Store {
     /// Changes a role in one statement that refuses to demote the last admin.
     pub async fn set_role(&self, id: i64, role: Role, now: i64) -> Result<Guarded> {
         let r = sqlx::query(
-            "UPDATE users SET role = ?2, updated_at = ?3 WHERE id = ?1
-               AND (role <> 'admin' OR ?2 = 'admin'
+            "UPDATE users SET role = $2, updated_at = $3 WHERE id = $1
+               AND (role <> 'admin' OR $2 = 'admin'
                     OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
         )
         .bind(id)
@@ -317,7 +397,7 @@ impl Store {
     /// Deletes a user (and, by cascade, its sessions) unless it is the last admin.
     pub async fn delete_user(&self, id: i64) -> Result<Guarded> {
         let r = sqlx::query(
-            "DELETE FROM users WHERE id = ?1
+            "DELETE FROM users WHERE id = $1
                AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
         )
         .bind(id)
@@ -339,7 +419,7 @@ impl Store {
     }
 
     pub async fn set_totp_pending(&self, id: i64, sealed: &[u8], now: i64) -> Result<()> {
-        sqlx::query("UPDATE users SET totp_pending = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET totp_pending = $1, updated_at = $2 WHERE id = $3")
             .bind(sealed)
             .bind(now)
             .bind(id)
@@ -350,7 +430,7 @@ impl Store {
 
     pub async fn totp_pending(&self, id: i64) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT totp_pending FROM users WHERE id = ?")
+            sqlx::query_scalar("SELECT totp_pending FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -363,8 +443,8 @@ impl Store {
     pub async fn enable_totp(&self, id: i64, step: i64, now: i64) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL,
-                 totp_last_step = ?2, updated_at = ?3
-             WHERE id = ?1 AND totp_pending IS NOT NULL AND totp_secret IS NULL",
+                 totp_last_step = $2, updated_at = $3
+             WHERE id = $1 AND totp_pending IS NOT NULL AND totp_secret IS NULL",
         )
         .bind(id)
         .bind(step)
@@ -379,7 +459,7 @@ impl Store {
     pub async fn disable_totp(&self, id: i64, now: i64) -> Result<()> {
         sqlx::query(
             "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = 0,
-                 updated_at = ? WHERE id = ?",
+                 updated_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(id)
@@ -393,7 +473,7 @@ impl Store {
     /// Records use of a TOTP step; false when that step (or a later one) was used already.
     pub async fn consume_totp_step(&self, id: i64, step: i64) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE users SET totp_last_step = ?2 WHERE id = ?1 AND totp_last_step < ?2",
+            "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2",
         )
         .bind(id)
         .bind(step)
@@ -415,7 +495,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO sessions (id_hash, user_id, created_at, last_seen, expires_at, ip, user_agent)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(hash)
         .bind(user_id)
@@ -437,7 +517,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT u.id, u.username, u.role, u.totp_secret IS NOT NULL AS totp_enabled,
                     u.created_at, s.last_seen, s.expires_at
-             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -454,7 +534,7 @@ impl Store {
 
     pub async fn touch_session(&self, hash: &[u8], now: i64) -> Result<()> {
         self.sessions.touch(&key(hash), now);
-        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id_hash = ?")
+        sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id_hash = $2")
             .bind(now)
             .bind(hash)
             .execute(&self.pool)
@@ -463,7 +543,7 @@ impl Store {
     }
 
     pub async fn delete_session(&self, hash: &[u8]) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash)
             .execute(&self.pool)
             .await?;
@@ -473,18 +553,19 @@ impl Store {
 
     /// Revokes every session of a user except `keep`.
     pub async fn delete_user_sessions(&self, user_id: i64, keep: Option<&[u8]>) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id_hash IS NOT ?")
-            .bind(user_id)
-            .bind(keep)
-            .execute(&self.pool)
-            .await?;
+        let r =
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash IS DISTINCT FROM $2")
+                .bind(user_id)
+                .bind(keep)
+                .execute(&self.pool)
+                .await?;
         self.sessions.remove_user(user_id);
         Ok(r.rows_affected())
     }
 
     /// Removes sessions past their absolute expiry or idle for longer than `idle_secs`.
     pub async fn purge_sessions(&self, now: i64, idle_secs: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?")
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen <= $2")
             .bind(now)
             .bind(now - idle_secs)
             .execute(&self.pool)
@@ -498,7 +579,7 @@ impl Store {
     pub async fn audit(&self, rec: &NewAudit, at_ms: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit_log (at_ms, actor_id, actor, action, target, outcome, status, ip, reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(at_ms)
         .bind(rec.actor_id)
@@ -516,7 +597,7 @@ impl Store {
 
     /// Deletes audit records older than `before_ms`; returns how many went.
     pub async fn prune_audit(&self, before_ms: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM audit_log WHERE at_ms < ?")
+        let r = sqlx::query("DELETE FROM audit_log WHERE at_ms < $1")
             .bind(before_ms)
             .execute(self.pool())
             .await?;
@@ -530,8 +611,8 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<AuditRecord>, i64)> {
-        const WHERE: &str = "WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
-             AND (?3 IS NULL OR outcome = ?3)";
+        const WHERE: &str = "WHERE ($1 IS NULL OR actor = $1) AND ($2 IS NULL OR action = $2)
+             AND ($3 IS NULL OR outcome = $3)";
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM audit_log {WHERE}"))
             .bind(filter.actor)
             .bind(filter.action)
@@ -540,7 +621,7 @@ impl Store {
             .await?;
         let rows = sqlx::query(&format!(
             "SELECT id, at_ms, actor_id, actor, action, target, outcome, status, ip, reason
-             FROM audit_log {WHERE} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+             FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
         ))
         .bind(filter.actor)
         .bind(filter.action)

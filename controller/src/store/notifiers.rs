@@ -30,7 +30,7 @@ pub struct DeliveryRow {
     pub delivered_at: Option<i64>,
 }
 
-fn notifier_from(r: &sqlx::sqlite::SqliteRow) -> Result<NotifierRow> {
+fn notifier_from(r: &sqlx::any::AnyRow) -> Result<NotifierRow> {
     let events: String = r.try_get("events")?;
     Ok(NotifierRow {
         id: r.try_get("id")?,
@@ -44,7 +44,7 @@ fn notifier_from(r: &sqlx::sqlite::SqliteRow) -> Result<NotifierRow> {
     })
 }
 
-fn delivery_from(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
+fn delivery_from(r: &sqlx::any::AnyRow) -> Result<DeliveryRow> {
     Ok(DeliveryRow {
         id: r.try_get("id")?,
         notifier_id: r.try_get("notifier_id")?,
@@ -77,9 +77,9 @@ impl Store {
         events: &[String],
         now: i64,
     ) -> Result<Option<i64>> {
-        let r = sqlx::query(
+        let r = sqlx::query_scalar::<_, i64>(
             "INSERT INTO notifiers (name, kind, url_sealed, url_host, secret_sealed, events, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(name)
         .bind(kind)
@@ -88,10 +88,10 @@ impl Store {
         .bind(secret_sealed)
         .bind(serde_json::to_string(events).unwrap_or_else(|_| "[]".into()))
         .bind(now)
-        .execute(self.pool())
+        .fetch_one(self.pool())
         .await;
         match r {
-            Ok(r) => Ok(Some(r.last_insert_rowid())),
+            Ok(id) => Ok(Some(id)),
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -104,7 +104,7 @@ impl Store {
         url_sealed: &[u8],
         secret_sealed: Option<&[u8]>,
     ) -> Result<()> {
-        sqlx::query("UPDATE notifiers SET url_sealed = ?, secret_sealed = ? WHERE id = ?")
+        sqlx::query("UPDATE notifiers SET url_sealed = $1, secret_sealed = $2 WHERE id = $3")
             .bind(url_sealed)
             .bind(secret_sealed)
             .bind(id)
@@ -128,7 +128,7 @@ impl Store {
     }
 
     pub async fn delete_notifier(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM notifiers WHERE id = ?")
+        let r = sqlx::query("DELETE FROM notifiers WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -148,7 +148,7 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO notification_deliveries (notifier_id, event, subject, payload, status,
                 next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(notifier_id)
         .bind(event)
@@ -164,7 +164,7 @@ impl Store {
     pub async fn due_deliveries(&self, now: i64, limit: i64) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLS} FROM notification_deliveries
-             WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?"
+             WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2"
         ))
         .bind(now)
         .bind(limit)
@@ -176,7 +176,7 @@ impl Store {
     pub async fn deliveries(&self, notifier_id: i64, limit: i64) -> Result<Vec<DeliveryRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLS} FROM notification_deliveries
-             WHERE notifier_id = ? ORDER BY id DESC LIMIT ?"
+             WHERE notifier_id = $1 ORDER BY id DESC LIMIT $2"
         ))
         .bind(notifier_id)
         .bind(limit)
@@ -195,20 +195,20 @@ impl Store {
         let q = match outcome {
             Ok(()) => sqlx::query(
                 "UPDATE notification_deliveries SET status = 'delivered', attempts = attempts + 1,
-                    last_error = NULL, delivered_at = ? WHERE id = ?",
+                    last_error = NULL, delivered_at = $1 WHERE id = $2",
             )
             .bind(now)
             .bind(id),
             Err((error, Some(next))) => sqlx::query(
-                "UPDATE notification_deliveries SET attempts = attempts + 1, last_error = ?,
-                    next_attempt_at = ? WHERE id = ?",
+                "UPDATE notification_deliveries SET attempts = attempts + 1, last_error = $1,
+                    next_attempt_at = $2 WHERE id = $3",
             )
             .bind(error)
             .bind(next)
             .bind(id),
             Err((error, None)) => sqlx::query(
                 "UPDATE notification_deliveries SET status = 'failed', attempts = attempts + 1,
-                    last_error = ? WHERE id = ?",
+                    last_error = $1 WHERE id = $2",
             )
             .bind(error)
             .bind(id),

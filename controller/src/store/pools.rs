@@ -82,7 +82,7 @@ const POOL_COLS: &str =
 const MEMBER_COLS: &str =
     "pool_id, server_id, weight, state, last_run_id, last_health_at, health_detail, added_at";
 
-fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
+fn pool_from(r: &sqlx::any::AnyRow) -> Result<PoolRow> {
     Ok(PoolRow {
         id: r.try_get("id")?,
         settings: PoolSettings {
@@ -107,7 +107,7 @@ fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
             read_timeout_s: r.try_get("read_timeout_s")?,
             keepalive: r.try_get("keepalive")?,
             drain_timeout_s: r.try_get("drain_timeout_s")?,
-            tls_enabled: r.try_get("tls_enabled")?,
+            tls_enabled: super::flag(r, "tls_enabled")?,
             tls_challenge: r.try_get("tls_challenge")?,
             tls_port: r.try_get("tls_port")?,
         },
@@ -118,7 +118,7 @@ fn pool_from(r: &sqlx::sqlite::SqliteRow) -> Result<PoolRow> {
     })
 }
 
-fn member_from(r: &sqlx::sqlite::SqliteRow) -> Result<MemberRow> {
+fn member_from(r: &sqlx::any::AnyRow) -> Result<MemberRow> {
     Ok(MemberRow {
         pool_id: r.try_get("pool_id")?,
         server_id: r.try_get("server_id")?,
@@ -166,13 +166,15 @@ impl Store {
 
     /// `None` when the name is taken.
     pub async fn create_domain(&self, name: &str, now: i64) -> Result<Option<i64>> {
-        match sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now)
-            .execute(self.pool())
-            .await
+        match sqlx::query_scalar::<_, i64>(
+            "INSERT INTO domains (name, created_at) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await
         {
-            Ok(r) => Ok(Some(r.last_insert_rowid())),
+            Ok(id) => Ok(Some(id)),
             Err(e) if unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -182,8 +184,8 @@ impl Store {
     /// old link is forgotten.
     pub async fn link_domain(&self, id: i64, dns: Option<(&str, &str)>) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE domains SET dns_provider = ?, dns_zone = ?, dns_address = NULL,
-                dns_synced_at = NULL, dns_error = NULL WHERE id = ?",
+            "UPDATE domains SET dns_provider = $1, dns_zone = $2, dns_address = NULL,
+                dns_synced_at = NULL, dns_error = NULL WHERE id = $3",
         )
         .bind(dns.map(|d| d.0))
         .bind(dns.map(|d| d.1))
@@ -202,7 +204,7 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE domains SET dns_address = ?, dns_synced_at = ?, dns_error = ? WHERE id = ?",
+            "UPDATE domains SET dns_address = $1, dns_synced_at = $2, dns_error = $3 WHERE id = $4",
         )
         .bind(address)
         .bind(synced_at)
@@ -216,14 +218,14 @@ impl Store {
     /// The pools still pointing at the domain (it is deleted only when there are none).
     pub async fn delete_domain(&self, id: i64) -> Result<std::result::Result<bool, Vec<String>>> {
         let users: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pools WHERE domain_id = ? ORDER BY name")
+            sqlx::query_scalar("SELECT name FROM pools WHERE domain_id = $1 ORDER BY name")
                 .bind(id)
                 .fetch_all(self.pool())
                 .await?;
         if !users.is_empty() {
             return Ok(Err(users));
         }
-        let r = sqlx::query("DELETE FROM domains WHERE id = ?")
+        let r = sqlx::query("DELETE FROM domains WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -238,7 +240,7 @@ impl Store {
     }
 
     pub async fn pool_row(&self, id: i64) -> Result<Option<PoolRow>> {
-        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -254,16 +256,17 @@ impl Store {
                 health_grace_s, client_max_body_mb, connect_timeout_s, read_timeout_s,
                 keepalive, drain_timeout_s, tls_enabled, tls_challenge, tls_port, created_at,
                 updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
+             RETURNING id",
         );
         match bind_settings(q, s)
             .bind(now)
             .bind(now)
-            .execute(self.pool())
+            .fetch_one(self.pool())
             .await
         {
-            Ok(r) => {
-                let id = r.last_insert_rowid();
+            Ok(row) => {
+                let id: i64 = row.try_get("id")?;
                 self.changes.changed(crate::changes::Kind::Pool, id);
                 Ok(Some(id))
             }
@@ -283,14 +286,14 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
         let q = sqlx::query(
-            "UPDATE pools SET name = ?, workflow_id = ?, domain_id = ?, edge_server_id = ?,
-                min_replicas = ?, max_replicas = ?, lb_strategy = ?, sticky_cookie = ?,
-                listen_port = ?, target_port = ?, health_path = ?, health_interval_s = ?,
-                health_timeout_s = ?, unhealthy_after = ?, healthy_after = ?,
-                health_grace_s = ?, client_max_body_mb = ?, connect_timeout_s = ?, read_timeout_s = ?,
-                keepalive = ?, drain_timeout_s = ?, tls_enabled = ?, tls_challenge = ?,
-                tls_port = ?, updated_at = ?
-             WHERE id = ?",
+            "UPDATE pools SET name = $1, workflow_id = $2, domain_id = $3, edge_server_id = $4,
+                min_replicas = $5, max_replicas = $6, lb_strategy = $7, sticky_cookie = $8,
+                listen_port = $9, target_port = $10, health_path = $11, health_interval_s = $12,
+                health_timeout_s = $13, unhealthy_after = $14, healthy_after = $15,
+                health_grace_s = $16, client_max_body_mb = $17, connect_timeout_s = $18, read_timeout_s = $19,
+                keepalive = $20, drain_timeout_s = $21, tls_enabled = $22, tls_challenge = $23,
+                tls_port = $24, updated_at = $25
+             WHERE id = $26",
         );
         match bind_settings(q, s)
             .bind(now)
@@ -303,12 +306,14 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         for (server, weight) in weights {
-            sqlx::query("UPDATE pool_members SET weight = ? WHERE pool_id = ? AND server_id = ?")
-                .bind(weight)
-                .bind(id)
-                .bind(server)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE pool_members SET weight = $1 WHERE pool_id = $2 AND server_id = $3",
+            )
+            .bind(weight)
+            .bind(id)
+            .bind(server)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         self.changes.changed(crate::changes::Kind::Pool, id);
@@ -316,7 +321,7 @@ impl Store {
     }
 
     pub async fn delete_pool(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM pools WHERE id = ?")
+        let r = sqlx::query("DELETE FROM pools WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -327,8 +332,8 @@ impl Store {
     /// Records the last apply on the edge: success (`error` None) or why not.
     pub async fn set_pool_lb(&self, id: i64, error: Option<&str>, now: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE pools SET lb_applied_at = CASE WHEN ?1 IS NULL THEN ?2 ELSE lb_applied_at END,
-                lb_error = ?1 WHERE id = ?3",
+            "UPDATE pools SET lb_applied_at = CASE WHEN $1 IS NULL THEN $2 ELSE lb_applied_at END,
+                lb_error = $1 WHERE id = $3",
         )
         .bind(error)
         .bind(now)
@@ -341,7 +346,7 @@ impl Store {
 
     pub async fn pool_members(&self, pool_id: i64) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {MEMBER_COLS} FROM pool_members WHERE pool_id = ? ORDER BY added_at, server_id",
+            "SELECT {MEMBER_COLS} FROM pool_members WHERE pool_id = $1 ORDER BY added_at, server_id",
         ))
         .bind(pool_id)
         .fetch_all(self.pool())
@@ -370,8 +375,8 @@ impl Store {
     ) -> Result<bool> {
         let r = sqlx::query(
             "INSERT INTO pool_members (pool_id, server_id, weight, state, added_at)
-             SELECT ?1, ?2, 1, 'deploying', ?3
-             WHERE (SELECT COUNT(*) FROM pool_members WHERE pool_id = ?1) < ?4
+             SELECT $1, $2, 1, 'deploying', $3
+             WHERE (SELECT COUNT(*) FROM pool_members WHERE pool_id = $1) < $4
              ON CONFLICT DO NOTHING",
         )
         .bind(pool_id)
@@ -386,7 +391,7 @@ impl Store {
 
     pub async fn set_member_run(&self, pool_id: i64, server_id: i64, run_id: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE pool_members SET last_run_id = ?, state = 'deploying' WHERE pool_id = ? AND server_id = ?",
+            "UPDATE pool_members SET last_run_id = $1, state = 'deploying' WHERE pool_id = $2 AND server_id = $3",
         )
         .bind(run_id)
         .bind(pool_id)
@@ -407,9 +412,9 @@ impl Store {
         checked_at: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE pool_members SET state = ?, health_detail = COALESCE(?, health_detail),
-                last_health_at = COALESCE(?, last_health_at)
-             WHERE pool_id = ? AND server_id = ?",
+            "UPDATE pool_members SET state = $1, health_detail = COALESCE($2, health_detail),
+                last_health_at = COALESCE($3, last_health_at)
+             WHERE pool_id = $4 AND server_id = $5",
         )
         .bind(state)
         .bind(detail)
@@ -432,7 +437,7 @@ impl Store {
         at: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE pool_members SET health_detail = ?, last_health_at = ? WHERE pool_id = ? AND server_id = ?",
+            "UPDATE pool_members SET health_detail = $1, last_health_at = $2 WHERE pool_id = $3 AND server_id = $4",
         )
         .bind(detail)
         .bind(at)
@@ -444,7 +449,7 @@ impl Store {
     }
 
     pub async fn remove_member(&self, pool_id: i64, server_id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM pool_members WHERE pool_id = ? AND server_id = ?")
+        let r = sqlx::query("DELETE FROM pool_members WHERE pool_id = $1 AND server_id = $2")
             .bind(pool_id)
             .bind(server_id)
             .execute(self.pool())
@@ -456,7 +461,7 @@ impl Store {
     /// The member a run deploys, if it deploys one.
     pub async fn member_of_run(&self, run_id: i64) -> Result<Option<MemberRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {MEMBER_COLS} FROM pool_members WHERE last_run_id = ?",
+            "SELECT {MEMBER_COLS} FROM pool_members WHERE last_run_id = $1",
         ))
         .bind(run_id)
         .fetch_optional(self.pool())
@@ -499,27 +504,33 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut tx = self.pool().begin().await?;
         let running: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM rollouts WHERE pool_id = ? AND status = 'running'")
+            sqlx::query_scalar("SELECT id FROM rollouts WHERE pool_id = $1 AND status = 'running'")
                 .bind(pool_id)
                 .fetch_optional(&mut *tx)
                 .await?;
         if running.is_some() {
             return Ok(None);
         }
-        let id = sqlx::query(
+        // Two controllers starting one at the same instant: PostgreSQL's partial unique
+        // index lets one in (SQLite serialises the transactions).
+        let id = match sqlx::query_scalar::<_, i64>(
             "INSERT INTO rollouts (pool_id, status, max_unavailable, trigger_detail, created_at)
-             VALUES (?, 'running', ?, ?, ?)",
+             VALUES ($1, 'running', $2, $3, $4) RETURNING id",
         )
         .bind(pool_id)
         .bind(max_unavailable)
         .bind(detail.to_string())
         .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&mut *tx)
+        .await
+        {
+            Ok(id) => id,
+            Err(e) if unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         for (i, server) in members.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO rollout_members (rollout_id, server_id, position, status) VALUES (?, ?, ?, 'pending')",
+                "INSERT INTO rollout_members (rollout_id, server_id, position, status) VALUES ($1, $2, $3, 'pending')",
             )
             .bind(id)
             .bind(server)
@@ -535,7 +546,7 @@ impl Store {
     pub async fn rollout(&self, id: i64) -> Result<Option<(RolloutRow, Vec<RolloutMemberRow>)>> {
         let Some(r) = sqlx::query(
             "SELECT id, pool_id, status, max_unavailable, trigger_detail, error, created_at, finished_at
-             FROM rollouts WHERE id = ?",
+             FROM rollouts WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.pool())
@@ -556,7 +567,7 @@ impl Store {
         };
         let members = sqlx::query(
             "SELECT server_id, position, status, run_id, detail FROM rollout_members
-             WHERE rollout_id = ? ORDER BY position",
+             WHERE rollout_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(self.pool())
@@ -594,8 +605,8 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE rollout_members SET status = ?, run_id = COALESCE(?, run_id), detail = COALESCE(?, detail)
-             WHERE rollout_id = ? AND server_id = ?",
+            "UPDATE rollout_members SET status = $1, run_id = COALESCE($2, run_id), detail = COALESCE($3, detail)
+             WHERE rollout_id = $4 AND server_id = $5",
         )
         .bind(status)
         .bind(run_id)
@@ -620,7 +631,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
-            "UPDATE rollouts SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'running'",
+            "UPDATE rollouts SET status = $1, error = $2, finished_at = $3 WHERE id = $4 AND status = 'running'",
         )
         .bind(status)
         .bind(error)
@@ -628,7 +639,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE rollout_members SET status = 'skipped' WHERE rollout_id = ? AND status = 'pending'")
+        sqlx::query("UPDATE rollout_members SET status = 'skipped' WHERE rollout_id = $1 AND status = 'pending'")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -640,7 +651,7 @@ impl Store {
     /// The status a rollout has now (`cancel` sets `cancelling`, read by its driver).
     pub async fn rollout_status(&self, id: i64) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT status FROM rollouts WHERE id = ?")
+            sqlx::query_scalar("SELECT status FROM rollouts WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?,
@@ -649,9 +660,9 @@ impl Store {
 }
 
 fn bind_settings<'q>(
-    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     s: &'q PoolSettings,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     q.bind(&s.name)
         .bind(s.workflow_id)
         .bind(s.domain_id)
@@ -673,7 +684,7 @@ fn bind_settings<'q>(
         .bind(s.read_timeout_s)
         .bind(s.keepalive)
         .bind(s.drain_timeout_s)
-        .bind(s.tls_enabled)
+        .bind(i64::from(s.tls_enabled))
         .bind(&s.tls_challenge)
         .bind(s.tls_port)
 }

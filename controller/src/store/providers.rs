@@ -34,7 +34,7 @@ impl Store {
     /// The sealed credentials of one provider.
     pub async fn provider_sealed(&self, provider: &str) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT sealed FROM provider_credentials WHERE provider = ?")
+            sqlx::query_scalar("SELECT sealed FROM provider_credentials WHERE provider = $1")
                 .bind(provider)
                 .fetch_optional(self.pool())
                 .await?,
@@ -51,8 +51,8 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO provider_credentials (provider, sealed, account, api_url, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(provider) DO UPDATE SET sealed = ?2, account = ?3, api_url = ?4, updated_at = ?5",
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT(provider) DO UPDATE SET sealed = $2, account = $3, api_url = $4, updated_at = $5",
         )
         .bind(provider)
         .bind(sealed)
@@ -66,7 +66,7 @@ impl Store {
 
     /// Returns whether there was one.
     pub async fn delete_provider(&self, provider: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM provider_credentials WHERE provider = ?")
+        let r = sqlx::query("DELETE FROM provider_credentials WHERE provider = $1")
             .bind(provider)
             .execute(self.pool())
             .await?;

@@ -30,7 +30,7 @@ impl Store {
 
     /// `(username, sealed secret)` for one registry host.
     pub async fn registry_secret(&self, host: &str) -> Result<Option<(String, Vec<u8>)>> {
-        let row = sqlx::query("SELECT username, secret FROM registry_credentials WHERE host = ?")
+        let row = sqlx::query("SELECT username, secret FROM registry_credentials WHERE host = $1")
             .bind(host)
             .fetch_optional(self.pool())
             .await?;
@@ -47,8 +47,8 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO registry_credentials (host, username, secret, updated_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(host) DO UPDATE SET username = ?2, secret = ?3, updated_at = ?4",
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT(host) DO UPDATE SET username = $2, secret = $3, updated_at = $4",
         )
         .bind(host)
         .bind(username)
@@ -61,7 +61,7 @@ impl Store {
 
     /// Returns whether there was one.
     pub async fn delete_registry_credential(&self, host: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM registry_credentials WHERE host = ?")
+        let r = sqlx::query("DELETE FROM registry_credentials WHERE host = $1")
             .bind(host)
             .execute(self.pool())
             .await?;

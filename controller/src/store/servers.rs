@@ -2,7 +2,7 @@
 
 use super::{Result, Store, StoreError};
 use serde_json::Value;
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 
 #[derive(Debug, Clone)]
 pub struct ServerRow {
@@ -65,13 +65,13 @@ const SERVER_COLS: &str = "id, name, host, port, username, auth_type, tags, stat
     last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at,
     host_key_fingerprint, ssh_credentials IS NOT NULL AS has_credentials";
 
-fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Option<Value>> {
+fn json_col(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<Value>> {
     let raw: Option<String> = row.try_get(col)?;
     raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
         .transpose()
 }
 
-fn server_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ServerRow> {
+fn server_from_row(row: &sqlx::any::AnyRow) -> Result<ServerRow> {
     let tags: String = row.try_get("tags")?;
     Ok(ServerRow {
         id: row.try_get("id")?,
@@ -91,7 +91,7 @@ fn server_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ServerRow> {
         cert_not_after: row.try_get("cert_not_after")?,
         created_at: row.try_get("created_at")?,
         host_key_fingerprint: row.try_get("host_key_fingerprint")?,
-        has_credentials: row.try_get("has_credentials")?,
+        has_credentials: super::flag(row, "has_credentials")?,
     })
 }
 
@@ -114,7 +114,7 @@ pub enum ServerDelete {
 }
 
 impl Store {
-    pub(super) fn pool(&self) -> &SqlitePool {
+    pub(super) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -128,7 +128,7 @@ impl Store {
     pub async fn create_server(&self, new: &NewServer<'_>, now: i64) -> Result<Option<ServerRow>> {
         let r = sqlx::query_scalar::<_, i64>(
             "INSERT INTO servers (name, host, port, username, auth_type, tags, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(new.name)
         .bind(new.host)
@@ -151,7 +151,7 @@ impl Store {
     }
 
     pub async fn server(&self, id: i64) -> Result<Option<ServerRow>> {
-        let row = sqlx::query(&format!("SELECT {SERVER_COLS} FROM servers WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {SERVER_COLS} FROM servers WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -167,7 +167,7 @@ impl Store {
 
     pub async fn server_exists(&self, id: i64) -> Result<bool> {
         Ok(
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM servers WHERE id = ?")
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM servers WHERE id = $1")
                 .bind(id)
                 .fetch_one(self.pool())
                 .await?
@@ -183,9 +183,9 @@ impl Store {
     ) -> Result<Written<ServerRow>> {
         let r = sqlx::query(
             "UPDATE servers SET
-                 name = COALESCE(?2, name), host = COALESCE(?3, host), port = COALESCE(?4, port),
-                 username = COALESCE(?5, username), tags = COALESCE(?6, tags), updated_at = ?7
-             WHERE id = ?1",
+                 name = COALESCE($2, name), host = COALESCE($3, host), port = COALESCE($4, port),
+                 username = COALESCE($5, username), tags = COALESCE($6, tags), updated_at = $7
+             WHERE id = $1",
         )
         .bind(id)
         .bind(&patch.name)
@@ -217,15 +217,15 @@ impl Store {
     pub async fn delete_server(&self, id: i64, now: i64) -> Result<ServerDelete> {
         let mut tx = self.pool().begin().await?;
         let serials: Vec<String> = sqlx::query_scalar(
-            "UPDATE agent_certs SET revoked_at = ?2
-             WHERE server_id = ?1 AND revoked_at IS NULL RETURNING serial",
+            "UPDATE agent_certs SET revoked_at = $2
+             WHERE server_id = $1 AND revoked_at IS NULL RETURNING serial",
         )
         .bind(id)
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let workflows: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM workflows WHERE server_id = ? ORDER BY name")
+            sqlx::query_scalar("SELECT name FROM workflows WHERE server_id = $1 ORDER BY name")
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -233,7 +233,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(ServerDelete::HasWorkflows(workflows));
         }
-        let gone = sqlx::query("DELETE FROM servers WHERE id = ?")
+        let gone = sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?
@@ -257,13 +257,13 @@ impl Store {
         expires_at: i64,
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM join_tokens WHERE server_id = ? AND used_at IS NULL")
+        sqlx::query("DELETE FROM join_tokens WHERE server_id = $1 AND used_at IS NULL")
             .bind(server_id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
             "INSERT INTO join_tokens (id, server_id, secret_hash, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token_id)
         .bind(server_id)
@@ -278,7 +278,7 @@ impl Store {
 
     pub async fn join_token(&self, token_id: &str) -> Result<Option<JoinTokenRow>> {
         let row = sqlx::query(
-            "SELECT server_id, secret_hash, expires_at, used_at FROM join_tokens WHERE id = ?",
+            "SELECT server_id, secret_hash, expires_at, used_at FROM join_tokens WHERE id = $1",
         )
         .bind(token_id)
         .fetch_optional(self.pool())
@@ -295,7 +295,7 @@ impl Store {
     /// Marks a token used; false if it was used or expired in the meantime.
     pub async fn use_join_token(&self, token_id: &str, now: i64) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE join_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL AND expires_at > ?2",
+            "UPDATE join_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
         )
         .bind(token_id)
         .bind(now)
@@ -317,8 +317,8 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let revoked: Vec<String> = if replace {
             sqlx::query_scalar(
-                "UPDATE agent_certs SET revoked_at = ?2
-                 WHERE server_id = ?1 AND revoked_at IS NULL RETURNING serial",
+                "UPDATE agent_certs SET revoked_at = $2
+                 WHERE server_id = $1 AND revoked_at IS NULL RETURNING serial",
             )
             .bind(server_id)
             .bind(issued_at)
@@ -328,7 +328,7 @@ impl Store {
             Vec::new()
         };
         sqlx::query(
-            "INSERT INTO agent_certs (serial, server_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+            "INSERT INTO agent_certs (serial, server_id, issued_at, not_after) VALUES ($1, $2, $3, $4)",
         )
         .bind(serial)
         .bind(server_id)
@@ -337,8 +337,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE servers SET cert_not_after = ?2, enrolled_at = COALESCE(?3, enrolled_at),
-                 updated_at = ?4 WHERE id = ?1",
+            "UPDATE servers SET cert_not_after = $2, enrolled_at = COALESCE($3, enrolled_at),
+                 updated_at = $4 WHERE id = $1",
         )
         .bind(server_id)
         .bind(not_after)
@@ -353,7 +353,7 @@ impl Store {
     /// Serials revoked and not yet expired (expired ones fail validation anyway).
     pub async fn revoked_serials(&self, now: i64) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT serial FROM agent_certs WHERE revoked_at IS NOT NULL AND not_after > ?",
+            "SELECT serial FROM agent_certs WHERE revoked_at IS NOT NULL AND not_after > $1",
         )
         .bind(now)
         .fetch_all(self.pool())
@@ -369,12 +369,14 @@ impl Store {
         serial: &str,
         now: i64,
     ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE agent_certs SET revoked_at = ?3
-             WHERE server_id = ?1 AND revoked_at IS NULL
-               AND rowid < (SELECT rowid FROM agent_certs WHERE serial = ?2 AND server_id = ?1)
-             RETURNING serial",
-        )
+        // The order of issue: SQLite's rowid, PostgreSQL's `seq` identity column.
+        let order = self.engine.pick("rowid", "seq");
+        Ok(sqlx::query_scalar(&format!(
+            "UPDATE agent_certs SET revoked_at = $3
+             WHERE server_id = $1 AND revoked_at IS NULL
+               AND {order} < (SELECT {order} FROM agent_certs WHERE serial = $2 AND server_id = $1)
+             RETURNING serial"
+        ))
         .bind(server_id)
         .bind(serial)
         .bind(now)
@@ -386,7 +388,7 @@ impl Store {
     pub async fn cert_active(&self, serial: &str, server_id: i64) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM agent_certs c JOIN servers s ON s.id = c.server_id
-             WHERE c.serial = ? AND c.server_id = ? AND c.revoked_at IS NULL",
+             WHERE c.serial = $1 AND c.server_id = $2 AND c.revoked_at IS NULL",
         )
         .bind(serial)
         .bind(server_id)
@@ -403,8 +405,8 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE servers SET status = 'online', status_detail = NULL, agent_version = ?2,
-                 facts = ?3, last_seen = ?4, updated_at = ?4 WHERE id = ?1",
+            "UPDATE servers SET status = 'online', status_detail = NULL, agent_version = $2,
+                 facts = $3, last_seen = $4, updated_at = $4 WHERE id = $1",
         )
         .bind(id)
         .bind(agent_version)
@@ -424,7 +426,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE servers SET status = ?2, status_detail = ?3, updated_at = ?4 WHERE id = ?1",
+            "UPDATE servers SET status = $2, status_detail = $3, updated_at = $4 WHERE id = $1",
         )
         .bind(id)
         .bind(status)
@@ -446,10 +448,12 @@ impl Store {
             .iter()
             .map(|(id, seen, metrics)| serde_json::json!({ "id": id, "s": seen, "m": metrics }))
             .collect();
-        sqlx::query(
+        sqlx::query(self.engine.pick(
             "UPDATE servers SET last_seen = b.value ->> '$.s', metrics = b.value -> '$.m'
-             FROM json_each(?1) AS b WHERE servers.id = b.value ->> '$.id'",
-        )
+             FROM json_each($1) AS b WHERE servers.id = b.value ->> '$.id'",
+            "UPDATE servers SET last_seen = (b.value ->> 's')::BIGINT, metrics = (b.value -> 'm')::TEXT
+             FROM jsonb_array_elements($1::jsonb) AS b(value) WHERE servers.id = (b.value ->> 'id')::BIGINT",
+        ))
         .bind(Value::Array(batch).to_string())
         .execute(self.pool())
         .await?;
@@ -464,7 +468,7 @@ impl Store {
     /// At start no agent is attached to this controller yet.
     pub async fn mark_online_servers_offline(&self, now: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE servers SET status = 'offline', status_detail = 'controller restarted', updated_at = ?
+            "UPDATE servers SET status = 'offline', status_detail = 'controller restarted', updated_at = $1
              WHERE status = 'online'",
         )
         .bind(now)
@@ -474,7 +478,7 @@ impl Store {
     }
 
     pub async fn set_host_key(&self, id: i64, fingerprint: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE servers SET host_key_fingerprint = ? WHERE id = ?")
+        sqlx::query("UPDATE servers SET host_key_fingerprint = $1 WHERE id = $2")
             .bind(fingerprint)
             .bind(id)
             .execute(self.pool())
@@ -485,7 +489,7 @@ impl Store {
     /// Whether the server has an agent certificate that is not revoked (it is enrolled).
     pub async fn is_enrolled(&self, id: i64) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM agent_certs WHERE server_id = ? AND revoked_at IS NULL",
+            "SELECT COUNT(*) FROM agent_certs WHERE server_id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
         .fetch_one(self.pool())
@@ -495,7 +499,7 @@ impl Store {
 
     /// Stores (or with `None`, forgets) sealed SSH credentials.
     pub async fn set_ssh_credentials(&self, id: i64, sealed: Option<&[u8]>) -> Result<()> {
-        sqlx::query("UPDATE servers SET ssh_credentials = ? WHERE id = ?")
+        sqlx::query("UPDATE servers SET ssh_credentials = $1 WHERE id = $2")
             .bind(sealed)
             .bind(id)
             .execute(self.pool())
@@ -505,7 +509,7 @@ impl Store {
 
     pub async fn ssh_credentials(&self, id: i64) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT ssh_credentials FROM servers WHERE id = ?")
+            sqlx::query_scalar("SELECT ssh_credentials FROM servers WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await?
@@ -515,15 +519,15 @@ impl Store {
 
     /// Appends an event and keeps the latest 100 per server.
     pub async fn add_event(&self, id: i64, message: &str, at_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO server_events (server_id, at_ms, message) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO server_events (server_id, at_ms, message) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(at_ms)
             .bind(message)
             .execute(self.pool())
             .await?;
         sqlx::query(
-            "DELETE FROM server_events WHERE server_id = ?1 AND id <= (
-                 SELECT id FROM server_events WHERE server_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET 100)",
+            "DELETE FROM server_events WHERE server_id = $1 AND id <= (
+                 SELECT id FROM server_events WHERE server_id = $1 ORDER BY id DESC LIMIT 1 OFFSET 100)",
         )
         .bind(id)
         .execute(self.pool())
@@ -534,7 +538,7 @@ impl Store {
     /// The latest `limit` events, newest first: `(at_ms, message)`.
     pub async fn events(&self, id: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query(
-            "SELECT at_ms, message FROM server_events WHERE server_id = ? ORDER BY id DESC LIMIT ?",
+            "SELECT at_ms, message FROM server_events WHERE server_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(id)
         .bind(limit)
@@ -548,7 +552,7 @@ impl Store {
     /// `(public key line, sealed private key)` of the server's deploy key.
     pub async fn deploy_key(&self, id: i64) -> Result<Option<(String, Vec<u8>)>> {
         let row = sqlx::query(
-            "SELECT deploy_key_public, deploy_key FROM servers WHERE id = ? AND deploy_key IS NOT NULL",
+            "SELECT deploy_key_public, deploy_key FROM servers WHERE id = $1 AND deploy_key IS NOT NULL",
         )
         .bind(id)
         .fetch_optional(self.pool())
@@ -567,9 +571,9 @@ impl Store {
         only_if_absent: bool,
     ) -> Result<bool> {
         let sql = if only_if_absent {
-            "UPDATE servers SET deploy_key_public = ?2, deploy_key = ?3 WHERE id = ?1 AND deploy_key IS NULL"
+            "UPDATE servers SET deploy_key_public = $2, deploy_key = $3 WHERE id = $1 AND deploy_key IS NULL"
         } else {
-            "UPDATE servers SET deploy_key_public = ?2, deploy_key = ?3 WHERE id = ?1"
+            "UPDATE servers SET deploy_key_public = $2, deploy_key = $3 WHERE id = $1"
         };
         let r = sqlx::query(sql)
             .bind(id)
@@ -582,7 +586,7 @@ impl Store {
 
     pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                 .bind(key)
                 .fetch_optional(self.pool())
                 .await?,
@@ -591,13 +595,15 @@ impl Store {
 
     /// Inserts `key` only if absent; returns the value now stored (first writer wins).
     pub async fn setting_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(self.pool())
+        .await?;
         Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                 .bind(key)
                 .fetch_one(self.pool())
                 .await?,

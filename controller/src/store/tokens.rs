@@ -24,7 +24,7 @@ pub struct TokenUser {
     pub user: User,
 }
 
-fn token_from(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow> {
+fn token_from(r: &sqlx::any::AnyRow) -> Result<TokenRow> {
     let role: String = r.try_get("token_role")?;
     Ok(TokenRow {
         id: r.try_get("token_id")?,
@@ -55,9 +55,9 @@ impl Store {
         now: i64,
         expires_at: Option<i64>,
     ) -> Result<i64> {
-        let r = sqlx::query(
+        let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO api_tokens (user_id, name, role, token_hash, prefix, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(user_id)
         .bind(name)
@@ -66,16 +66,16 @@ impl Store {
         .bind(prefix)
         .bind(now)
         .bind(expires_at)
-        .execute(self.pool())
+        .fetch_one(self.pool())
         .await?;
-        Ok(r.last_insert_rowid())
+        Ok(id)
     }
 
     /// The token with this hash and its owner, if both exist.
     pub async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenUser>> {
         let row = sqlx::query(&format!(
             "SELECT {TOKEN_COLS}, u.id, u.role, u.totp_secret IS NOT NULL AS totp_enabled, u.created_at
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?"
+             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1"
         ))
         .bind(hash)
         .fetch_optional(self.pool())
@@ -91,7 +91,7 @@ impl Store {
     pub async fn tokens(&self, user_id: Option<i64>) -> Result<Vec<TokenRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
-             WHERE ?1 IS NULL OR t.user_id = ?1 ORDER BY t.id DESC"
+             WHERE $1 IS NULL OR t.user_id = $1 ORDER BY t.id DESC"
         ))
         .bind(user_id)
         .fetch_all(self.pool())
@@ -104,7 +104,7 @@ impl Store {
     }
 
     pub async fn delete_token(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM api_tokens WHERE id = ?")
+        let r = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -112,7 +112,7 @@ impl Store {
     }
 
     pub async fn touch_token(&self, id: i64, now: i64) -> Result<()> {
-        sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(self.pool())

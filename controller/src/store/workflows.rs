@@ -109,12 +109,12 @@ const WF_COLS: &str = "id, name, server_id, definition, secrets, webhook_secret,
 const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
     finished_at, error, stored_bytes, dropped_lines, definition, server_id";
 
-fn json(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<Value> {
+fn json(row: &sqlx::any::AnyRow, col: &str) -> Result<Value> {
     let raw: String = row.try_get(col)?;
     serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
-fn workflow_from(row: &sqlx::sqlite::SqliteRow) -> Result<WorkflowRow> {
+fn workflow_from(row: &sqlx::any::AnyRow) -> Result<WorkflowRow> {
     Ok(WorkflowRow {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -129,7 +129,7 @@ fn workflow_from(row: &sqlx::sqlite::SqliteRow) -> Result<WorkflowRow> {
     })
 }
 
-fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+fn run_from(row: &sqlx::any::AnyRow) -> Result<RunRow> {
     Ok(RunRow {
         id: row.try_get("id")?,
         workflow_id: row.try_get("workflow_id")?,
@@ -152,20 +152,22 @@ fn run_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
 
 /// The next id of `table` (`workflows` or `runs`), never one used before (see migration
 /// 0009); call inside the inserting transaction, so a rolled-back insert gives it back.
-/// One statement that writes: the transaction holds SQLite's write lock from here on, so
-/// a concurrent writer cannot invalidate what it read.
-async fn next_id(tx: &mut sqlx::SqliteConnection, table: &str) -> Result<i64> {
-    let sql = match table {
-        "workflows" => {
-            "UPDATE id_sequences SET last = MAX(last, (SELECT COALESCE(MAX(id), 0) FROM workflows)) + 1
-             WHERE name = 'workflows' RETURNING last"
-        }
-        _ => {
-            "UPDATE id_sequences SET last = MAX(last, (SELECT COALESCE(MAX(id), 0) FROM runs)) + 1
-             WHERE name = 'runs' RETURNING last"
-        }
+/// One statement that writes: the transaction holds SQLite's write lock (PostgreSQL's lock
+/// on the sequence's row) from here on, so a concurrent writer cannot invalidate what it
+/// read.
+async fn next_id(tx: &mut sqlx::AnyConnection, engine: super::Engine, table: &str) -> Result<i64> {
+    // The larger of two values: SQLite's two-argument MAX is PostgreSQL's GREATEST.
+    let greatest = engine.pick("MAX", "GREATEST");
+    let table = if table == "workflows" {
+        "workflows"
+    } else {
+        "runs"
     };
-    Ok(sqlx::query_scalar(sql).fetch_one(&mut *tx).await?)
+    let sql = format!(
+        "UPDATE id_sequences SET last = {greatest}(last, (SELECT COALESCE(MAX(id), 0) FROM {table})) + 1
+         WHERE name = '{table}' RETURNING last"
+    );
+    Ok(sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?)
 }
 
 fn unique(e: &sqlx::Error) -> bool {
@@ -183,11 +185,11 @@ impl Store {
         now: i64,
     ) -> Result<Option<i64>> {
         let mut tx = self.pool().begin().await?;
-        let id = next_id(&mut tx, "workflows").await?;
+        let id = next_id(&mut tx, self.engine, "workflows").await?;
         let r = sqlx::query_scalar::<_, i64>(
             "INSERT INTO workflows (id, name, server_id, definition, created_at, updated_at,
                  definition_role, secrets_role)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(id)
         .bind(name)
@@ -211,7 +213,7 @@ impl Store {
     }
 
     pub async fn workflow(&self, id: i64) -> Result<Option<WorkflowRow>> {
-        let row = sqlx::query(&format!("SELECT {WF_COLS} FROM workflows WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {WF_COLS} FROM workflows WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -237,10 +239,10 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE workflows SET name = COALESCE(?2, name), server_id = COALESCE(?3, server_id),
-             definition = COALESCE(?4, definition),
-             definition_role = CASE WHEN ?4 IS NULL THEN definition_role ELSE ?6 END,
-             updated_at = ?5 WHERE id = ?1",
+            "UPDATE workflows SET name = COALESCE($2, name), server_id = COALESCE($3, server_id),
+             definition = COALESCE($4, definition),
+             definition_role = CASE WHEN $4 IS NULL THEN definition_role ELSE $6 END,
+             updated_at = $5 WHERE id = $1",
         )
         .bind(id)
         .bind(name)
@@ -267,7 +269,7 @@ impl Store {
         sealed: Option<&[u8]>,
         role: &str,
     ) -> Result<()> {
-        sqlx::query("UPDATE workflows SET secrets = ?, secrets_role = ? WHERE id = ?")
+        sqlx::query("UPDATE workflows SET secrets = $1, secrets_role = $2 WHERE id = $3")
             .bind(sealed)
             .bind(role)
             .bind(id)
@@ -280,7 +282,7 @@ impl Store {
     /// An admin approves the definition as it is (its secrets are released to it);
     /// `Ok(false)` when there is no such workflow.
     pub async fn approve_definition(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query("UPDATE workflows SET definition_role = 'admin' WHERE id = ?")
+        let r = sqlx::query("UPDATE workflows SET definition_role = 'admin' WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
@@ -289,7 +291,7 @@ impl Store {
     }
 
     pub async fn set_webhook_secret(&self, id: i64, sealed: &[u8]) -> Result<()> {
-        sqlx::query("UPDATE workflows SET webhook_secret = ? WHERE id = ?")
+        sqlx::query("UPDATE workflows SET webhook_secret = $1 WHERE id = $2")
             .bind(sealed)
             .bind(id)
             .execute(self.pool())
@@ -302,8 +304,8 @@ impl Store {
     /// run queued between a check and the delete cannot be lost).
     pub async fn delete_workflow(&self, id: i64) -> Result<WorkflowDelete> {
         let r = sqlx::query(
-            "DELETE FROM workflows WHERE id = ?1 AND NOT EXISTS
-             (SELECT 1 FROM runs WHERE workflow_id = ?1 AND status IN ('queued', 'running'))",
+            "DELETE FROM workflows WHERE id = $1 AND NOT EXISTS
+             (SELECT 1 FROM runs WHERE workflow_id = $1 AND status IN ('queued', 'running'))",
         )
         .bind(id)
         .execute(self.pool())
@@ -331,7 +333,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         if let Some(delivery) = run.delivery {
             let fresh = sqlx::query(
-                "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
+                "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
             )
             .bind(run.workflow_id)
@@ -346,11 +348,11 @@ impl Store {
                 return Ok(Queued::Duplicate);
             }
         }
-        let next = next_id(&mut tx, "runs").await?;
+        let next = next_id(&mut tx, self.engine, "runs").await?;
         let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO runs (id, workflow_id, server_id, status, trigger, trigger_detail, queued_at, definition)
-             SELECT ?8, ?1, ?2, 'queued', ?3, ?4, ?5, ?6
-             WHERE (SELECT COUNT(*) FROM runs WHERE workflow_id = ?1 AND status = 'queued') < ?7
+             SELECT $8, $1, $2, 'queued', $3, $4, $5, $6
+             WHERE (SELECT COUNT(*) FROM runs WHERE workflow_id = $1 AND status = 'queued') < $7
              RETURNING id",
         )
         .bind(run.workflow_id)
@@ -369,7 +371,7 @@ impl Store {
         };
         for (i, name) in run.steps.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO run_steps (run_id, idx, name, status) VALUES (?, ?, ?, 'pending')",
+                "INSERT INTO run_steps (run_id, idx, name, status) VALUES ($1, $2, $3, 'pending')",
             )
             .bind(id)
             .bind(i as i64)
@@ -386,9 +388,9 @@ impl Store {
     /// steps and events go with them). Returns how many went.
     pub async fn prune_runs(&self, workflow_id: i64, keep: i64) -> Result<u64> {
         let r = sqlx::query(
-            "DELETE FROM runs WHERE workflow_id = ?1 AND status NOT IN ('queued', 'running')
+            "DELETE FROM runs WHERE workflow_id = $1 AND status NOT IN ('queued', 'running')
              AND id < (SELECT COALESCE(MIN(id), 0) FROM
-                 (SELECT id FROM runs WHERE workflow_id = ?1 ORDER BY id DESC LIMIT ?2))",
+                 (SELECT id FROM runs WHERE workflow_id = $1 ORDER BY id DESC LIMIT $2) AS newest)",
         )
         .bind(workflow_id)
         .bind(keep)
@@ -406,7 +408,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let r = sqlx::query(
-            "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES (?, ?, ?)
+            "INSERT INTO webhook_deliveries (workflow_id, delivery, received_at) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )
         .bind(workflow_id)
@@ -419,7 +421,7 @@ impl Store {
 
     /// Forgets one delivery id whose rollout could not start, so the provider's retry can.
     pub async fn forget_delivery(&self, workflow_id: i64, delivery: &str) -> Result<()> {
-        sqlx::query("DELETE FROM webhook_deliveries WHERE workflow_id = ? AND delivery = ?")
+        sqlx::query("DELETE FROM webhook_deliveries WHERE workflow_id = $1 AND delivery = $2")
             .bind(workflow_id)
             .bind(delivery)
             .execute(self.pool())
@@ -430,7 +432,7 @@ impl Store {
     /// Forgets webhook delivery ids received before `before` (seconds): retries come
     /// within hours, so only a replay older than this could run twice.
     pub async fn prune_deliveries(&self, before: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < ?")
+        let r = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
             .bind(before)
             .execute(self.pool())
             .await?;
@@ -438,7 +440,7 @@ impl Store {
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?"))
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -447,7 +449,7 @@ impl Store {
 
     pub async fn recent_runs(&self, workflow_id: i64, limit: i64) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs WHERE workflow_id = ? ORDER BY id DESC LIMIT ?"
+            "SELECT {RUN_COLS} FROM runs WHERE workflow_id = $1 ORDER BY id DESC LIMIT $2"
         ))
         .bind(workflow_id)
         .bind(limit)
@@ -478,10 +480,10 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<RunRow>, i64)> {
         // Runs from before runs had a server ran on their workflow's.
-        const WHERE: &str = "WHERE (?1 IS NULL OR workflow_id = ?1)
-             AND (?2 IS NULL OR COALESCE(server_id,
-                 (SELECT w.server_id FROM workflows w WHERE w.id = runs.workflow_id)) = ?2)
-             AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR trigger = ?4)";
+        const WHERE: &str = "WHERE ($1 IS NULL OR workflow_id = $1)
+             AND ($2 IS NULL OR COALESCE(server_id,
+                 (SELECT w.server_id FROM workflows w WHERE w.id = runs.workflow_id)) = $2)
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR trigger = $4)";
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM runs {WHERE}"))
             .bind(filter.workflow_id)
             .bind(filter.server_id)
@@ -490,7 +492,7 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs {WHERE} ORDER BY id DESC LIMIT ?5 OFFSET ?6"
+            "SELECT {RUN_COLS} FROM runs {WHERE} ORDER BY id DESC LIMIT $5 OFFSET $6"
         ))
         .bind(filter.workflow_id)
         .bind(filter.server_id)
@@ -507,7 +509,7 @@ impl Store {
     /// The oldest queued run of a workflow.
     pub async fn next_queued(&self, workflow_id: i64) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM runs WHERE workflow_id = ? AND status = 'queued' ORDER BY id LIMIT 1",
+            "SELECT id FROM runs WHERE workflow_id = $1 AND status = 'queued' ORDER BY id LIMIT 1",
         )
         .bind(workflow_id)
         .fetch_optional(self.pool())
@@ -540,7 +542,7 @@ impl Store {
     /// `queued` → `running`; false if the run is no longer queued (cancelled meanwhile).
     pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<bool> {
         let workflow: Option<i64> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'
+            "UPDATE runs SET status = 'running', started_at = $1 WHERE id = $2 AND status = 'queued'
              RETURNING workflow_id",
         )
         .bind(now_ms)
@@ -587,11 +589,11 @@ impl Store {
         queued_only: bool,
     ) -> Result<bool> {
         let sql = if queued_only {
-            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'queued'
+            "UPDATE runs SET status = $1, error = $2, finished_at = $3 WHERE id = $4 AND status = 'queued'
              RETURNING workflow_id"
         } else {
-            "UPDATE runs SET status = ?, error = ?, finished_at = ?
-             WHERE id = ? AND status IN ('queued', 'running') RETURNING workflow_id"
+            "UPDATE runs SET status = $1, error = $2, finished_at = $3
+             WHERE id = $4 AND status IN ('queued', 'running') RETURNING workflow_id"
         };
         let mut tx = self.pool().begin().await?;
         let workflow: Option<i64> = sqlx::query_scalar(sql)
@@ -602,7 +604,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE run_steps SET status = 'skipped' WHERE run_id = ? AND status = 'pending'",
+            "UPDATE run_steps SET status = 'skipped' WHERE run_id = $1 AND status = 'pending'",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -628,9 +630,9 @@ impl Store {
             (None, Some(now_ms))
         };
         sqlx::query(
-            "UPDATE run_steps SET status = ?, exit_code = COALESCE(?, exit_code),
-             started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at)
-             WHERE run_id = ? AND idx = ?",
+            "UPDATE run_steps SET status = $1, exit_code = COALESCE($2, exit_code),
+             started_at = COALESCE(started_at, $3), finished_at = COALESCE($4, finished_at)
+             WHERE run_id = $5 AND idx = $6",
         )
         .bind(status)
         .bind(exit_code)
@@ -646,7 +648,7 @@ impl Store {
     pub async fn run_steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
         let rows = sqlx::query(
             "SELECT idx, name, status, exit_code, started_at, finished_at, agent_seq
-             FROM run_steps WHERE run_id = ? ORDER BY idx",
+             FROM run_steps WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -679,7 +681,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         if let Some((step, seq)) = ack {
-            sqlx::query("UPDATE run_steps SET agent_seq = ? WHERE run_id = ? AND idx = ?")
+            sqlx::query("UPDATE run_steps SET agent_seq = $1 WHERE run_id = $2 AND idx = $3")
                 .bind(seq)
                 .bind(run_id)
                 .bind(step)
@@ -688,7 +690,7 @@ impl Store {
         }
         for e in events {
             sqlx::query(
-                "INSERT INTO run_events (run_id, seq, step, kind, text, at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO run_events (run_id, seq, step, kind, text, at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(run_id)
             .bind(e.seq)
@@ -701,8 +703,8 @@ impl Store {
         }
         if stored_bytes != 0 || dropped_lines != 0 {
             sqlx::query(
-                "UPDATE runs SET stored_bytes = stored_bytes + ?, dropped_lines = dropped_lines + ?
-                 WHERE id = ?",
+                "UPDATE runs SET stored_bytes = stored_bytes + $1, dropped_lines = dropped_lines + $2
+                 WHERE id = $3",
             )
             .bind(stored_bytes)
             .bind(dropped_lines)
@@ -718,7 +720,7 @@ impl Store {
     /// The `message` texts of a run's `note` events, in order (a handful per run).
     pub async fn run_notes(&self, run_id: i64) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT text FROM run_events WHERE run_id = ? AND kind = 'note' ORDER BY seq",
+            "SELECT text FROM run_events WHERE run_id = $1 AND kind = 'note' ORDER BY seq",
         )
         .bind(run_id)
         .fetch_all(self.pool())
@@ -733,8 +735,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RunEvent>> {
         let rows = sqlx::query(
-            "SELECT seq, step, kind, text, at FROM run_events WHERE run_id = ? AND seq > ?
-             ORDER BY seq LIMIT ?",
+            "SELECT seq, step, kind, text, at FROM run_events WHERE run_id = $1 AND seq > $2
+             ORDER BY seq LIMIT $3",
         )
         .bind(run_id)
         .bind(after_seq)
@@ -756,7 +758,7 @@ impl Store {
 
     pub async fn last_event_seq(&self, run_id: i64) -> Result<i64> {
         Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = ?")
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1")
                 .bind(run_id)
                 .fetch_one(self.pool())
                 .await?,
@@ -771,33 +773,34 @@ mod tests {
     use crate::store::{NewServer, ServerDelete};
     use serde_json::json;
 
-    async fn store() -> (Store, tempfile::TempDir, i64, i64) {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("t.db")))
-            .await
-            .expect("open");
-        let server = store
-            .create_server(
-                &NewServer {
-                    name: "s",
-                    host: "h.invalid",
-                    port: 22,
-                    username: None,
-                    auth_type: "manual",
-                    tags: &[],
-                },
-                0,
-            )
-            .await
-            .expect("store")
-            .expect("created")
-            .id;
-        let wf = store
-            .create_workflow("w", server, &json!({ "steps": [] }), "admin", 0)
-            .await
-            .expect("store")
-            .expect("created");
-        (store, dir, server, wf)
+    /// A store per engine (see `contract`), each with a server and a workflow.
+    async fn stores() -> Vec<(Store, tempfile::TempDir, i64, i64)> {
+        let mut out = Vec::new();
+        for (store, dir) in crate::store::contract::stores().await {
+            let server = store
+                .create_server(
+                    &NewServer {
+                        name: "s",
+                        host: "h.invalid",
+                        port: 22,
+                        username: None,
+                        auth_type: "manual",
+                        tags: &[],
+                    },
+                    0,
+                )
+                .await
+                .expect("store")
+                .expect("created")
+                .id;
+            let wf = store
+                .create_workflow("w", server, &json!({ "steps": [] }), "admin", 0)
+                .await
+                .expect("store")
+                .expect("created");
+            out.push((store, dir, server, wf));
+        }
+        out
     }
 
     fn run(wf: i64, server: i64, delivery: Option<&'static str>) -> NewRun<'static> {
@@ -816,136 +819,140 @@ mod tests {
 
     #[tokio::test]
     async fn queue_limit_and_deliveries_are_one_statement_each() {
-        let (store, _dir, server, wf) = store().await;
-        assert!(matches!(
-            store.create_run(&run(wf, server, Some("d1")), 2, 1).await,
-            Ok(Queued::Run(_))
-        ));
-        assert!(matches!(
-            store.create_run(&run(wf, server, Some("d1")), 2, 2).await,
-            Ok(Queued::Duplicate)
-        ));
-        assert!(matches!(
-            store.create_run(&run(wf, server, None), 2, 3).await,
-            Ok(Queued::Run(_))
-        ));
-        assert!(matches!(
-            store.create_run(&run(wf, server, Some("d2")), 2, 4).await,
-            Ok(Queued::Full(2))
-        ));
-        // The refused delivery was not recorded.
-        let next = store.next_queued(wf).await.expect("store").expect("queued");
-        store.cancel_queued_run(next, 5).await.expect("cancel");
-        assert!(matches!(
-            store.create_run(&run(wf, server, Some("d2")), 2, 6).await,
-            Ok(Queued::Run(_))
-        ));
-        let r = store.run(next).await.expect("store").expect("run");
-        assert_eq!(r.server_id, Some(server));
+        for (store, _dir, server, wf) in stores().await {
+            assert!(matches!(
+                store.create_run(&run(wf, server, Some("d1")), 2, 1).await,
+                Ok(Queued::Run(_))
+            ));
+            assert!(matches!(
+                store.create_run(&run(wf, server, Some("d1")), 2, 2).await,
+                Ok(Queued::Duplicate)
+            ));
+            assert!(matches!(
+                store.create_run(&run(wf, server, None), 2, 3).await,
+                Ok(Queued::Run(_))
+            ));
+            assert!(matches!(
+                store.create_run(&run(wf, server, Some("d2")), 2, 4).await,
+                Ok(Queued::Full(2))
+            ));
+            // The refused delivery was not recorded.
+            let next = store.next_queued(wf).await.expect("store").expect("queued");
+            store.cancel_queued_run(next, 5).await.expect("cancel");
+            assert!(matches!(
+                store.create_run(&run(wf, server, Some("d2")), 2, 6).await,
+                Ok(Queued::Run(_))
+            ));
+            let r = store.run(next).await.expect("store").expect("run");
+            assert_eq!(r.server_id, Some(server));
+        }
     }
 
     #[tokio::test]
     async fn deletes_refuse_what_would_take_work_with_them() {
-        let (store, _dir, server, wf) = store().await;
-        let Queued::Run(id) = store
-            .create_run(&run(wf, server, None), 5, 1)
-            .await
-            .expect("run")
-        else {
-            panic!("not queued")
-        };
-        assert_eq!(
-            store.delete_workflow(wf).await.expect("store"),
-            WorkflowDelete::Busy
-        );
-        assert_eq!(
-            store.delete_server(server, 2).await.expect("store"),
-            ServerDelete::HasWorkflows(vec!["w".into()])
-        );
-        store.cancel_queued_run(id, 3).await.expect("cancel");
-        assert_eq!(
-            store.delete_workflow(wf).await.expect("store"),
-            WorkflowDelete::Deleted
-        );
-        assert_eq!(
-            store.delete_workflow(wf).await.expect("store"),
-            WorkflowDelete::NotFound
-        );
-        assert!(matches!(
-            store.delete_server(server, 4).await.expect("store"),
-            ServerDelete::Deleted(_)
-        ));
-        assert_eq!(
-            store.delete_server(server, 5).await.expect("store"),
-            ServerDelete::NotFound
-        );
-    }
-
-    #[tokio::test]
-    async fn ids_are_never_reused_after_a_delete() {
-        let (store, _dir, server, wf) = store().await;
-        let Queued::Run(run_id) = store
-            .create_run(&run(wf, server, None), 5, 1)
-            .await
-            .expect("run")
-        else {
-            panic!("not queued")
-        };
-        store.cancel_queued_run(run_id, 2).await.expect("cancel");
-        assert_eq!(
-            store.delete_workflow(wf).await.expect("store"),
-            WorkflowDelete::Deleted
-        );
-        let wf2 = store
-            .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 3)
-            .await
-            .expect("store")
-            .expect("created");
-        assert!(wf2 > wf, "{wf2} after {wf}");
-        let Queued::Run(run2) = store
-            .create_run(&run(wf2, server, None), 5, 4)
-            .await
-            .expect("run")
-        else {
-            panic!("not queued")
-        };
-        assert!(run2 > run_id, "{run2} after {run_id}");
-        // A name clash rolls back and gives nothing away.
-        assert_eq!(
-            store
-                .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 5)
-                .await
-                .expect("store"),
-            None
-        );
-    }
-
-    #[tokio::test]
-    async fn pruning_keeps_the_newest_finished_runs_and_every_open_one() {
-        let (store, _dir, server, wf) = store().await;
-        let mut ids = Vec::new();
-        for i in 0..5 {
+        for (store, _dir, server, wf) in stores().await {
             let Queued::Run(id) = store
-                .create_run(&run(wf, server, None), 10, i)
+                .create_run(&run(wf, server, None), 5, 1)
                 .await
                 .expect("run")
             else {
                 panic!("not queued")
             };
-            ids.push(id);
+            assert_eq!(
+                store.delete_workflow(wf).await.expect("store"),
+                WorkflowDelete::Busy
+            );
+            assert_eq!(
+                store.delete_server(server, 2).await.expect("store"),
+                ServerDelete::HasWorkflows(vec!["w".into()])
+            );
+            store.cancel_queued_run(id, 3).await.expect("cancel");
+            assert_eq!(
+                store.delete_workflow(wf).await.expect("store"),
+                WorkflowDelete::Deleted
+            );
+            assert_eq!(
+                store.delete_workflow(wf).await.expect("store"),
+                WorkflowDelete::NotFound
+            );
+            assert!(matches!(
+                store.delete_server(server, 4).await.expect("store"),
+                ServerDelete::Deleted(_)
+            ));
+            assert_eq!(
+                store.delete_server(server, 5).await.expect("store"),
+                ServerDelete::NotFound
+            );
         }
-        for id in &ids[..4] {
-            store.cancel_queued_run(*id, 9).await.expect("cancel");
+    }
+
+    #[tokio::test]
+    async fn ids_are_never_reused_after_a_delete() {
+        for (store, _dir, server, wf) in stores().await {
+            let Queued::Run(run_id) = store
+                .create_run(&run(wf, server, None), 5, 1)
+                .await
+                .expect("run")
+            else {
+                panic!("not queued")
+            };
+            store.cancel_queued_run(run_id, 2).await.expect("cancel");
+            assert_eq!(
+                store.delete_workflow(wf).await.expect("store"),
+                WorkflowDelete::Deleted
+            );
+            let wf2 = store
+                .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 3)
+                .await
+                .expect("store")
+                .expect("created");
+            assert!(wf2 > wf, "{wf2} after {wf}");
+            let Queued::Run(run2) = store
+                .create_run(&run(wf2, server, None), 5, 4)
+                .await
+                .expect("run")
+            else {
+                panic!("not queued")
+            };
+            assert!(run2 > run_id, "{run2} after {run_id}");
+            // A name clash rolls back and gives nothing away.
+            assert_eq!(
+                store
+                    .create_workflow("w2", server, &json!({ "steps": [] }), "admin", 5)
+                    .await
+                    .expect("store"),
+                None
+            );
         }
-        // Newest two kept: the queued one (open) and the last finished one.
-        assert_eq!(store.prune_runs(wf, 2).await.expect("prune"), 3);
-        let left: Vec<i64> = store
-            .recent_runs(wf, 10)
-            .await
-            .expect("runs")
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(left, vec![ids[4], ids[3]]);
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_finished_runs_and_every_open_one() {
+        for (store, _dir, server, wf) in stores().await {
+            let mut ids = Vec::new();
+            for i in 0..5 {
+                let Queued::Run(id) = store
+                    .create_run(&run(wf, server, None), 10, i)
+                    .await
+                    .expect("run")
+                else {
+                    panic!("not queued")
+                };
+                ids.push(id);
+            }
+            for id in &ids[..4] {
+                store.cancel_queued_run(*id, 9).await.expect("cancel");
+            }
+            // Newest two kept: the queued one (open) and the last finished one.
+            assert_eq!(store.prune_runs(wf, 2).await.expect("prune"), 3);
+            let left: Vec<i64> = store
+                .recent_runs(wf, 10)
+                .await
+                .expect("runs")
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(left, vec![ids[4], ids[3]]);
+        }
     }
 }

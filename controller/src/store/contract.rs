@@ -1,0 +1,387 @@
+//! The store's contract, run against every engine this machine has: SQLite always,
+//! PostgreSQL when `MEZZANINE_TEST_POSTGRES` names a server (`postgres://user:pw@host:port`,
+//! a role that may create databases; `tests/run` starts Debian's and sets it). Each test
+//! gets a fresh database. What differs between the engines (case-insensitive names,
+//! NULL-safe comparison, flags, JSON batches, the order of issue, id sequences, conflict
+//! handling) is exercised here through the store's own methods.
+
+use super::*;
+use crate::store::{NewServer, Queued};
+use serde_json::json;
+
+/// One store per engine, each on an empty database (the directory holds SQLite's file).
+pub(crate) async fn stores() -> Vec<(Store, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sqlite = Store::open(&Store::sqlite_url(&dir.path().join("t.db")))
+        .await
+        .expect("open sqlite");
+    let mut out = vec![(sqlite, dir)];
+    if let Some(url) = fresh_postgres().await {
+        let pg = Store::open(&url).await.expect("open postgres");
+        out.push((pg, tempfile::tempdir().expect("tmp")));
+    }
+    out
+}
+
+/// A new, empty PostgreSQL database's URL, if a server is configured for tests. CI must
+/// test both engines: there, a missing server is a failure, not a skip.
+pub(crate) async fn fresh_postgres() -> Option<String> {
+    let Ok(base) = std::env::var("MEZZANINE_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the store contract on PostgreSQL too: set MEZZANINE_TEST_POSTGRES (tests/run does)"
+        );
+        return None;
+    };
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let base = base.trim_end_matches('/').to_owned();
+    let mut admin = sqlx::AnyConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!(
+        "mz_u_{}",
+        hex::encode(crate::crypto::random_bytes::<6>().expect("random"))
+    );
+    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    let _ = admin.close().await;
+    Some(format!("{base}/{name}"))
+}
+
+fn server(name: &str) -> NewServer<'_> {
+    NewServer {
+        name,
+        host: "h.invalid",
+        port: 22,
+        username: None,
+        auth_type: "manual",
+        tags: &[],
+    }
+}
+
+#[tokio::test]
+async fn users_names_are_case_insensitive_and_the_last_admin_stays() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let admin = store
+            .create_first_admin("Admin", "h", 1)
+            .await
+            .expect("store")
+            .expect("first admin");
+        assert!(store
+            .create_first_admin("other", "h", 1)
+            .await
+            .expect("store")
+            .is_none());
+        assert!(
+            store
+                .create_user("ADMIN", "h", Role::Viewer, 2)
+                .await
+                .expect("store")
+                .is_none(),
+            "{e:?}: a name differing in case is taken"
+        );
+        let found = store
+            .credentials_by_name("admin")
+            .await
+            .expect("store")
+            .expect("found whatever the case");
+        assert_eq!(found.user.id, admin.id);
+        assert!(!found.user.totp_enabled);
+        assert_eq!(
+            store
+                .set_role(admin.id, Role::Viewer, 3)
+                .await
+                .expect("store"),
+            Guarded::LastAdmin,
+            "{e:?}"
+        );
+        assert_eq!(
+            store.delete_user(admin.id).await.expect("store"),
+            Guarded::LastAdmin
+        );
+        let bob = store
+            .create_user("bob", "h", Role::Admin, 4)
+            .await
+            .expect("store")
+            .expect("bob");
+        assert_eq!(
+            store
+                .set_role(admin.id, Role::Viewer, 5)
+                .await
+                .expect("store"),
+            Guarded::Done
+        );
+        assert_eq!(
+            store.delete_user(bob.id).await.expect("store"),
+            Guarded::LastAdmin
+        );
+        assert_eq!(
+            store.delete_user(999).await.expect("store"),
+            Guarded::NotFound
+        );
+        // TOTP: the flag is an expression (`IS NOT NULL`), read the same on both engines.
+        store
+            .set_totp_pending(bob.id, b"sealed", 6)
+            .await
+            .expect("store");
+        assert!(store.enable_totp(bob.id, 10, 7).await.expect("store"));
+        assert!(
+            store
+                .user(bob.id)
+                .await
+                .expect("store")
+                .expect("bob")
+                .totp_enabled
+        );
+        assert!(store.consume_totp_step(bob.id, 11).await.expect("store"));
+        assert!(
+            !store.consume_totp_step(bob.id, 11).await.expect("store"),
+            "{e:?}: replay"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_other_than_the_kept_one_are_revoked() {
+    for (store, _dir) in stores().await {
+        let u = store
+            .create_first_admin("a", "h", 1)
+            .await
+            .expect("store")
+            .expect("admin");
+        for h in [[1u8; 32], [2; 32], [3; 32]] {
+            store
+                .create_session(&h, u.id, 1, 100, Some("127.0.0.1"), None)
+                .await
+                .expect("session");
+        }
+        assert_eq!(
+            store
+                .delete_user_sessions(u.id, Some(&[1; 32]))
+                .await
+                .expect("store"),
+            2
+        );
+        assert!(store.session(&[1; 32]).await.expect("store").is_some());
+        // No session kept: NULL compares as distinct from every hash.
+        assert_eq!(
+            store.delete_user_sessions(u.id, None).await.expect("store"),
+            1
+        );
+        assert!(store.session(&[1; 32]).await.expect("store").is_none());
+    }
+}
+
+#[tokio::test]
+async fn servers_heartbeats_and_certificates() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let a = store
+            .create_server(&server("web-1"), 1)
+            .await
+            .expect("store")
+            .expect("created");
+        assert!(store
+            .create_server(&server("WEB-1"), 1)
+            .await
+            .expect("store")
+            .is_none());
+        let b = store
+            .create_server(&server("web-2"), 1)
+            .await
+            .expect("store")
+            .expect("created");
+        assert!(!a.has_credentials);
+        store
+            .set_ssh_credentials(a.id, Some(b"sealed"))
+            .await
+            .expect("store");
+        assert!(
+            store
+                .server(a.id)
+                .await
+                .expect("store")
+                .expect("a")
+                .has_credentials
+        );
+        // Many heartbeats in one statement (a JSON batch on both engines).
+        store
+            .flush_heartbeats(&[
+                (a.id, 50, json!({ "load": [0.5, 0.1, 0.0], "mem": 10 })),
+                (b.id, 60, json!(null)),
+            ])
+            .await
+            .expect("flush");
+        let a2 = store.server(a.id).await.expect("store").expect("a");
+        assert_eq!(a2.last_seen, Some(50), "{e:?}");
+        assert_eq!(
+            a2.metrics,
+            Some(json!({ "load": [0.5, 0.1, 0.0], "mem": 10 }))
+        );
+        assert_eq!(
+            store
+                .server(b.id)
+                .await
+                .expect("store")
+                .expect("b")
+                .last_seen,
+            Some(60)
+        );
+        // Certificates are revoked in the order they were issued, not by serial.
+        for serial in ["ff01", "0a02", "5503"] {
+            store
+                .record_cert(serial, a.id, 1, 100, false)
+                .await
+                .expect("cert");
+        }
+        let mut revoked = store
+            .revoke_superseded(a.id, "0a02", 2)
+            .await
+            .expect("store");
+        revoked.sort();
+        assert_eq!(revoked, vec!["ff01".to_owned()], "{e:?}");
+        assert!(store.cert_active("5503", a.id).await.expect("store"));
+        assert!(!store.cert_active("ff01", a.id).await.expect("store"));
+    }
+}
+
+#[tokio::test]
+async fn pools_names_flags_and_one_running_rollout() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let s = store
+            .create_server(&server("m"), 1)
+            .await
+            .expect("store")
+            .expect("server");
+        let mut settings = crate::pools::defaults("Web");
+        settings.tls_enabled = true;
+        let id = store
+            .create_pool(&settings, 1)
+            .await
+            .expect("store")
+            .expect("pool");
+        assert!(store
+            .create_pool(&crate::pools::defaults("web"), 1)
+            .await
+            .expect("store")
+            .is_none());
+        let row = store.pool_row(id).await.expect("store").expect("row");
+        assert!(row.settings.tls_enabled, "{e:?}");
+        assert!(store.add_member(id, s.id, 3, 2).await.expect("store"));
+        let first = store
+            .create_rollout(id, 1, &json!({}), &[s.id], 3)
+            .await
+            .expect("store");
+        assert!(first.is_some());
+        assert!(
+            store
+                .create_rollout(id, 1, &json!({}), &[s.id], 4)
+                .await
+                .expect("store")
+                .is_none(),
+            "{e:?}: one running rollout per pool"
+        );
+        let d = store
+            .create_domain("App.Example.com", 1)
+            .await
+            .expect("store");
+        assert!(d.is_some());
+        assert!(store
+            .create_domain("app.example.COM", 1)
+            .await
+            .expect("store")
+            .is_none());
+    }
+}
+
+#[tokio::test]
+async fn audit_pages_filter_with_optional_values() {
+    for (store, _dir) in stores().await {
+        for (i, (actor, outcome)) in [("ann", "success"), ("bo", "denied"), ("ann", "failure")]
+            .iter()
+            .enumerate()
+        {
+            let rec = NewAudit {
+                actor: Some((*actor).to_owned()),
+                action: "server.create".into(),
+                outcome,
+                status: 200,
+                ..Default::default()
+            };
+            store.audit(&rec, i as i64).await.expect("audit");
+        }
+        let all = AuditFilter::default();
+        let (items, total) = store.audit_page(&all, 0, 2).await.expect("page");
+        assert_eq!((items.len(), total), (2, 3));
+        assert_eq!(items[0].actor.as_deref(), Some("ann"));
+        let ann = AuditFilter {
+            actor: Some("ann"),
+            ..Default::default()
+        };
+        assert_eq!(store.audit_page(&ann, 0, 10).await.expect("page").1, 2);
+        let denied = AuditFilter {
+            outcome: Some("denied"),
+            ..Default::default()
+        };
+        assert_eq!(store.audit_page(&denied, 0, 10).await.expect("page").1, 1);
+        assert_eq!(store.prune_audit(1).await.expect("prune"), 1);
+    }
+}
+
+#[tokio::test]
+async fn runs_take_ids_from_their_sequence_and_outputs_stay_in_order() {
+    for (store, _dir) in stores().await {
+        let s = store
+            .create_server(&server("s"), 1)
+            .await
+            .expect("store")
+            .expect("server");
+        let wf = store
+            .create_workflow("w", s.id, &json!({ "steps": [] }), "admin", 1)
+            .await
+            .expect("store")
+            .expect("workflow");
+        assert!(store
+            .create_workflow("W", s.id, &json!({ "steps": [] }), "admin", 1)
+            .await
+            .expect("store")
+            .is_none());
+        let v = json!({});
+        let new = crate::store::NewRun {
+            workflow_id: wf,
+            server_id: s.id,
+            trigger: "manual",
+            detail: &v,
+            definition: &v,
+            steps: &[],
+            delivery: None,
+        };
+        let Ok(Queued::Run(a)) = store.create_run(&new, 5, 1).await else {
+            panic!("queued")
+        };
+        let Ok(Queued::Run(b)) = store.create_run(&new, 5, 2).await else {
+            panic!("queued")
+        };
+        assert!(b > a);
+    }
+}
+
+#[tokio::test]
+async fn reopening_checks_the_applied_migrations() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut urls = vec![Store::sqlite_url(&dir.path().join("t.db"))];
+    urls.extend(fresh_postgres().await);
+    for url in urls {
+        let store = Store::open(&url).await.expect("open");
+        store.close().await;
+        // A second open finds every migration applied, with the same checksums.
+        let again = Store::open(&url).await.expect("reopen");
+        let n = again.user_count().await.expect("store");
+        assert_eq!(n, 0);
+        again.close().await;
+    }
+}
