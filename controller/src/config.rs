@@ -14,9 +14,24 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the controller: REST API under /api, the browser panel, and the agent gateway.
     Serve(ServeArgs),
+    /// Copy a SQLite installation into a new, empty PostgreSQL database (ids kept, so
+    /// secrets open with the same master key). Stop the controller first.
+    MigrateDb(MigrateDbArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateDbArgs {
+    /// The SQLite database to read, e.g. sqlite:///var/lib/mezzanine/mezzanine.db
+    #[arg(long)]
+    pub from: String,
+    /// The empty PostgreSQL database to fill, e.g. postgres://mezzanine@db.internal/mezzanine
+    #[arg(long)]
+    pub to: String,
 }
 
 #[derive(Args, Debug, Clone)]

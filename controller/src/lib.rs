@@ -59,7 +59,7 @@ impl StartError {
         matches!(
             self,
             StartError::Key(crypto::KeyError::Permissive { .. } | crypto::KeyError::Length { .. })
-                | StartError::Store(store::StoreError::Unsupported(_))
+                | StartError::Store(store::StoreError::Unsupported(_) | store::StoreError::Taken)
         )
     }
 }
@@ -79,6 +79,7 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
     let create_key = config.master_key_file == config.data_dir.join("master.key");
     let key = crypto::MasterKey::load_or_create(&config.master_key_file, create_key)?;
     let store = store::Store::open(&config.database_url).await?;
+    store.claim().await?;
     store.mark_online_servers_offline(time::now_secs()).await?;
     let gateway = gateway::Gateway::load(&store, &key).await?;
     Ok(AppState::new(config, store, key, gateway))

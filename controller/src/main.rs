@@ -65,6 +65,63 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// `mezzanine migrate-db --from sqlite://… --to postgres://…`: prints what it copied.
+fn migrate_db(args: &mezzanine::config::MigrateDbArgs) -> ExitCode {
+    use mezzanine::store::Engine;
+    if Engine::of(&args.from) != Some(Engine::Sqlite) {
+        eprintln!(
+            "mezzanine: --from {}: expected sqlite://PATH",
+            mezzanine::config::redact_url(&args.from)
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if Engine::of(&args.to) != Some(Engine::Postgres) {
+        eprintln!(
+            "mezzanine: --to {}: expected postgres://USER@HOST[:PORT]/DATABASE",
+            mezzanine::config::redact_url(&args.to)
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    // The source must exist: opening would otherwise create an empty one and copy nothing.
+    let path = args
+        .from
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if !std::path::Path::new(path).is_file() {
+        eprintln!("mezzanine: --from: no SQLite database at {path}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let from = format!("sqlite://{path}?mode=rw");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mezzanine: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mezzanine::store::copy_database(&from, &args.to)) {
+        Ok(copied) => {
+            let total: i64 = copied.iter().map(|(_, n)| n).sum();
+            for (table, n) in &copied {
+                println!("{table:<24} {n:>10}");
+            }
+            println!(
+                "copied {total} rows into {}",
+                mezzanine::config::redact_url(&args.to)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mezzanine: migrate-db: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -75,7 +132,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::MigrateDb(m) => return migrate_db(&m),
+    };
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {

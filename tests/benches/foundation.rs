@@ -59,18 +59,25 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// Spawns the server on a known free port and times spawn → first healthy answer.
 fn start(bin: &std::path::Path, data: &std::path::Path) -> (Process, SocketAddr, Duration) {
+    start_with(bin, data, &[])
+}
+
+fn start_with(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (Process, SocketAddr, Duration) {
     let addr = free_port();
     let listen = addr.to_string();
-    let p = Process::spawn(
-        bin,
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().expect("utf8"),
-        ],
-    );
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    let p = Process::spawn(bin, &args);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !healthy(addr) {
         assert!(Instant::now() < deadline, "not healthy:\n{}", p.output());
@@ -81,6 +88,10 @@ fn start(bin: &std::path::Path, data: &std::path::Path) -> (Process, SocketAddr,
 }
 
 fn wrk(addr: SocketAddr, cookie: &str, secs: u32) -> (f64, f64, f64) {
+    wrk_path(addr, cookie, secs, "/api/auth/state")
+}
+
+fn wrk_path(addr: SocketAddr, cookie: &str, secs: u32, path: &str) -> (f64, f64, f64) {
     let out = std::process::Command::new("wrk")
         .args([
             "-t2",
@@ -89,7 +100,7 @@ fn wrk(addr: SocketAddr, cookie: &str, secs: u32) -> (f64, f64, f64) {
             "--latency",
             "-H",
             &format!("Cookie: cp_session={cookie}"),
-            &format!("http://{addr}/api/auth/state"),
+            &format!("http://{addr}{path}"),
         ])
         .output()
         .expect("wrk is missing: apt-get install wrk");
@@ -173,6 +184,10 @@ fn main() {
         return;
     }
     let bin = binary("mezzanine", true);
+    if std::env::args().any(|a| a == "--engines") {
+        engines(&bin);
+        return;
+    }
     let (setup, logins, idle) = login_memory(&bin);
     println!(
         "RSS after setup {setup:.1} MiB, after 100 logins (4 at a time) {logins:.1} MiB, after 60 s idle {idle:.1} MiB"
@@ -240,4 +255,55 @@ fn main() {
         rss_kib(p.child.id()) as f64 / 1024.0
     );
     p.terminate(Duration::from_secs(10));
+}
+
+/// The same load on SQLite and on PostgreSQL (`MEZZANINE_TEST_POSTGRES`, a local server):
+/// the cached session path (`GET /api/auth/state`) and one that reads the database on
+/// every request (`GET /api/servers`, 50 servers). Five 10 s runs each after a warm-up.
+fn engines(bin: &std::path::Path) {
+    let base = std::env::var("MEZZANINE_TEST_POSTGRES")
+        .expect("--engines needs MEZZANINE_TEST_POSTGRES=postgres://USER:PW@127.0.0.1:PORT");
+    let pg = mezzanine_tests::create_postgres_database(base.trim_end_matches('/'));
+    for (engine, extra) in [
+        ("SQLite", vec![]),
+        ("PostgreSQL", vec!["--database-url", pg.as_str()]),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut p, addr, _) = start_with(bin, &dir.path().join("data"), &extra);
+        let cookie = setup_admin(addr);
+        for i in 0..50 {
+            let body = format!(r#"{{"name":"s{i}","host":"10.0.0.{i}","auth_type":"manual"}}"#);
+            http(
+                addr,
+                &format!(
+                    "POST /api/servers HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: cp_session={cookie}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+            )
+            .expect("create server");
+        }
+        for path in ["/api/auth/state", "/api/servers"] {
+            wrk_path(addr, &cookie, 2, path);
+            let (mut rps, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..5 {
+                let (r, a, b) = wrk_path(addr, &cookie, 10, path);
+                rps.push(r);
+                p50.push(a);
+                p99.push(b);
+            }
+            println!(
+                "{engine}: GET {path}, 64 connections, 5 x 10 s: median {:.0} req/s (min {:.0}); p50 {:.2} ms, p99 {:.2} ms (worst {:.2})",
+                median(&mut rps),
+                percentile(&mut rps, 0.0),
+                median(&mut p50),
+                median(&mut p99),
+                percentile(&mut p99, 1.0),
+            );
+        }
+        println!(
+            "{engine}: controller RSS after load {:.1} MiB",
+            rss_kib(p.child.id()) as f64 / 1024.0
+        );
+        p.terminate(Duration::from_secs(10));
+    }
 }

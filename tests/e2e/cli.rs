@@ -68,7 +68,10 @@ fn bad_configuration_exits_64_with_a_message() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("hunter2"), "a password is never echoed: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "a password is never echoed: {err}"
+        );
     }
 }
 

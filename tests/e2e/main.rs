@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod contract;
 mod conventions;
+mod database;
 mod deploys;
 mod docker;
 mod events;

@@ -2,7 +2,7 @@
 //! adopted by a real `mezzanine` process through the public API only.
 
 use mezzanine_tests::{
-    first_admin, fleet_controller, ssh_keypair, wait_status, Client, Fleet, Process,
+    first_admin, fleet_controller, ssh_keypair, stored_bytes, wait_status, Client, Fleet, Process,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -244,17 +244,7 @@ async fn ssh_adoption_end_to_end() {
     }
     texts.push(admin.get("/api/audit?per_page=500").await.body.to_string());
     texts.push(ctl.proc.output());
-    let mut db = Vec::new();
-    for entry in std::fs::read_dir(ctl.data.path().join("data")).expect("data dir") {
-        let path = entry.expect("entry").path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("mezzanine.db"))
-        {
-            db.extend(std::fs::read(&path).expect("db"));
-        }
-    }
+    let db = stored_bytes(ctl.data.path());
     texts.push(String::from_utf8_lossy(&db).into_owned());
     let secret_lines: Vec<String> = [plain_key.as_str(), locked_key.as_str()]
         .iter()

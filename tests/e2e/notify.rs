@@ -217,9 +217,8 @@ async fn events_reach_notifiers_signed_and_retried() {
         1
     );
 
-    // The secret and the URLs are sealed: not in the database file in the clear.
-    let mut bytes = std::fs::read(ctl.data_dir().join("mezzanine.db")).expect("db");
-    bytes.extend(std::fs::read(ctl.data_dir().join("mezzanine.db-wal")).unwrap_or_default());
+    // The secret and the URLs are sealed: not in the database in the clear.
+    let bytes = ctl.stored_bytes();
     for secret in [SECRET, &format!("{base_rx}/hook")] {
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),

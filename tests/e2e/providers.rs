@@ -1178,11 +1178,7 @@ fn controller_traces(ctl: &ControllerProcess) -> Vec<u8> {
         .expect("lines")
         .join("\n")
         .into_bytes();
-    for f in ["mezzanine.db", "mezzanine.db-wal"] {
-        if let Ok(b) = std::fs::read(ctl.data_dir().join(f)) {
-            out.extend(b);
-        }
-    }
+    out.extend(ctl.stored_bytes());
     out
 }
 

@@ -26,9 +26,10 @@ async fn a_store_that_refuses_output_ends_the_run_and_stops_the_step() {
         ) } }] }),
     )
     .await;
-    ctl.sql(
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON run_events WHEN NEW.text LIKE '%poison%'
-         BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
+    ctl.refuse_inserts(
+        "refuse_poison",
+        "run_events",
+        Some("NEW.text LIKE '%poison%'"),
     )
     .await;
     let run = trigger(&mut admin, wf).await;
@@ -209,14 +210,11 @@ async fn a_failed_webhook_delivery_can_be_retried() {
         let mut c = admin.clone();
         async move { c.raw(req).await }
     };
-    ctl.sql(
-        "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
-    )
-    .await;
+    ctl.refuse_inserts("refuse_runs", "runs", None).await;
     let failed = deliver(&mut admin).await;
     assert_eq!(failed.status, 500, "{}", failed.body);
     assert!(failed.body["error"].is_string(), "{}", failed.body);
-    ctl.sql("DROP TRIGGER refuse_runs;").await;
+    ctl.allow_inserts("refuse_runs", "runs").await;
     let retried = deliver(&mut admin).await;
     assert_eq!(
         retried.status, 201,

@@ -185,11 +185,11 @@ async fn api_tokens_stand_in_for_a_session_within_their_role() {
     );
 
     // Expiry and revocation take effect at once.
-    let db = ctl.data_dir().join("mezzanine.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&ctl.database_url())
         .await
         .expect("db");
-    sqlx::query("UPDATE api_tokens SET expires_at = 1 WHERE id = ?")
+    sqlx::query("UPDATE api_tokens SET expires_at = 1 WHERE id = $1")
         .bind(admin_token)
         .execute(&pool)
         .await
@@ -203,9 +203,8 @@ async fn api_tokens_stand_in_for_a_session_within_their_role() {
     let r = with_token(&base, &token, Method::GET, "/api/servers", None).await;
     assert_eq!(r.status, 401, "{}", r.body);
 
-    // Stored hashed: the token is nowhere in the database file.
-    let mut bytes = std::fs::read(&db).expect("db file");
-    bytes.extend(std::fs::read(ctl.data_dir().join("mezzanine.db-wal")).unwrap_or_default());
+    // Stored hashed: the token is nowhere in the database.
+    let bytes = ctl.stored_bytes();
     assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
     let audit = admin.get("/api/audit?per_page=200").await.body.to_string();
     assert!(

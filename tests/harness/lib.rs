@@ -62,9 +62,12 @@ impl Controller {
             "--agent-binary".to_owned(),
             binary("mezzanine-agent", false).display().to_string(),
         ];
+        argv.extend(database_args(dir.path()));
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let cli = <mezzanine::Cli as clap::Parser>::try_parse_from(argv).expect("flags");
-        let mezzanine::Command::Serve(args) = cli.command;
+        let mezzanine::Command::Serve(args) = cli.command else {
+            panic!("not a serve command")
+        };
         let config = args.validate().expect("config");
         let state = mezzanine::prepare(config).await.expect("prepare");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -90,21 +93,50 @@ impl Controller {
         Client::new(&self.base)
     }
 
-    /// Runs `statement` on the controller's own SQLite database from a second
-    /// connection: how a test makes the store refuse a write (a trigger that raises).
+    /// Runs `statement` on the controller's own database from a second connection.
     pub async fn sql(&self, statement: &str) {
-        use sqlx::ConnectOptions;
-        let path = self.dir.path().join("data").join("mezzanine.db");
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .busy_timeout(Duration::from_secs(10))
-            .connect()
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&database_url(self.dir.path()))
             .await
             .expect("open the controller's database");
         sqlx::raw_sql(statement)
             .execute(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    /// Makes the database refuse inserts into `table` (those matching `when`, an SQL
+    /// condition on `NEW`) with "disk full (test)": how a test makes the store fail.
+    pub async fn refuse_inserts(&self, name: &str, table: &str, when: Option<&str>) {
+        let statement = if postgres_base().is_some() {
+            let when = when.map(|w| format!("WHEN ({w})")).unwrap_or_default();
+            format!(
+                "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'disk full (test)'; END $$;
+                 CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW {when}
+                 EXECUTE FUNCTION {name}();"
+            )
+        } else {
+            let when = when.map(|w| format!("WHEN {w}")).unwrap_or_default();
+            format!(
+                "CREATE TRIGGER {name} BEFORE INSERT ON {table} {when}
+                 BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;"
+            )
+        };
+        self.sql(&statement).await;
+    }
+
+    /// Undoes `refuse_inserts`.
+    pub async fn allow_inserts(&self, name: &str, table: &str) {
+        if postgres_base().is_some() {
+            self.sql(&format!(
+                "DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}();"
+            ))
+            .await;
+        } else {
+            self.sql(&format!("DROP TRIGGER {name};")).await;
+        }
     }
 
     /// Stops gracefully and hands back the data dir (for restart tests).
@@ -374,6 +406,100 @@ pub fn binary(name: &str, release: bool) -> PathBuf {
     path
 }
 
+/// The PostgreSQL server the suite runs against, when `MEZZANINE_TEST_DATABASE=postgres`
+/// (`tests/run` runs the end-to-end suite once on SQLite and once so): a base URL
+/// (`postgres://user:pw@host:port`) from `MEZZANINE_TEST_POSTGRES`.
+pub fn postgres_base() -> Option<String> {
+    if std::env::var("MEZZANINE_TEST_DATABASE").ok().as_deref() != Some("postgres") {
+        return None;
+    }
+    let base = std::env::var("MEZZANINE_TEST_POSTGRES").expect(
+        "MEZZANINE_TEST_DATABASE=postgres needs MEZZANINE_TEST_POSTGRES (tests/run sets both)",
+    );
+    Some(base.trim_end_matches('/').to_owned())
+}
+
+/// A new, empty database on the test PostgreSQL server; its URL.
+pub fn create_postgres_database(base: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "mz_t_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let out = std::process::Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    assert!(out.status.success(), "create database {name}: {out:?}");
+    format!("{base}/{name}")
+}
+
+/// The `--database-url` a controller whose state lives under `root` (its data dir is
+/// `root/data`) is started with: none for SQLite (the file in the data dir); in
+/// PostgreSQL mode a database of its own, made on first start and kept for restarts.
+pub fn database_args(root: &Path) -> Vec<String> {
+    let Some(base) = postgres_base() else {
+        return Vec::new();
+    };
+    let file = root.join("database-url");
+    let url = match std::fs::read_to_string(&file) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = create_postgres_database(&base);
+            std::fs::write(&file, &url).expect("remember the database URL");
+            url
+        }
+    };
+    vec!["--database-url".into(), url]
+}
+
+/// The database URL of the controller whose state lives under `root`.
+pub fn database_url(root: &Path) -> String {
+    match std::fs::read_to_string(root.join("database-url")) {
+        Ok(url) => url,
+        Err(_) => format!(
+            "sqlite://{}",
+            root.join("data").join("mezzanine.db").display()
+        ),
+    }
+}
+
+/// Everything the database of the controller under `root` holds, as bytes a test can
+/// search for a secret that must not be there: SQLite's file and its WAL; PostgreSQL's
+/// `pg_dump` of the database, with every `bytea` value (dumped as `\x` hex) decoded too.
+pub fn stored_bytes(root: &Path) -> Vec<u8> {
+    let url = database_url(root);
+    if !url.starts_with("postgres") {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(root.join("data")).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mezzanine.db"))
+            {
+                bytes.extend(std::fs::read(&path).expect("db"));
+            }
+        }
+        return bytes;
+    }
+    let out = std::process::Command::new("pg_dump")
+        .args(["--data-only", &url])
+        .output()
+        .expect("pg_dump (apt-get install postgresql-client)");
+    assert!(out.status.success(), "pg_dump: {out:?}");
+    let mut bytes = out.stdout.clone();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for chunk in text.split("\\x").skip(1) {
+        let hex: String = chunk.chars().take_while(char::is_ascii_hexdigit).collect();
+        bytes.extend(hex::decode(&hex[..hex.len() / 2 * 2]).unwrap_or_default());
+    }
+    bytes
+}
+
 /// A `mezzanine serve` process with its stderr collected line by line.
 pub struct Process {
     pub child: Child,
@@ -401,8 +527,16 @@ impl Process {
         let sink = lines.clone();
         let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = drained.clone();
+        // MEZZANINE_TEST_LOG_DIR keeps each process's log in a file too (for debugging a
+        // failure the test's message does not explain).
+        let mut copy = std::env::var_os("MEZZANINE_TEST_LOG_DIR").and_then(|d| {
+            std::fs::File::create(Path::new(&d).join(format!("{}.log", child.id()))).ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = copy.as_mut() {
+                    let _ = std::io::Write::write_all(f, format!("{line}\n").as_bytes());
+                }
                 sink.lock().expect("lines").push(line);
             }
             done.store(true, std::sync::atomic::Ordering::Release);
@@ -556,6 +690,7 @@ impl ControllerProcess {
             "--data-dir".into(),
             dir.to_str().expect("utf8").into(),
         ];
+        args.extend(database_args(data.path()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = binary("mezzanine", release);
         let proc = Self::spawn(&bin, &args);
@@ -579,9 +714,19 @@ impl ControllerProcess {
         proc
     }
 
-    /// Its data directory (the database file is `mezzanine.db` in it).
+    /// Its data directory (with SQLite, the database file is `mezzanine.db` in it).
     pub fn data_dir(&self) -> PathBuf {
         self._data.path().join("data")
+    }
+
+    /// Its database's URL (SQLite's file, or its own PostgreSQL database).
+    pub fn database_url(&self) -> String {
+        database_url(self._data.path())
+    }
+
+    /// Everything its database holds, as bytes to search (see `stored_bytes`).
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        stored_bytes(self._data.path())
     }
 
     /// Starts it again (after it was killed or stopped) with the same ports and data.

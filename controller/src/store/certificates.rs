@@ -95,7 +95,7 @@ impl Store {
             "INSERT INTO certificates (pool_id, last_attempt_at, error, failures, next_attempt_at)
              VALUES ($1, $2, $3, 1, $4)
              ON CONFLICT(pool_id) DO UPDATE SET last_attempt_at = $2, error = $3,
-                failures = failures + 1, next_attempt_at = $4",
+                failures = certificates.failures + 1, next_attempt_at = $4",
         )
         .bind(pool_id)
         .bind(now)

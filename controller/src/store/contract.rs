@@ -299,6 +299,54 @@ async fn pools_names_flags_and_one_running_rollout() {
 }
 
 #[tokio::test]
+async fn certificate_attempts_count_their_failures() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let id = store
+            .create_pool(&crate::pools::defaults("tls"), 1)
+            .await
+            .expect("store")
+            .expect("pool");
+        store
+            .certificate_failed(id, "no answer", 10, 70)
+            .await
+            .expect("first failure");
+        store
+            .certificate_failed(id, "still no answer", 80, 200)
+            .await
+            .expect("second failure");
+        let c = store.certificate(id).await.expect("store").expect("row");
+        assert_eq!(c.failures, 2, "{e:?}");
+        assert_eq!(c.error.as_deref(), Some("still no answer"));
+        assert_eq!(c.next_attempt_at, Some(200));
+        store.certificate_force(id).await.expect("force");
+        let c = store.certificate(id).await.expect("store").expect("row");
+        assert_eq!((c.next_attempt_at, c.failures), (Some(0), 2), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn lists_by_name_ignore_case_on_both_engines() {
+    for (store, _dir) in stores().await {
+        for name in ["beta", "Alpha", "gamma"] {
+            store
+                .create_pool(&crate::pools::defaults(name), 1)
+                .await
+                .expect("store")
+                .expect("pool");
+        }
+        let names: Vec<String> = store
+            .pool_rows()
+            .await
+            .expect("store")
+            .into_iter()
+            .map(|p| p.settings.name)
+            .collect();
+        assert_eq!(names, ["Alpha", "beta", "gamma"], "{:?}", store.engine());
+    }
+}
+
+#[tokio::test]
 async fn audit_pages_filter_with_optional_values() {
     for (store, _dir) in stores().await {
         for (i, (actor, outcome)) in [("ann", "success"), ("bo", "denied"), ("ann", "failure")]

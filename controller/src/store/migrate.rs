@@ -8,9 +8,9 @@ use super::{Engine, Result, StoreError};
 use sqlx::{AnyPool, Connection, Row};
 
 pub(super) struct Migration {
-    version: i64,
+    pub(super) version: i64,
     name: &'static str,
-    sql: &'static str,
+    pub(super) sql: &'static str,
 }
 
 const SQLITE: &[Migration] = &[

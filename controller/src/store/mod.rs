@@ -6,6 +6,7 @@ mod cache;
 mod certificates;
 #[cfg(test)]
 mod contract;
+mod copy;
 mod migrate;
 mod notifiers;
 mod pools;
@@ -33,9 +34,12 @@ pub enum StoreError {
     Unsupported(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("another controller is serving this database; several controllers on one database are not supported yet (stop the other one first)")]
+    Taken,
 }
 
 pub use certificates::{CertificateRow, Issued};
+pub use copy::{copy_database, Copied};
 pub use notifiers::{DeliveryRow, NotifierRow};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;
@@ -149,7 +153,12 @@ pub struct Store {
     sessions: std::sync::Arc<cache::SessionCache>,
     /// Committed changes, announced to `GET /api/events`.
     changes: std::sync::Arc<crate::changes::Feed>,
+    /// PostgreSQL: the connection holding this controller's claim on the database.
+    claim: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
 }
+
+/// The advisory lock a serving controller holds on its PostgreSQL database.
+const SERVE_LOCK: i64 = 0x6d7a_7365_7276;
 
 fn key(hash: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 32];
@@ -246,7 +255,29 @@ impl Store {
             engine,
             sessions: Default::default(),
             changes: Default::default(),
+            claim: Default::default(),
         })
+    }
+
+    /// Claims the database for this controller until it stops: recovery at start (marking
+    /// every server offline, failing rollouts whose driver died) assumes no other
+    /// controller is using it. SQLite's file lives in this controller's data dir; a
+    /// PostgreSQL database could be shared, so a second controller is refused (a
+    /// session-level advisory lock, released when the process or its connection ends).
+    pub async fn claim(&self) -> Result<()> {
+        if self.engine != Engine::Postgres {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SERVE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !got {
+            return Err(StoreError::Taken);
+        }
+        *self.claim.lock().await = Some(conn);
+        Ok(())
     }
 
     pub fn engine(&self) -> Engine {
@@ -268,6 +299,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        // Back to the pool first (closing waits for every connection to come back); the
+        // claim ends with the connection.
+        drop(self.claim.lock().await.take());
         self.pool.close().await;
     }
 
@@ -286,6 +320,8 @@ impl Store {
         password_hash: &str,
         now: i64,
     ) -> Result<Option<User>> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_users(&mut tx).await?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (username, password_hash, role, created_at, updated_at)
              SELECT $1, $2, 'admin', $3, $3 WHERE NOT EXISTS (SELECT 1 FROM users)
@@ -294,8 +330,9 @@ impl Store {
         .bind(username)
         .bind(password_hash)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match id {
             Some(id) => {
                 self.changes.changed(crate::changes::Kind::User, id);
@@ -378,8 +415,23 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Statements that read the users table to decide a write (no users yet, more than
+    /// one admin) must not interleave: SQLite runs one writer at a time by itself;
+    /// PostgreSQL's READ COMMITTED would let two controllers each demote "the other"
+    /// admin, so the table is locked against writers for the transaction.
+    async fn lock_users(&self, tx: &mut sqlx::AnyConnection) -> Result<()> {
+        if self.engine == Engine::Postgres {
+            sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Changes a role in one statement that refuses to demote the last admin.
     pub async fn set_role(&self, id: i64, role: Role, now: i64) -> Result<Guarded> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_users(&mut tx).await?;
         let r = sqlx::query(
             "UPDATE users SET role = $2, updated_at = $3 WHERE id = $1
                AND (role <> 'admin' OR $2 = 'admin'
@@ -388,21 +440,25 @@ impl Store {
         .bind(id)
         .bind(role.as_str())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.sessions.remove_user(id);
         self.guarded(id, r.rows_affected()).await
     }
 
     /// Deletes a user (and, by cascade, its sessions) unless it is the last admin.
     pub async fn delete_user(&self, id: i64) -> Result<Guarded> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_users(&mut tx).await?;
         let r = sqlx::query(
             "DELETE FROM users WHERE id = $1
                AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.sessions.remove_user(id);
         self.guarded(id, r.rows_affected()).await
     }

@@ -116,7 +116,7 @@ impl Store {
     pub async fn notifiers(&self) -> Result<Vec<NotifierRow>> {
         let rows = sqlx::query(
             "SELECT id, name, kind, url_sealed, url_host, secret_sealed, events, created_at
-             FROM notifiers ORDER BY name",
+             FROM notifiers ORDER BY lower(name), name",
         )
         .fetch_all(self.pool())
         .await?;

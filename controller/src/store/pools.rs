@@ -139,7 +139,7 @@ impl Store {
     pub async fn domains(&self) -> Result<Vec<DomainRow>> {
         let rows = sqlx::query(
             "SELECT id, name, created_at, dns_provider, dns_zone, dns_address, dns_synced_at,
-                    dns_error FROM domains ORDER BY name",
+                    dns_error FROM domains ORDER BY lower(name), name",
         )
         .fetch_all(self.pool())
         .await?;
@@ -217,11 +217,12 @@ impl Store {
 
     /// The pools still pointing at the domain (it is deleted only when there are none).
     pub async fn delete_domain(&self, id: i64) -> Result<std::result::Result<bool, Vec<String>>> {
-        let users: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pools WHERE domain_id = $1 ORDER BY name")
-                .bind(id)
-                .fetch_all(self.pool())
-                .await?;
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM pools WHERE domain_id = $1 ORDER BY lower(name), name",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
         if !users.is_empty() {
             return Ok(Err(users));
         }
@@ -233,9 +234,11 @@ impl Store {
     }
 
     pub async fn pool_rows(&self) -> Result<Vec<PoolRow>> {
-        let rows = sqlx::query(&format!("SELECT {POOL_COLS} FROM pools ORDER BY name"))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {POOL_COLS} FROM pools ORDER BY lower(name), name"
+        ))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(pool_from).collect()
     }
 

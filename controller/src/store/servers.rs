@@ -224,11 +224,12 @@ impl Store {
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let workflows: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM workflows WHERE server_id = $1 ORDER BY name")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let workflows: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM workflows WHERE server_id = $1 ORDER BY lower(name), name",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
         if !workflows.is_empty() {
             tx.rollback().await?;
             return Ok(ServerDelete::HasWorkflows(workflows));
