@@ -152,22 +152,32 @@ async fn attach(
     Ok(())
 }
 
-/// The release controller on loopback ports of its choosing, serving `agent_bin`.
+/// The release controller on loopback ports of its choosing, serving `agent_bin`; on
+/// PostgreSQL when `MEZZANINE_TEST_POSTGRES` is set and `BENCH_DATABASE=postgres` (a fresh
+/// database), else on SQLite.
 fn controller(data: &std::path::Path, agent_bin: &std::path::Path) -> Process {
-    Process::spawn(
-        &binary("mezzanine", true),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-            "--agent-binary",
-            agent_bin.to_str().expect("utf8"),
-        ],
-    )
+    let mut args = vec![
+        "serve".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--agent-listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data.to_str().expect("utf8").into(),
+        "--agent-binary".into(),
+        agent_bin.to_str().expect("utf8").into(),
+    ];
+    if std::env::var("BENCH_DATABASE").is_ok_and(|d| d == "postgres") {
+        let base = std::env::var("MEZZANINE_TEST_POSTGRES")
+            .expect("BENCH_DATABASE=postgres needs MEZZANINE_TEST_POSTGRES");
+        args.push("--database-url".into());
+        args.push(mezzanine_tests::create_postgres_database(
+            base.trim_end_matches('/'),
+        ));
+        println!("database: PostgreSQL");
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Process::spawn(&binary("mezzanine", true), &args)
 }
 
 fn main() {
