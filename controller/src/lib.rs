@@ -22,6 +22,7 @@ pub mod notify;
 mod panel;
 pub mod pools;
 pub mod providers;
+pub mod schedule;
 pub mod ssh;
 pub mod state;
 pub mod store;
@@ -142,6 +143,11 @@ pub async fn serve(
     state
         .tasks()
         .spawn(state.notifier().clone().run(state.closing().clone()));
+    // Scheduled workflows queue their runs.
+    state.tasks().spawn(crate::schedule::run(
+        state.deploys().clone(),
+        state.closing().clone(),
+    ));
     // Pools with HTTPS get and renew their certificates.
     state
         .tasks()

@@ -19,4 +19,5 @@ mod pools;
 mod providers;
 mod roles;
 mod runs;
+mod schedules;
 mod tokens;

@@ -359,6 +359,25 @@ async fn a_person_creates_runs_and_watches_a_workflow() {
         "!!document.querySelector('#run-workflow')",
     )
     .await;
+    // A schedule: a bad expression is refused next to its field, a good one is saved and
+    // its next run shown.
+    b.js("const c = document.querySelector('#workflow-cron'); c.value = '0 25 * * *'; c.dispatchEvent(new Event('input')); return 1;").await;
+    b.click("#workflow-form button[type=submit]").await;
+    b.until(
+        "the error next to the schedule field",
+        "document.querySelector('#workflow-cron').getAttribute('aria-invalid') === 'true'",
+    )
+    .await;
+    b.js("const c = document.querySelector('#workflow-cron'); c.value = '0 3 * * 1-5'; const z = document.querySelector('#workflow-timezone'); z.value = 'Europe/Berlin'; return 1;").await;
+    b.click("#workflow-form button[type=submit]").await;
+    b.until(
+        "the next scheduled run",
+        "document.querySelector('#workflow-next').textContent.startsWith('Next scheduled run')",
+    )
+    .await;
+    let listed = admin.get("/api/workflows").await.body;
+    assert_eq!(listed[0]["schedule"]["cron"], "0 3 * * 1-5", "{listed}");
+    assert_eq!(listed[0]["schedule"]["timezone"], "Europe/Berlin");
     b.click("#run-workflow").await;
     page(&b, "the run page", "Run #").await;
     b.until(

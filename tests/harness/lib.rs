@@ -1359,3 +1359,10 @@ pub fn memory_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kb / 1024.0
 }
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -71,6 +71,52 @@ fn webhook_url(base: &str, id: i64) -> String {
     format!("{}/api/webhooks/{id}", base.trim_end_matches('/'))
 }
 
+/// A workflow's schedule as the API shows it.
+fn schedule_json(w: &crate::store::WorkflowRow) -> Value {
+    match &w.schedule {
+        Some((cron, tz)) => json!({
+            "cron": cron,
+            "timezone": tz,
+            "next_at": w.schedule_next_at.map(crate::time::rfc3339),
+        }),
+        None => Value::Null,
+    }
+}
+
+/// `schedule` in a create or patch body: `{cron, timezone?}` (UTC by default), or `null`
+/// to remove it. Returns what to store: the expression, the zone and the first tick.
+fn parse_schedule(v: &Value) -> ApiResult<Option<(String, String, i64)>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::BadRequest(
+            "schedule: expected {cron, timezone} or null".into(),
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "cron" && *k != "timezone") {
+        return Err(ApiError::BadRequest(format!("schedule.{k}: unknown field")));
+    }
+    let cron = obj
+        .get("cron")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("schedule.cron: expected a cron expression".into()))?;
+    let tz = match obj.get("timezone") {
+        None => "UTC",
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "schedule.timezone: expected an IANA time zone such as Europe/Berlin".into(),
+            ))
+        }
+    };
+    let s = crate::schedule::Schedule::parse(cron, tz).map_err(ApiError::BadRequest)?;
+    let first = s
+        .next_after(crate::time::now_secs())
+        .ok_or_else(|| ApiError::BadRequest("schedule.cron: this expression never fires".into()))?;
+    Ok(Some((cron.trim().to_owned(), tz.to_owned(), first)))
+}
+
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     let last_runs = state.store().last_runs().await?;
@@ -83,6 +129,7 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "webhook": w.webhook_secret.is_some(),
             "secrets_held": deploy::secrets_held(&w),
             "last_run": last.map(run_summary),
+            "schedule": schedule_json(&w),
             "created_at": crate::time::rfc3339(w.created_at),
             "updated_at": crate::time::rfc3339(w.updated_at),
         }));
@@ -110,6 +157,7 @@ async fn get_one(
         "secrets_held": deploy::secrets_held(&w),
         "definition_role": w.definition_role,
         "webhook_url": w.webhook_secret.is_some().then(|| webhook_url(&base, w.id)),
+        "schedule": schedule_json(&w),
         "created_at": crate::time::rfc3339(w.created_at),
         "updated_at": crate::time::rfc3339(w.updated_at),
         "runs": runs.iter().map(run_summary).collect::<Vec<_>>(),
@@ -122,6 +170,8 @@ struct CreateBody {
     name: String,
     server_id: i64,
     definition: Value,
+    #[serde(default)]
+    schedule: Option<Value>,
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -169,6 +219,12 @@ async fn create(
     let role = session.require()?.user.role;
     check_name(&body.name)?;
     let parsed = parse_definition(&body.definition)?;
+    let schedule = body
+        .schedule
+        .as_ref()
+        .map(parse_schedule)
+        .transpose()?
+        .flatten();
     check_server(&state, body.server_id).await?;
     let now = crate::time::now_secs();
     let id = state
@@ -185,6 +241,12 @@ async fn create(
     if let Some(secrets) = &parsed.secrets {
         store_secrets(&state, id, secrets, role).await?;
     }
+    if let Some((cron, tz, first)) = &schedule {
+        state
+            .store()
+            .set_schedule(id, Some((cron, tz, *first)))
+            .await?;
+    }
     let mut resp = (StatusCode::CREATED, ok(json!({ "id": id }))).into_response();
     resp.extensions_mut()
         .insert(super::audit::Target(format!("workflow {}", body.name)));
@@ -199,6 +261,15 @@ struct PatchBody {
     #[serde(default, deserialize_with = "super::present")]
     server_id: Option<i64>,
     definition: Option<Value>,
+    /// `null` removes the schedule; absent leaves it.
+    #[serde(default, deserialize_with = "some_value")]
+    schedule: Option<Value>,
+}
+
+/// Keeps an explicit `null` as `Some(Value::Null)` (serde's `Option` would make it `None`,
+/// indistinguishable from an absent field).
+fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 async fn patch(
@@ -217,6 +288,7 @@ async fn patch(
         check_server(&state, s).await?;
     }
     let parsed = body.definition.as_ref().map(parse_definition).transpose()?;
+    let schedule = body.schedule.as_ref().map(parse_schedule).transpose()?;
     let def_json = parsed.as_ref().map(|p| p.definition.to_json());
     let done = state
         .store()
@@ -236,6 +308,12 @@ async fn patch(
     }
     if let Some(secrets) = parsed.as_ref().and_then(|p| p.secrets.as_ref()) {
         store_secrets(&state, id, secrets, role).await?;
+    }
+    if let Some(schedule) = &schedule {
+        let s = schedule
+            .as_ref()
+            .map(|(c, t, f)| (c.as_str(), t.as_str(), *f));
+        state.store().set_schedule(id, s).await?;
     }
     let wf = workflow_or_404(&state, id).await?;
     Ok(ok(
@@ -317,7 +395,7 @@ const RUN_STATUSES: [&str; 7] = [
     "timed_out",
     "interrupted",
 ];
-const TRIGGERS: [&str; 2] = ["manual", "webhook"];
+const TRIGGERS: [&str; 3] = ["manual", "webhook", "schedule"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -725,7 +803,10 @@ pub(super) fn routes(reg: &mut Registry) {
                 "status",
                 json!({ "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"] }),
             ),
-            ("trigger", json!({ "enum": ["manual", "webhook"] })),
+            (
+                "trigger",
+                json!({ "enum": ["manual", "webhook", "schedule"] }),
+            ),
             ("trigger_detail", any.clone()),
             ("queued_at", string()),
             ("started_at", nullable(string())),
@@ -756,6 +837,20 @@ pub(super) fn routes(reg: &mut Registry) {
         ],
         &["steps"],
     );
+    // Cron: five crontab fields, or six with seconds first; an IANA zone (UTC default).
+    let schedule_schema = nullable(obj(
+        &[
+            (
+                "cron",
+                json!({ "type": "string", "minLength": 9, "maxLength": 200 }),
+            ),
+            (
+                "timezone",
+                json!({ "type": "string", "minLength": 1, "maxLength": 64 }),
+            ),
+        ],
+        &["cron"],
+    ));
     reg.add(
         Method::GET,
         "/api/workflows",
@@ -773,9 +868,9 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/workflows",
         moderator,
         Doc {
-            summary: "Create a workflow { name, server_id, definition } (400 names the offending field)",
+            summary: "Create a workflow { name, server_id, definition, schedule? } (400 names the offending field)",
             request: Some(obj(
-                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema.clone())],
+                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema.clone()), ("schedule", schedule_schema.clone())],
                 &["name", "server_id", "definition"],
             )),
             response: ok_with(&[("id", integer())]),
@@ -802,9 +897,9 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/workflows/{id}",
         moderator,
         Doc {
-            summary: "Change name, server_id or definition (a definition without `secrets` keeps the stored ones; secrets an admin set are then held until an admin approves — `secrets_held`)",
+            summary: "Change name, server_id, definition or schedule (`null` removes it; a definition without `secrets` keeps the stored ones; secrets an admin set are then held until an admin approves — `secrets_held`)",
             request: Some(obj(
-                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema)],
+                &[("name", super::openapi::name()), ("server_id", super::openapi::id()), ("definition", definition_schema), ("schedule", schedule_schema)],
                 &[],
             )),
             response: ok_with(&[("id", integer()), ("secrets_held", boolean())]),

@@ -205,7 +205,7 @@ impl Deploys {
 }
 
 impl Engine {
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 

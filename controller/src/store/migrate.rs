@@ -104,13 +104,25 @@ const SQLITE: &[Migration] = &[
         name: "notifiers",
         sql: include_str!("../../../migrations/sqlite/0018_notifiers.sql"),
     },
+    Migration {
+        version: 19,
+        name: "workflow_schedules",
+        sql: include_str!("../../../migrations/sqlite/0019_workflow_schedules.sql"),
+    },
 ];
 
-const POSTGRES: &[Migration] = &[Migration {
-    version: 18,
-    name: "baseline",
-    sql: include_str!("../../../migrations/postgres/0018_baseline.sql"),
-}];
+const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 18,
+        name: "baseline",
+        sql: include_str!("../../../migrations/postgres/0018_baseline.sql"),
+    },
+    Migration {
+        version: 19,
+        name: "workflow_schedules",
+        sql: include_str!("../../../migrations/postgres/0019_workflow_schedules.sql"),
+    },
+];
 
 /// The migrations of `engine`, oldest first.
 pub(super) fn list(engine: Engine) -> &'static [Migration] {

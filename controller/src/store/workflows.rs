@@ -19,6 +19,10 @@ pub struct WorkflowRow {
     pub definition_role: String,
     /// The role of whoever last set the secrets.
     pub secrets_role: String,
+    /// The cron expression and time zone it runs on, if scheduled.
+    pub schedule: Option<(String, String)>,
+    /// When the schedule is next due (Unix seconds).
+    pub schedule_next_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +109,7 @@ pub struct RunEvent {
 }
 
 const WF_COLS: &str = "id, name, server_id, definition, secrets, webhook_secret, created_at,
-    updated_at, definition_role, secrets_role";
+    updated_at, definition_role, secrets_role, schedule_cron, schedule_tz, schedule_next_at";
 const RUN_COLS: &str = "id, workflow_id, status, trigger, trigger_detail, queued_at, started_at,
     finished_at, error, stored_bytes, dropped_lines, definition, server_id";
 
@@ -126,6 +130,14 @@ fn workflow_from(row: &sqlx::any::AnyRow) -> Result<WorkflowRow> {
         updated_at: row.try_get("updated_at")?,
         definition_role: row.try_get("definition_role")?,
         secrets_role: row.try_get("secrets_role")?,
+        schedule: match (
+            row.try_get::<Option<String>, _>("schedule_cron")?,
+            row.try_get::<Option<String>, _>("schedule_tz")?,
+        ) {
+            (Some(c), Some(t)) => Some((c, t)),
+            _ => None,
+        },
+        schedule_next_at: row.try_get("schedule_next_at")?,
     })
 }
 
@@ -260,6 +272,60 @@ impl Store {
             Err(e) if unique(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Sets (or with `None` removes) a workflow's schedule and when it is next due.
+    pub async fn set_schedule(&self, id: i64, schedule: Option<(&str, &str, i64)>) -> Result<()> {
+        sqlx::query(
+            "UPDATE workflows SET schedule_cron = $2, schedule_tz = $3, schedule_next_at = $4
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(schedule.map(|s| s.0))
+        .bind(schedule.map(|s| s.1))
+        .bind(schedule.map(|s| s.2))
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Workflow, id);
+        Ok(())
+    }
+
+    /// Scheduled workflows due at `now`.
+    pub async fn due_schedules(&self, now: i64) -> Result<Vec<WorkflowRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WF_COLS} FROM workflows
+             WHERE schedule_next_at IS NOT NULL AND schedule_next_at <= $1 ORDER BY id"
+        ))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(workflow_from).collect()
+    }
+
+    /// Moves a schedule from the tick `due` to `next`; false when something else moved it
+    /// first (another controller, or an edit): exactly one claimant queues each tick.
+    pub async fn advance_schedule(&self, id: i64, due: i64, next: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE workflows SET schedule_next_at = $3 WHERE id = $1 AND schedule_next_at = $2",
+        )
+        .bind(id)
+        .bind(due)
+        .bind(next)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether a run the schedule queued is still waiting to start.
+    pub async fn scheduled_run_waiting(&self, workflow_id: i64) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runs WHERE workflow_id = $1 AND trigger = 'schedule'
+               AND status = 'queued'",
+        )
+        .bind(workflow_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n > 0)
     }
 
     /// Replaces the secrets, recording `role` as their setter's.

@@ -28,7 +28,7 @@ export default async function runs(ctx) {
       h("h1", null, "Runs"),
       h("form", { class: "filters", id: "run-filters", onsubmit: (ev) => ev.preventDefault() },
         select("status", "Status", STATUSES.map((s) => [s, s.replace("_", " ")])),
-        select("trigger", "Trigger", [["manual", "manual"], ["webhook", "webhook"]]),
+        select("trigger", "Trigger", [["manual", "manual"], ["webhook", "webhook"], ["schedule", "schedule"]]),
         select("workflow_id", "Workflow", workflows.map((w) => [w.id, w.name])),
         select("server_id", "Server", servers.map((s) => [s.id, s.name]))),
       runsTable(page.items, Object.keys(q).length ? "No runs match these filters." : "No runs yet."),

@@ -91,8 +91,15 @@ export default async function workflow(ctx) {
 
   const name = h("input", { name: "name", required: true, maxlength: "64", value: wf ? wf.name : "", autocomplete: "off" });
   const server = h("select", { name: "server_id", id: "workflow-server" }, servers.map((s) => h("option", { value: s.id, selected: wf && wf.server_id === s.id }, s.name)));
+  // A schedule: crontab's five fields (or six, seconds first) in a time zone; empty = none.
+  const sched = wf && wf.schedule;
+  const cron = h("input", { name: "cron", id: "workflow-cron", value: sched ? sched.cron : "", autocomplete: "off", spellcheck: "false", placeholder: "30 3 * * 1-5", dataset: { path: "schedule.cron" } });
+  const zone = h("input", { name: "timezone", id: "workflow-timezone", value: sched ? sched.timezone : (Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"), autocomplete: "off", spellcheck: "false", dataset: { path: "schedule.timezone" } });
+  const nextRun = h("small", { class: "hint", id: "workflow-next" },
+    sched && sched.next_at ? "Next scheduled run: " + new Date(sched.next_at).toLocaleString() : "Runs only by hand and webhook while the schedule is empty.");
   const form = h("form", { id: "workflow-form", class: "card wide", novalidate: true },
     h("div", { class: "row" }, field("Name", name), field("Server", server)),
+    h("div", { class: "row" }, field("Schedule (cron)", cron), field("Time zone", zone)), nextRun,
     h("div", { class: "tabs", role: "tablist", "aria-label": "Edit as" }, tabForm, tabJson),
     formPane, jsonPane, secretsBox,
     h("div", { class: "bar" }, h("button", { type: "submit" }, isNew ? "Create workflow" : "Save changes")));
@@ -114,6 +121,9 @@ export default async function workflow(ctx) {
       definition.secrets = secrets;
     }
     const body = { name: name.value.trim(), server_id: Number(server.value), definition };
+    const expr = cron.value.trim();
+    if (expr) body.schedule = { cron: expr, timezone: zone.value.trim() || "UTC" };
+    else if (!isNew && wf.schedule) body.schedule = null;
     if (isNew) {
       const r = await api("POST", "/workflows", body);
       toast("Workflow " + body.name + " created.");
@@ -185,6 +195,9 @@ export default async function workflow(ctx) {
   ctx.reload = async () => {
     const fresh = await api("GET", "/workflows/" + id);
     Object.assign(wf, fresh);
+    nextRun.textContent = wf.schedule && wf.schedule.next_at
+      ? "Next scheduled run: " + new Date(wf.schedule.next_at).toLocaleString()
+      : "Runs only by hand and webhook while the schedule is empty.";
     secretsBox.querySelector("#secret-names").textContent = wf.secrets.length ? "Stored: " + wf.secrets.join(", ") + ". Values are never shown again." : "None stored.";
     replaceSecrets.checked = false;
     replaceSecrets.dispatchEvent(new Event("change"));
