@@ -316,6 +316,11 @@ async fn purge_sessions(state: AppState) {
         let before_ms = |keep: Duration| {
             time::now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
         };
+        match store.prune_metrics(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "metrics buckets past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not prune metrics history"),
+        }
         match store.prune_audit(before_ms(config.keep_audit)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "audit records past their retention deleted"),

@@ -91,6 +91,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../panel/js/pages/users.js"),
     ),
     (
+        "/js/pages/notifiers.js",
+        JS,
+        include_str!("../panel/js/pages/notifiers.js"),
+    ),
+    (
         "/js/pages/audit.js",
         JS,
         include_str!("../panel/js/pages/audit.js"),

@@ -10,6 +10,7 @@ mod database;
 mod deploys;
 mod docker;
 mod events;
+mod history;
 mod https;
 mod limits;
 mod nodes;

@@ -228,3 +228,65 @@ async fn events_reach_notifiers_signed_and_retried() {
     let r = admin.delete(&format!("/api/notifiers/{hook}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// The notifiers page: add a signed webhook (a bad URL refused next to its field), send
+/// it a test event, watch the delivery log say delivered, delete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifiers_in_the_panel() {
+    use mezzanine_tests::browser::Browser;
+    let (base_rx, seen) = receiver().await;
+    let ctl = mezzanine_tests::Controller::start().await;
+    let mut admin = ctl.admin().await;
+    let b = Browser::start().await;
+    b.log_in_as_admin(&ctl.base).await;
+    b.open(&format!("{}/#/notifiers", ctl.base)).await;
+    crate::panel::page(&b, "the notifiers page", "Notifiers").await;
+    b.type_into("#notifier-form input[name=name]", "ops").await;
+    b.type_into("#notifier-form input[name=url]", "ftp://nowhere.test/hook")
+        .await;
+    b.type_into("#notifier-secret", "a-signing-secret-of-some-length")
+        .await;
+    b.click("#notifier-form button[type=submit]").await;
+    b.until(
+        "the error next to the URL",
+        "document.querySelector('#notifier-form input[name=url]').getAttribute('aria-invalid') === 'true'",
+    )
+    .await;
+    b.js(&format!(
+        "const u = document.querySelector('#notifier-form input[name=url]'); u.value = {:?}; return 1;",
+        format!("{base_rx}/panel")
+    ))
+    .await;
+    b.click("#notifier-form button[type=submit]").await;
+    b.until(
+        "the notifier in the list, signed",
+        "[...document.querySelectorAll('#notifiers tbody tr')].some(r => r.innerText.includes('ops') && r.innerText.includes('127.0.0.1 (signed)') && r.innerText.includes('run.failed'))",
+    )
+    .await;
+    let listed = admin.get("/api/notifiers").await.body;
+    assert_eq!(listed[0]["name"], "ops", "{listed}");
+    assert_eq!(listed[0]["events"], json!(["run.failed"]));
+    b.click("[aria-label='Send a test event to ops']").await;
+    let (sig, body) = received(&seen, "/panel", "test", Duration::from_secs(30)).await;
+    assert!(sig.is_some_and(|s| s.starts_with("sha256=")), "signed");
+    assert_eq!(body["event"], "test");
+    b.until_within(
+        "the delivery log says delivered",
+        "(document.querySelector('[aria-label=\"Deliveries to ops\"]').click(), [...document.querySelectorAll('#delivery-table tbody tr')].some(r => r.innerText.includes('test') && r.innerText.includes('delivered')))",
+        Duration::from_secs(30),
+    )
+    .await;
+    b.click("[aria-label='Delete ops']").await;
+    b.click_text("dialog button", "Delete").await;
+    b.until(
+        "the list without it",
+        "!document.querySelector('#notifiers tbody tr') || ![...document.querySelectorAll('#notifiers tbody tr')].some(r => r.innerText.includes('ops'))",
+    )
+    .await;
+    assert!(admin
+        .get("/api/notifiers")
+        .await
+        .body
+        .as_array()
+        .is_some_and(Vec::is_empty));
+}

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// Waits for the page at `hash` to have rendered its heading.
-async fn page(b: &Browser, what: &str, heading: &str) {
+pub(crate) async fn page(b: &Browser, what: &str, heading: &str) {
     b.until(
         what,
         &format!("[...document.querySelectorAll('#view h1')].some(h => h.textContent.startsWith({heading:?}))"),
@@ -537,6 +537,7 @@ async fn every_page_by_deep_link_is_accessible_and_fits_a_phone() {
         ("/providers", "Providers", "#provider-table"),
         ("/dns", "DNS and e-mail", "#view p.muted"),
         ("/users", "Users", "#users"),
+        ("/notifiers", "Notifiers", "#notifier-form"),
         ("/audit", "Audit log", "#audit"),
         ("/account", "Account", "#totp-setup"),
         ("/nowhere", "Not found", "#view"),

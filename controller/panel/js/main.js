@@ -21,6 +21,7 @@ const ROUTES = [
   ["/runs", "runs", "viewer", "#/runs"],
   ["/runs/:id", "run", "viewer", "#/runs"],
   ["/users", "users", "admin", "#/users"],
+  ["/notifiers", "notifiers", "admin", "#/notifiers"],
   ["/audit", "audit", "admin", "#/audit"],
   ["/account", "account", "viewer", "#/account"],
 ].map(([pattern, page, role, nav]) => ({

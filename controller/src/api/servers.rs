@@ -11,7 +11,7 @@ use crate::ssh::{SshAuth, SshLogin};
 use crate::state::AppState;
 use crate::store::{NewServer, ServerDelete, ServerPatch, ServerRow, Written};
 use crate::validate;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -614,14 +614,65 @@ pub fn call_error(e: CallError) -> ApiError {
     }
 }
 
-/// The recent heartbeats the controller holds for a server (its charts).
-async fn metrics(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    range: Option<String>,
+}
+
+/// The ranges `?range=` takes: how far back, and the bucket size that serves it.
+const RANGES: [(&str, i64, i64); 5] = [
+    ("1h", 3_600, 60),
+    ("6h", 6 * 3_600, 60),
+    ("24h", 86_400, 60),
+    ("7d", 7 * 86_400, 900),
+    ("30d", 30 * 86_400, 900),
+];
+
+/// The recent heartbeats the controller holds for a server (its live chart), or with
+/// `?range=` its stored history at one-minute or fifteen-minute points.
+async fn metrics(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult<Json<Value>> {
     let id = parse_id(&raw)?;
+    let range = q
+        .range
+        .as_deref()
+        .map(|r| {
+            RANGES
+                .iter()
+                .find(|(name, _, _)| *name == r)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "range: one of {}",
+                        RANGES.map(|(n, _, _)| n).join(", ")
+                    ))
+                })
+        })
+        .transpose()?;
     if !state.store().server_exists(id).await? {
         return Err(not_found(id));
     }
-    let samples = state.gateway().registry.samples(id);
-    Ok(Json(json!({ "samples": samples })))
+    let Some((name, span, step)) = range else {
+        let samples = state.gateway().registry.samples(id);
+        return Ok(Json(json!({ "samples": samples })));
+    };
+    let since = crate::time::now_secs() - span;
+    let points = state.store().metric_points(id, *step, since).await?;
+    Ok(Json(json!({
+        "range": name,
+        "step_s": step,
+        "points": points.iter().map(|p| json!({
+            "at": crate::time::rfc3339(p.at),
+            "load1": p.load1,
+            "memory_used_bytes": p.memory_used,
+            "memory_total_bytes": p.memory_total,
+            "disk_used_bytes": p.disk_used,
+            "disk_total_bytes": p.disk_total,
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 async fn ping(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
@@ -879,24 +930,34 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/servers/{id}/metrics",
         Access::Role(Role::Viewer),
         Doc {
-            summary: "The last heartbeats (up to 60, oldest first) while the agent is attached: load, memory and disk",
-            response: obj(
-                &[(
-                    "samples",
-                    array(obj(
-                        &[
-                            ("at", string()),
-                            ("load1", json!({ "type": "number" })),
-                            ("memory_used_bytes", integer()),
-                            ("memory_total_bytes", integer()),
-                            ("disk_used_bytes", integer()),
-                            ("disk_total_bytes", integer()),
-                        ],
-                        &["at", "load1", "memory_used_bytes", "memory_total_bytes", "disk_used_bytes", "disk_total_bytes"],
-                    )),
-                )],
-                &["samples"],
-            ),
+            summary: "Load, memory and disk: the last heartbeats (up to 60, oldest first, while the agent is attached), or with ?range= the stored history (1h, 6h, 24h at one-minute points; 7d, 30d at fifteen-minute points; load averaged over each point)",
+            response: {
+                let point = obj(
+                    &[
+                        ("at", string()),
+                        ("load1", json!({ "type": "number" })),
+                        ("memory_used_bytes", integer()),
+                        ("memory_total_bytes", integer()),
+                        ("disk_used_bytes", integer()),
+                        ("disk_total_bytes", integer()),
+                    ],
+                    &["at", "load1", "memory_used_bytes", "memory_total_bytes", "disk_used_bytes", "disk_total_bytes"],
+                );
+                obj(
+                    &[
+                        ("samples", array(point.clone())),
+                        ("range", string()),
+                        ("step_s", integer()),
+                        ("points", array(point)),
+                    ],
+                    &[],
+                )
+            },
+            query: vec![(
+                "range",
+                json!({ "enum": RANGES.map(|(n, _, _)| n) }),
+                "the stored history over this range instead of the live samples",
+            )],
             ..Default::default()
         },
         metrics,

@@ -213,6 +213,10 @@ async fn flush_heartbeats(state: Handles) {
         if let Err(e) = state.store.flush_heartbeats(&beats).await {
             tracing::warn!(error = %e, count = beats.len(), "could not save heartbeats");
         }
+        // The same batch feeds the history the charts' longer ranges read.
+        if let Err(e) = state.store.record_metrics(&beats).await {
+            tracing::warn!(error = %e, count = beats.len(), "could not record metrics history");
+        }
     }
 }
 

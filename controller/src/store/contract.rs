@@ -347,6 +347,57 @@ async fn lists_by_name_ignore_case_on_both_engines() {
 }
 
 #[tokio::test]
+async fn metrics_history_buckets_average_and_prune() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let s = store
+            .create_server(&server("m"), 1)
+            .await
+            .expect("store")
+            .expect("server");
+        let beat = |at: i64, load: f64| {
+            (
+                s.id,
+                at,
+                json!({ "load": [load, 0.0, 0.0], "memory_used_bytes": 10, "memory_total_bytes": 100,
+                        "disk_used_bytes": 5, "disk_total_bytes": 50 }),
+            )
+        };
+        // Two heartbeats in one minute, one in the next; a server that is gone is skipped.
+        store
+            .record_metrics(&[beat(6_000, 1.0), (999, 6_000, json!({ "load": [1.0] }))])
+            .await
+            .expect("record");
+        store
+            .record_metrics(&[beat(6_030, 3.0)])
+            .await
+            .expect("record");
+        store
+            .record_metrics(&[beat(6_065, 0.5)])
+            .await
+            .expect("record");
+        let minutes = store.metric_points(s.id, 60, 0).await.expect("points");
+        assert_eq!(minutes.len(), 2, "{e:?}: {minutes:?}");
+        assert_eq!(minutes[0].at, 6_000 / 60 * 60);
+        assert!((minutes[0].load1 - 2.0).abs() < 1e-9, "{e:?}: {minutes:?}");
+        assert_eq!((minutes[0].memory_used, minutes[0].disk_total), (10, 50));
+        let quarters = store.metric_points(s.id, 900, 0).await.expect("points");
+        assert_eq!(quarters.len(), 1, "{e:?}");
+        assert!((quarters[0].load1 - 1.5).abs() < 1e-9);
+        // A day later the minutes go, the quarters stay for thirty days.
+        assert_eq!(store.prune_metrics(6_100 + 86_400).await.expect("prune"), 2);
+        assert_eq!(
+            store
+                .metric_points(s.id, 900, 0)
+                .await
+                .expect("points")
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
 async fn audit_pages_filter_with_optional_values() {
     for (store, _dir) in stores().await {
         for (i, (actor, outcome)) in [("ann", "success"), ("bo", "denied"), ("ann", "failure")]

@@ -36,6 +36,7 @@ const TABLES: &[&str] = &[
     "api_tokens",
     "notifiers",
     "notification_deliveries",
+    "server_metrics",
 ];
 
 /// Rows moved per table, in `TABLES` order.

@@ -109,6 +109,11 @@ const SQLITE: &[Migration] = &[
         name: "workflow_schedules",
         sql: include_str!("../../../migrations/sqlite/0019_workflow_schedules.sql"),
     },
+    Migration {
+        version: 20,
+        name: "server_metrics",
+        sql: include_str!("../../../migrations/sqlite/0020_server_metrics.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -121,6 +126,11 @@ const POSTGRES: &[Migration] = &[
         version: 19,
         name: "workflow_schedules",
         sql: include_str!("../../../migrations/postgres/0019_workflow_schedules.sql"),
+    },
+    Migration {
+        version: 20,
+        name: "server_metrics",
+        sql: include_str!("../../../migrations/postgres/0020_server_metrics.sql"),
     },
 ];
 

@@ -7,6 +7,7 @@ mod certificates;
 #[cfg(test)]
 mod contract;
 mod copy;
+mod metrics;
 mod migrate;
 mod notifiers;
 mod pools;
@@ -40,6 +41,7 @@ pub enum StoreError {
 
 pub use certificates::{CertificateRow, Issued};
 pub use copy::{copy_database, Copied};
+pub use metrics::{MetricPoint, STEPS as METRIC_STEPS};
 pub use notifiers::{DeliveryRow, NotifierRow};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;

@@ -27,6 +27,19 @@ export default async function server(ctx) {
   const keyBox = h("section", { id: "deploy-key", "aria-labelledby": "key-title" });
   const docker = h("section", { id: "docker", "aria-labelledby": "docker-title" });
   let samples = [];
+  // "live": the last heartbeats, kept moving by the event stream; a range: the stored
+  // history at one-minute or fifteen-minute points.
+  let range = "live";
+  const rangeSel = h("select", { id: "chart-range", "aria-label": "Chart range" },
+    [["live", "last 10 minutes (live)"], ["1h", "last hour"], ["24h", "last day"], ["7d", "last week"], ["30d", "last 30 days"]]
+      .map(([v, label]) => h("option", { value: v }, label)));
+  rangeSel.addEventListener("change", async () => {
+    range = rangeSel.value;
+    const m = await api("GET", base + "/metrics" + (range === "live" ? "" : "?range=" + range)).catch(() => ({}));
+    if (!ctx.current()) return;
+    samples = (range === "live" ? m.samples : m.points) || [];
+    drawCharts();
+  });
 
   function drawCharts() {
     const share = (used, total) => (total ? used / total : 0);
@@ -261,6 +274,7 @@ export default async function server(ctx) {
   drawFacts();
   fill(ctx.view, head, installBox, adoption,
     h("section", { "aria-labelledby": "facts-title" }, h("h2", { id: "facts-title" }, "Facts"), facts,
+      h("div", { class: "bar" }, h("label", null, "Charts ", rangeSel)),
       h("div", { class: "charts" }, charts.load.el, charts.memory.el, charts.disk.el)),
     docker, keyBox);
 
@@ -273,7 +287,7 @@ export default async function server(ctx) {
   if (online) loadDocker(false);
 
   ctx.on((type, d) => {
-    if (type !== "metrics" || String(d.id) !== String(id) || !d.metrics) return;
+    if (type !== "metrics" || String(d.id) !== String(id) || !d.metrics || range !== "live") return;
     const x = d.metrics;
     samples.push({
       at: x.at,

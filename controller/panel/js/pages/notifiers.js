@@ -1,0 +1,88 @@
+// Notifiers (admins): where events go — a signed webhook, Slack or Discord — their test
+// button and delivery log, and a form to add one.
+
+import { api } from "../api.js";
+import { h, button, table, field, onSubmit, toast, confirmDialog, fill, ago } from "../ui.js";
+
+// The events the API knows (GET /api/openapi.json lists the same under /api/notifiers).
+const EVENTS = ["run.failed", "run.succeeded", "server.offline", "server.online", "certificate.renewal_failed"];
+const KINDS = ["webhook", "slack", "discord"];
+
+export default async function notifiers(ctx) {
+  ctx.title("Notifiers");
+  const box = h("div", { id: "notifier-list" });
+  const log = h("section", { id: "deliveries", "aria-live": "polite" });
+
+  async function showDeliveries(n) {
+    const rows = await api("GET", "/notifiers/" + n.id + "/deliveries");
+    if (!ctx.current()) return;
+    fill(log, h("h2", null, "Deliveries to " + n.name),
+      table([
+        ["Event", (d) => d.event],
+        ["Status", (d) => h("span", { class: "status " + (d.status === "delivered" ? "succeeded" : d.status === "failed" ? "failed" : "running") }, d.status)],
+        ["Attempts", (d) => String(d.attempts)],
+        ["Last error", (d) => d.last_error || ""],
+        ["Queued", (d) => ago(d.created_at)],
+      ], rows, "Nothing delivered yet.", { id: "delivery-table" }));
+  }
+
+  async function load() {
+    const list = await api("GET", "/notifiers");
+    if (!ctx.current()) return;
+    fill(box, table([
+      ["Name", (n) => n.name],
+      ["Kind", (n) => n.kind],
+      ["Sends to", (n) => n.host + (n.signed ? " (signed)" : "")],
+      ["Events", (n) => n.events.join(", ")],
+      ["", (n) => h("div", { class: "actions" },
+        button("Test", async () => {
+          await api("POST", "/notifiers/" + n.id + "/test");
+          toast("A test event is on its way to " + n.name + ".");
+          await showDeliveries(n);
+        }, "secondary", { "aria-label": "Send a test event to " + n.name }),
+        button("Deliveries", () => showDeliveries(n), "secondary", { "aria-label": "Deliveries to " + n.name }),
+        button("Delete", async () => {
+          if (await confirmDialog("Delete notifier " + n.name + "?", "Its delivery log goes with it.")) {
+            await api("DELETE", "/notifiers/" + n.id);
+            toast("Notifier " + n.name + " deleted.");
+            fill(log);
+            await load();
+          }
+        }, "danger", { "aria-label": "Delete " + n.name }))],
+    ], list, "No notifiers: events reach no one yet.", { id: "notifiers" }));
+  }
+
+  const kind = h("select", { name: "kind", id: "notifier-kind" }, KINDS.map((k) => h("option", { value: k }, k)));
+  const secret = h("input", { name: "secret", type: "password", autocomplete: "new-password", minlength: "16", id: "notifier-secret" });
+  const secretField = field("Signing secret (optional)", secret, "Bodies carry X-Mezzanine-Signature-256 (HMAC-SHA256).");
+  kind.addEventListener("change", () => { secretField.hidden = kind.value !== "webhook"; });
+  const events = h("fieldset", { class: "checks", "data-path": "events" },
+    h("legend", null, "Events"),
+    EVENTS.map((e) => h("label", null, h("input", { type: "checkbox", name: "events", value: e, checked: e === "run.failed" }), " " + e)));
+  const form = h("form", { id: "notifier-form", class: "card wide", "aria-labelledby": "add-notifier", novalidate: true },
+    h("h2", { id: "add-notifier" }, "Add a notifier"),
+    h("div", { class: "row" },
+      field("Name", h("input", { name: "name", required: true, maxlength: "64", autocomplete: "off" })),
+      field("Kind", kind)),
+    field("URL", h("input", { name: "url", type: "url", required: true, autocomplete: "off", spellcheck: "false" }), "Kept sealed; only its host is shown again."),
+    secretField,
+    events,
+    h("button", { type: "submit" }, "Add notifier"));
+  onSubmit(form, async () => {
+    const body = {
+      name: form.elements.name.value.trim(),
+      kind: kind.value,
+      url: form.elements.url.value.trim(),
+      events: [...form.querySelectorAll("input[name=events]:checked")].map((c) => c.value),
+    };
+    if (kind.value === "webhook" && secret.value) body.secret = secret.value;
+    await api("POST", "/notifiers", body);
+    form.reset();
+    secretField.hidden = false;
+    toast("Notifier " + body.name + " added.");
+    await load();
+  });
+
+  fill(ctx.view, h("h1", null, "Notifiers"), box, log, form);
+  await load();
+}
