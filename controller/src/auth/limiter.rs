@@ -200,7 +200,11 @@ impl Limiter {
 
     pub fn succeed(&self, key: &str) {
         let mut map = self.lock();
+        // The attempt that succeeded was one of the pending ones: it is no longer in flight
+        // (without this, every success leaked one, and five logins in a row locked a user
+        // out of their own account).
         let busy = map.get_mut(key).is_some_and(|e| {
+            e.pending = e.pending.saturating_sub(1);
             e.failures = 0;
             e.locked_until = None;
             e.pending > 0
@@ -269,6 +273,21 @@ mod tests {
         e1.failed(t);
         e2.succeeded();
         assert!(l.begin("e", t).is_ok());
+    }
+
+    #[test]
+    fn successes_never_add_up_to_a_lockout() {
+        let l = Limiter::new(policy(), 100);
+        let t = Instant::now();
+        for i in 0..20 {
+            l.begin("a", t)
+                .unwrap_or_else(|_| panic!("success {i} refused"))
+                .succeeded();
+        }
+        assert!(
+            l.lock().is_empty(),
+            "nothing held once every attempt settled"
+        );
     }
 
     #[test]
