@@ -166,6 +166,11 @@ fn controller(data: &std::path::Path, agent_bin: &std::path::Path) -> Process {
         data.to_str().expect("utf8").into(),
         "--agent-binary".into(),
         agent_bin.to_str().expect("utf8").into(),
+        // The whole simulated fleet shares 127.0.0.1 and attaches 128 at a time; real
+        // agents each come from their own address. Handshakes in progress count as
+        // anonymous connections, so the per-address cap (32 by default) is raised here.
+        "--agent-anonymous-per-ip".into(),
+        "512".into(),
     ];
     if std::env::var("BENCH_DATABASE").is_ok_and(|d| d == "postgres") {
         let base = std::env::var("MEZZANINE_TEST_POSTGRES")
