@@ -77,7 +77,7 @@ async fn status_of<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> Result<u16, String> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: mezzanine-agent/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
+        crate::version()
     );
     s.write_all(req.as_bytes())
         .await

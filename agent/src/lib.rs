@@ -11,6 +11,22 @@ pub mod runs;
 pub mod session;
 pub mod steps;
 pub mod tls;
+pub mod upgrade;
+
+/// The marker the version is read from (see `mezzanine_proto::binary`).
+static VERSION_MARKER: &str = mezzanine_proto::version_marker!();
+
+/// The version this agent reports: read from its marker at run time (through
+/// `black_box`, so the compiler cannot fold in a copy), so that it is whatever the
+/// binary's bytes say — what the controller reads from a binary it serves.
+pub fn version() -> &'static str {
+    let marker: &'static str = std::hint::black_box(VERSION_MARKER);
+    let prefix = mezzanine_proto::binary::VERSION_PREFIX.len();
+    marker
+        .get(prefix..marker.len().saturating_sub(1))
+        .filter(|v| !v.is_empty())
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+}
 
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()

@@ -13,7 +13,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/mezzanine-agent";
 /// The Mezzanine agent: enrolls with a controller and keeps a mutually-authenticated
 /// session to it.
 #[derive(Parser, Debug)]
-#[command(name = "mezzanine-agent", version, about, long_about = None)]
+#[command(name = "mezzanine-agent", version = mezzanine_agent::version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -222,9 +222,15 @@ fn main() -> ExitCode {
                     state.set_run_state("stopped", "terminated by signal");
                     ExitCode::SUCCESS
                 }
-                Some(Ok(reason)) => {
+                Some(Ok(session::Stopped::Removed(reason))) => {
                     eprintln!("mezzanine-agent: {reason}; stopping and not reconnecting (re-enroll to come back)");
                     ExitCode::from(session::EXIT_REMOVED)
+                }
+                Some(Ok(session::Stopped::Upgraded(version))) => {
+                    // Detached, the new process carries on; under systemd the unit
+                    // restarts on the new binary, now in this one's place.
+                    eprintln!("mezzanine-agent: version {version} attached and replaced this binary; exiting");
+                    ExitCode::SUCCESS
                 }
                 Some(Err(e)) => {
                     eprintln!("mezzanine-agent: {e}");

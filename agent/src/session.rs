@@ -57,7 +57,7 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
         .enroll(EnrollRequest {
             token: token.trim().to_owned(),
             csr_der: csr,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_version: crate::version().to_owned(),
         })
         .await
         .map_err(|s| {
@@ -100,17 +100,29 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
 enum End {
     Removed(String),
     Closed,
+    /// A new binary arrived and passed its checks: try it.
+    Upgrade(crate::upgrade::Staged),
 }
 
-/// Runs until the server is removed (returns the reason) — reconnecting forever otherwise.
+/// Why `run` returned.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The server was removed from Mezzanine (the reason); the agent must not come back.
+    Removed(String),
+    /// A new binary (this version) attached and took this one's place.
+    Upgraded(String),
+}
+
+/// Runs until the server is removed or a new binary took over — reconnecting forever
+/// otherwise.
 pub async fn run(
     state: &StateDir,
     heartbeat: Duration,
     docker_socket: &str,
     step_grace: Duration,
-) -> Result<String, String> {
+) -> Result<Stopped, String> {
     if let Some(reason) = state.removed() {
-        return Ok(reason);
+        return Ok(Stopped::Removed(reason));
     }
     let key = state.key().map_err(|e| e.to_string())?;
     let mut id = state.load().map_err(|e| e.to_string())?;
@@ -124,15 +136,41 @@ pub async fn run(
     };
     let _reaper = AbortOnDrop(tokio::spawn(ctx.runs.clone().reap()));
     let mut failures = 0u32;
+    // Why the last upgrade was taken back (the reason names the version), told in the
+    // next hello.
+    let mut rolled_back: Option<String> = None;
     loop {
         state.set_run_state("connecting", &id.endpoint);
         let started = Instant::now();
-        let result = session(state, &key, &mut id, heartbeat, &ctx, running.clone()).await;
+        let result = session(
+            state,
+            &key,
+            &mut id,
+            heartbeat,
+            &ctx,
+            running.clone(),
+            &mut rolled_back,
+        )
+        .await;
         let detail = match result {
             Ok(End::Removed(reason)) => {
                 state.mark_removed(&reason);
                 state.set_run_state("removed", &reason);
-                return Ok(reason);
+                return Ok(Stopped::Removed(reason));
+            }
+            Ok(End::Upgrade(staged)) => {
+                state.set_run_state("upgrading", &staged.version);
+                tracing::info!(version = %staged.version, "trying a new agent binary");
+                match crate::upgrade::trial(&staged, state).await {
+                    crate::upgrade::Trial::Took => {
+                        return Ok(Stopped::Upgraded(staged.version.clone()))
+                    }
+                    crate::upgrade::Trial::RolledBack(why) => {
+                        rolled_back = Some(why);
+                        failures = 0;
+                        continue;
+                    }
+                }
             }
             Ok(End::Closed) => "the controller closed the session".to_owned(),
             Err(e) if is_revoked(&e) => {
@@ -140,7 +178,7 @@ pub async fn run(
                     "this server was removed from Mezzanine (certificate revoked)".to_owned();
                 state.mark_removed(&reason);
                 state.set_run_state("removed", &reason);
-                return Ok(reason);
+                return Ok(Stopped::Removed(reason));
             }
             Err(e) => e,
         };
@@ -184,6 +222,7 @@ async fn session(
     heartbeat: Duration,
     ctx: &Context,
     running: Arc<Mutex<HashSet<u64>>>,
+    rolled_back: &mut Option<String>,
 ) -> Result<End, String> {
     // Request ids belong to one session (a restarted controller counts from 1 again): each
     // session has its own stream table. When the session ends its log streams are
@@ -205,7 +244,7 @@ async fn session(
         streams: ctx.streams.clone(),
     };
     let hello = Hello {
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: crate::version().to_owned(),
         facts: Some(crate::facts::facts(ctx.engine.socket()).await),
         heartbeat_secs: heartbeat.as_secs().max(1) as u32,
         running: running
@@ -215,6 +254,7 @@ async fn session(
             .copied()
             .collect(),
         steps: ctx.runs.held(),
+        upgrade_rolled_back: rolled_back.clone().unwrap_or_default(),
     };
     out_tx
         .send(AgentMessage {
@@ -227,8 +267,11 @@ async fn session(
         .await
         .map_err(|s| error_chain(&s))?
         .into_inner();
-    tracing::info!(endpoint = %id.endpoint, server_id = id.server_id, "attached");
+    tracing::info!(endpoint = %id.endpoint, server_id = id.server_id, version = crate::version(), "attached");
     state.set_run_state("connected", &id.endpoint);
+    // The controller has heard about the rollback (it answered the hello).
+    *rolled_back = None;
+    crate::upgrade::report_attached();
 
     let beats = out_tx.clone();
     let ticker = tokio::spawn(async move {
@@ -246,6 +289,7 @@ async fn session(
     });
     let _ticker = AbortOnDrop(ticker);
     let mut renew = renew_at(id);
+    let mut upload = crate::upgrade::Upload::default();
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -271,6 +315,17 @@ async fn session(
                                         r.step_index, r.run_id
                                     ),
                                 })),
+                            }
+                        }
+                        Some(command::Body::UpgradeChunk(c)) => {
+                            match upload.piece(c, ctx.runs.held().len()) {
+                                Ok(None) => answer(&out_tx, cmd.request_id, reply::Body::Ack(Ack {})),
+                                Ok(Some(staged)) => {
+                                    answer(&out_tx, cmd.request_id, reply::Body::Ack(Ack {}));
+                                    flush(&out_tx).await;
+                                    return Ok(End::Upgrade(staged));
+                                }
+                                Err(message) => answer(&out_tx, cmd.request_id, reply::Body::Error(CommandError { message })),
                             }
                         }
                         Some(command::Body::StopStep(s)) => {
@@ -312,6 +367,17 @@ async fn session(
             }
         }
     }
+}
+
+/// Waits (briefly) until the messages queued for the controller have been taken by the
+/// transport, so the last reply of a session is not dropped with it.
+async fn flush(out: &mpsc::Sender<AgentMessage>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while out.capacity() < out.max_capacity() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Taken from the queue is not yet written to the socket: a moment more for that.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 async fn renew_cert(
@@ -525,7 +591,8 @@ async fn execute(
             | command::Body::Credit(_)
             | command::Body::RunStep(_)
             | command::Body::ResumeStep(_)
-            | command::Body::StopStep(_),
+            | command::Body::StopStep(_)
+            | command::Body::UpgradeChunk(_),
         )
         | None => reply::Body::Error(CommandError {
             message: "this agent does not know that command; upgrade it".into(),

@@ -92,6 +92,7 @@ async fn attach(
             docker_version: String::new(),
         }),
         heartbeat_secs: 10,
+        upgrade_rolled_back: String::new(),
         running: vec![],
         steps: vec![],
     };
