@@ -11,9 +11,19 @@ use std::time::SystemTime;
 
 const TEMPLATE: &str = include_str!("../../installer/install.sh");
 
-/// The agent binary's digest, cached against its size and modification time.
+/// What the controller knows of the agent binary it serves, read from its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBuild {
+    pub sha256: String,
+    /// From its version marker; `None`: not a Mezzanine agent (or a very old one).
+    pub version: Option<String>,
+    /// From its ELF header.
+    pub arch: Option<&'static str>,
+}
+
+/// The agent binary's build facts, cached against its size and modification time.
 #[derive(Debug, Default)]
-struct AgentDigest(Mutex<Option<(u64, Option<SystemTime>, String)>>);
+struct AgentDigest(Mutex<Option<(u64, Option<SystemTime>, AgentBuild)>>);
 
 /// Installs: the rendered script, the agent binary's digest, join tokens. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -75,6 +85,11 @@ impl Installs {
 
     /// The agent binary's SHA-256 (it also tells whether the binary is there).
     pub async fn agent_sha256(&self) -> Result<String, MissingAgent> {
+        Ok(self.agent_build().await?.sha256)
+    }
+
+    /// The agent binary's SHA-256, version and architecture.
+    pub async fn agent_build(&self) -> Result<AgentBuild, MissingAgent> {
         let path = self.0.config.agent_binary.clone();
         let missing = |reason: String| MissingAgent {
             path: path.display().to_string(),
@@ -87,20 +102,24 @@ impl Installs {
         let cache = &self.0.digest;
         {
             let guard = cache.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((len, mtime, sum)) = guard.as_ref() {
+            if let Some((len, mtime, build)) = guard.as_ref() {
                 if (*len, *mtime) == key {
-                    return Ok(sum.clone());
+                    return Ok(build.clone());
                 }
             }
         }
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| missing(e.to_string()))?;
-        let sum = tokio::task::spawn_blocking(move || hex::encode(crate::crypto::sha256(&bytes)))
-            .await
-            .map_err(|e| missing(e.to_string()))?;
-        *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.0, key.1, sum.clone()));
-        Ok(sum)
+        let build = tokio::task::spawn_blocking(move || AgentBuild {
+            sha256: hex::encode(crate::crypto::sha256(&bytes)),
+            version: mezzanine_proto::binary::version_of(&bytes),
+            arch: mezzanine_proto::binary::elf_arch(&bytes),
+        })
+        .await
+        .map_err(|e| missing(e.to_string()))?;
+        *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((key.0, key.1, build.clone()));
+        Ok(build)
     }
 
     /// The script rendered for servers that download from `base`, and its SHA-256.

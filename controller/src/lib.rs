@@ -27,6 +27,7 @@ pub mod ssh;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod upgrades;
 pub mod validate;
 
 use std::future::Future;

@@ -20,9 +20,13 @@ pub const EVENTS: &[&str] = &[
     "server.offline",
     "server.online",
     "certificate.renewal_failed",
+    "agent.upgrade_rolled_back",
 ];
 
 pub const KINDS: &[&str] = &["webhook", "slack", "discord"];
+
+/// A server's status and its upgrade's, as last seen by the event watcher.
+type Seen = (String, Option<String>);
 
 /// Attempts before a delivery is given up.
 const MAX_ATTEMPTS: i64 = 6;
@@ -102,6 +106,12 @@ fn summary(event: &str, details: &Value) -> String {
         ),
         "server.offline" => format!("Server {} is offline", s("server")),
         "server.online" => format!("Server {} is online again", s("server")),
+        "agent.upgrade_rolled_back" => format!(
+            "The agent upgrade of {} to {} was rolled back: {}",
+            s("server"),
+            s("to"),
+            s("error")
+        ),
         "certificate.renewal_failed" => format!(
             "The certificate of pool {} could not be renewed: {}",
             s("pool"),
@@ -202,8 +212,11 @@ impl Notifier {
         use tokio::sync::broadcast::error::RecvError;
         let (mut live, _) = self.0.store.changes().subscribe(None);
         // The last state each server was seen in: only a change of it is an event.
-        let mut seen: HashMap<i64, String> = match self.0.store.servers().await {
-            Ok(s) => s.into_iter().map(|s| (s.id, s.status)).collect(),
+        let mut seen: HashMap<i64, Seen> = match self.0.store.servers().await {
+            Ok(s) => s
+                .into_iter()
+                .map(|s| (s.id, (s.status, s.upgrade.map(|u| u.status))))
+                .collect(),
             Err(_) => HashMap::new(),
         };
         loop {
@@ -259,13 +272,35 @@ impl Notifier {
         .await;
     }
 
-    async fn server_changed(&self, id: i64, seen: &mut HashMap<i64, String>) {
+    async fn server_changed(&self, id: i64, seen: &mut HashMap<i64, Seen>) {
         let Ok(Some(s)) = self.0.store.server(id).await else {
             seen.remove(&id);
             return;
         };
-        let before = seen.insert(id, s.status.clone());
-        let event = match (before.as_deref(), s.status.as_str()) {
+        let upgrade = s.upgrade.as_ref().map(|u| u.status.clone());
+        let upgrading = upgrade.as_deref() == Some("upgrading");
+        let (before, before_upgrade) = seen.remove(&id).unzip();
+        let before_upgrade = before_upgrade.flatten();
+        // An agent restarting into its upgrade is not news: its server stays "online"
+        // here, so coming back is not news either.
+        let status = if upgrading && s.status == "offline" {
+            before.clone().unwrap_or_else(|| s.status.clone())
+        } else {
+            s.status.clone()
+        };
+        seen.insert(id, (status.clone(), upgrade.clone()));
+        if let (Some("upgrading"), Some("rolled_back"), Some(u)) =
+            (before_upgrade.as_deref(), upgrade.as_deref(), &s.upgrade)
+        {
+            self.emit(
+                "agent.upgrade_rolled_back",
+                &format!("server:{id}:upgrade:{}", u.started_at),
+                json!({ "server_id": id, "server": s.name, "from": u.from, "to": u.to,
+                        "error": u.error }),
+            )
+            .await;
+        }
+        let event = match (before.as_deref(), status.as_str()) {
             (Some("online"), "offline") => "server.offline",
             // Back after being offline (a new server's first attach is not news).
             (Some("offline"), "online") => "server.online",

@@ -45,6 +45,7 @@ struct Inner {
     notifier: crate::notify::Notifier,
     updates: Result<crate::images::UpdateChecker, String>,
     deploys: Deploys,
+    upgrades: crate::upgrades::Upgrades,
     tasks: TaskTracker,
     closing: tokio_util::sync::CancellationToken,
     denials: crate::denials::Denials,
@@ -131,6 +132,12 @@ impl AppState {
             tasks.clone(),
             &config,
         );
+        let upgrades = crate::upgrades::Upgrades::new(
+            store.clone(),
+            agents.clone(),
+            installs.clone(),
+            tasks.clone(),
+        );
         let deploy_keys = DeployKeys::new(store.clone(), key.clone(), agents, tasks.clone());
         AppState(Arc::new(Inner {
             config,
@@ -150,6 +157,7 @@ impl AppState {
             notifier,
             updates,
             deploys,
+            upgrades,
             tasks,
             closing: tokio_util::sync::CancellationToken::new(),
             denials: Default::default(),
@@ -170,6 +178,10 @@ impl AppState {
     /// Anonymous denials counted for the audit log (see `denials`).
     pub fn denials(&self) -> &crate::denials::Denials {
         &self.0.denials
+    }
+
+    pub fn upgrades(&self) -> &crate::upgrades::Upgrades {
+        &self.0.upgrades
     }
 
     pub fn installs(&self) -> &Installs {

@@ -38,7 +38,8 @@ fn opt_rfc3339(secs: Option<i64>) -> Value {
 /// The list shape; `detail` adds facts, metrics and connection data.
 /// `live` must be read before `s`: a session records "offline" in the database before it
 /// leaves the registry, so a row read after a missing session already says why.
-fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool) -> Value {
+/// `served`: the agent version this controller serves, to tell outdated agents.
+fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool, served: Option<&str>) -> Value {
     let (status, last_seen) = match &live {
         Some(l) => ("online", Some(l.last_seen_ms / 1000)),
         None if s.status == "online" => ("offline", s.last_seen),
@@ -51,6 +52,18 @@ fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool) -> Value {
         "status": status,
         "last_seen": opt_rfc3339(last_seen),
         "agent_version": s.agent_version,
+        "agent_outdated": match (served, s.agent_version.as_deref()) {
+            (Some(want), Some(have)) => json!(want != have),
+            _ => Value::Null,
+        },
+        "agent_upgrade": s.upgrade.as_ref().map_or(Value::Null, |u| json!({
+            "status": u.status,
+            "from": u.from,
+            "to": u.to,
+            "error": u.error,
+            "started_at": crate::time::rfc3339(u.started_at),
+            "ended_at": opt_rfc3339(u.ended_at),
+        })),
         "tags": s.tags,
     });
     if detail {
@@ -83,10 +96,11 @@ fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool) -> Value {
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let live = state.gateway().registry.views();
     let servers = state.store().servers().await?;
+    let served = state.upgrades().served_version().await;
     Ok(Json(Value::Array(
         servers
             .iter()
-            .map(|s| server_json(s, live.get(&s.id).cloned(), false))
+            .map(|s| server_json(s, live.get(&s.id).cloned(), false, served.as_deref()))
             .collect(),
     )))
 }
@@ -99,7 +113,8 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
         .server(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    let mut v = server_json(&s, live, true);
+    let served = state.upgrades().served_version().await;
+    let mut v = server_json(&s, live, true, served.as_deref());
     let events: Vec<Value> = state
         .store()
         .events(id, 20)
@@ -513,7 +528,10 @@ async fn update(
             .await?
             .ok_or_else(|| not_found(id))?;
         let live = state.gateway().registry.view(id);
-        return Ok(ok(json!({ "server": server_json(&s, live, true) })));
+        let served = state.upgrades().served_version().await;
+        return Ok(ok(
+            json!({ "server": server_json(&s, live, true, served.as_deref()) }),
+        ));
     }
     // Where kept root credentials are sent is an admin's decision: a moderator who could
     // point the server at their own host would receive them at the next reinstall.
@@ -569,7 +587,10 @@ async fn update(
             }
             let s = state.store().server(id).await?.unwrap_or(s);
             let live = state.gateway().registry.view(id);
-            Ok(ok(json!({ "server": server_json(&s, live, true) })))
+            let served = state.upgrades().served_version().await;
+            Ok(ok(
+                json!({ "server": server_json(&s, live, true, served.as_deref()) }),
+            ))
         }
         Written::NotFound => Err(not_found(id)),
         Written::NameTaken => Err(ApiError::Conflict(format!(
@@ -599,6 +620,135 @@ async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
     registry.revoke(serials);
     registry.remove(id, "this server was deleted from Mezzanine");
     Ok(ok(json!({})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeBody {
+    #[serde(default)]
+    force: bool,
+}
+
+fn upgrade_error(e: crate::upgrades::UpgradeError) -> ApiError {
+    use crate::upgrades::UpgradeError as E;
+    match e {
+        E::NotFound => ApiError::NotFound(e.to_string()),
+        E::Conflict(m) => ApiError::Conflict(m),
+        E::Agent(m) => ApiError::BadGateway(m),
+        E::Timeout(m) => ApiError::Timeout(m),
+        E::Store(e) => e.into(),
+    }
+}
+
+/// Sends this controller's agent binary to the server's agent (202 once the agent has
+/// it, checked); the upgrade ends when the agent attaches again (`agent_upgrade`).
+async fn upgrade_agent(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: Option<Json<UpgradeBody>>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw)?;
+    let force = body.is_some_and(|b| b.force);
+    let started = state
+        .upgrades()
+        .start(id, force)
+        .await
+        .map_err(upgrade_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ok(json!({ "from": started.from, "to": started.to })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollingBody {
+    #[serde(default, deserialize_with = "super::present")]
+    server_ids: Option<Vec<i64>>,
+    #[serde(default, deserialize_with = "super::present")]
+    tag: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
+    batch_size: Option<i64>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// A rolling upgrade over `server_ids`, the servers tagged `tag`, or (neither) every
+/// server whose agent is outdated; `batch_size` at a time, stopping at the first upgrade
+/// that does not succeed.
+async fn upgrade_agents(
+    State(state): State<AppState>,
+    body: Option<Json<RollingBody>>,
+) -> ApiResult<Response> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let batch = match body.batch_size {
+        None => 1,
+        Some(n) if (1..=crate::upgrades::MAX_BATCH as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "batch_size: {n} is not between 1 and {}",
+                crate::upgrades::MAX_BATCH
+            )))
+        }
+    };
+    let servers = state.store().servers().await?;
+    let ids: Vec<i64> = match (&body.server_ids, &body.tag) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "server_ids, tag: give one of them (or neither, for every outdated agent)".into(),
+            ))
+        }
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > 1000 {
+                return Err(ApiError::BadRequest(
+                    "server_ids: give between 1 and 1000 server ids".into(),
+                ));
+            }
+            if let Some(bad) = ids.iter().find(|id| !servers.iter().any(|s| s.id == **id)) {
+                return Err(ApiError::BadRequest(format!(
+                    "server_ids: server {bad} does not exist"
+                )));
+            }
+            let mut seen = std::collections::HashSet::new();
+            ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+        }
+        (None, Some(tag)) => {
+            validate::tags(std::slice::from_ref(tag))
+                .map_err(|e| ApiError::BadRequest(format!("tag: {e}")))?;
+            servers
+                .iter()
+                .filter(|s| s.tags.iter().any(|t| t == tag))
+                .map(|s| s.id)
+                .collect()
+        }
+        (None, None) => {
+            let served = state.upgrades().served_version().await;
+            servers
+                .iter()
+                .filter(|s| {
+                    s.agent_version.is_some() && s.agent_version.as_deref() != served.as_deref()
+                })
+                .map(|s| s.id)
+                .collect()
+        }
+    };
+    let (chosen, left_out) = state
+        .upgrades()
+        .rolling(ids, batch, body.force)
+        .await
+        .map_err(upgrade_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ok(json!({
+            "server_ids": chosen,
+            "skipped": left_out
+                .into_iter()
+                .map(|(id, reason)| json!({ "server_id": id, "reason": reason }))
+                .collect::<Vec<_>>(),
+        })),
+    )
+        .into_response())
 }
 
 /// Maps a failed agent command to the API's errors.
@@ -720,6 +870,18 @@ pub(super) fn routes(reg: &mut Registry) {
             ),
             ("last_seen", nullable(string())),
             ("agent_version", nullable(string())),
+            ("agent_outdated", json!({ "type": ["boolean", "null"] })),
+            (
+                "agent_upgrade",
+                json!({ "type": ["object", "null"], "properties": {
+                    "status": { "enum": ["upgrading", "succeeded", "rolled_back", "failed", "skipped"] },
+                    "from": { "type": ["string", "null"] },
+                    "to": { "type": "string" },
+                    "error": { "type": ["string", "null"] },
+                    "started_at": { "type": "string" },
+                    "ended_at": { "type": ["string", "null"] },
+                }, "required": ["status", "from", "to", "error", "started_at", "ended_at"] }),
+            ),
             ("tags", tags.clone()),
         ],
         &[
@@ -729,6 +891,8 @@ pub(super) fn routes(reg: &mut Registry) {
             "status",
             "last_seen",
             "agent_version",
+            "agent_outdated",
+            "agent_upgrade",
             "tags",
         ],
     );
@@ -911,6 +1075,47 @@ pub(super) fn routes(reg: &mut Registry) {
             ..Default::default()
         },
         rotate_deploy_key,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/{id}/agent/upgrade",
+        admin,
+        Doc {
+            summary: "Send this controller's agent binary to the server's agent over its session (SHA-256 and architecture checked); 202 once the agent has it. The agent tries it and keeps it only if it attaches (else rolls back); the outcome is the server's agent_upgrade. 409: offline, already on this version (unless force), another architecture, deploy steps held (unless force: they are stopped)",
+            request: Some(obj(&[("force", boolean())], &[])),
+            optional_body: true,
+            response: ok_with(&[("from", nullable(string())), ("to", string())]),
+            status: 202,
+            errors: &[409, 502, 504],
+            ..Default::default()
+        },
+        upgrade_agent,
+    )
+    .add(
+        Method::POST,
+        "/api/servers/agent/upgrade",
+        admin,
+        Doc {
+            summary: "Rolling agent upgrade of server_ids, of the servers tagged tag, or of every outdated agent: batch_size at a time (default 1), each batch waited for, stopping at the first that does not succeed (the rest end skipped). Offline servers and those already on the version (unless force) are left out, listed in skipped",
+            request: Some(obj(
+                &[
+                    ("server_ids", json!({ "type": "array", "items": { "type": "integer", "minimum": 1 }, "minItems": 1, "maxItems": 1000 })),
+                    ("tag", openapi::tags()["items"].clone()),
+                    ("batch_size", json!({ "type": "integer", "minimum": 1, "maximum": crate::upgrades::MAX_BATCH })),
+                    ("force", boolean()),
+                ],
+                &[],
+            )),
+            optional_body: true,
+            response: ok_with(&[
+                ("server_ids", array(integer())),
+                ("skipped", array(obj(&[("server_id", integer()), ("reason", string())], &["server_id", "reason"]))),
+            ]),
+            status: 202,
+            errors: &[409],
+            ..Default::default()
+        },
+        upgrade_agents,
     )
     .add(
         Method::POST,

@@ -195,10 +195,23 @@ impl Session for Gateway {
         // Stored, shown and logged: never raw.
         let version = crate::validate::agent_text(&hello.agent_version, 64);
         let facts = hello.facts.as_ref().map(facts_json).unwrap_or(Value::Null);
+        let rolled_back = if hello.upgrade_rolled_back.is_empty() {
+            String::new()
+        } else {
+            let why = crate::validate::agent_text(&hello.upgrade_rolled_back, 300);
+            tracing::warn!(server_id, agent_version = %version, "agent upgrade rolled back: {why}");
+            format!("rolled back, still on {version}: {why}")
+        };
         // The database says online before the session is registered, so the session's
         // own "offline" write can never be overtaken by this one.
         store
-            .set_server_online(server_id, &version, &facts, crate::time::now_secs())
+            .set_server_online(
+                server_id,
+                &version,
+                &facts,
+                crate::time::now_secs(),
+                &rolled_back,
+            )
             .await
             .map_err(internal)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);

@@ -6,7 +6,7 @@
 //! handling) is exercised here through the store's own methods.
 
 use super::*;
-use crate::store::{NewServer, Queued};
+use crate::store::{NewServer, Queued, ServerRow};
 use serde_json::json;
 
 /// One store per engine, each on an empty database (the directory holds SQLite's file).
@@ -245,6 +245,113 @@ async fn servers_heartbeats_and_certificates() {
         assert_eq!(revoked, vec!["ff01".to_owned()], "{e:?}");
         assert!(store.cert_active("5503", a.id).await.expect("store"));
         assert!(!store.cert_active("ff01", a.id).await.expect("store"));
+    }
+}
+
+#[tokio::test]
+async fn an_agent_upgrade_ends_when_the_agent_attaches_again() {
+    for (store, _dir) in stores().await {
+        let e = store.engine();
+        let a = store
+            .create_server(&server("up"), 1)
+            .await
+            .expect("store")
+            .expect("created");
+        let status = |s: &ServerRow| s.upgrade.clone().expect("an upgrade");
+        store
+            .set_server_online(a.id, "1.0.0", &json!({}), 5, "")
+            .await
+            .expect("online");
+        // Attaching without an upgrade under way leaves none behind.
+        assert_eq!(
+            store.server(a.id).await.expect("store").expect("a").upgrade,
+            None
+        );
+        assert!(store
+            .begin_agent_upgrade(a.id, Some("1.0.0"), "2.0.0", 10, 0)
+            .await
+            .expect("begin"));
+        assert!(
+            !store
+                .begin_agent_upgrade(a.id, Some("1.0.0"), "2.0.0", 11, 0)
+                .await
+                .expect("begin"),
+            "one at a time {e:?}"
+        );
+        // A stale one (started before `stale_before`) may be replaced.
+        assert!(store
+            .begin_agent_upgrade(a.id, Some("1.0.0"), "2.0.0", 12, 11)
+            .await
+            .expect("begin"));
+        store
+            .set_server_online(a.id, "2.0.0", &json!({}), 20, "")
+            .await
+            .expect("online");
+        let u = status(&store.server(a.id).await.expect("store").expect("a"));
+        assert_eq!(
+            (
+                u.status.as_str(),
+                u.from.as_deref(),
+                u.to.as_str(),
+                u.error,
+                u.started_at,
+                u.ended_at
+            ),
+            ("succeeded", Some("1.0.0"), "2.0.0", None, 12, Some(20)),
+            "{e:?}"
+        );
+        // Rolled back: the agent says why.
+        store
+            .begin_agent_upgrade(a.id, Some("2.0.0"), "3.0.0", 30, 0)
+            .await
+            .expect("begin");
+        store
+            .set_server_online(a.id, "2.0.0", &json!({}), 31, "it exited")
+            .await
+            .expect("online");
+        let u = status(&store.server(a.id).await.expect("store").expect("a"));
+        assert_eq!(
+            (u.status.as_str(), u.error.as_deref()),
+            ("rolled_back", Some("it exited")),
+            "{e:?}"
+        );
+        // Back on the old version without a word: failed, saying so.
+        store
+            .begin_agent_upgrade(a.id, Some("2.0.0"), "3.0.0", 40, 0)
+            .await
+            .expect("begin");
+        store
+            .set_server_online(a.id, "2.0.0", &json!({}), 41, "")
+            .await
+            .expect("online");
+        let u = status(&store.server(a.id).await.expect("store").expect("a"));
+        assert_eq!(u.status, "failed", "{e:?}");
+        assert!(u.error.is_some_and(|m| m.contains("2.0.0")), "{e:?}");
+        // Ended by the controller (no agent came back), and skipped in a rolling one.
+        store
+            .begin_agent_upgrade(a.id, Some("2.0.0"), "3.0.0", 50, 0)
+            .await
+            .expect("begin");
+        store
+            .end_agent_upgrade(a.id, "failed", "gone", 51)
+            .await
+            .expect("end");
+        let u = status(&store.server(a.id).await.expect("store").expect("a"));
+        assert_eq!(
+            (u.status.as_str(), u.ended_at),
+            ("failed", Some(51)),
+            "{e:?}"
+        );
+        store
+            .skip_agent_upgrade(a.id, "3.0.0", "not attempted", 60)
+            .await
+            .expect("skip");
+        let u = status(&store.server(a.id).await.expect("store").expect("a"));
+        assert_eq!(
+            (u.status.as_str(), u.from.as_deref(), u.error.as_deref()),
+            ("skipped", Some("2.0.0"), Some("not attempted")),
+            "{e:?}"
+        );
     }
 }
 

@@ -114,6 +114,11 @@ const SQLITE: &[Migration] = &[
         name: "server_metrics",
         sql: include_str!("../../../migrations/sqlite/0020_server_metrics.sql"),
     },
+    Migration {
+        version: 21,
+        name: "agent_upgrades",
+        sql: include_str!("../../../migrations/sqlite/0021_agent_upgrades.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -131,6 +136,11 @@ const POSTGRES: &[Migration] = &[
         version: 20,
         name: "server_metrics",
         sql: include_str!("../../../migrations/postgres/0020_server_metrics.sql"),
+    },
+    Migration {
+        version: 21,
+        name: "agent_upgrades",
+        sql: include_str!("../../../migrations/postgres/0021_agent_upgrades.sql"),
     },
 ];
 

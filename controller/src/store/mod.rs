@@ -45,7 +45,9 @@ pub use metrics::{MetricPoint, STEPS as METRIC_STEPS};
 pub use notifiers::{DeliveryRow, NotifierRow};
 pub use pools::{DomainRow, MemberRow, PoolRow, PoolSettings, RolloutMemberRow, RolloutRow};
 pub use providers::ProviderRow;
-pub use servers::{JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written};
+pub use servers::{
+    AgentUpgrade, JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written,
+};
 pub use tokens::{TokenRow, TokenUser};
 pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};

@@ -24,6 +24,19 @@ pub struct ServerRow {
     pub created_at: i64,
     pub host_key_fingerprint: Option<String>,
     pub has_credentials: bool,
+    pub upgrade: Option<AgentUpgrade>,
+}
+
+/// A server's last agent upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentUpgrade {
+    /// `upgrading | succeeded | rolled_back | failed | skipped`.
+    pub status: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +76,8 @@ pub enum Written<T> {
 
 const SERVER_COLS: &str = "id, name, host, port, username, auth_type, tags, status, status_detail,
     last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at,
-    host_key_fingerprint, ssh_credentials IS NOT NULL AS has_credentials";
+    host_key_fingerprint, ssh_credentials IS NOT NULL AS has_credentials, upgrade_status,
+    upgrade_from, upgrade_to, upgrade_error, upgrade_started_at, upgrade_ended_at";
 
 fn json_col(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<Value>> {
     let raw: Option<String> = row.try_get(col)?;
@@ -92,6 +106,21 @@ fn server_from_row(row: &sqlx::any::AnyRow) -> Result<ServerRow> {
         created_at: row.try_get("created_at")?,
         host_key_fingerprint: row.try_get("host_key_fingerprint")?,
         has_credentials: super::flag(row, "has_credentials")?,
+        upgrade: match row.try_get::<Option<String>, _>("upgrade_status")? {
+            None => None,
+            Some(status) => Some(AgentUpgrade {
+                status,
+                from: row.try_get("upgrade_from")?,
+                to: row
+                    .try_get::<Option<String>, _>("upgrade_to")?
+                    .unwrap_or_default(),
+                error: row.try_get("upgrade_error")?,
+                started_at: row
+                    .try_get::<Option<i64>, _>("upgrade_started_at")?
+                    .unwrap_or(0),
+                ended_at: row.try_get("upgrade_ended_at")?,
+            }),
+        },
     })
 }
 
@@ -398,20 +427,112 @@ impl Store {
             > 0)
     }
 
+    /// The agent attached with `agent_version`. An upgrade under way ends here: rolled
+    /// back when the agent says so (`rolled_back`: why), succeeded when it came back on
+    /// the version it was sent, failed otherwise.
     pub async fn set_server_online(
         &self,
         id: i64,
         agent_version: &str,
         facts: &Value,
         now: i64,
+        rolled_back: &str,
     ) -> Result<()> {
+        // SET expressions read the row as it was, so every CASE sees the old status.
         sqlx::query(
             "UPDATE servers SET status = 'online', status_detail = NULL, agent_version = $2,
-                 facts = $3, last_seen = $4, updated_at = $4 WHERE id = $1",
+                 facts = $3, last_seen = $4, updated_at = $4,
+                 upgrade_status = CASE WHEN upgrade_status IS DISTINCT FROM 'upgrading'
+                         THEN upgrade_status
+                     WHEN $5 <> '' THEN 'rolled_back'
+                     WHEN upgrade_to = $2 THEN 'succeeded' ELSE 'failed' END,
+                 upgrade_error = CASE WHEN upgrade_status IS DISTINCT FROM 'upgrading'
+                         THEN upgrade_error
+                     WHEN $5 <> '' THEN $5
+                     WHEN upgrade_to = $2 THEN NULL
+                     ELSE 'the agent came back on version ' || $2 || ' without trying the new one' END,
+                 upgrade_ended_at = CASE WHEN upgrade_status IS DISTINCT FROM 'upgrading'
+                         THEN upgrade_ended_at ELSE $4 END
+             WHERE id = $1",
         )
         .bind(id)
         .bind(agent_version)
         .bind(facts.to_string())
+        .bind(now)
+        .bind(rolled_back)
+        .execute(self.pool())
+        .await?;
+        self.changes.changed(crate::changes::Kind::Server, id);
+        Ok(())
+    }
+
+    /// Marks an upgrade of server `id` to `to` as under way, unless one is already
+    /// (started after `stale_before`). False when one is.
+    pub async fn begin_agent_upgrade(
+        &self,
+        id: i64,
+        from: Option<&str>,
+        to: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE servers SET upgrade_status = 'upgrading', upgrade_from = $2, upgrade_to = $3,
+                 upgrade_error = NULL, upgrade_started_at = $4, upgrade_ended_at = NULL
+             WHERE id = $1 AND (upgrade_status IS DISTINCT FROM 'upgrading'
+                 OR upgrade_started_at < $5)",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(now)
+        .bind(stale_before)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            self.changes.changed(crate::changes::Kind::Server, id);
+        }
+        Ok(done)
+    }
+
+    /// Ends server `id`'s upgrade as `status` (`failed`, `skipped`) if it is still under
+    /// way (or, for `skipped`, whatever it was).
+    pub async fn end_agent_upgrade(
+        &self,
+        id: i64,
+        status: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE servers SET upgrade_status = $2, upgrade_error = $3, upgrade_ended_at = $4
+             WHERE id = $1 AND upgrade_status = 'upgrading'",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if done == 1 {
+            self.changes.changed(crate::changes::Kind::Server, id);
+        }
+        Ok(())
+    }
+
+    /// Records that server `id` was not upgraded to `to` (`why`), as a finished upgrade.
+    pub async fn skip_agent_upgrade(&self, id: i64, to: &str, why: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE servers SET upgrade_status = 'skipped', upgrade_from = agent_version,
+                 upgrade_to = $2, upgrade_error = $3, upgrade_started_at = $4, upgrade_ended_at = $4
+             WHERE id = $1 AND upgrade_status IS DISTINCT FROM 'upgrading'",
+        )
+        .bind(id)
+        .bind(to)
+        .bind(why)
         .bind(now)
         .execute(self.pool())
         .await?;

@@ -5,7 +5,7 @@ import { api } from "../api.js";
 import { h, button, table, field, onSubmit, toast, confirmDialog, fill, ago } from "../ui.js";
 
 // The events the API knows (GET /api/openapi.json lists the same under /api/notifiers).
-const EVENTS = ["run.failed", "run.succeeded", "server.offline", "server.online", "certificate.renewal_failed"];
+const EVENTS = ["run.failed", "run.succeeded", "server.offline", "server.online", "certificate.renewal_failed", "agent.upgrade_rolled_back"];
 const KINDS = ["webhook", "slack", "discord"];
 
 export default async function notifiers(ctx) {

@@ -69,6 +69,16 @@ export default async function server(ctx) {
         }
       }, "secondary"));
     }
+    // The controller serves a newer agent build: replace this one over its session (it
+    // tries the new binary and takes it back if it does not attach).
+    if (admin && s.status === "online" && s.agent_outdated && !(s.agent_upgrade && s.agent_upgrade.status === "upgrading")) {
+      actions.push(button("Upgrade agent", async () => {
+        const r = await api("POST", base + "/agent/upgrade", {});
+        toast("Upgrading the agent from " + r.from + " to " + r.to + ".");
+        s = await api("GET", base);
+        drawHead(); drawFacts();
+      }, "secondary", { id: "agent-upgrade" }));
+    }
     if (admin && s.auth_type && s.auth_type !== "manual" && s.status !== "online") {
       actions.push(button(s.status === "failed" ? "Retry adoption" : "Reinstall", () => reinstall(), "secondary", { id: "reinstall" }));
     }
@@ -138,13 +148,21 @@ export default async function server(ctx) {
       ["Memory", f.memory_bytes ? size(f.memory_bytes) : null],
       ["Disk", f.disk_bytes ? size(f.disk_bytes) : null],
       ["Docker", s.facts ? f.docker_version || "not found" : null],
-      ["Agent", s.agent_version],
+      ["Agent", s.agent_version ? s.agent_version + (s.agent_outdated ? " (a newer build is served)" : "") : null],
+      ["Agent upgrade", upgradeLine(s.agent_upgrade)],
       ["Certificate expires", s.cert_expires_at ? new Date(s.cert_expires_at).toLocaleDateString() : null],
       ["Online since", s.connected_since ? new Date(s.connected_since).toLocaleString() : null],
       ["SSH", s.auth_type && s.auth_type !== "manual" ? (s.username || "root") + "@" + s.host + ":" + s.port : null],
       ["Host key", s.host_key_fingerprint],
     ].filter(([, v]) => v != null && v !== "");
     fill(facts, ...rows.map(([k, v]) => h("div", null, h("dt", null, k), h("dd", null, String(v)))));
+  }
+
+  function upgradeLine(u) {
+    if (!u) return null;
+    const what = (u.from || "?") + " → " + u.to;
+    if (u.status === "upgrading") return what + ": in progress since " + ago(u.started_at);
+    return what + ": " + u.status.replace("_", " ") + (u.ended_at ? " " + ago(u.ended_at) : "") + (u.error ? " — " + u.error : "");
   }
 
   async function loadKey() {
