@@ -22,3 +22,4 @@ mod roles;
 mod runs;
 mod schedules;
 mod tokens;
+mod upgrades;

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the receiver got: (path, signature header, event header, body).
-type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>, String)>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>, String)>>>;
 
-async fn receiver() -> (String, Seen) {
+pub(crate) async fn receiver() -> (String, Seen) {
     let seen: Seen = Arc::default();
     let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -55,7 +55,7 @@ async fn receiver() -> (String, Seen) {
 }
 
 /// Waits until the receiver got a request on `path` for `event`; returns its signature and body.
-async fn received(
+pub(crate) async fn received(
     seen: &Seen,
     path: &str,
     event: &str,

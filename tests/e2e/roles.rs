@@ -26,6 +26,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("PATCH", "/api/servers/{id}", "moderator"),
     ("DELETE", "/api/servers/{id}", "admin"),
     ("POST", "/api/servers/{id}/install-command", "moderator"),
+    ("POST", "/api/servers/{id}/agent/upgrade", "admin"),
+    ("POST", "/api/servers/agent/upgrade", "admin"),
     ("POST", "/api/servers/{id}/ping", "moderator"),
     ("POST", "/api/servers/{id}/reinstall", "admin"),
     ("GET", "/api/servers/{id}/deploy-key", "viewer"),

@@ -1332,7 +1332,16 @@ pub fn fleet_controller_process(fleet: &Fleet, release: bool) -> ControllerProce
 
 /// `fleet_controller_process` with `extra` flags.
 pub fn fleet_controller_with(fleet: &Fleet, release: bool, extra: &[&str]) -> ControllerProcess {
-    let agent = binary("mezzanine-agent", release);
+    fleet_controller_serving(fleet, release, &binary("mezzanine-agent", release), extra)
+}
+
+/// `fleet_controller_with`, serving the agent binary at `agent`.
+pub fn fleet_controller_serving(
+    fleet: &Fleet,
+    release: bool,
+    agent: &Path,
+    extra: &[&str],
+) -> ControllerProcess {
     let mut args = vec![
         "--agent-binary",
         agent.to_str().expect("utf8"),
