@@ -1,8 +1,10 @@
 //! Notifications: events (a run failed or succeeded, a server went offline or came back,
 //! a certificate could not be renewed) sent to the notifiers subscribed to them — a
 //! webhook (JSON, HMAC-signed when it has a secret), Slack or Discord (their incoming
-//! webhook shapes). Each event is queued once per notifier and delivered with retries and
-//! backoff; the queue is the delivery log the API shows.
+//! webhook shapes), or e-mail over SMTP (`email`). Each event is queued once per notifier
+//! and delivered with retries and backoff; the queue is the delivery log the API shows.
+
+pub mod email;
 
 use crate::changes::{Change, Kind};
 use crate::crypto::MasterKey;
@@ -21,9 +23,10 @@ pub const EVENTS: &[&str] = &[
     "server.online",
     "certificate.renewal_failed",
     "agent.upgrade_rolled_back",
+    "image.update_available",
 ];
 
-pub const KINDS: &[&str] = &["webhook", "slack", "discord"];
+pub const KINDS: &[&str] = &["webhook", "slack", "discord", "email"];
 
 /// A server's status and its upgrade's, as last seen by the event watcher.
 type Seen = (String, Option<String>);
@@ -117,9 +120,30 @@ fn summary(event: &str, details: &Value) -> String {
             s("pool"),
             s("error")
         ),
+        "image.update_available" => format!(
+            "An update of {} is available for {}",
+            s("image"),
+            s("server")
+        ),
         "test" => "A test message from Mezzanine".to_owned(),
         other => other.to_owned(),
     }
+}
+
+/// An e-mail's body: the summary, then the event's details one per line.
+fn mail_text(line: &str, payload: &Value) -> String {
+    let mut text = format!("{line}\n\n");
+    if let Some(o) = payload.as_object() {
+        for (k, v) in o {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push_str(&format!("{k}: {v}\n"));
+        }
+    }
+    text.push_str("\n-- \nSent by Mezzanine\n");
+    text
 }
 
 impl Notifier {
@@ -354,9 +378,16 @@ impl Notifier {
             .key
             .open(&url_context(n.id), &n.url_sealed)
             .map_err(|_| "the notifier's URL does not open with this master key".to_owned())?;
+        let payload: Value = serde_json::from_str(&d.payload).unwrap_or_default();
+        if n.kind == "email" {
+            // An e-mail notifier's sealed destination is its SMTP configuration.
+            let smtp: email::Smtp = serde_json::from_slice(&url)
+                .map_err(|_| "the notifier's SMTP settings do not read".to_owned())?;
+            let line = summary(&d.event, &payload);
+            return smtp.send(&line, mail_text(&line, &payload)).await;
+        }
         let url =
             String::from_utf8(url).map_err(|_| "the notifier's URL is not text".to_owned())?;
-        let payload: Value = serde_json::from_str(&d.payload).unwrap_or_default();
         let body = match n.kind.as_str() {
             "slack" => json!({ "text": summary(&d.event, &payload) }).to_string(),
             "discord" => json!({ "content": summary(&d.event, &payload) }).to_string(),

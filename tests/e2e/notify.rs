@@ -1,5 +1,6 @@
 //! Notifications: events reach the notifiers subscribed to them — a webhook (signed,
-//! retried after a failure) and a Slack-shaped one — through a receiver in this test.
+//! retried after a failure) and a Slack-shaped one through a receiver in this test, and
+//! e-mail through a real SMTP server (Debian's aiosmtpd, writing a Maildir).
 
 use mezzanine_tests::{attached_agent, ControllerProcess};
 use serde_json::{json, Value};
@@ -97,8 +98,12 @@ async fn events_reach_notifiers_signed_and_retried() {
     ];
     for (body, field) in [
         (
-            json!({ "name": "x", "kind": "email", "url": format!("{base_rx}/hook"), "events": all }),
+            json!({ "name": "x", "kind": "pager", "url": format!("{base_rx}/hook"), "events": all }),
             "kind",
+        ),
+        (
+            json!({ "name": "x", "kind": "email", "url": format!("{base_rx}/hook"), "events": all }),
+            "url",
         ),
         (
             json!({ "name": "x", "kind": "webhook", "url": "http://hooks.example.com/x", "events": all }),
@@ -276,6 +281,48 @@ async fn notifiers_in_the_panel() {
         Duration::from_secs(30),
     )
     .await;
+    // An e-mail notifier: the form trades the URL for SMTP settings, and a bad address
+    // is refused next to its field.
+    b.js("const k = document.querySelector('#notifier-kind'); k.value = 'email'; k.dispatchEvent(new Event('change')); return 1;")
+        .await;
+    b.until(
+        "the SMTP fields instead of the URL",
+        "!document.querySelector('#smtp-fields').hidden && document.querySelector('#notifier-form input[name=url]').closest('[hidden]') !== null",
+    )
+    .await;
+    b.type_into("#notifier-form input[name=name]", "mail").await;
+    b.type_into("#notifier-form input[name=smtp_host]", "127.0.0.1")
+        .await;
+    b.js("const k = document.querySelector('#smtp-security'); k.value = 'none'; return 1;")
+        .await;
+    b.type_into("#notifier-form input[name=smtp_from]", "mz@example.test")
+        .await;
+    b.type_into(
+        "#notifier-form input[name=smtp_to]",
+        "ops@example.test, nobody",
+    )
+    .await;
+    b.click("#notifier-form button[type=submit]").await;
+    b.until(
+        "the error next to the recipients",
+        "document.querySelector('#notifier-form input[name=smtp_to]').getAttribute('aria-invalid') === 'true'",
+    )
+    .await;
+    b.js("document.querySelector('#notifier-form input[name=smtp_to]').value = 'ops@example.test, oncall@example.test'; return 1;")
+        .await;
+    b.click("#notifier-form button[type=submit]").await;
+    b.until(
+        "the e-mail notifier in the list",
+        "[...document.querySelectorAll('#notifiers tbody tr')].some(r => r.innerText.includes('mail') && r.innerText.includes('email') && r.innerText.includes('127.0.0.1'))",
+    )
+    .await;
+    b.click("[aria-label='Delete mail']").await;
+    b.click_text("dialog button", "Delete").await;
+    b.until(
+        "the list without the e-mail notifier",
+        "![...document.querySelectorAll('#notifiers tbody tr')].some(r => r.innerText.includes('email'))",
+    )
+    .await;
     b.click("[aria-label='Delete ops']").await;
     b.click_text("dialog button", "Delete").await;
     b.until(
@@ -289,4 +336,211 @@ async fn notifiers_in_the_panel() {
         .body
         .as_array()
         .is_some_and(Vec::is_empty));
+}
+
+/// An SMTP server on loopback (aiosmtpd) that keeps what it receives in a Maildir.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let dir = tempfile::tempdir().expect("maildir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("/usr/bin/aiosmtpd")
+            .args(["-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("mail"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("aiosmtpd (tests/run installs python3-aiosmtpd)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SmtpSink { child, port, dir }
+    }
+
+    /// The messages received so far, as raw text.
+    fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("mail/new"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn message_with(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| m.contains(text)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no message with {text:?}: {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// E-mail notifiers: settings refused field by field, STARTTLS never skipped when the
+/// server does not offer it, a message delivered over plain SMTP on loopback, and the
+/// password sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_notifiers_send_through_smtp() {
+    const PASSWORD: &str = "smtp-password-5f1c9a";
+    let sink = SmtpSink::start();
+    let ctl = ControllerProcess::start(false, &[]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let smtp = |extra: Value| {
+        let mut s = json!({ "host": "127.0.0.1", "port": sink.port, "security": "none",
+                            "from": "Mezzanine <mezzanine@example.test>", "to": ["ops@example.test"] });
+        if let (Some(o), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        s
+    };
+    for (body, field) in [
+        (
+            json!({ "name": "m", "kind": "email", "events": ["run.failed"] }),
+            "smtp",
+        ),
+        (
+            json!({ "name": "m", "kind": "webhook", "url": "http://127.0.0.1:9/x", "smtp": smtp(json!({})), "events": ["run.failed"] }),
+            "smtp",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "host": "smtp.example.com" })), "events": ["run.failed"] }),
+            "smtp.security",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "username": "ops", "password": PASSWORD })), "events": ["run.failed"] }),
+            "smtp.password",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "to": ["ops@example.test\r\nBcc: x@evil.test"] })), "events": ["run.failed"] }),
+            "smtp.to[0]",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "from": "not an address" })), "events": ["run.failed"] }),
+            "smtp.from",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "port": 0 })), "events": ["run.failed"] }),
+            "smtp.port",
+        ),
+        (
+            json!({ "name": "m", "kind": "email", "smtp": smtp(json!({ "bcc": [] })), "events": ["run.failed"] }),
+            "body: smtp.bcc: unknown field",
+        ),
+    ] {
+        let r = admin.post("/api/notifiers", body.clone()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().starts_with(field), "{body}: {}", r.body);
+    }
+
+    // STARTTLS (the default) to a server that does not offer it: nothing is sent in the
+    // clear; the delivery log says why.
+    let r = admin
+        .post("/api/notifiers", json!({ "name": "strict", "kind": "email",
+            "smtp": smtp(json!({ "security": "starttls", "username": "ops", "password": PASSWORD })),
+            "events": ["run.failed"] }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let strict = r.body["id"].as_i64().expect("id");
+    let r = admin
+        .post(&format!("/api/notifiers/{strict}/test"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let log = admin
+            .get(&format!("/api/notifiers/{strict}/deliveries"))
+            .await
+            .body;
+        if log[0]["last_error"].is_string() {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "never attempted: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(refused[0]["status"], "delivered", "{refused}");
+    assert!(
+        refused[0]["last_error"].as_str().is_some_and(|e| e
+            .contains(&format!("127.0.0.1:{}", sink.port))
+            && !e.contains(PASSWORD)),
+        "{refused}"
+    );
+
+    // Plain SMTP on loopback: the test event arrives as a message.
+    let r = admin
+        .post("/api/notifiers", json!({ "name": "ops-mail", "kind": "email", "smtp": smtp(json!({})), "events": ["run.failed"] }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let mail = r.body["id"].as_i64().expect("id");
+    let listed = admin.get("/api/notifiers").await.body;
+    assert!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|n| n["name"] == "ops-mail" && n["kind"] == "email" && n["host"] == "127.0.0.1")),
+        "{listed}"
+    );
+    assert!(!listed.to_string().contains("ops@example.test"), "{listed}");
+    let r = admin
+        .post(&format!("/api/notifiers/{mail}/test"), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let msg = sink
+        .message_with("Subject: A test message from Mezzanine")
+        .await;
+    assert!(msg.contains("To: ops@example.test"), "{msg}");
+    assert!(
+        msg.contains("From: Mezzanine <mezzanine@example.test>"),
+        "{msg}"
+    );
+    assert!(msg.contains("event: test"), "{msg}");
+    assert!(msg.contains("message: a test from Mezzanine"), "{msg}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = admin
+            .get(&format!("/api/notifiers/{mail}/deliveries"))
+            .await
+            .body;
+        if log[0]["status"] == "delivered" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not marked delivered: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "only the plain one was sent: the STARTTLS one never was"
+    );
+    let bytes = ctl.stored_bytes();
+    for secret in [PASSWORD, "ops@example.test"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} stored in the clear"
+        );
+    }
 }

@@ -5,6 +5,7 @@ use super::audit::Target;
 use super::openapi::{array, integer, nullable, obj, ok_with, string};
 use super::{ok, Access, ApiError, ApiResult, Doc, Registry};
 use crate::auth::Role;
+use crate::notify::email::Smtp;
 use crate::notify::{check_url, secret_context, url_context, EVENTS, KINDS};
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -19,7 +20,10 @@ use serde_json::{json, Value};
 struct CreateBody {
     name: String,
     kind: String,
-    url: String,
+    #[serde(default, deserialize_with = "super::present")]
+    url: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
+    smtp: Option<Smtp>,
     #[serde(default, deserialize_with = "super::present")]
     secret: Option<String>,
     events: Vec<String>,
@@ -48,7 +52,28 @@ async fn create(State(state): State<AppState>, Json(b): Json<CreateBody>) -> Api
     if !KINDS.contains(&b.kind.as_str()) {
         return Err(bad(format!("kind: one of {}", KINDS.join(", "))));
     }
-    let host = check_url(&b.url, &state.config().insecure_registries).map_err(bad)?;
+    // Where it sends: a URL, or for e-mail its SMTP settings; sealed either way (a URL
+    // may carry a token, SMTP settings a password).
+    let insecure = &state.config().insecure_registries;
+    let (host, destination) = match (b.kind.as_str(), &b.url, &b.smtp) {
+        ("email", None, Some(smtp)) => {
+            let host = smtp.check(insecure).map_err(bad)?;
+            let sealed = serde_json::to_vec(smtp)
+                .map_err(|e| ApiError::Internal(format!("smtp: {e}")))?;
+            (host, sealed)
+        }
+        ("email", Some(_), _) => {
+            return Err(bad("url: an e-mail notifier takes smtp, not url".into()))
+        }
+        ("email", None, None) => {
+            return Err(bad(
+                "smtp: required for an e-mail notifier ({host, port?, security?, username?, password?, from, to})".into(),
+            ))
+        }
+        (_, _, Some(_)) => return Err(bad("smtp: only for kind email".into())),
+        (_, None, None) => return Err(bad("url: required".into())),
+        (_, Some(url), None) => (check_url(url, insecure).map_err(bad)?, url.clone().into_bytes()),
+    };
     if b.events.is_empty() {
         return Err(bad("events: at least one".into()));
     }
@@ -82,7 +107,7 @@ async fn create(State(state): State<AppState>, Json(b): Json<CreateBody>) -> Api
             .map_err(|e| ApiError::Internal(format!("seal: {e}")))
     };
     let sealed = async {
-        let url = seal(url_context(id), b.url.as_bytes())?;
+        let url = seal(url_context(id), &destination)?;
         let secret = b
             .secret
             .as_ref()
@@ -168,7 +193,7 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/notifiers",
         admin,
         Doc {
-            summary: "Notifiers: name, kind, the URL's host (never the URL), whether bodies are signed, events",
+            summary: "Notifiers: name, kind, the URL's or SMTP server's host (never the URL or the SMTP settings), whether bodies are signed, events",
             response: array(obj(
                 &[
                     ("id", integer()),
@@ -190,16 +215,28 @@ pub(super) fn routes(reg: &mut Registry) {
         "/api/notifiers",
         admin,
         Doc {
-            summary: "Add a notifier { name, kind: webhook | slack | discord, url, secret? (webhook: signs bodies), events }",
+            summary: "Add a notifier { name, kind: webhook | slack | discord | email, url (webhook, slack, discord) or smtp (email), secret? (webhook: signs bodies), events }",
             request: Some(obj(
                 &[
                     ("name", json!({ "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" })),
                     ("kind", json!({ "enum": KINDS })),
                     ("url", json!({ "type": "string", "format": "uri" })),
+                    ("smtp", obj(
+                        &[
+                            ("host", string()),
+                            ("port", json!({ "type": "integer", "minimum": 1, "maximum": 65535 })),
+                            ("security", json!({ "enum": ["starttls", "tls", "none"] })),
+                            ("username", string()),
+                            ("password", string()),
+                            ("from", string()),
+                            ("to", json!({ "type": "array", "minItems": 1, "maxItems": 20, "items": { "type": "string" } })),
+                        ],
+                        &["host", "from", "to"],
+                    )),
                     ("secret", json!({ "type": "string", "minLength": 16, "maxLength": 256 })),
                     ("events", json!({ "type": "array", "minItems": 1, "items": { "enum": EVENTS } })),
                 ],
-                &["name", "kind", "url", "events"],
+                &["name", "kind", "events"],
             )),
             response: ok_with(&[("id", integer())]),
             status: 201,
