@@ -130,6 +130,16 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_DOCKER_TIMEOUT_SECS", default_value_t = 15)]
     pub docker_timeout_secs: u64,
 
+    /// Seconds between checks of every online server's pulled images against their
+    /// registries; an update newly seen is the notifier event `image.update_available`.
+    /// 0: no periodic checks (the API still checks when asked).
+    #[arg(
+        long,
+        env = "MEZZANINE_IMAGE_CHECK_INTERVAL_SECS",
+        default_value_t = 21600
+    )]
+    pub image_check_interval_secs: u64,
+
     /// An address to serve `GET /metrics` on without authentication (for a Prometheus on a
     /// private network). Without it, `/metrics` on the API address needs an API token.
     #[arg(long, env = "MEZZANINE_METRICS_LISTEN")]
@@ -253,6 +263,8 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::net::Network>,
     pub private_registries: crate::images::Private,
     pub docker_timeout: std::time::Duration,
+    /// `None`: no periodic image checks.
+    pub image_check_interval: Option<std::time::Duration>,
     pub provider_timeout: std::time::Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub acme_directory_url: String,
@@ -507,6 +519,8 @@ impl ServeArgs {
             keep_audit: days(self.keep_audit_days),
             keep_deliveries: days(self.keep_deliveries_days),
             docker_timeout: std::time::Duration::from_secs(self.docker_timeout_secs.clamp(1, 600)),
+            image_check_interval: (self.image_check_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.image_check_interval_secs)),
             provider_timeout: std::time::Duration::from_secs(
                 self.provider_timeout_secs.clamp(1, 600),
             ),

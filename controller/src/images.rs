@@ -230,6 +230,28 @@ pub struct Credential {
     pub secret: String,
 }
 
+/// The credential stored for `registry` (`PUT /api/registries/…`), opened.
+pub async fn registry_credential(
+    store: &crate::store::Store,
+    key: &crate::crypto::MasterKey,
+    registry: &str,
+) -> Result<Option<Credential>, String> {
+    let Some((username, sealed)) = store
+        .registry_secret(registry)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let secret = key
+        .open(&format!("registries:{registry}"), &sealed)
+        .map_err(|_| format!("registry credential for {registry} does not open"))?;
+    Ok(Some(Credential {
+        username,
+        secret: String::from_utf8_lossy(&secret).into_owned(),
+    }))
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")

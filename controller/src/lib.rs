@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod deploy_keys;
 pub mod docker_logs;
 pub mod gateway;
+pub mod image_watch;
 pub mod images;
 pub mod install;
 pub mod metrics;
@@ -149,6 +150,14 @@ pub async fn serve(
         state.deploys().clone(),
         state.closing().clone(),
     ));
+    // Pulled images are checked against their registries now and then; updates are news.
+    if let Some(every) = state.config().image_check_interval {
+        state.tasks().spawn(crate::image_watch::run(
+            state.clone(),
+            every,
+            state.closing().clone(),
+        ));
+    }
     // Pools with HTTPS get and renew their certificates.
     state
         .tasks()

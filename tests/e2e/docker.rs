@@ -4,8 +4,8 @@
 
 use mezzanine_tests::token::TokenService;
 use mezzanine_tests::{
-    add_server, first_admin, fleet_controller, wait_status, workload_image_tar, Agent, Client,
-    Controller, Fleet, LocalRegistry, RegistryAuth,
+    add_server, first_admin, wait_status, workload_image_tar, Agent, Client, Controller, Fleet,
+    LocalRegistry, RegistryAuth,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -70,8 +70,23 @@ async fn docker_on_nodes_end_to_end() {
     let v2 = workload_image_tar(images.path(), "v2");
     let (dk1, ip1) = fleet.docker_node("dk1", 11, &[("ROOT_PASSWORD", NODE_PASSWORD)]);
     let (dk2, ip2) = fleet.docker_node("dk2", 12, &[("ROOT_PASSWORD", NODE_PASSWORD)]);
-    let (ctl, base, _data) = fleet_controller(&fleet, false);
+    // Images are checked every two seconds, so the watch's notification is seen here.
+    let controller = mezzanine_tests::fleet_controller_with(
+        &fleet,
+        false,
+        &["--image-check-interval-secs", "2"],
+    );
+    let (ctl, base) = (&controller.proc, controller.base.clone());
     let mut admin = first_admin(&base).await;
+    let (rx, seen) = crate::notify::receiver().await;
+    let r = admin
+        .post(
+            "/api/notifiers",
+            json!({ "name": "images", "kind": "webhook", "url": format!("{rx}/images"),
+                    "events": ["image.update_available"] }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let mut moderator = {
         let r = admin
             .post(
@@ -401,6 +416,27 @@ async fn docker_on_nodes_end_to_end() {
         .nth(1)
         .expect("digest")
         .to_owned();
+
+    // The watch found dk1's image outdated on its own and said so, once.
+    let (_, news) = crate::notify::received(
+        &seen,
+        "/images",
+        "image.update_available",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(news["server"], "dk1", "{news}");
+    assert_eq!(news["server_id"], s1, "{news}");
+    assert_eq!(news["image"], format!("{reg}/app:stable"), "{news}");
+    assert_eq!(news["remote_digest"], new_digest.as_str(), "{news}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let announced = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|(p, ..)| p == "/images")
+        .count();
+    assert_eq!(announced, 1, "each update is news once");
 
     let image_of = |list: &Value, tag: &str| -> Value {
         list.as_array()

@@ -232,19 +232,9 @@ struct ImagesQuery {
 }
 
 async fn credential_for(state: &AppState, registry: &str) -> ApiResult<Option<Credential>> {
-    let Some((username, sealed)) = state.store().registry_secret(registry).await? else {
-        return Ok(None);
-    };
-    let secret = state
-        .key()
-        .open(&format!("registries:{registry}"), &sealed)
-        .map_err(|_| {
-            ApiError::Internal(format!("registry credential for {registry} does not open"))
-        })?;
-    Ok(Some(Credential {
-        username,
-        secret: String::from_utf8_lossy(&secret).into_owned(),
-    }))
+    images::registry_credential(state.store(), state.key(), registry)
+        .await
+        .map_err(ApiError::Internal)
 }
 
 /// The update status of one image, from a check result.
@@ -348,6 +338,17 @@ async fn list_images(
                     }
                 });
             }
+        }
+    }
+    // What this listing found out is news for the notifiers too (each update once).
+    let found: Vec<_> = plans
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .filter_map(|(r, local)| Some((r.clone(), local.clone(), checker.cached(r)?)))
+        .collect();
+    if !found.is_empty() {
+        if let Ok(Some(s)) = state.store().server(id).await {
+            crate::image_watch::announce(&state, id, &s.name, found).await;
         }
     }
     let out: Vec<Value> = list
