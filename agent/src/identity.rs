@@ -26,7 +26,8 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub server_id: u64,
-    pub endpoint: String,
+    /// The controller's agent endpoints, in the order to try them (at least one).
+    pub endpoints: Vec<String>,
     pub cert: CertificateDer<'static>,
     pub ca: CertificateDer<'static>,
     pub issued_at: i64,
@@ -147,7 +148,10 @@ impl StateDir {
         )?;
         let meta = format!(
             "server_id={}\nendpoint={}\nissued_at={}\nnot_after={}\n",
-            id.server_id, id.endpoint, id.issued_at, id.not_after
+            id.server_id,
+            id.endpoints.join(","),
+            id.issued_at,
+            id.not_after
         );
         write_atomic(&self.path("identity"), meta.as_bytes(), 0o644)
     }
@@ -181,7 +185,22 @@ impl StateDir {
             .map_err(|e| StateError::Invalid(format!("{}: {e}", ca_path.display())))?;
         Ok(Identity {
             server_id: num("server_id")? as u64,
-            endpoint: field("endpoint")?,
+            // One endpoint, or several separated by commas (an identity written before
+            // agents knew several reads the same).
+            endpoints: {
+                let list: Vec<String> = field("endpoint")?
+                    .split(',')
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    return Err(StateError::Invalid(format!(
+                        "{}: no endpoint",
+                        meta_path.display()
+                    )));
+                }
+                list
+            },
             cert,
             ca,
             issued_at: num("issued_at")?,

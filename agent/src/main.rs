@@ -118,7 +118,7 @@ fn status(state: &StateDir) -> ExitCode {
     let left = id.not_after - now_secs();
     println!("server id:    {}", id.server_id);
     println!("identity:     spiffe://mezzanine/server/{}", id.server_id);
-    println!("controller:   {}", id.endpoint);
+    println!("controller:   {}", id.endpoints.join(", "));
     println!(
         "certificate:  expires {} ({})",
         mezzanine_agent::rfc3339(id.not_after),
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                     println!(
                         "enrolled as server {} with {}; certificate valid until {}",
                         id.server_id,
-                        id.endpoint,
+                        id.endpoints.join(", "),
                         mezzanine_agent::rfc3339(id.not_after)
                     );
                     ExitCode::SUCCESS

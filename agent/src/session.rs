@@ -31,25 +31,53 @@ pub enum EnrollError {
     Connect { endpoint: String, detail: String },
 }
 
-/// `(endpoint, pin)` carried by a join token `MZ1.<endpoint>.<pin>.<id>.<secret>`.
-pub fn parse_token(token: &str) -> Result<(String, [u8; 32]), EnrollError> {
+/// `(endpoints, pin)` carried by a join token `MZ1.<endpoints>.<pin>.<id>.<secret>`.
+pub fn parse_token(token: &str) -> Result<(Vec<String>, [u8; 32]), EnrollError> {
     let t = mezzanine_proto::token::parse(token).map_err(EnrollError::Token)?;
-    tls::split_endpoint(&t.endpoint).map_err(EnrollError::Token)?;
-    Ok((t.endpoint, t.pin))
+    for e in &t.endpoints {
+        tls::split_endpoint(e).map_err(EnrollError::Token)?;
+    }
+    Ok((t.endpoints, t.pin))
 }
 
+/// Enrolls through the token's endpoints in turn: one that cannot be reached gives way to
+/// the next; a controller that refuses the token ends it.
 pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollError> {
-    let (endpoint, pin) = parse_token(token)?;
+    let (endpoints, pin) = parse_token(token)?;
     state.create()?;
     let key = state.key()?;
-    let csr = StateDir::csr(&key)?;
+    let mut unreachable = Vec::new();
+    for endpoint in &endpoints {
+        match enroll_at(state, &key, token, endpoint, &endpoints, pin).await {
+            Err(EnrollError::Connect { endpoint, detail }) => {
+                tracing::warn!(%endpoint, "{detail}");
+                unreachable.push(format!("{endpoint}: {detail}"));
+            }
+            other => return other,
+        }
+    }
+    Err(EnrollError::Connect {
+        endpoint: endpoints.join(", "),
+        detail: unreachable.join("; "),
+    })
+}
+
+async fn enroll_at(
+    state: &StateDir,
+    key: &rcgen::KeyPair,
+    token: &str,
+    endpoint: &str,
+    endpoints: &[String],
+    pin: [u8; 32],
+) -> Result<Identity, EnrollError> {
+    let csr = StateDir::csr(key)?;
     let verifier = Arc::new(tls::PinnedCa::new(pin));
     let config =
         tls::enroll_config(verifier.clone()).map_err(|e| EnrollError::Refused(e.to_string()))?;
-    let channel = tls::connect(&endpoint, config)
+    let channel = tls::connect(endpoint, config)
         .await
         .map_err(|detail| EnrollError::Connect {
-            endpoint: endpoint.clone(),
+            endpoint: endpoint.to_owned(),
             detail,
         })?;
     let mut client = EnrollmentClient::new(channel);
@@ -66,7 +94,7 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
                 EnrollError::Refused(s.message().to_owned())
             } else {
                 EnrollError::Connect {
-                    endpoint: endpoint.clone(),
+                    endpoint: endpoint.to_owned(),
                     detail: error_chain(&s),
                 }
             }
@@ -85,7 +113,7 @@ pub async fn enroll(state: &StateDir, token: &str) -> Result<Identity, EnrollErr
     }
     let id = Identity {
         server_id: resp.server_id,
-        endpoint,
+        endpoints: endpoints.to_vec(),
         cert: resp.certificate_der.into(),
         ca: pinned,
         issued_at: now_secs(),
@@ -126,29 +154,33 @@ pub async fn run(
     }
     let key = state.key().map_err(|e| e.to_string())?;
     let mut id = state.load().map_err(|e| e.to_string())?;
-    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let ctx = Context {
         engine: Arc::new(crate::docker::Engine::new(docker_socket)),
         streams: Arc::default(),
         runs: Arc::new(Runs::new(step_grace)),
         deploy_key_path: state.path("deploy_key"),
         work_root: state.path("work"),
+        running: Arc::default(),
     };
     let _reaper = AbortOnDrop(tokio::spawn(ctx.runs.clone().reap()));
     let mut failures = 0u32;
     // Why the last upgrade was taken back (the reason names the version), told in the
     // next hello.
     let mut rolled_back: Option<String> = None;
+    // Which of the endpoints this attempt dials: a session that ends or fails moves to the
+    // next, so an agent whose controller is gone attaches to another within one backoff.
+    let mut at = 0usize;
     loop {
-        state.set_run_state("connecting", &id.endpoint);
+        let endpoint = id.endpoints[at % id.endpoints.len()].clone();
+        state.set_run_state("connecting", &endpoint);
         let started = Instant::now();
         let result = session(
             state,
             &key,
+            &endpoint,
             &mut id,
             heartbeat,
             &ctx,
-            running.clone(),
             &mut rolled_back,
         )
         .await;
@@ -186,8 +218,9 @@ pub async fn run(
             failures = 0;
         }
         failures = failures.saturating_add(1);
+        at = (at + 1) % id.endpoints.len();
         let wait = backoff(failures);
-        tracing::warn!(endpoint = %id.endpoint, retry_in_ms = wait.as_millis() as u64, "{detail}");
+        tracing::warn!(%endpoint, next = %id.endpoints[at], retry_in_ms = wait.as_millis() as u64, "{detail}");
         state.set_run_state("disconnected", &detail);
         tokio::time::sleep(wait).await;
     }
@@ -218,12 +251,13 @@ fn renew_at(id: &Identity) -> Instant {
 async fn session(
     state: &StateDir,
     key: &rcgen::KeyPair,
+    endpoint: &str,
     id: &mut Identity,
     heartbeat: Duration,
     ctx: &Context,
-    running: Arc<Mutex<HashSet<u64>>>,
     rolled_back: &mut Option<String>,
 ) -> Result<End, String> {
+    let running = ctx.running.clone();
     // Request ids belong to one session (a restarted controller counts from 1 again): each
     // session has its own stream table. When the session ends its log streams are
     // cancelled; its deploy steps go on, held for a resume (runs.rs).
@@ -235,7 +269,7 @@ async fn session(
     let _end = SessionEnd(ctx.streams.clone(), alive.clone());
     let config = tls::session_config(&id.ca, id.cert.clone(), StateDir::rustls_key(key))
         .map_err(|e| e.to_string())?;
-    let channel = tls::connect(&id.endpoint, config).await?;
+    let channel = tls::connect(endpoint, config).await?;
     let mut client = SessionClient::new(channel);
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(256);
     let link = Link {
@@ -267,8 +301,8 @@ async fn session(
         .await
         .map_err(|s| error_chain(&s))?
         .into_inner();
-    tracing::info!(endpoint = %id.endpoint, server_id = id.server_id, version = crate::version(), "attached");
-    state.set_run_state("connected", &id.endpoint);
+    tracing::info!(%endpoint, server_id = id.server_id, version = crate::version(), "attached");
+    state.set_run_state("connected", endpoint);
     // The controller has heard about the rollback (it answered the hello).
     *rolled_back = None;
     crate::upgrade::report_attached();
@@ -408,6 +442,8 @@ pub struct Context {
     pub deploy_key_path: std::path::PathBuf,
     /// Where deploy steps without a workdir run (`<state>/work/run-<id>`).
     pub work_root: std::path::PathBuf,
+    /// Request ids of commands still running, told in the hello after a reconnect.
+    pub running: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// A streaming command's flow control and cancel switch.

@@ -104,10 +104,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_AGENT_ANONYMOUS_PER_IP", default_value_t = 32)]
     pub agent_anonymous_per_ip: usize,
 
-    /// The URL agents dial, https://HOST[:PORT]. Default: the host install commands name
-    /// (the public URL's, or the address the request was made to) and the agent port.
-    #[arg(long, env = "MEZZANINE_AGENT_ENDPOINT")]
-    pub agent_endpoint: Option<String>,
+    /// The URL agents dial, https://HOST[:PORT]; several (repeated, or separated by
+    /// commas) are tried in turn, and an agent that loses one moves to the next. Default:
+    /// the host install commands name (the public URL's, or the address the request was
+    /// made to) and the agent port.
+    #[arg(long, env = "MEZZANINE_AGENT_ENDPOINT", value_delimiter = ',')]
+    pub agent_endpoint: Vec<String>,
 
     /// Lifetime of agent client certificates in seconds; agents renew at about 70%.
     #[arg(long, env = "MEZZANINE_AGENT_CERT_TTL_SECS", default_value_t = 7 * 24 * 3600)]
@@ -255,6 +257,9 @@ pub struct Config {
     pub agent_endpoint_given: bool,
     /// Port agents dial; `None` means the port the agent listener is bound to.
     pub agent_endpoint_port: Option<u16>,
+    /// Every `--agent-endpoint` as (host, port), in order; the first is also
+    /// `agent_endpoint_host`/`_port`.
+    pub agent_endpoints: Vec<(String, Option<u16>)>,
     pub agent_cert_ttl_secs: u64,
     pub join_token_ttl_secs: i64,
     pub agent_binary: PathBuf,
@@ -455,8 +460,19 @@ impl ServeArgs {
         if hash_concurrency == 0 || hash_concurrency > 256 {
             return Err(ConfigError("--hash-concurrency must be 1 to 256".into()));
         }
-        let (agent_endpoint_host, agent_endpoint_port) = match &self.agent_endpoint {
-            Some(url) => parse_agent_endpoint(url)?,
+        if self.agent_endpoint.len() > mezzanine_proto::token::MAX_ENDPOINTS {
+            return Err(ConfigError(format!(
+                "--agent-endpoint: at most {} endpoints",
+                mezzanine_proto::token::MAX_ENDPOINTS
+            )));
+        }
+        let agent_endpoints = self
+            .agent_endpoint
+            .iter()
+            .map(|url| parse_agent_endpoint(url.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (agent_endpoint_host, agent_endpoint_port) = match agent_endpoints.first() {
+            Some(first) => first.clone(),
             None => (host_of(&authority), None),
         };
         if !(2..=366 * 86_400).contains(&self.agent_cert_ttl_secs) {
@@ -508,7 +524,8 @@ impl ServeArgs {
             ),
             agent_anonymous_per_ip: self.agent_anonymous_per_ip.max(1),
             agent_endpoint_host,
-            agent_endpoint_given: self.agent_endpoint.is_some(),
+            agent_endpoint_given: !agent_endpoints.is_empty(),
+            agent_endpoints,
             agent_endpoint_port,
             agent_cert_ttl_secs: self.agent_cert_ttl_secs,
             join_token_ttl_secs: clamp(self.join_token_ttl_secs),

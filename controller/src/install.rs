@@ -37,6 +37,8 @@ struct Inner {
     ca_pin: String,
     /// The port agents dial, fixed once the agent listener is bound.
     port: OnceLock<u16>,
+    /// The port the agent listener is bound to (for endpoints given without one).
+    bound: OnceLock<u16>,
     digest: AgentDigest,
 }
 
@@ -56,6 +58,7 @@ impl Installs {
             store,
             ca_pin,
             port: OnceLock::new(),
+            bound: OnceLock::new(),
             digest: AgentDigest::default(),
         }))
     }
@@ -64,18 +67,28 @@ impl Installs {
     pub fn set_agent_port(&self, bound: u16) {
         let conf = &self.0.config;
         let _ = self.0.port.set(conf.agent_endpoint_port.unwrap_or(bound));
+        let _ = self.0.bound.set(bound);
     }
 
-    /// `https://host:port` agents dial: the configured endpoint (`--agent-endpoint`, or
-    /// the public URL's host when `--public-url` was given), else the host servers were
-    /// told to download from (`base`), on the agent port.
-    pub fn agent_endpoint(&self, base: &str) -> String {
+    /// The `https://host:port` endpoints agents dial, in order: the configured ones
+    /// (`--agent-endpoint`; one without a port gets the agent listener's), else the public
+    /// URL's host when `--public-url` was given, else the host servers were told to
+    /// download from (`base`), on the agent port.
+    pub fn agent_endpoints(&self, base: &str) -> Vec<String> {
         let conf = &self.0.config;
         let port = self.0.port.get().copied().unwrap_or(0);
-        if conf.agent_endpoint_given || conf.public_url_given {
-            return endpoint_url(&conf.agent_endpoint_host, port);
+        if conf.agent_endpoint_given {
+            let bound = self.0.bound.get().copied().unwrap_or(port);
+            return conf
+                .agent_endpoints
+                .iter()
+                .map(|(host, p)| endpoint_url(host, p.unwrap_or(bound)))
+                .collect();
         }
-        endpoint_url(&crate::config::url_host(base), port)
+        if conf.public_url_given {
+            return vec![endpoint_url(&conf.agent_endpoint_host, port)];
+        }
+        vec![endpoint_url(&crate::config::url_host(base), port)]
     }
 
     /// Where the agent binary served to servers is.
@@ -173,8 +186,12 @@ impl Installs {
                 expires_at,
             )
             .await?;
-        let token =
-            crate::gateway::token::format(&self.agent_endpoint(base), &self.0.ca_pin, &id, &secret);
+        let token = crate::gateway::token::format(
+            &self.agent_endpoints(base),
+            &self.0.ca_pin,
+            &id,
+            &secret,
+        );
         let command = command(base, &sha, &token);
         Ok(Minted {
             token,

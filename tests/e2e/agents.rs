@@ -943,3 +943,148 @@ async fn install_commands_name_the_address_the_panel_was_opened_by() {
     proc.signal("KILL");
     ctl.proc.terminate(Duration::from_secs(10));
 }
+
+/// A TCP relay on loopback to a port set later; `cut` closes it and every connection it
+/// carries, as a controller that vanished would.
+struct Relay {
+    port: u16,
+    target: std::sync::Arc<std::sync::OnceLock<u16>>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target: std::sync::Arc<std::sync::OnceLock<u16>> = Default::default();
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (t, ts) = (target.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(&to) = t.get() else { continue };
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                ts.lock().expect("tasks").push(conn);
+            }
+        });
+        tasks.lock().expect("tasks").push(accept);
+        Relay {
+            port,
+            target,
+            tasks,
+        }
+    }
+
+    fn open_connections(&self) -> usize {
+        self.tasks
+            .lock()
+            .expect("tasks")
+            .iter()
+            .skip(1)
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// A controller known at two endpoints: the token carries both, in order; an agent
+/// enrolls and attaches through the first, and when that one goes away it attaches through
+/// the second by itself; an agent enrolling while the first is down uses the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_the_next_endpoint() {
+    let relay = Relay::start().await;
+    // The second endpoint names no port: the agent listener's own.
+    let endpoints = format!("https://127.0.0.1:{},https://127.0.0.1", relay.port);
+    let ctl = mezzanine_tests::ControllerProcess::start(false, &["--agent-endpoint", &endpoints]);
+    let mut admin = mezzanine_tests::first_admin(&ctl.base).await;
+    let (id, token, _) = add_server(&mut admin, "twofold").await;
+    let parsed = mezzanine_proto::token::parse(&token).expect("token");
+    assert_eq!(parsed.endpoints.len(), 2, "{:?}", parsed.endpoints);
+    assert_eq!(
+        parsed.endpoints[0],
+        format!("https://127.0.0.1:{}", relay.port)
+    );
+    let direct: u16 = parsed.endpoints[1]
+        .strip_prefix("https://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{:?}", parsed.endpoints));
+    relay.target.set(direct).expect("target");
+
+    let agent = Agent::new();
+    let (ok, out) = agent.enroll(&token);
+    assert!(ok, "{out}");
+    let status = agent.status();
+    assert!(
+        status.contains(&format!(
+            "https://127.0.0.1:{}, https://127.0.0.1:{direct}",
+            relay.port
+        )),
+        "{status}"
+    );
+    let _proc = agent.run(1);
+    let first = wait_server(&mut admin, id, Duration::from_secs(30), "online", online).await;
+    assert!(relay.open_connections() >= 1, "attached through the first");
+
+    // The first endpoint vanishes: the agent attaches through the second by itself.
+    relay.cut();
+    let cut_at = Instant::now();
+    let again = wait_server(
+        &mut admin,
+        id,
+        Duration::from_secs(60),
+        "online through the second endpoint",
+        |v| online(v) && v["connected_since"] != first["connected_since"],
+    )
+    .await;
+    println!(
+        "attached through the second endpoint {:?} after the first went away",
+        cut_at.elapsed()
+    );
+    assert_eq!(relay.open_connections(), 0, "{again}");
+    let r = admin
+        .post(&format!("/api/servers/{id}/ping"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Enrolling while the first endpoint is down: the second one takes it.
+    let (id2, token2, _) = add_server(&mut admin, "latecomer").await;
+    let late = Agent::new();
+    let (ok, out) = late.enroll(&token2);
+    assert!(ok, "{out}");
+    let _late = late.run(1);
+    wait_server(&mut admin, id2, Duration::from_secs(60), "online", online).await;
+
+    // Bad endpoint lists are refused at start (`timeout`: one that started would serve).
+    let scratch = tempfile::tempdir().expect("tmp");
+    for bad in [
+        "http://127.0.0.1:1",
+        "https://127.0.0.1:1/path",
+        "https://a:1,,https://b:1",
+    ] {
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(mezzanine_tests::binary("mezzanine", false))
+            .args(["serve", "--agent-endpoint", bad, "--listen", "127.0.0.1:0"])
+            .args(["--agent-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(scratch.path())
+            .output()
+            .expect("mezzanine");
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--agent-endpoint"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

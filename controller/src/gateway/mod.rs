@@ -81,11 +81,19 @@ pub async fn serve(
     let gw = state.gateway.clone();
     // The constant name is what agents verify (see GATEWAY_SERVER_NAME); the endpoint
     // host is kept for agents installed before they did.
-    let names = vec![
+    let mut names = vec![
         mezzanine_proto::GATEWAY_SERVER_NAME.to_owned(),
         state.config.agent_endpoint_host.clone(),
         "localhost".to_owned(),
     ];
+    names.extend(
+        state
+            .config
+            .agent_endpoints
+            .iter()
+            .map(|(h, _)| h.clone())
+            .filter(|h| h != &state.config.agent_endpoint_host),
+    );
     let (chain, key) = gw.ca.server_cert(&names).map_err(|e| e.to_string())?;
     let config = tls::server_config(gw.ca.cert_der(), chain, key, gw.registry.clone())
         .map_err(|e| format!("agent gateway TLS: {e}"))?;
