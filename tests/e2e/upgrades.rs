@@ -188,6 +188,13 @@ async fn agents_upgrade_over_their_session_and_a_broken_release_is_rolled_back()
         "!document.querySelector('#agent-upgrade') && !document.querySelector('#server-facts').innerText.includes('newer build')",
     )
     .await;
+    // The list says which one is still behind, and offers to upgrade it.
+    b.open(&format!("{}/#/servers", ctl.base)).await;
+    b.until(
+        "the outdated agent in the list",
+        "(rows => rows.some(r => r.innerText.includes('up2') && r.innerText.includes('(update available)')) && rows.some(r => r.innerText.includes('up1') && !r.innerText.includes('update available')))([...document.querySelectorAll('#servers tbody tr')]) && (document.querySelector('#upgrade-agents') || {}).textContent === 'Upgrade 1 outdated agent'",
+    )
+    .await;
     drop(b);
 
     let r = admin

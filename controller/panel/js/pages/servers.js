@@ -1,7 +1,8 @@
-// Servers: the list (filter by state or name) and adding one, by install command or SSH.
+// Servers: the list (filter by state or name), upgrading outdated agents, and adding one,
+// by install command or SSH.
 
 import { api } from "../api.js";
-import { h, table, status, ago, link, rank, onSubmit, field, toast, fill } from "../ui.js";
+import { h, table, status, ago, link, rank, onSubmit, field, toast, fill, button } from "../ui.js";
 import { installCard } from "../install.js";
 
 export default async function servers(ctx) {
@@ -21,22 +22,36 @@ export default async function servers(ctx) {
       ["Host", (s) => s.host],
       ["Status", (s) => status(s.status)],
       ["Last seen", (s) => ago(s.last_seen)],
-      ["Agent", (s) => s.agent_version || "—"],
+      ["Agent", (s) => s.agent_version ? s.agent_version + (s.agent_outdated ? " (update available)" : "") : "—"],
       ["Tags", (s) => (s.tags || []).join(", ")],
     ], rows, list.length ? "No server matches." : "No servers yet. Add one below: paste an install command on it, or let the controller adopt it over SSH.", { id: "servers" }));
   }
   search.addEventListener("input", draw);
 
+  // Admins: one button upgrades every outdated agent that is online, one at a time.
+  const upgradeBox = h("div", { class: "actions" });
+  function drawUpgrade() {
+    const outdated = list.filter((s) => s.agent_outdated && s.status === "online");
+    const busy = list.some((s) => s.agent_upgrade && s.agent_upgrade.status === "upgrading");
+    fill(upgradeBox, ctx.me.role === "admin" && outdated.length && !busy
+      ? button("Upgrade " + outdated.length + " outdated agent" + (outdated.length > 1 ? "s" : ""), async () => {
+        const r = await api("POST", "/servers/agent/upgrade", {});
+        toast("Upgrading " + r.server_ids.length + " agent" + (r.server_ids.length === 1 ? "" : "s") + ", one at a time.");
+        await load();
+      }, "secondary", { id: "upgrade-agents" })
+      : null);
+  }
+
   async function load() {
     list = await api("GET", "/servers");
-    if (ctx.current()) draw();
+    if (ctx.current()) { draw(); drawUpgrade(); }
   }
 
   const form = rank(ctx.me.role) >= 1 ? addForm(ctx, installBox, load) : null;
   fill(ctx.view, 
     h("h1", null, "Servers"),
     h("div", { class: "bar filters" }, search,
-      want ? h("span", null, "Showing ", status(want), " ", link("#/servers", "show all")) : null),
+      want ? h("span", null, "Showing ", status(want), " ", link("#/servers", "show all")) : null, upgradeBox),
     listBox, installBox, form);
   await load();
   ctx.live(["server"], load);
