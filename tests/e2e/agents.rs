@@ -944,66 +944,12 @@ async fn install_commands_name_the_address_the_panel_was_opened_by() {
     ctl.proc.terminate(Duration::from_secs(10));
 }
 
-/// A TCP relay on loopback to a port set later; `cut` closes it and every connection it
-/// carries, as a controller that vanished would.
-struct Relay {
-    port: u16,
-    target: std::sync::Arc<std::sync::OnceLock<u16>>,
-    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Relay {
-    async fn start() -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let target: std::sync::Arc<std::sync::OnceLock<u16>> = Default::default();
-        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
-            Default::default();
-        let (t, ts) = (target.clone(), tasks.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let Some(&to) = t.get() else { continue };
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-                ts.lock().expect("tasks").push(conn);
-            }
-        });
-        tasks.lock().expect("tasks").push(accept);
-        Relay {
-            port,
-            target,
-            tasks,
-        }
-    }
-
-    fn open_connections(&self) -> usize {
-        self.tasks
-            .lock()
-            .expect("tasks")
-            .iter()
-            .skip(1)
-            .filter(|t| !t.is_finished())
-            .count()
-    }
-
-    fn cut(&self) {
-        for t in self.tasks.lock().expect("tasks").drain(..) {
-            t.abort();
-        }
-    }
-}
-
 /// A controller known at two endpoints: the token carries both, in order; an agent
 /// enrolls and attaches through the first, and when that one goes away it attaches through
 /// the second by itself; an agent enrolling while the first is down uses the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_fails_over_to_the_next_endpoint() {
-    let relay = Relay::start().await;
+    let relay = mezzanine_tests::Relay::start(0).await;
     // The second endpoint names no port: the agent listener's own.
     let endpoints = format!("https://127.0.0.1:{},https://127.0.0.1", relay.port);
     let ctl = mezzanine_tests::ControllerProcess::start(false, &["--agent-endpoint", &endpoints]);
@@ -1019,7 +965,7 @@ async fn an_agent_fails_over_to_the_next_endpoint() {
         .strip_prefix("https://127.0.0.1:")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{:?}", parsed.endpoints));
-    relay.target.set(direct).expect("target");
+    relay.set_target(direct);
 
     let agent = Agent::new();
     let (ok, out) = agent.enroll(&token);

@@ -1375,3 +1375,73 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+/// A TCP relay on a loopback port to another loopback port (set with `set_target`, so it
+/// can stand in front of a controller that is not started yet): an agent endpoint that
+/// `cut` makes vanish — it closes its listener and every connection it carries, as a
+/// controller that died would.
+pub struct Relay {
+    pub port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    /// Listens on `port` (0: any free one).
+    pub async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (t, ts) = (target.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = t.load(std::sync::atomic::Ordering::SeqCst);
+                if to == 0 {
+                    continue;
+                }
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                ts.lock().expect("tasks").push(conn);
+            }
+        });
+        tasks.lock().expect("tasks").push(accept);
+        Relay {
+            port,
+            target,
+            tasks,
+        }
+    }
+
+    pub fn set_target(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections it carries now.
+    pub fn open_connections(&self) -> usize {
+        self.tasks
+            .lock()
+            .expect("tasks")
+            .iter()
+            .skip(1)
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+
+    pub fn cut(&self) {
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
