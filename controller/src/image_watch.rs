@@ -26,7 +26,9 @@ pub async fn announce(
         let Ok(remote) = &checked.digest else {
             continue;
         };
-        if local.iter().any(|l| l == remote) {
+        // Never pulled here (built or loaded on the server): nothing to compare, even if
+        // another server's pull of the same tag was checked.
+        if local.is_empty() || local.iter().any(|l| l == remote) {
             continue;
         }
         let image = format!("{}/{}:{}", r.registry, r.repository, r.tag);
