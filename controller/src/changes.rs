@@ -31,6 +31,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "server" => Kind::Server,
+            "run" => Kind::Run,
+            "workflow" => Kind::Workflow,
+            "pool" => Kind::Pool,
+            "user" => Kind::User,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Server => "server",
@@ -90,11 +101,31 @@ pub enum Resume {
     Reset,
 }
 
+/// What this controller tells the controllers sharing its database (see `cluster`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A committed change, for their feeds.
+    Changed {
+        kind: Kind,
+        id: i64,
+        parent: Option<i64>,
+    },
+    /// A run's output grew (its followers there read the store).
+    Output(i64),
+    /// Whoever drives this run: cancel it.
+    Cancel(i64),
+    /// Whoever holds this server's session: end it, the server was removed or
+    /// re-enrolled (`reason` goes to the agent).
+    Remove { server_id: i64, reason: String },
+}
+
 #[derive(Debug)]
 pub struct Feed {
     boot: u32,
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Change>,
+    /// Set when other controllers may be listening.
+    outbox: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Notice>>,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +148,7 @@ impl Default for Feed {
                 recent: VecDeque::with_capacity(RING),
             }),
             tx,
+            outbox: std::sync::OnceLock::new(),
         }
     }
 }
@@ -132,7 +164,29 @@ impl Feed {
         self.announce(Kind::Run, id, Some(workflow_id));
     }
 
+    /// From now on, notices for the other controllers go to `outbox`.
+    pub fn set_outbox(&self, outbox: tokio::sync::mpsc::UnboundedSender<Notice>) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Tells the other controllers (if any listen).
+    pub fn tell(&self, notice: Notice) {
+        if let Some(o) = self.outbox.get() {
+            let _ = o.send(notice);
+        }
+    }
+
+    /// A change another controller committed: announced here, not told back.
+    pub fn changed_elsewhere(&self, kind: Kind, id: i64, parent: Option<i64>) {
+        self.publish(kind, id, parent);
+    }
+
     fn announce(&self, kind: Kind, id: i64, parent: Option<i64>) {
+        self.tell(Notice::Changed { kind, id, parent });
+        self.publish(kind, id, parent);
+    }
+
+    fn publish(&self, kind: Kind, id: i64, parent: Option<i64>) {
         // Numbered and sent under the lock so streams see changes in ring order.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let change = Change::Entity {

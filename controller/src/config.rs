@@ -80,6 +80,13 @@ pub struct ServeArgs {
     #[arg(long, env = "MEZZANINE_AGENT_LISTEN", default_value = "0.0.0.0:7443")]
     pub agent_listen: SocketAddr,
 
+    /// Where the other controllers sharing this PostgreSQL database reach this one's agent
+    /// gateway, to relay commands to the agents attached here (HOST:PORT). Default: the
+    /// agent listen address, with 127.0.0.1 for an unspecified one (controllers on one
+    /// machine); set it when they run on several.
+    #[arg(long, env = "MEZZANINE_PEER_ADDRESS", value_parser = parse_peer_address)]
+    pub peer_address: Option<String>,
+
     /// Connections the API port holds at once (beyond it, new ones are closed at once).
     /// Default: a quarter of the descriptor limit, at most 4096.
     #[arg(long, env = "MEZZANINE_MAX_CONNECTIONS")]
@@ -245,6 +252,7 @@ pub struct Config {
     pub session_max_secs: i64,
     pub hash_concurrency: usize,
     pub agent_listen: SocketAddr,
+    pub peer_address: Option<String>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: usize,
     pub http_header_timeout: std::time::Duration,
@@ -281,6 +289,26 @@ pub struct Config {
     pub keep_runs: i64,
     pub keep_audit: std::time::Duration,
     pub keep_deliveries: std::time::Duration,
+}
+
+/// HOST:PORT with a DNS name or an IP address (brackets for IPv6) and a port 1..65535.
+fn parse_peer_address(raw: &str) -> Result<String, String> {
+    let bad = || format!("{raw:?} is not HOST:PORT");
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(raw.to_owned())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -514,6 +542,7 @@ impl ServeArgs {
             session_max_secs: clamp(self.session_max_secs),
             hash_concurrency,
             agent_listen: self.agent_listen,
+            peer_address: self.peer_address,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip.max(1),
             http_header_timeout: std::time::Duration::from_secs(

@@ -3,7 +3,7 @@
 //! server's agent. Reading a key never creates one; only creation and rotation write.
 
 use crate::crypto::MasterKey;
-use crate::gateway::{CallError, Registry};
+use crate::gateway::{CallError, Fleet};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub struct PublicKey {
 pub struct DeployKeys {
     store: Store,
     key: Arc<MasterKey>,
-    agents: Arc<Registry>,
+    agents: Arc<Fleet>,
     /// Deliveries run here, so a shutdown waits for them.
     tasks: TaskTracker,
 }
@@ -42,7 +42,7 @@ impl DeployKeys {
     pub fn new(
         store: Store,
         key: Arc<MasterKey>,
-        agents: Arc<Registry>,
+        agents: Arc<Fleet>,
         tasks: TaskTracker,
     ) -> DeployKeys {
         DeployKeys {

@@ -3,7 +3,7 @@
 //! back to the agent only as the viewer takes chunks, so a slow viewer holds the agent
 //! back instead of filling this process). The HTTP layer only encodes what this yields.
 
-use crate::gateway::{CallError, Registry, ReplyStream};
+use crate::gateway::{CallError, Fleet, FleetStream};
 use mezzanine_proto::v1::{command, reply, DockerError, DockerLogs, LogStream};
 use mezzanine_proto::CHUNK_OVERHEAD;
 use std::future::Future;
@@ -55,7 +55,7 @@ pub enum Piece {
 /// An open log stream whose container is known to exist.
 #[derive(Debug)]
 pub struct Logs {
-    stream: ReplyStream,
+    stream: FleetStream,
     first: Option<reply::Body>,
     timeout: Duration,
 }
@@ -71,7 +71,7 @@ fn stream_name(kind: i32) -> &'static str {
 /// Opens `req` on `server_id`'s agent. The agent's first message says whether the
 /// container exists (an empty chunk) or why not; `timeout` bounds each wait for it.
 pub async fn open(
-    agents: &Registry,
+    agents: &Fleet,
     server_id: i64,
     req: LogRequest,
     timeout: Duration,
@@ -83,7 +83,7 @@ pub async fn open(
         timestamps: req.timestamps,
         window: WINDOW,
     });
-    let mut stream = agents.open_stream(server_id, cmd)?;
+    let mut stream = agents.open_stream(server_id, cmd).await?;
     let first = tokio::time::timeout(timeout, stream.next())
         .await
         .map_err(|_| LogError::Timeout("the agent did not start the log stream in time"))?

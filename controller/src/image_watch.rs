@@ -59,16 +59,13 @@ async fn pass(state: &AppState) {
             return;
         }
     };
-    let registry = &state.gateway().registry;
+    let fleet = &state.gateway().fleet;
     // This pass's answers: a fleet running one image makes one request for it.
     let mut answers: HashMap<ImageRef, Checked> = HashMap::new();
     let mut credentials: HashMap<String, Option<Credential>> = HashMap::new();
-    for s in servers.iter().filter(|s| registry.is_attached(s.id)) {
+    for s in servers.iter().filter(|s| s.status == "online") {
         let cmd = command::Body::DockerListImages(DockerListImages {});
-        let list = match registry
-            .call(s.id, cmd, state.config().docker_timeout)
-            .await
-        {
+        let list = match fleet.call(s.id, cmd, state.config().docker_timeout).await {
             Ok(reply::Body::DockerImages(list)) => list,
             // No Docker, or the agent went away: nothing to check there now.
             _ => continue,

@@ -7,6 +7,7 @@ pub mod acme;
 pub mod api;
 pub mod auth;
 pub mod changes;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod denials;
@@ -62,7 +63,7 @@ impl StartError {
         matches!(
             self,
             StartError::Key(crypto::KeyError::Permissive { .. } | crypto::KeyError::Length { .. })
-                | StartError::Store(store::StoreError::Unsupported(_) | store::StoreError::Taken)
+                | StartError::Store(store::StoreError::Unsupported(_))
         )
     }
 }
@@ -82,10 +83,32 @@ pub async fn prepare(config: Config) -> Result<AppState, StartError> {
     let create_key = config.master_key_file == config.data_dir.join("master.key");
     let key = crypto::MasterKey::load_or_create(&config.master_key_file, create_key)?;
     let store = store::Store::open(&config.database_url).await?;
-    store.claim().await?;
-    store.mark_online_servers_offline(time::now_secs()).await?;
+    let store = store.identified_as(&controller_id(&config.data_dir)?);
     let gateway = gateway::Gateway::load(&store, &key).await?;
     Ok(AppState::new(config, store, key, gateway))
+}
+
+/// This controller's id, made on first start and kept in its data dir: what a process
+/// holds in a shared database (agent sessions, runs, rollouts) is recorded under it, so
+/// the next process on the same data dir takes it back at start, while another
+/// controller waits until the lease runs out.
+fn controller_id(dir: &std::path::Path) -> Result<String, StartError> {
+    let path = dir.join("controller-id");
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 16 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Ok(id.trim().to_owned())
+        }
+        Ok(_) => tracing::warn!(path = %path.display(), "unreadable controller id replaced"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let id = hex::encode(crypto::random_bytes::<8>()?);
+    std::fs::write(&path, format!("{id}\n")).map_err(err)?;
+    Ok(id)
 }
 
 /// A data dir that already existed keeps the mode it had; one that others may read or
@@ -124,6 +147,20 @@ pub async fn serve(
         .map_err(|e| StartError::Serve(e.to_string()))?
         .port();
     state.installs().set_agent_port(agent_port);
+    let bound = agents
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let peer = state.config().peer_address.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bound.port())
+        } else {
+            bound.to_string()
+        }
+    });
+    state.set_gateway_peer(peer.clone());
+    // In the controllers table before any agent can attach: servers still marked online
+    // by a controller that is gone are released, the others' are left alone.
+    cluster::join(&state, &peer).await?;
     // The first thing a shutdown does: end event streams (so the HTTP server's graceful
     // stop is not held by viewers) and tell background work to wind down.
     let closing = state.closing().clone();
@@ -137,31 +174,16 @@ pub async fn serve(
     let denials = tokio::spawn(api::audit::flush_denials(state.clone()));
     state.deploy_keys().backfill().await;
     crate::deploy::recover(state.deploys()).await;
-    // Pools follow their members' deploys and check their health until shutdown.
-    state
-        .tasks()
-        .spawn(state.pools().clone().run(state.closing().clone()));
-    // Events reach the notifiers subscribed to them.
+    // Rollouts this controller's previous process (or a gone controller) was driving.
+    state.pools().adopt_orphaned_rollouts(true).await;
+    // Events reach the notifiers subscribed to them (each controller delivers its own).
     state
         .tasks()
         .spawn(state.notifier().clone().run(state.closing().clone()));
-    // Scheduled workflows queue their runs.
-    state.tasks().spawn(crate::schedule::run(
-        state.deploys().clone(),
-        state.closing().clone(),
-    ));
-    // Pulled images are checked against their registries now and then; updates are news.
-    if let Some(every) = state.config().image_check_interval {
-        state.tasks().spawn(crate::image_watch::run(
-            state.clone(),
-            every,
-            state.closing().clone(),
-        ));
-    }
-    // Pools with HTTPS get and renew their certificates.
+    // The lease renewal and reaping, and the fleet-wide work of the lead controller.
     state
         .tasks()
-        .spawn(state.acme().clone().run(state.closing().clone()));
+        .spawn(cluster::run(state.clone(), start_lead_tasks));
     let web = serve_http(http, app, &state, shutdown.clone());
     // The gateway runs on its own single-threaded runtime: thousands of mostly idle
     // sessions then cost no cross-core wake-ups (see BENCHMARKS.md), and a burst of API
@@ -212,6 +234,32 @@ pub async fn serve(
     state.store().close().await;
     web.map_err(|e| StartError::Serve(format!("HTTP server: {e}")))?;
     grpc.map_err(StartError::Serve)
+}
+
+/// The fleet-wide background work, run by one controller of those sharing a database
+/// (the lead; see `cluster`).
+fn start_lead_tasks(state: &AppState) {
+    // Pools follow their members' deploys and check their health until shutdown.
+    state
+        .tasks()
+        .spawn(state.pools().clone().run(state.closing().clone()));
+    // Scheduled workflows queue their runs.
+    state.tasks().spawn(crate::schedule::run(
+        state.deploys().clone(),
+        state.closing().clone(),
+    ));
+    // Pulled images are checked against their registries now and then; updates are news.
+    if let Some(every) = state.config().image_check_interval {
+        state.tasks().spawn(crate::image_watch::run(
+            state.clone(),
+            every,
+            state.closing().clone(),
+        ));
+    }
+    // Pools with HTTPS get and renew their certificates.
+    state
+        .tasks()
+        .spawn(state.acme().clone().run(state.closing().clone()));
 }
 
 /// The API's accept loop: connection caps (in all and per address; a connection over a

@@ -12,7 +12,7 @@
 //! nginx's own passive check still skips a member that refuses connections.
 
 use crate::deploy::{Deploys, EnqueueError};
-use crate::gateway::registry::{CallError, Registry};
+use crate::gateway::{CallError, Fleet};
 use crate::store::{MemberRow, PoolRow, PoolSettings, Store, StoreError};
 use mezzanine_proto::v1::{command, reply, ApplyPool, LbStrategy, PoolMember, Probe};
 use serde_json::json;
@@ -188,7 +188,7 @@ struct Inner {
     store: Store,
     /// Opens the pools' certificate keys to send them to their edges.
     key: Arc<crate::crypto::MasterKey>,
-    agents: Arc<Registry>,
+    agents: Arc<Fleet>,
     deploys: Deploys,
     tasks: TaskTracker,
     /// One apply on an edge at a time: the health checker and the API must not interleave.
@@ -226,7 +226,7 @@ impl Pools {
     pub fn new(
         store: Store,
         key: Arc<crate::crypto::MasterKey>,
-        agents: Arc<Registry>,
+        agents: Arc<Fleet>,
         deploys: Deploys,
         tasks: TaskTracker,
     ) -> Pools {
@@ -886,30 +886,52 @@ impl Pools {
         Ok(true)
     }
 
-    /// After a restart: rollouts whose driver died end as failed, and members left
-    /// drained for them (still on the old version) go back into the upstream.
-    async fn recover_rollouts(&self) {
+    /// Rollouts whose driver is gone (this controller's previous process, or another
+    /// controller that stopped renewing its lease) end as failed — each claimed first,
+    /// so one controller ends it — and their pools' members left drained (still on the
+    /// old version) go back into the upstream. `mine`: this controller's own too (at
+    /// start, they are its previous process's).
+    pub async fn adopt_orphaned_rollouts(&self, mine: bool) {
         let st = &self.0.store;
-        if let Ok(ids) = st.running_rollouts().await {
-            for rid in ids {
-                if let Ok(Some((r, _))) = st.rollout(rid).await {
-                    let _ = st
-                        .finish_rollout(rid, r.pool_id, "failed", Some("the controller restarted during the rollout; members not yet redeployed keep the previous version"), now())
-                        .await;
-                }
+        let orphans = match st
+            .orphaned_rollouts(crate::gateway::fleet::fresh_since(), mine)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rollouts left running");
+                return;
             }
+        };
+        let mut pools = Vec::new();
+        for (rid, previous) in orphans {
+            if !matches!(st.take_rollout(rid, previous.as_deref()).await, Ok(true)) {
+                continue;
+            }
+            if let Ok(Some((r, _))) = st.rollout(rid).await {
+                let _ = st
+                    .finish_rollout(rid, r.pool_id, "failed", Some("its controller restarted or went away during the rollout; members not yet redeployed keep the previous version"), now())
+                    .await;
+                pools.push(r.pool_id);
+            }
+        }
+        if pools.is_empty() {
+            return;
         }
         let Ok(members) = st.all_members().await else {
             return;
         };
-        for m in members.into_iter().filter(|m| m.state == "draining") {
+        for m in members
+            .into_iter()
+            .filter(|m| m.state == "draining" && pools.contains(&m.pool_id))
+        {
             if let Err(e) = self
                 .apply_with(
                     m.pool_id,
                     Some((
                         m.server_id,
                         "healthy",
-                        "back in the upstream after a restart",
+                        "back in the upstream after its rollout's controller stopped",
                     )),
                 )
                 .await
@@ -1200,7 +1222,6 @@ impl Pools {
     /// until the controller shuts down.
     pub async fn run(self, closing: tokio_util::sync::CancellationToken) {
         let (mut feed, _) = self.0.store.changes().subscribe(None);
-        self.recover_rollouts().await;
         self.recheck_deploying().await;
         // Probes start within 100 ms of being due: detection is the interval, not the tick.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -1257,7 +1278,7 @@ impl Pools {
             let Some(edge) = pool.settings.edge_server_id else {
                 continue;
             };
-            if !self.0.agents.is_attached(edge) || due.get(&key).is_some_and(|t| *t > now_i) {
+            if !self.0.agents.is_attached(edge).await || due.get(&key).is_some_and(|t| *t > now_i) {
                 continue;
             }
             if !lock(&self.0.busy).insert(key) {

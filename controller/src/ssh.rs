@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::crypto::MasterKey;
-use crate::gateway::Registry;
+use crate::gateway::Fleet;
 use crate::install::Installs;
 use crate::store::Store;
 use russh::client;
@@ -202,7 +202,7 @@ pub struct AdoptionsInner {
     key: Arc<MasterKey>,
     config: Arc<Config>,
     installs: Installs,
-    agents: Arc<Registry>,
+    agents: Arc<Fleet>,
     tasks: TaskTracker,
     running: Mutex<HashSet<i64>>,
 }
@@ -220,7 +220,7 @@ impl Adoptions {
         key: Arc<MasterKey>,
         config: Arc<Config>,
         installs: Installs,
-        agents: Arc<Registry>,
+        agents: Arc<Fleet>,
         tasks: TaskTracker,
     ) -> Adoptions {
         Adoptions(Arc::new(AdoptionsInner {
@@ -582,7 +582,7 @@ async fn run(
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !adoptions.agents.is_attached(id) {
+    while !adoptions.agents.is_attached(id).await {
         if Instant::now() > deadline {
             return Err(AdoptError::Timeout(
                 60,

@@ -49,6 +49,10 @@ struct Inner {
     tasks: TaskTracker,
     closing: tokio_util::sync::CancellationToken,
     denials: crate::denials::Denials,
+    /// host:port where the other controllers reach this one's gateway (set by `serve`).
+    peer: std::sync::OnceLock<String>,
+    /// The controllers renewing their lease, as of the last renewal here.
+    living: std::sync::RwLock<Arc<std::collections::HashSet<String>>>,
 }
 
 /// The handles the HTTP layer works with. Domain services (the deploy engine, adoptions,
@@ -89,7 +93,7 @@ impl AppState {
         let gateway = Arc::new(gateway);
         let key = Arc::new(key);
         let tasks = TaskTracker::new();
-        let agents = gateway.registry.clone();
+        let agents = gateway.fleet.clone();
         let deploys = Deploys::new(
             store.clone(),
             key.clone(),
@@ -98,7 +102,7 @@ impl AppState {
                 output_cap: config.run_output_cap_bytes,
                 keep_runs: config.keep_runs,
             },
-            agents.clone(),
+            agents.clone() as Arc<dyn crate::deploy::agents::Agents>,
         );
         let installs = Installs::new(config.clone(), store.clone(), gateway.ca.pin_hex());
         let adoptions = Adoptions::new(
@@ -161,6 +165,8 @@ impl AppState {
             tasks,
             closing: tokio_util::sync::CancellationToken::new(),
             denials: Default::default(),
+            peer: std::sync::OnceLock::new(),
+            living: Default::default(),
         }))
     }
 
@@ -173,6 +179,29 @@ impl AppState {
             deploys: self.0.deploys.clone(),
             deploy_keys: self.0.deploy_keys.clone(),
         }
+    }
+
+    /// Records where the other controllers reach this one's gateway.
+    pub fn set_gateway_peer(&self, peer: String) {
+        let _ = self.0.peer.set(peer);
+    }
+
+    /// host:port where the other controllers reach this one's gateway.
+    pub fn gateway_peer(&self) -> String {
+        self.0.peer.get().cloned().unwrap_or_default()
+    }
+
+    /// The controllers renewing their lease (refreshed by `cluster` every renewal).
+    pub fn living_controllers(&self) -> Arc<std::collections::HashSet<String>> {
+        self.0
+            .living
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_living_controllers(&self, ids: std::collections::HashSet<String>) {
+        *self.0.living.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ids);
     }
 
     /// Anonymous denials counted for the audit log (see `denials`).

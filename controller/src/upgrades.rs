@@ -5,7 +5,7 @@
 //! (`agent/src/upgrade.rs`); the upgrade ends when the agent attaches again
 //! (`Store::set_server_online`): succeeded, rolled back, or failed.
 
-use crate::gateway::registry::{CallError, Registry};
+use crate::gateway::{CallError, Fleet};
 use crate::install::{AgentBuild, Installs};
 use crate::store::{Store, StoreError};
 use mezzanine_proto::v1::{command, UpgradeChunk};
@@ -53,7 +53,7 @@ pub struct Upgrades(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    agents: Arc<Registry>,
+    agents: Arc<Fleet>,
     installs: Installs,
     tasks: TaskTracker,
 }
@@ -61,7 +61,7 @@ struct Inner {
 impl Upgrades {
     pub fn new(
         store: Store,
-        agents: Arc<Registry>,
+        agents: Arc<Fleet>,
         installs: Installs,
         tasks: TaskTracker,
     ) -> Upgrades {
@@ -111,7 +111,7 @@ impl Upgrades {
     ) -> Result<Started, UpgradeError> {
         let st = &self.0.store;
         let server = st.server(id).await?.ok_or(UpgradeError::NotFound)?;
-        if !self.0.agents.is_attached(id) {
+        if !self.0.agents.is_attached(id).await {
             return Err(UpgradeError::Conflict(format!(
                 "server {} is offline: an agent is upgraded over its session",
                 server.name
@@ -270,7 +270,7 @@ impl Upgrades {
             };
             if s.agent_version.as_deref() == Some(to.as_str()) && !force {
                 left_out.push((id, format!("already runs agent {to}")));
-            } else if !self.0.agents.is_attached(id) {
+            } else if !self.0.agents.is_attached(id).await {
                 left_out.push((id, "offline".to_owned()));
             } else {
                 chosen.push(id);

@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod cli;
+mod cluster;
 mod contract;
 mod conventions;
 mod database;

@@ -677,16 +677,60 @@ impl ControllerProcess {
     /// `start`, listening (API and agents) on `ip` (`0.0.0.0`: every address).
     pub fn start_on(ip: &str, release: bool, extra: &[&str]) -> ControllerProcess {
         let data = tempfile::tempdir().expect("tmp");
+        let any = format!("{ip}:0");
+        Self::launch(data, &any, &any, release, extra)
+    }
+
+    /// A controller sharing `first`'s database and master key (several controllers on
+    /// one PostgreSQL), its agent gateway on `agent_listen` (port 0: any).
+    pub fn start_sharing(
+        first: &ControllerProcess,
+        agent_listen: &str,
+        release: bool,
+        extra: &[&str],
+    ) -> ControllerProcess {
+        let data = tempfile::tempdir().expect("tmp");
+        std::fs::write(data.path().join("database-url"), first.database_url())
+            .expect("share the database URL");
+        // The same master key, in this controller's own data dir (0700, the key 0600).
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = data.path().join("data");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .expect("data dir");
+        let key = dir.join("master.key");
+        std::fs::copy(first.data_dir().join("master.key"), &key).expect("copy the master key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("key mode");
+        Self::launch(data, "127.0.0.1:0", agent_listen, release, extra)
+    }
+
+    /// `start` with an explicit agent listen address (`IP:PORT`).
+    pub fn start_with_agent_port(
+        agent_listen: &str,
+        release: bool,
+        extra: &[&str],
+    ) -> ControllerProcess {
+        let data = tempfile::tempdir().expect("tmp");
+        Self::launch(data, "127.0.0.1:0", agent_listen, release, extra)
+    }
+
+    fn launch(
+        data: tempfile::TempDir,
+        any: &str,
+        agent_listen: &str,
+        release: bool,
+        extra: &[&str],
+    ) -> ControllerProcess {
         let dir = data.path().join("data");
         // Port 0: the controller binds and says in its ready line what it got; a respawn
         // then asks for those same ports (agents know the agent port from their token).
-        let any = format!("{ip}:0");
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
-            any.clone(),
+            any.to_owned(),
             "--agent-listen".into(),
-            any,
+            agent_listen.to_owned(),
             "--data-dir".into(),
             dir.to_str().expect("utf8").into(),
         ];

@@ -89,7 +89,7 @@ async fn call(
 ) -> ApiResult<reply::Body> {
     let body = state
         .gateway()
-        .registry
+        .fleet
         .call(id, body, timeout)
         .await
         .map_err(call_error)?;
@@ -423,7 +423,7 @@ async fn logs(
         timestamps: q.timestamps.unwrap_or(false),
     };
     let timeout = state.config().docker_timeout;
-    let logs = docker_logs::open(&state.gateway().registry, id, req, timeout)
+    let logs = docker_logs::open(&state.gateway().fleet, id, req, timeout)
         .await
         .map_err(log_error)?;
     if !follow {

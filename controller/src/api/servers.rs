@@ -39,9 +39,17 @@ fn opt_rfc3339(secs: Option<i64>) -> Value {
 /// `live` must be read before `s`: a session records "offline" in the database before it
 /// leaves the registry, so a row read after a missing session already says why.
 /// `served`: the agent version this controller serves, to tell outdated agents.
-fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool, served: Option<&str>) -> Value {
+/// `elsewhere`: whether another living controller holds the server's session.
+fn server_json(
+    s: &ServerRow,
+    live: Option<LiveView>,
+    elsewhere: bool,
+    detail: bool,
+    served: Option<&str>,
+) -> Value {
     let (status, last_seen) = match &live {
         Some(l) => ("online", Some(l.last_seen_ms / 1000)),
+        None if s.status == "online" && elsewhere => ("online", s.last_seen),
         None if s.status == "online" => ("offline", s.last_seen),
         None => (s.status.as_str(), s.last_seen),
     };
@@ -71,7 +79,7 @@ fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool, served: Opti
             .as_ref()
             .and_then(|l| l.metrics.clone())
             .or_else(|| s.metrics.clone());
-        v["status_detail"] = json!(if live.is_some() {
+        v["status_detail"] = json!(if live.is_some() || (elsewhere && s.status == "online") {
             None
         } else {
             s.status_detail.clone()
@@ -93,6 +101,14 @@ fn server_json(s: &ServerRow, live: Option<LiveView>, detail: bool, served: Opti
     v
 }
 
+/// Whether another controller sharing the database, still renewing its lease, holds the
+/// server's agent session.
+fn held_elsewhere(state: &AppState, s: &ServerRow) -> bool {
+    s.controller_id.as_deref().is_some_and(|c| {
+        c != state.store().controller_id() && state.living_controllers().contains(c)
+    })
+}
+
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let live = state.gateway().registry.views();
     let servers = state.store().servers().await?;
@@ -100,7 +116,15 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(Value::Array(
         servers
             .iter()
-            .map(|s| server_json(s, live.get(&s.id).cloned(), false, served.as_deref()))
+            .map(|s| {
+                server_json(
+                    s,
+                    live.get(&s.id).cloned(),
+                    held_elsewhere(&state, s),
+                    false,
+                    served.as_deref(),
+                )
+            })
             .collect(),
     )))
 }
@@ -114,7 +138,8 @@ async fn detail(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
         .await?
         .ok_or_else(|| not_found(id))?;
     let served = state.upgrades().served_version().await;
-    let mut v = server_json(&s, live, true, served.as_deref());
+    let elsewhere = held_elsewhere(&state, &s);
+    let mut v = server_json(&s, live, elsewhere, true, served.as_deref());
     let events: Vec<Value> = state
         .store()
         .events(id, 20)
@@ -529,8 +554,9 @@ async fn update(
             .ok_or_else(|| not_found(id))?;
         let live = state.gateway().registry.view(id);
         let served = state.upgrades().served_version().await;
+        let elsewhere = held_elsewhere(&state, &s);
         return Ok(ok(
-            json!({ "server": server_json(&s, live, true, served.as_deref()) }),
+            json!({ "server": server_json(&s, live, elsewhere, true, served.as_deref()) }),
         ));
     }
     // Where kept root credentials are sent is an admin's decision: a moderator who could
@@ -588,8 +614,9 @@ async fn update(
             let s = state.store().server(id).await?.unwrap_or(s);
             let live = state.gateway().registry.view(id);
             let served = state.upgrades().served_version().await;
+            let elsewhere = held_elsewhere(&state, &s);
             Ok(ok(
-                json!({ "server": server_json(&s, live, true, served.as_deref()) }),
+                json!({ "server": server_json(&s, live, elsewhere, true, served.as_deref()) }),
             ))
         }
         Written::NotFound => Err(not_found(id)),
@@ -618,7 +645,16 @@ async fn remove(State(state): State<AppState>, Path(raw): Path<String>) -> ApiRe
     };
     let registry = &state.gateway().registry;
     registry.revoke(serials);
-    registry.remove(id, "this server was deleted from Mezzanine");
+    let reason = "this server was deleted from Mezzanine";
+    registry.remove(id, reason);
+    // Another controller sharing the database may hold the session.
+    state
+        .store()
+        .changes()
+        .tell(crate::changes::Notice::Remove {
+            server_id: id,
+            reason: reason.into(),
+        });
     Ok(ok(json!({})))
 }
 
@@ -834,7 +870,7 @@ async fn ping(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResu
     let payload = crate::crypto::random_bytes::<16>()?.to_vec();
     let body = state
         .gateway()
-        .registry
+        .fleet
         .call(
             id,
             command::Body::Ping(Ping {

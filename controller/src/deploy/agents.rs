@@ -1,9 +1,9 @@
 //! The engine's view of agents: starting a step, following its replies, and one-shot
-//! commands. The gateway's `Registry` implements it; the engine's unit tests implement it
-//! with a scripted fake, so queueing, cancel, acknowledgement and interruption are tested
+//! commands. The gateway's `Fleet` implements it (this controller's sessions and those
+//! of the controllers sharing its database); the engine's unit tests implement it with a
+//! scripted fake, so queueing, cancel, acknowledgement and interruption are tested
 //! without agent processes.
 
-use crate::gateway::registry::{Registry, ReplyStream};
 use crate::gateway::CallError;
 use mezzanine_proto::v1::{command, reply};
 use std::time::Duration;
@@ -11,10 +11,14 @@ use std::time::Duration;
 #[tonic::async_trait]
 pub trait Agents: Send + Sync + std::fmt::Debug {
     /// Whether the server's agent has a session now.
-    fn is_attached(&self, server_id: i64) -> bool;
+    async fn is_attached(&self, server_id: i64) -> bool;
 
     /// Starts a streaming command (a step, or a resumed one).
-    fn open(&self, server_id: i64, cmd: command::Body) -> Result<Box<dyn StepStream>, CallError>;
+    async fn open(
+        &self,
+        server_id: i64,
+        cmd: command::Body,
+    ) -> Result<Box<dyn StepStream>, CallError>;
 
     /// Sends one command and waits for its answer.
     async fn call(
@@ -34,39 +38,4 @@ pub trait StepStream: Send {
     fn cancel(&self);
     /// Returns `bytes` of credit and acknowledges every chunk up to `acked_seq` as stored.
     async fn credit(&self, bytes: u64, acked_seq: u64);
-}
-
-#[tonic::async_trait]
-impl Agents for Registry {
-    fn is_attached(&self, server_id: i64) -> bool {
-        Registry::is_attached(self, server_id)
-    }
-
-    fn open(&self, server_id: i64, cmd: command::Body) -> Result<Box<dyn StepStream>, CallError> {
-        Ok(Box::new(self.open_stream(server_id, cmd)?))
-    }
-
-    async fn call(
-        &self,
-        server_id: i64,
-        cmd: command::Body,
-        timeout: Duration,
-    ) -> Result<reply::Body, CallError> {
-        Registry::call(self, server_id, cmd, timeout).await
-    }
-}
-
-#[tonic::async_trait]
-impl StepStream for ReplyStream {
-    async fn next(&mut self) -> Option<reply::Body> {
-        ReplyStream::next(self).await
-    }
-
-    fn cancel(&self) {
-        ReplyStream::cancel(self);
-    }
-
-    async fn credit(&self, bytes: u64, acked_seq: u64) {
-        ReplyStream::credit(self, bytes, acked_seq).await;
-    }
 }

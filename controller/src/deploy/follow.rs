@@ -11,7 +11,8 @@ use std::time::Duration;
 
 /// Stored events read per query while catching up.
 const REPLAY_BATCH: i64 = 2000;
-/// How often a viewer of a queued run (not live here yet) looks again.
+/// How often a viewer of a run not live here (queued, or driven by another controller)
+/// looks again when nothing woke it.
 const QUEUED_POLL: Duration = Duration::from_millis(200);
 /// A viewer that hears nothing this long gets `Idle` (the HTTP layer sends a keep-alive).
 const IDLE: Duration = Duration::from_secs(15);
@@ -46,6 +47,9 @@ pub async fn follow<F, Fut>(
     // so nothing falls between the two.
     let subscribe = |engine: &Deploys| engine.live(run_id).map(|l| l.subscribe());
     let mut live: Option<Viewer> = subscribe(engine);
+    // Output stored by another controller driving the run wakes this viewer at once;
+    // the poll below is the backstop.
+    let mut woken = engine.wakes();
     loop {
         // Catch up from the store.
         loop {
@@ -65,8 +69,22 @@ pub async fn follow<F, Fut>(
                 Ok(Some(r)) if !is_terminal(&r.status) => {}
                 _ => return,
             }
+            let wake = async {
+                loop {
+                    match woken.recv().await {
+                        Ok(id) if id == run_id => return,
+                        Ok(_) => {}
+                        // Missed some: look anyway.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(QUEUED_POLL) => {}
+                () = wake => {}
                 () = &mut left => return,
             }
             live = subscribe(engine);

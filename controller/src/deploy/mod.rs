@@ -16,7 +16,7 @@ mod tests;
 use crate::crypto::MasterKey;
 use crate::gateway::CallError;
 use crate::store::Store;
-use crate::store::{RunEvent, StoreError};
+use crate::store::{self, RunEvent, StoreError};
 use definition::{Action, Definition};
 use mezzanine_proto::mask::Masker;
 use mezzanine_proto::v1::{
@@ -174,6 +174,8 @@ pub struct Engine {
     resuming: Mutex<HashSet<(i64, i64)>>,
     /// Set as the controller shuts down: runs then stay `running` for the next process.
     shutting_down: AtomicBool,
+    /// Runs whose output grew on another controller: wakes their followers here.
+    woken: tokio::sync::broadcast::Sender<i64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +200,7 @@ impl Deploys {
             drivers: Mutex::default(),
             live: Mutex::default(),
             resume: Mutex::default(),
+            woken: tokio::sync::broadcast::channel(1024).0,
             resuming: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         }))
@@ -265,8 +268,18 @@ impl Engine {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Another controller stored output of run `run_id`: its followers here look again.
+    pub fn wake(&self, run_id: i64) {
+        let _ = self.woken.send(run_id);
+    }
+
+    /// Subscribes to `wake`.
+    pub fn wakes(&self) -> tokio::sync::broadcast::Receiver<i64> {
+        self.woken.subscribe()
+    }
+
     /// Asks a running run to stop; false when it is not running here.
-    fn signal_cancel(&self, run_id: i64) -> bool {
+    pub(crate) fn signal_cancel(&self, run_id: i64) -> bool {
         match self.live(run_id) {
             Some(l) => {
                 let _ = l.cancel.send(true);
@@ -412,6 +425,16 @@ pub async fn cancel(engine: &Deploys, run_id: i64) -> Result<Cancel, CancelError
     if engine.signal_cancel(run_id) {
         return Ok(Cancel::Cancelling);
     }
+    // Driven by another living controller: it hears the cancel there.
+    if let Ok(Some((driver, true))) = store
+        .run_driver(run_id, crate::gateway::fleet::fresh_since())
+        .await
+    {
+        if driver != store.controller_id() {
+            store.changes().tell(crate::changes::Notice::Cancel(run_id));
+            return Ok(Cancel::Cancelling);
+        }
+    }
     let now = store
         .run(run_id)
         .await?
@@ -448,30 +471,8 @@ fn kick(engine: &Deploys, workflow_id: i64) {
 /// At start (before agents can attach): runs a previous process left running are resumed
 /// first, then each workflow's queue goes on.
 pub async fn recover(engine: &Deploys) {
-    let store = engine.store();
-    match store.running_runs().await {
-        Ok(runs) => {
-            for (run_id, workflow_id, _) in runs {
-                if let Ok(steps) = store.run_steps(run_id).await {
-                    if let Some(s) = steps
-                        .iter()
-                        .find(|s| StepStatus::parse(&s.status) == StepStatus::Running)
-                    {
-                        lock(&engine.resuming).insert((run_id, s.idx));
-                    }
-                }
-                tracing::info!(
-                    run_id,
-                    "resuming a run the previous controller left running"
-                );
-                lock(&engine.resume).insert(workflow_id, run_id);
-                engine.register(run_id);
-                kick(engine, workflow_id);
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot read the runs left running"),
-    }
-    match store.workflows_with_queued_runs().await {
+    adopt_orphans(engine, true).await;
+    match engine.store().workflows_with_queued_runs().await {
         Ok(ids) => {
             for id in ids {
                 kick(engine, id);
@@ -481,18 +482,65 @@ pub async fn recover(engine: &Deploys) {
     }
 }
 
-async fn drive(engine: Deploys, workflow_id: i64) {
-    let resume = lock(&engine.resume).remove(&workflow_id);
-    if let Some(run_id) = resume {
-        execute(&engine, run_id, true).await;
-        // However it ended, this process no longer wants that run's step.
-        lock(&engine.resuming).retain(|(run, _)| *run != run_id);
+/// Takes over the running runs whose driver is gone (a previous process of this
+/// controller, or another controller sharing the database that stopped renewing its
+/// lease) and resumes them. Each is claimed with a compare-and-set on its driver, so of
+/// several controllers adopting at once, one drives each run. `mine`: this controller's
+/// own too (at start, they are its previous process's).
+pub async fn adopt_orphans(engine: &Deploys, mine: bool) {
+    let store = engine.store();
+    let runs = match store
+        .orphaned_runs(crate::gateway::fleet::fresh_since(), mine)
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the runs left running");
+            return;
+        }
+    };
+    for (run_id, workflow_id, previous) in runs {
+        match store.take_run(run_id, previous.as_deref()).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "cannot take over a run");
+                continue;
+            }
+        }
+        if let Ok(steps) = store.run_steps(run_id).await {
+            if let Some(s) = steps
+                .iter()
+                .find(|s| StepStatus::parse(&s.status) == StepStatus::Running)
+            {
+                lock(&engine.resuming).insert((run_id, s.idx));
+            }
+        }
+        tracing::info!(
+            run_id,
+            previous_driver = previous.as_deref().unwrap_or("none"),
+            "resuming a run its previous controller left running"
+        );
+        lock(&engine.resume).insert(workflow_id, run_id);
+        engine.register(run_id);
+        kick(engine, workflow_id);
     }
+}
+
+async fn drive(engine: Deploys, workflow_id: i64) {
     loop {
         if let Some(k) = lock(&engine.drivers).get_mut(&workflow_id) {
             *k = false;
         }
         loop {
+            // A run taken over (at start, or from a controller that went away) first.
+            let resume = lock(&engine.resume).remove(&workflow_id);
+            if let Some(run_id) = resume {
+                execute(&engine, run_id, true).await;
+                // However it ended, this process no longer wants that run's step.
+                lock(&engine.resuming).retain(|(run, _)| *run != run_id);
+                continue;
+            }
             let next = match engine.store().next_queued(workflow_id).await {
                 Ok(n) => n,
                 Err(e) => {
@@ -502,7 +550,11 @@ async fn drive(engine: Deploys, workflow_id: i64) {
                 }
             };
             let Some(run_id) = next else { break };
-            execute(&engine, run_id, false).await;
+            if execute(&engine, run_id, false).await == Executed::Busy {
+                // Another controller drives this workflow's running run and goes on with
+                // the queue after it.
+                break;
+            }
         }
         let mut drivers = lock(&engine.drivers);
         if drivers.get(&workflow_id) == Some(&true) {
@@ -511,6 +563,15 @@ async fn drive(engine: Deploys, workflow_id: i64) {
         drivers.remove(&workflow_id);
         return;
     }
+}
+
+/// How `execute` left a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Executed {
+    /// Driven to its end (or left for the next process at shutdown, or found cancelled).
+    Done,
+    /// Not started: another run of its workflow is running elsewhere.
+    Busy,
 }
 
 /// Numbers, masks, stores and publishes a run's events.
@@ -833,7 +894,13 @@ struct Start {
 /// Carries out a run: a queued one from its first step, or (`resumed`) one a previous
 /// controller process left running. Every way out of here but a shutdown gives the run
 /// its end in the store and one `end` event for its viewers.
-async fn execute(engine: &Deploys, run_id: i64, resumed: bool) {
+async fn execute(engine: &Deploys, run_id: i64, resumed: bool) -> Executed {
+    let mut outcome = Executed::Done;
+    execute_run(engine, run_id, resumed, &mut outcome).await;
+    outcome
+}
+
+async fn execute_run(engine: &Deploys, run_id: i64, resumed: bool, outcome: &mut Executed) {
     let store = engine.store();
     let run = match store.run(run_id).await {
         Ok(Some(run)) => run,
@@ -903,10 +970,15 @@ async fn execute(engine: &Deploys, run_id: i64, resumed: bool) {
         }
     } else {
         match store.start_run(run_id, crate::time::now_ms()).await {
-            Ok(true) => {}
+            Ok(store::Start::Started) => {}
             // Cancelled while queued: that path gave it its end.
-            Ok(false) => {
+            Ok(store::Start::NotQueued) => {
                 engine.forget(run_id);
+                return;
+            }
+            Ok(store::Start::Busy) => {
+                engine.forget(run_id);
+                *outcome = Executed::Busy;
                 return;
             }
             Err(e) => {
@@ -1344,7 +1416,7 @@ async fn run_step(
     let agents = engine.agents();
     // A server that never had an agent will not get one in the next seconds: say so now
     // rather than after the offline grace.
-    if !resuming && !agents.is_attached(server_id) {
+    if !resuming && !agents.is_attached(server_id).await {
         if let Ok(false) = engine.store().is_enrolled(server_id).await {
             return StepEnd::Interrupted(
                 "the server has no agent yet: install it with the server's install command".into(),
@@ -1352,7 +1424,7 @@ async fn run_step(
         }
     }
     let wait_until = tokio::time::Instant::now() + *lock(&engine.offline_grace);
-    while !agents.is_attached(server_id) && tokio::time::Instant::now() < wait_until {
+    while !agents.is_attached(server_id).await && tokio::time::Instant::now() < wait_until {
         // A step being resumed is stopped through the agent once it is back.
         if *cancel.borrow() && !resuming {
             return StepEnd::Cancelled;
@@ -1373,7 +1445,7 @@ async fn run_step(
             StepEnd::Interrupted(why)
         }
     };
-    let mut stream = match agents.open(server_id, cmd) {
+    let mut stream = match agents.open(server_id, cmd).await {
         Ok(s) => s,
         Err(CallError::Offline) => return lost("server offline".into()),
         Err(e) => return lost(e.to_string()),

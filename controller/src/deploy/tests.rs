@@ -84,12 +84,16 @@ struct FakeStream {
 
 #[tonic::async_trait]
 impl Agents for FakeAgents {
-    fn is_attached(&self, _server_id: i64) -> bool {
+    async fn is_attached(&self, _server_id: i64) -> bool {
         self.attached.load(Ordering::Acquire)
     }
 
-    fn open(&self, _server_id: i64, cmd: command::Body) -> Result<Box<dyn StepStream>, CallError> {
-        if !self.is_attached(0) {
+    async fn open(
+        &self,
+        _server_id: i64,
+        cmd: command::Body,
+    ) -> Result<Box<dyn StepStream>, CallError> {
+        if !self.attached.load(Ordering::Acquire) {
             return Err(CallError::Offline);
         }
         if let command::Body::RunStep(s) = &cmd {

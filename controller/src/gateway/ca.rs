@@ -59,6 +59,11 @@ pub fn agent_uri(server_id: i64) -> String {
     format!("spiffe://mezzanine/server/{server_id}")
 }
 
+/// The identity URI of a controller (a peer of the others sharing the database).
+pub fn controller_uri(controller_id: &str) -> String {
+    format!("spiffe://mezzanine/controller/{controller_id}")
+}
+
 /// SHA-256 of the certificate's DER SubjectPublicKeyInfo (what join tokens pin).
 pub fn spki_pin(cert_der: &[u8]) -> Result<[u8; 32], CaError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
@@ -106,7 +111,11 @@ impl Ca {
         };
         let blob = key
             .open(SEAL_CONTEXT, &sealed)
-            .map_err(|e| CaError::Invalid(format!("stored CA cannot be opened: {e}")))?;
+            .map_err(|e| {
+                CaError::Invalid(format!(
+                    "stored CA cannot be opened with this master key ({e}): controllers sharing a database need the same master key file"
+                ))
+            })?;
         let (cert, pkcs8) =
             decode(&blob).ok_or_else(|| CaError::Invalid("stored CA is truncated".into()))?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
@@ -172,6 +181,38 @@ impl Ca {
         Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
     }
 
+    /// A client certificate (and its key, made here) for this controller's calls to the
+    /// other controllers: their gateways accept it as a peer, never as an agent.
+    pub fn issue_controller_cert(
+        &self,
+        controller_id: &str,
+        ttl: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            format!("mezzanine controller {controller_id}"),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            controller_uri(controller_id)
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Invalid(e.to_string()))?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = crate::time::now_secs();
+        params.not_before = datetime(now - BACKDATE.as_secs() as i64)?;
+        params.not_after = datetime(now + ttl.as_secs().max(1) as i64)?;
+        params.serial_number = Some(random_serial()?.0);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone()], key_der))
+    }
+
     /// Signs a client certificate for `server_id` over the public key of `csr_der`. The
     /// CSR's signature is checked; its subject and extensions are ignored.
     pub fn issue_agent_cert(
@@ -226,6 +267,19 @@ pub fn agent_identity(cert_der: &[u8]) -> Option<(i64, String)> {
         _ => None,
     })?;
     Some((id, serial))
+}
+
+/// The controller id of a peer's client certificate the TLS layer already verified.
+pub fn controller_identity(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => uri
+            .strip_prefix("spiffe://mezzanine/controller/")
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned),
+        _ => None,
+    })
 }
 
 /// The serial of a certificate, hex-encoded as stored.

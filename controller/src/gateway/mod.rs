@@ -4,17 +4,21 @@
 //! the rest of the controller sees `Registry`, `CallError` and JSON values.
 
 pub mod ca;
+pub mod fleet;
+mod peer;
 pub mod registry;
 mod service;
 mod tls;
 
 use mezzanine_proto::v1::enrollment_server::EnrollmentServer;
+use mezzanine_proto::v1::peer_server::PeerServer;
 use mezzanine_proto::v1::session_server::SessionServer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+pub use fleet::{Fleet, FleetStream};
 pub use registry::{CallError, LiveView, Registry, ReplyStream};
 
 /// Join tokens: `MZ1.<endpoint, base64url>.<CA pin, hex>.<id, hex>.<secret, hex>`.
@@ -190,6 +194,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .add_service(EnrollmentServer::new(svc.clone()))
         .add_service(SessionServer::new(svc))
+        .add_service(PeerServer::new(peer::PeerService::new(gw.registry.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             async move {
@@ -232,8 +237,15 @@ async fn flush_heartbeats(state: Handles) {
 #[derive(Debug)]
 pub struct Gateway {
     pub ca: ca::Ca,
+    /// The sessions attached to this controller.
     pub registry: Arc<Registry>,
+    /// Every agent: this controller's sessions, and those the controllers sharing its
+    /// database hold (relayed).
+    pub fleet: Arc<Fleet>,
 }
+
+/// How long a controller's peer certificate lasts (a new one is made at each start).
+const PEER_CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 impl Gateway {
     pub async fn load(
@@ -243,6 +255,20 @@ impl Gateway {
         let ca = ca::Ca::load_or_create(store, key).await?;
         let registry = Arc::new(Registry::default());
         registry.revoke(store.revoked_serials(crate::time::now_secs()).await?);
-        Ok(Gateway { ca, registry })
+        // Only a shared (PostgreSQL) database can have other controllers to relay to.
+        let tls = if store.engine() == crate::store::Engine::Postgres {
+            let (chain, key) = ca.issue_controller_cert(store.controller_id(), PEER_CERT_TTL)?;
+            let config = fleet::peer_tls(ca.cert_der(), chain, key)
+                .map_err(|e| ca::CaError::Invalid(format!("peer TLS: {e}")))?;
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        let fleet = Arc::new(Fleet::new(registry.clone(), store.clone(), tls));
+        Ok(Gateway {
+            ca,
+            registry,
+            fleet,
+        })
     }
 }

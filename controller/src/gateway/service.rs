@@ -146,7 +146,12 @@ impl Enrollment for Gateway {
             .map_err(internal)?;
         let registry = &self.state.gateway.registry;
         registry.revoke(replaced);
-        registry.remove(row.server_id, "replaced by a new enrollment of this server");
+        let reason = "replaced by a new enrollment of this server";
+        registry.remove(row.server_id, reason);
+        store.changes().tell(crate::changes::Notice::Remove {
+            server_id: row.server_id,
+            reason: reason.into(),
+        });
         store
             .set_server_status(
                 row.server_id,
@@ -233,6 +238,13 @@ impl Session for Gateway {
             let (run_id, step) = (held.run_id as i64, i64::from(held.step_index));
             if self.state.deploys.wants(run_id, step) {
                 continue;
+            }
+            // A run another controller drives (or will take over from one that went
+            // away) resumes its step through this session: not this one's to stop.
+            if let Ok(Some((driver, _))) = store.run_driver(run_id, i64::MIN).await {
+                if driver != store.controller_id() {
+                    continue;
+                }
             }
             tracing::info!(
                 server_id,
@@ -339,7 +351,7 @@ async fn read_session(
             }
         }
         if let Err(e) = store
-            .set_server_status(server_id, "offline", Some(reason), crate::time::now_secs())
+            .set_server_offline(server_id, reason, crate::time::now_secs())
             .await
         {
             tracing::warn!(server_id, error = %e, "could not record agent offline");

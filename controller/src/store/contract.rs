@@ -6,7 +6,7 @@
 //! handling) is exercised here through the store's own methods.
 
 use super::*;
-use crate::store::{NewServer, Queued, ServerRow};
+use crate::store::{NewServer, Queued, ServerRow, Start};
 use serde_json::json;
 
 /// One store per engine, each on an empty database (the directory holds SQLite's file).
@@ -589,5 +589,130 @@ async fn reopening_checks_the_applied_migrations() {
         let n = again.user_count().await.expect("store");
         assert_eq!(n, 0);
         again.close().await;
+    }
+}
+
+#[tokio::test]
+async fn controllers_hold_servers_and_runs_while_they_renew() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut urls = vec![Store::sqlite_url(&dir.path().join("t.db"))];
+    urls.extend(fresh_postgres().await);
+    for url in urls {
+        let a = Store::open(&url).await.expect("open a");
+        let b = Store::open(&url).await.expect("open b");
+        let e = a.engine();
+        assert_ne!(a.controller_id(), b.controller_id());
+        let now = crate::time::now_ms();
+        a.register_controller("10.0.0.1:7443", now)
+            .await
+            .expect("store");
+        b.register_controller("10.0.0.2:7443", now)
+            .await
+            .expect("store");
+        let living = b.living_controllers(now - 1000).await.expect("store");
+        assert_eq!(living.len(), 2, "{e:?}");
+        let s = a
+            .create_server(&server("s"), 1)
+            .await
+            .expect("store")
+            .expect("server");
+        a.set_server_online(s.id, "1", &json!({}), 2, "")
+            .await
+            .expect("store");
+        // B relays to A; A holds it itself.
+        let held = b.holder(s.id, now - 1000).await.expect("store");
+        assert_eq!(
+            held,
+            Some((a.controller_id().to_owned(), "10.0.0.1:7443".to_owned())),
+            "{e:?}"
+        );
+        assert_eq!(a.holder(s.id, now - 1000).await.expect("store"), None);
+        // A session ending on B does not take the server offline while A holds it.
+        assert!(!b.set_server_offline(s.id, "lost", 3).await.expect("store"));
+        assert_eq!(
+            a.server(s.id).await.expect("store").expect("row").status,
+            "online"
+        );
+        // While A renews, nothing of it is orphaned.
+        assert!(b
+            .release_orphaned_servers(now - 1000, false, "gone", 4)
+            .await
+            .expect("store")
+            .is_empty());
+        // Runs: one of a workflow at a time, whoever starts it.
+        let wf = a
+            .create_workflow("w", s.id, &json!({ "steps": [] }), "admin", 1)
+            .await
+            .expect("store")
+            .expect("workflow");
+        let v = json!({});
+        let new = crate::store::NewRun {
+            workflow_id: wf,
+            server_id: s.id,
+            trigger: "manual",
+            detail: &v,
+            definition: &v,
+            steps: &[],
+            delivery: None,
+        };
+        let Ok(Queued::Run(r1)) = a.create_run(&new, 5, 1).await else {
+            panic!("queued")
+        };
+        let Ok(Queued::Run(r2)) = b.create_run(&new, 5, 2).await else {
+            panic!("queued")
+        };
+        assert_eq!(a.start_run(r1, 10).await.expect("store"), Start::Started);
+        assert_eq!(b.start_run(r2, 11).await.expect("store"), Start::Busy);
+        assert_eq!(
+            b.run_driver(r1, now - 1000).await.expect("store"),
+            Some((a.controller_id().to_owned(), true))
+        );
+        assert!(b
+            .orphaned_runs(now - 1000, false)
+            .await
+            .expect("store")
+            .is_empty());
+        // A stops renewing: past the stale window its server and run are B's to take.
+        let later = now + 60_000;
+        b.renew_controller(later).await.expect("store");
+        let released = b
+            .release_orphaned_servers(later - 1000, false, "its controller stopped answering", 5)
+            .await
+            .expect("store");
+        assert_eq!(released, vec![s.id], "{e:?}");
+        let row = b.server(s.id).await.expect("store").expect("row");
+        assert_eq!(row.status, "offline");
+        assert_eq!(row.controller_id, None);
+        let orphans = b.orphaned_runs(later - 1000, false).await.expect("store");
+        assert_eq!(
+            orphans,
+            vec![(r1, wf, Some(a.controller_id().to_owned()))],
+            "{e:?}"
+        );
+        assert!(b
+            .take_run(r1, Some(a.controller_id()))
+            .await
+            .expect("store"));
+        // Compare-and-set: a second taker (or A itself, back) loses.
+        assert!(!a
+            .take_run(r1, Some(a.controller_id()))
+            .await
+            .expect("store"));
+        assert_eq!(
+            b.run_driver(r1, later - 1000).await.expect("store"),
+            Some((b.controller_id().to_owned(), true))
+        );
+        // One lead: PostgreSQL's advisory lock; SQLite's one controller always leads.
+        assert!(a.try_lead().await.expect("store"));
+        assert!(a.try_lead().await.expect("store"), "the lead is kept");
+        assert_eq!(b.try_lead().await.expect("store"), e == Engine::Sqlite);
+        a.retire_controller().await.expect("store");
+        a.close().await;
+        assert!(
+            b.try_lead().await.expect("store"),
+            "{e:?}: the lead passes on"
+        );
+        assert_eq!(b.living_controllers(0).await.expect("store").len(), 1);
+        b.close().await;
     }
 }

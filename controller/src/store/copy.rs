@@ -37,6 +37,7 @@ const TABLES: &[&str] = &[
     "notifiers",
     "notification_deliveries",
     "server_metrics",
+    "controllers",
 ];
 
 /// Rows moved per table, in `TABLES` order.

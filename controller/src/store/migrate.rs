@@ -119,6 +119,11 @@ const SQLITE: &[Migration] = &[
         name: "agent_upgrades",
         sql: include_str!("../../../migrations/sqlite/0021_agent_upgrades.sql"),
     },
+    Migration {
+        version: 22,
+        name: "controllers",
+        sql: include_str!("../../../migrations/sqlite/0022_controllers.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -141,6 +146,11 @@ const POSTGRES: &[Migration] = &[
         version: 21,
         name: "agent_upgrades",
         sql: include_str!("../../../migrations/postgres/0021_agent_upgrades.sql"),
+    },
+    Migration {
+        version: 22,
+        name: "controllers",
+        sql: include_str!("../../../migrations/postgres/0022_controllers.sql"),
     },
 ];
 

@@ -6,6 +6,7 @@ mod cache;
 mod certificates;
 #[cfg(test)]
 mod contract;
+mod controllers;
 mod copy;
 mod metrics;
 mod migrate;
@@ -35,11 +36,10 @@ pub enum StoreError {
     Unsupported(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
-    #[error("another controller is serving this database; several controllers on one database are not supported yet (stop the other one first)")]
-    Taken,
 }
 
 pub use certificates::{CertificateRow, Issued};
+pub use controllers::{ControllerRow, OrphanRun};
 pub use copy::{copy_database, Copied};
 pub use metrics::{MetricPoint, STEPS as METRIC_STEPS};
 pub use notifiers::{DeliveryRow, NotifierRow};
@@ -49,7 +49,7 @@ pub use servers::{
     AgentUpgrade, JoinTokenRow, NewServer, ServerDelete, ServerPatch, ServerRow, Written,
 };
 pub use tokens::{TokenRow, TokenUser};
-pub use workflows::{NewRun, Queued, RunFilter, WorkflowDelete};
+pub use workflows::{NewRun, Queued, RunFilter, Start, WorkflowDelete};
 pub use workflows::{RunEvent, RunRow, StepRow, WorkflowRow};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -157,12 +157,18 @@ pub struct Store {
     sessions: std::sync::Arc<cache::SessionCache>,
     /// Committed changes, announced to `GET /api/events`.
     changes: std::sync::Arc<crate::changes::Feed>,
-    /// PostgreSQL: the connection holding this controller's claim on the database.
-    claim: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
+    /// PostgreSQL: the connection holding the lead (see `try_lead`) while this
+    /// controller has it.
+    lead: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>>,
+    /// This process's controller id: random per start, the owner recorded on what it
+    /// holds (agent sessions, runs, rollouts).
+    me: std::sync::Arc<str>,
+    /// PostgreSQL: the URL, for the LISTEN connection (held outside the pool).
+    pg_url: Option<std::sync::Arc<str>>,
 }
 
-/// The advisory lock a serving controller holds on its PostgreSQL database.
-const SERVE_LOCK: i64 = 0x6d7a_7365_7276;
+/// The advisory lock of the controller that runs the fleet-wide background work.
+const LEAD_LOCK: i64 = 0x6d7a_7365_7276;
 
 fn key(hash: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 32];
@@ -254,34 +260,76 @@ impl Store {
             }
         };
         migrate::run(&pool, engine).await?;
+        let me: [u8; 8] = crate::crypto::random_bytes()
+            .map_err(|e| StoreError::Corrupt(format!("no randomness for a controller id: {e}")))?;
         Ok(Store {
             pool,
             engine,
             sessions: Default::default(),
             changes: Default::default(),
-            claim: Default::default(),
+            lead: Default::default(),
+            me: hex::encode(me).into(),
+            pg_url: (engine == Engine::Postgres).then(|| url.into()),
         })
     }
 
-    /// Claims the database for this controller until it stops: recovery at start (marking
-    /// every server offline, failing rollouts whose driver died) assumes no other
-    /// controller is using it. SQLite's file lives in this controller's data dir; a
-    /// PostgreSQL database could be shared, so a second controller is refused (a
-    /// session-level advisory lock, released when the process or its connection ends).
-    pub async fn claim(&self) -> Result<()> {
+    /// This store, acting for controller `id` (kept in the controller's data dir, so a
+    /// restarted process takes back what its previous one held at once).
+    pub fn identified_as(mut self, id: &str) -> Store {
+        self.me = id.into();
+        self
+    }
+
+    /// Takes (or confirms) the lead: one controller of those sharing a database runs the
+    /// fleet-wide background work (schedules, health checks, certificates, image
+    /// checks). PostgreSQL decides with a session-level advisory lock, released when the
+    /// holder's process or connection ends; SQLite has one controller, always the lead.
+    pub async fn try_lead(&self) -> Result<bool> {
         if self.engine != Engine::Postgres {
-            return Ok(());
+            return Ok(true);
+        }
+        let mut held = self.lead.lock().await;
+        if let Some(conn) = held.as_mut() {
+            // Still ours while its connection lives.
+            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok() {
+                return Ok(true);
+            }
+            *held = None;
         }
         let mut conn = self.pool.acquire().await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SERVE_LOCK)
+            .bind(LEAD_LOCK)
             .fetch_one(&mut *conn)
             .await?;
-        if !got {
-            return Err(StoreError::Taken);
+        if got {
+            // Kept out of the pool for as long as the lead is held.
+            *held = Some(conn);
         }
-        *self.claim.lock().await = Some(conn);
+        Ok(got)
+    }
+
+    /// PostgreSQL: sends `payload` to every listener on `channel` (when this
+    /// transaction-less statement commits, at once).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// PostgreSQL: a connection of its own listening on `channel`.
+    pub async fn listener(&self, channel: &str) -> Result<sqlx::postgres::PgListener> {
+        let url = self
+            .pg_url
+            .as_deref()
+            .ok_or_else(|| StoreError::Unsupported("LISTEN needs PostgreSQL".into()))?;
+        let mut l = sqlx::postgres::PgListener::connect(url).await?;
+        l.listen(channel).await?;
+        Ok(l)
     }
 
     pub fn engine(&self) -> Engine {
@@ -304,8 +352,8 @@ impl Store {
 
     pub async fn close(&self) {
         // Back to the pool first (closing waits for every connection to come back); the
-        // claim ends with the connection.
-        drop(self.claim.lock().await.take());
+        // lead ends with the connection.
+        drop(self.lead.lock().await.take());
         self.pool.close().await;
     }
 

@@ -517,13 +517,14 @@ impl Store {
         // Two controllers starting one at the same instant: PostgreSQL's partial unique
         // index lets one in (SQLite serialises the transactions).
         let id = match sqlx::query_scalar::<_, i64>(
-            "INSERT INTO rollouts (pool_id, status, max_unavailable, trigger_detail, created_at)
-             VALUES ($1, 'running', $2, $3, $4) RETURNING id",
+            "INSERT INTO rollouts (pool_id, status, max_unavailable, trigger_detail, created_at, driver)
+             VALUES ($1, 'running', $2, $3, $4, $5) RETURNING id",
         )
         .bind(pool_id)
         .bind(max_unavailable)
         .bind(detail.to_string())
         .bind(now)
+        .bind(self.controller_id())
         .fetch_one(&mut *tx)
         .await
         {
@@ -587,15 +588,6 @@ impl Store {
         })
         .collect::<Result<Vec<_>>>()?;
         Ok(Some((row, members)))
-    }
-
-    /// Rollouts still marked running (at start: their driver died with the controller).
-    pub async fn running_rollouts(&self) -> Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM rollouts WHERE status = 'running'")
-                .fetch_all(self.pool())
-                .await?,
-        )
     }
 
     pub async fn set_rollout_member(

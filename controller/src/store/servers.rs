@@ -25,6 +25,8 @@ pub struct ServerRow {
     pub host_key_fingerprint: Option<String>,
     pub has_credentials: bool,
     pub upgrade: Option<AgentUpgrade>,
+    /// The controller holding its agent's session (while online).
+    pub controller_id: Option<String>,
 }
 
 /// A server's last agent upgrade.
@@ -77,7 +79,7 @@ pub enum Written<T> {
 const SERVER_COLS: &str = "id, name, host, port, username, auth_type, tags, status, status_detail,
     last_seen, agent_version, facts, metrics, enrolled_at, cert_not_after, created_at,
     host_key_fingerprint, ssh_credentials IS NOT NULL AS has_credentials, upgrade_status,
-    upgrade_from, upgrade_to, upgrade_error, upgrade_started_at, upgrade_ended_at";
+    upgrade_from, upgrade_to, upgrade_error, upgrade_started_at, upgrade_ended_at, controller_id";
 
 fn json_col(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<Value>> {
     let raw: Option<String> = row.try_get(col)?;
@@ -88,6 +90,7 @@ fn json_col(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<Value>> {
 fn server_from_row(row: &sqlx::any::AnyRow) -> Result<ServerRow> {
     let tags: String = row.try_get("tags")?;
     Ok(ServerRow {
+        controller_id: row.try_get("controller_id")?,
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         host: row.try_get("host")?,
@@ -441,7 +444,7 @@ impl Store {
         // SET expressions read the row as it was, so every CASE sees the old status.
         sqlx::query(
             "UPDATE servers SET status = 'online', status_detail = NULL, agent_version = $2,
-                 facts = $3, last_seen = $4, updated_at = $4,
+                 facts = $3, last_seen = $4, updated_at = $4, controller_id = $6,
                  upgrade_status = CASE WHEN upgrade_status IS DISTINCT FROM 'upgrading'
                          THEN upgrade_status
                      WHEN $5 <> '' THEN 'rolled_back'
@@ -460,10 +463,31 @@ impl Store {
         .bind(facts.to_string())
         .bind(now)
         .bind(rolled_back)
+        .bind(&*self.me)
         .execute(self.pool())
         .await?;
         self.changes.changed(crate::changes::Kind::Server, id);
         Ok(())
+    }
+
+    /// The agent's session on this controller ended (`why`). Only while this controller
+    /// is still its holder: an agent that has meanwhile attached to another controller
+    /// stays online there.
+    pub async fn set_server_offline(&self, id: i64, why: &str, now: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE servers SET status = 'offline', status_detail = $2, controller_id = NULL, updated_at = $3
+             WHERE id = $1 AND (controller_id = $4 OR controller_id IS NULL)",
+        )
+        .bind(id)
+        .bind(why)
+        .bind(now)
+        .bind(&*self.me)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() > 0 {
+            self.changes.changed(crate::changes::Kind::Server, id);
+        }
+        Ok(r.rows_affected() > 0)
     }
 
     /// Marks an upgrade of server `id` to `to` as under way, unless one is already
@@ -584,18 +608,6 @@ impl Store {
                 self.changes.metrics(*id, metrics.clone());
             }
         }
-        Ok(())
-    }
-
-    /// At start no agent is attached to this controller yet.
-    pub async fn mark_online_servers_offline(&self, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE servers SET status = 'offline', status_detail = 'controller restarted', updated_at = $1
-             WHERE status = 'online'",
-        )
-        .bind(now)
-        .execute(self.pool())
-        .await?;
         Ok(())
     }
 

@@ -25,6 +25,17 @@ pub struct WorkflowRow {
     pub schedule_next_at: Option<i64>,
 }
 
+/// What `start_run` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Started,
+    /// No longer queued (cancelled meanwhile).
+    NotQueued,
+    /// Another run of the workflow is running (driven by another controller, which goes
+    /// on with the queue when it ends).
+    Busy,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunRow {
     pub id: i64,
@@ -605,20 +616,52 @@ impl Store {
             .collect()
     }
 
-    /// `queued` → `running`; false if the run is no longer queued (cancelled meanwhile).
-    pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<bool> {
-        let workflow: Option<i64> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'running', started_at = $1 WHERE id = $2 AND status = 'queued'
-             RETURNING workflow_id",
+    /// `queued` → `running`, driven by this controller. Several controllers may try to
+    /// start runs of one workflow at once: the workflow's row is locked for the check
+    /// (PostgreSQL; SQLite's single writer serializes by itself), so one run of a
+    /// workflow runs at a time whoever starts it.
+    pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<Start> {
+        let mut tx = self.pool().begin().await?;
+        let workflow: Option<i64> =
+            sqlx::query_scalar("SELECT workflow_id FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(workflow) = workflow else {
+            return Ok(Start::NotQueued);
+        };
+        if self.engine() == super::Engine::Postgres {
+            sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+                .bind(workflow)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runs WHERE workflow_id = $1 AND status = 'running' AND id <> $2",
+        )
+        .bind(workflow)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if running > 0 {
+            return Ok(Start::Busy);
+        }
+        let started = sqlx::query(
+            "UPDATE runs SET status = 'running', started_at = $1, driver = $3 WHERE id = $2 AND status = 'queued'",
         )
         .bind(now_ms)
         .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        if let Some(w) = workflow {
-            self.changes.run_changed(id, w);
+        .bind(self.controller_id())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        tx.commit().await?;
+        if !started {
+            return Ok(Start::NotQueued);
         }
-        Ok(workflow.is_some())
+        self.changes.run_changed(id, workflow);
+        Ok(Start::Started)
     }
 
     /// Ends a run (only one still queued or running) and its unfinished steps.
@@ -779,6 +822,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.changes.tell(crate::changes::Notice::Output(run_id));
         Ok(())
     }
 
