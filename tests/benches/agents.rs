@@ -12,16 +12,8 @@
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench agents`
 //! (`AGENTS=N` to change the fleet size; default 10000).
 
-use mezzanine_agent::identity::StateDir;
-use mezzanine_agent::tls;
-use mezzanine_proto::v1::{
-    agent_message, controller_message, enrollment_client::EnrollmentClient, reply,
-    session_client::SessionClient, AgentMessage, EnrollRequest, Facts, Heartbeat, Hello, Pong,
-    Reply,
-};
-use mezzanine_tests::{binary, first_admin, Process};
+use mezzanine_tests::{binary, first_admin, sim, Process};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -44,113 +36,6 @@ fn proc_stat(pid: u32) -> (u64, u64) {
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-struct Enrolled {
-    id: u64,
-    key: rcgen::KeyPair,
-    cert: Vec<u8>,
-}
-
-fn heartbeat_msg() -> AgentMessage {
-    AgentMessage {
-        kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
-            load1: 0.1,
-            load5: 0.2,
-            load15: 0.3,
-            memory_used_bytes: 512 << 20,
-            memory_total_bytes: 2 << 30,
-            disk_used_bytes: 5 << 30,
-            disk_total_bytes: 40 << 30,
-            uptime_secs: 1000,
-        })),
-    }
-}
-
-/// One simulated agent: attach, hello, heartbeats, answer pings. Returns once attached.
-async fn attach(
-    endpoint: String,
-    ca: rustls::pki_types::CertificateDer<'static>,
-    e: Enrolled,
-    attached: Arc<AtomicUsize>,
-) -> Result<(), String> {
-    let config = tls::session_config(&ca, e.cert.clone().into(), StateDir::rustls_key(&e.key))
-        .map_err(|x| x.to_string())?;
-    let channel = tls::connect(&endpoint, config).await?;
-    let mut client = SessionClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(8);
-    let hello = Hello {
-        agent_version: "bench".into(),
-        facts: Some(Facts {
-            hostname: format!("sim-{}", e.id),
-            os: "Debian GNU/Linux 12 (bookworm)".into(),
-            kernel: "6.1.0".into(),
-            arch: "x86_64".into(),
-            cpus: 2,
-            memory_bytes: 2 << 30,
-            disk_bytes: 40 << 30,
-            docker_version: String::new(),
-        }),
-        heartbeat_secs: 10,
-        upgrade_rolled_back: String::new(),
-        running: vec![],
-        steps: vec![],
-    };
-    tx.send(AgentMessage {
-        kind: Some(agent_message::Kind::Hello(hello)),
-    })
-    .await
-    .map_err(|x| x.to_string())?;
-    let mut inbound = client
-        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
-    attached.fetch_add(1, Ordering::Relaxed);
-    let beats = tx.clone();
-    tokio::spawn(async move {
-        // Spread the fleet's heartbeats over the interval, as real agents started at
-        // different times would be.
-        let offset = Duration::from_millis((e.id * 7919) % 10_000);
-        tokio::time::sleep(offset).await;
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tick.tick().await;
-            if beats.send(heartbeat_msg()).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok(Some(m)) = inbound.message().await {
-            if let Some(controller_message::Kind::Command(c)) = m.kind {
-                let body = match c.body {
-                    Some(mezzanine_proto::v1::command::Body::Ping(p)) => {
-                        reply::Body::Pong(Pong { payload: p.payload })
-                    }
-                    Some(mezzanine_proto::v1::command::Body::DeployKey(_)) => {
-                        reply::Body::Ack(mezzanine_proto::v1::Ack {})
-                    }
-                    // The simulated agents have no Docker engine.
-                    Some(_) => reply::Body::DockerError(mezzanine_proto::v1::DockerError {
-                        status: 0,
-                        message: "no Docker engine on this simulated server".into(),
-                    }),
-                    None => continue,
-                };
-                let r = AgentMessage {
-                    kind: Some(agent_message::Kind::Reply(Reply {
-                        request_id: c.request_id,
-                        body: Some(body),
-                    })),
-                };
-                if tx.send(r).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// The release controller on loopback ports of its choosing, serving `agent_bin`; on
@@ -222,73 +107,16 @@ async fn bench() {
 
     // Servers and join tokens through the API.
     let t = Instant::now();
-    let slots = Arc::new(Semaphore::new(16));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut c = admin.clone();
-        let slots = slots.clone();
-        tasks.push(tokio::spawn(async move {
-            let _p = slots.acquire().await.expect("sem");
-            let r = c
-                .post("/api/servers", json!({ "name": format!("sim-{i}"), "host": "127.0.0.1", "auth_type": "manual" }))
-                .await;
-            assert_eq!(r.status, 201, "{}", r.body);
-            (r.body["id"].as_i64().expect("id"), r.body["token"].as_str().expect("token").to_owned())
-        }));
-    }
-    let mut tokens = Vec::with_capacity(n);
-    for t in tasks {
-        tokens.push(t.await.expect("join"));
-    }
+    let tokens = sim::create_servers(&admin, n).await;
     println!(
         "created {n} servers with join tokens via the API in {:.1} s",
         t.elapsed().as_secs_f64()
     );
 
     // Enrollment: real keys, CSRs and Enroll calls, multiplexed on a few connections.
-    let (_, pin) = mezzanine_agent::session::parse_token(&tokens[0].1).expect("token");
-    let verifier = Arc::new(tls::PinnedCa::new(pin));
-    let mut enroll_clients = Vec::new();
-    for _ in 0..4 {
-        let cfg = tls::enroll_config(verifier.clone()).expect("cfg");
-        enroll_clients.push(EnrollmentClient::new(
-            tls::connect(&endpoint, cfg).await.expect("connect"),
-        ));
-    }
     let t = Instant::now();
-    let slots = Arc::new(Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(n);
-    for (i, (id, token)) in tokens.into_iter().enumerate() {
-        let mut client = enroll_clients[i % enroll_clients.len()].clone();
-        let slots = slots.clone();
-        tasks.push(tokio::spawn(async move {
-            let _p = slots.acquire().await.expect("sem");
-            let key = rcgen::KeyPair::generate().expect("key");
-            let csr = StateDir::csr(&key).expect("csr");
-            let resp = client
-                .enroll(EnrollRequest {
-                    token,
-                    csr_der: csr,
-                    agent_version: "bench".into(),
-                })
-                .await
-                .expect("enroll")
-                .into_inner();
-            assert_eq!(resp.server_id as i64, id);
-            Enrolled {
-                id: resp.server_id,
-                key,
-                cert: resp.certificate_der,
-            }
-        }));
-    }
-    let mut enrolled = Vec::with_capacity(n);
-    for t in tasks {
-        enrolled.push(t.await.expect("join"));
-    }
+    let (enrolled, ca) = sim::enroll_all(&endpoint, tokens).await;
     println!("enrolled {n} agents in {:.1} s", t.elapsed().as_secs_f64());
-    let ca = verifier.found.lock().expect("lock").clone().expect("ca");
-    drop(enroll_clients);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (base_rss, _) = proc_stat(pid);
@@ -298,25 +126,21 @@ async fn bench() {
     );
 
     // Attach them all.
-    let attached = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let slots = Arc::new(Semaphore::new(128));
     let mut tasks = Vec::with_capacity(n);
     let ids: Vec<u64> = enrolled.iter().map(|e| e.id).collect();
     for e in enrolled {
-        let (endpoint, ca, attached, slots) = (
-            endpoint.clone(),
-            ca.clone(),
-            attached.clone(),
-            slots.clone(),
-        );
+        let (endpoint, ca, slots) = (endpoint.clone(), ca.clone(), slots.clone());
         tasks.push(tokio::spawn(async move {
             let _p = slots.acquire().await.expect("sem");
-            attach(endpoint, ca, e, attached).await
+            sim::attach(&endpoint, &ca, &e).await.map(|ended| (e, ended))
         }));
     }
+    // Kept for the rest of the benchmark: dropping them does not end the sessions.
+    let mut sessions = Vec::with_capacity(n);
     for t in tasks {
-        t.await.expect("join").expect("attach");
+        sessions.push(t.await.expect("join").expect("attach"));
     }
     let attach_secs = t.elapsed().as_secs_f64();
     let online = admin.get("/api/servers").await.body;

@@ -1274,6 +1274,7 @@ impl LocalRegistry {
 
 pub mod browser;
 pub mod pebble;
+pub mod sim;
 pub mod token;
 
 /// Adopts a node over SSH as root with a password and waits until it is online; returns
