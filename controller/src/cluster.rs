@@ -12,8 +12,8 @@
 //! servers whose session another controller holds. The store stays the source of truth;
 //! a lost notice delays a follower by one poll, never loses a line.
 //!
-//! With SQLite there is one controller: it still has its row and its lead (so one code
-//! path serves both), but nothing is relayed or notified.
+//! With SQLite there is one controller: it has its row (forgetting its previous
+//! process's at start) and the lead, and renews, reaps, relays and notifies nothing.
 
 use crate::changes::{Kind, Notice};
 use crate::gateway::fleet::fresh_since;
@@ -76,6 +76,13 @@ pub async fn join(state: &AppState, peer: &str) -> Result<(), crate::store::Stor
 pub async fn run(state: AppState, lead_tasks: impl FnOnce(&AppState) + Send + 'static) {
     let closing = state.closing().clone();
     let store = state.store().clone();
+    if store.engine() == Engine::Sqlite {
+        // The only controller of its file: it leads, and has nobody to renew a lease for
+        // or to reap (a write every 2 s would only contend with the run engine's).
+        state.set_living_controllers([store.controller_id().to_owned()].into());
+        lead_tasks(&state);
+        return;
+    }
     let mut lead_tasks = Some(lead_tasks);
     let mut tick = tokio::time::interval(RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1278,7 +1278,9 @@ impl Pools {
             let Some(edge) = pool.settings.edge_server_id else {
                 continue;
             };
-            if !self.0.agents.is_attached(edge).await || due.get(&key).is_some_and(|t| *t > now_i) {
+            // Due first: whether the edge is attached may take a database read (an edge
+            // held by another controller).
+            if due.get(&key).is_some_and(|t| *t > now_i) || !self.0.agents.is_attached(edge).await {
                 continue;
             }
             if !lock(&self.0.busy).insert(key) {

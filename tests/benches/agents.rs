@@ -134,7 +134,9 @@ async fn bench() {
         let (endpoint, ca, slots) = (endpoint.clone(), ca.clone(), slots.clone());
         tasks.push(tokio::spawn(async move {
             let _p = slots.acquire().await.expect("sem");
-            sim::attach(&endpoint, &ca, &e).await.map(|ended| (e, ended))
+            sim::attach(&endpoint, &ca, &e)
+                .await
+                .map(|ended| (e, ended))
         }));
     }
     // Kept for the rest of the benchmark: dropping them does not end the sessions.

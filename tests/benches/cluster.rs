@@ -210,7 +210,11 @@ async fn bench() {
             _ => break,
         }
     }
-    assert_eq!(lat.len(), moving, "every agent of A reattached within 120 s");
+    assert_eq!(
+        lat.len(),
+        moving,
+        "every agent of A reattached within 120 s"
+    );
     let max = lat.iter().copied().fold(0.0, f64::max);
     println!(
         "failover of {moving} agents from A (SIGKILL) to B: p50 {:.2} s, p99 {:.2} s, max {max:.2} s",

@@ -2,7 +2,8 @@
 //! every controller lists every server online and reaches every agent (relayed through
 //! the controller holding it), a controller killed mid-run hands its agents and its run
 //! to another with no line lost or repeated, a third controller starting disturbs
-//! nothing, and one webhook delivery sent to two controllers at once queues one run.
+//! nothing, one webhook delivery sent to two controllers at once queues one run, and a
+//! server deleted on one controller has its session ended by the one holding it.
 //!
 //! PostgreSQL only (`MEZZANINE_TEST_DATABASE=postgres`, the suite's second pass): SQLite
 //! has one controller by construction, which the rest of the suite covers.
@@ -80,7 +81,7 @@ async fn controllers_share_the_fleet_and_take_over_from_one_that_dies() {
 
     // 1. Servers attach across both; either API lists all online and reaches every agent.
     let (s1, _agent1, _p1) = agent_on(&mut admin_a, "held-by-a").await;
-    let (s2, _agent2, _p2) = agent_on(&mut admin_b, "held-by-b").await;
+    let (s2, agent2, mut p2) = agent_on(&mut admin_b, "held-by-b").await;
     for c in [&mut admin_a, &mut admin_b] {
         mezzanine_tests::eventually(Duration::from_secs(20), "both online on both", || {
             let mut c = c.clone();
@@ -235,6 +236,17 @@ async fn controllers_share_the_fleet_and_take_over_from_one_that_dies() {
     assert_eq!(
         runs["total"], 2,
         "the manual run and one webhook run: {runs}"
+    );
+
+    // 5. Deleting a server on C ends its session on B, the controller holding it.
+    let r = admin_c.delete(&format!("/api/servers/{s2}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = p2.wait_exit(Duration::from_secs(30));
+    println!("B's agent stopped after its server was deleted on C: {status}");
+    let shown = agent2.status();
+    assert!(
+        shown.contains("removed: this server was deleted from Mezzanine"),
+        "{shown}"
     );
     drop(c);
     drop(b);

@@ -621,47 +621,54 @@ impl Store {
     /// (PostgreSQL; SQLite's single writer serializes by itself), so one run of a
     /// workflow runs at a time whoever starts it.
     pub async fn start_run(&self, id: i64, now_ms: i64) -> Result<Start> {
-        let mut tx = self.pool().begin().await?;
-        let workflow: Option<i64> =
-            sqlx::query_scalar("SELECT workflow_id FROM runs WHERE id = $1")
+        // One statement: queued → running unless another run of the workflow runs.
+        const START: &str = "UPDATE runs SET status = 'running', started_at = $1, driver = $3
+             WHERE id = $2 AND status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.workflow_id = runs.workflow_id
+                                                      AND o.status = 'running' AND o.id <> runs.id)
+             RETURNING workflow_id";
+        let started: Option<i64> = if self.engine() == super::Engine::Postgres {
+            // Two controllers starting two runs of one workflow would each see the other's
+            // not yet committed: the workflow's row serializes them.
+            let mut tx = self.pool().begin().await?;
+            sqlx::query(
+                "SELECT w.id FROM workflows w JOIN runs r ON r.workflow_id = w.id
+                 WHERE r.id = $1 FOR UPDATE OF w",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let started = sqlx::query_scalar(START)
+                .bind(now_ms)
                 .bind(id)
+                .bind(self.controller_id())
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(workflow) = workflow else {
-            return Ok(Start::NotQueued);
+            tx.commit().await?;
+            started
+        } else {
+            // SQLite's single writer serializes the statement by itself (and a deferred
+            // transaction reading before it writes could fail on a concurrent commit).
+            sqlx::query_scalar(START)
+                .bind(now_ms)
+                .bind(id)
+                .bind(self.controller_id())
+                .fetch_optional(self.pool())
+                .await?
         };
-        if self.engine() == super::Engine::Postgres {
-            sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
-                .bind(workflow)
-                .execute(&mut *tx)
-                .await?;
+        if let Some(workflow) = started {
+            self.changes.run_changed(id, workflow);
+            return Ok(Start::Started);
         }
-        let running: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM runs WHERE workflow_id = $1 AND status = 'running' AND id <> $2",
-        )
-        .bind(workflow)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if running > 0 {
-            return Ok(Start::Busy);
-        }
-        let started = sqlx::query(
-            "UPDATE runs SET status = 'running', started_at = $1, driver = $3 WHERE id = $2 AND status = 'queued'",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .bind(self.controller_id())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        tx.commit().await?;
-        if !started {
-            return Ok(Start::NotQueued);
-        }
-        self.changes.run_changed(id, workflow);
-        Ok(Start::Started)
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(if status.as_deref() == Some("queued") {
+            Start::Busy
+        } else {
+            Start::NotQueued
+        })
     }
 
     /// Ends a run (only one still queued or running) and its unfinished steps.
