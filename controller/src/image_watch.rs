@@ -63,7 +63,11 @@ async fn pass(state: &AppState) {
     // This pass's answers: a fleet running one image makes one request for it.
     let mut answers: HashMap<ImageRef, Checked> = HashMap::new();
     let mut credentials: HashMap<String, Option<Credential>> = HashMap::new();
-    for s in servers.iter().filter(|s| s.status == "online") {
+    for s in &servers {
+        // Attached here or to another living controller (the stored status can lag).
+        if !fleet.is_attached(s.id).await {
+            continue;
+        }
         let cmd = command::Body::DockerListImages(DockerListImages {});
         let list = match fleet.call(s.id, cmd, state.config().docker_timeout).await {
             Ok(reply::Body::DockerImages(list)) => list,

@@ -574,13 +574,14 @@ async fn run(
             tail: install.tail(8),
         });
     }
-    step(
-        adoptions,
-        id,
-        Some("enrolling"),
-        "installer finished; waiting for the agent to attach",
-    )
-    .await;
+    // The agent may have attached (and marked the server online) before the installer
+    // returned: that mark must not be overwritten with "enrolling".
+    let waiting = "installer finished; waiting for the agent to attach";
+    let _ = adoptions
+        .store
+        .set_server_status_unless_online(id, "enrolling", waiting, crate::time::now_secs())
+        .await;
+    step(adoptions, id, None, waiting).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !adoptions.agents.is_attached(id).await {
         if Instant::now() > deadline {

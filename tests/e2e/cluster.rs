@@ -202,6 +202,52 @@ async fn controllers_share_the_fleet_and_take_over_from_one_that_dies() {
         assert_eq!(status, 200, "ping {id} through C: {body}");
     }
 
+    // A run driven by C on B's agent (every step relayed, credit and all), and a run
+    // driven by C cancelled through B.
+    let relayed = create(
+        &mut admin_c,
+        "relayed",
+        s1,
+        json!({ "steps": [{ "name": "lines", "uses": "shell", "with": { "script":
+            "for i in $(seq 1 200); do echo relayed line $i; done" } }] }),
+    )
+    .await;
+    let r = admin_c
+        .post(&format!("/api/workflows/{relayed}/run"), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let run = r.body["runId"].as_i64().expect("runId");
+    let done = wait_run(&mut admin_c, run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let expected: String = (1..=200).map(|i| format!("relayed line {i}\n")).collect();
+    assert_eq!(done["steps"][0]["output"], expected.as_str());
+    let slow = create(
+        &mut admin_c,
+        "cancelled-elsewhere",
+        s1,
+        json!({ "steps": [{ "name": "wait", "uses": "shell", "with": { "script":
+            "echo waiting; sleep 60" } }] }),
+    )
+    .await;
+    let r = admin_c
+        .post(&format!("/api/workflows/{slow}/run"), json!({}))
+        .await;
+    let run = r.body["runId"].as_i64().expect("runId");
+    mezzanine_tests::eventually(Duration::from_secs(30), "the slow run runs", || {
+        let mut c = admin_b.clone();
+        async move {
+            let r = c.get(&format!("/api/deployments/runs/{run}")).await;
+            (r.body["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    let r = admin_b
+        .post(&format!("/api/deployments/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "cancel through B: {}", r.body);
+    let done = wait_run(&mut admin_b, run, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+
     // 4. One delivery sent to B and C at once: one run.
     let r = admin_b
         .post(&format!("/api/workflows/{wf}/webhook/rotate"), json!({}))

@@ -23,6 +23,26 @@ pub struct Enrolled {
     pub cert: Vec<u8>,
 }
 
+impl Enrolled {
+    /// For handing the agent to another load-generator process.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "key": hex::encode(self.key.serialize_der()),
+            "cert": hex::encode(&self.cert),
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Enrolled {
+        let bytes = |k: &str| hex::decode(v[k].as_str().expect("hex")).expect("hex");
+        Enrolled {
+            id: v["id"].as_u64().expect("id"),
+            key: rcgen::KeyPair::try_from(bytes("key").as_slice()).expect("key"),
+            cert: bytes("cert"),
+        }
+    }
+}
+
 /// Creates `n` servers through the API; their `(id, join token)`.
 pub async fn create_servers(admin: &crate::Client, n: usize) -> Vec<(i64, String)> {
     let slots = Arc::new(Semaphore::new(16));

@@ -297,6 +297,17 @@ impl Store {
             *held = None;
         }
         let mut conn = self.pool.acquire().await?;
+        // The lock lasts as long as this connection on the server's side. A controller
+        // whose machine vanished never closes it: keepalives from the server find the
+        // dead peer in about 25 s instead of the kernel's default two hours, and the lead
+        // passes on.
+        for set in [
+            "SET tcp_keepalives_idle = 10",
+            "SET tcp_keepalives_interval = 5",
+            "SET tcp_keepalives_count = 3",
+        ] {
+            sqlx::query(set).execute(&mut *conn).await?;
+        }
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEAD_LOCK)
             .fetch_one(&mut *conn)

@@ -584,6 +584,31 @@ impl Store {
         Ok(())
     }
 
+    /// `set_server_status`, unless the server is online already (its agent attached
+    /// first).
+    pub async fn set_server_status_unless_online(
+        &self,
+        id: i64,
+        status: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE servers SET status = $2, status_detail = $3, updated_at = $4
+             WHERE id = $1 AND status <> 'online'",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(detail)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() > 0 {
+            self.changes.changed(crate::changes::Kind::Server, id);
+        }
+        Ok(())
+    }
+
     /// Writes the latest heartbeat of many servers in a single statement (one round
     /// trip to the database thread however large the fleet).
     pub async fn flush_heartbeats(&self, beats: &[(i64, i64, Value)]) -> Result<()> {
