@@ -57,6 +57,10 @@ fn controller(data: &std::path::Path, agent_bin: &std::path::Path) -> Process {
         // anonymous connections, so the per-address cap (32 by default) is raised here.
         "--agent-anonymous-per-ip".into(),
         "512".into(),
+        // The ping rounds send 256 API requests at once from this one address; the
+        // client's pool may hold a few more connections than that.
+        "--max-connections-per-ip".into(),
+        "1024".into(),
     ];
     if std::env::var("BENCH_DATABASE").is_ok_and(|d| d == "postgres") {
         let base = std::env::var("MEZZANINE_TEST_POSTGRES")
