@@ -18,25 +18,11 @@
 //! -p mezzanine-tests --bench cluster` (`AGENTS=N`, default 1000; raise `ulimit -n` for
 //! large fleets: the load generator holds one connection per agent).
 
-use mezzanine_tests::{binary, first_admin, sim, Process};
+use mezzanine_tests::{binary, first_admin, pct, rss_kib, sim, Process};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

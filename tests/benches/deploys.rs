@@ -12,7 +12,9 @@
 //! Run: `cargo build --release --bins && cargo bench -p mezzanine-tests --bench deploys`
 
 use hmac::Mac;
-use mezzanine_tests::{attached_agent_with, binary, first_admin, Agent, ControllerProcess};
+use mezzanine_tests::{
+    attached_agent_with, binary, first_admin, pct, rss_kib, Agent, ControllerProcess,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -21,20 +23,6 @@ const GIB: u64 = 1 << 30;
 
 fn main() {
     mezzanine_tests::bench_main(bench());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn bench() {

@@ -643,6 +643,22 @@ impl Drop for Process {
     }
 }
 
+/// Resident memory of process `pid`, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `p` quantile (0..=1) of `v` (sorted in place; `v` must not be empty).
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// A benchmark's `main`: nothing for `--list` (cargo's test listing), otherwise `bench`
 /// on a two-worker runtime.
 pub fn bench_main<F: std::future::Future<Output = ()>>(bench: F) {

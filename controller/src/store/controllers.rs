@@ -160,10 +160,21 @@ impl Store {
     /// Takes over run `id` from `previous` (compare-and-set: false when another
     /// controller took it first, or it ended).
     pub async fn take_run(&self, id: i64, previous: Option<&str>) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE runs SET driver = $2
-             WHERE id = $1 AND status = 'running' AND driver IS NOT DISTINCT FROM $3",
-        )
+        self.take_over("runs", id, previous).await
+    }
+
+    /// `table` (a fixed name: `runs` or `rollouts`) row `id`, still running and driven by
+    /// `previous`, is driven by this controller from now on.
+    async fn take_over(
+        &self,
+        table: &'static str,
+        id: i64,
+        previous: Option<&str>,
+    ) -> Result<bool> {
+        let r = sqlx::query(&format!(
+            "UPDATE {table} SET driver = $2
+             WHERE id = $1 AND status = 'running' AND driver IS NOT DISTINCT FROM $3"
+        ))
         .bind(id)
         .bind(&*self.me)
         .bind(previous)
@@ -214,15 +225,6 @@ impl Store {
 
     /// Takes over rollout `id` from `previous` (compare-and-set, as `take_run`).
     pub async fn take_rollout(&self, id: i64, previous: Option<&str>) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE rollouts SET driver = $2
-             WHERE id = $1 AND status = 'running' AND driver IS NOT DISTINCT FROM $3",
-        )
-        .bind(id)
-        .bind(&*self.me)
-        .bind(previous)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() > 0)
+        self.take_over("rollouts", id, previous).await
     }
 }
