@@ -591,15 +591,31 @@ async fn wait_rollout(admin: &mut Client, pool: i64, rollout: i64) -> Value {
 
 /// The step every member runs: its app answers 503 for two seconds while it switches (so
 /// a member deployed without being drained first would leak errors), then serves its
-/// version — or, when BROKEN is set, 500 on every path.
-const SWITCH: &str =
-    "printf 'server {\\n listen 8080;\\n return 503;\\n}\\n' > /etc/nginx/sites-enabled/app\n\
-    nginx -t && (nginx -s reload 2>/dev/null || nginx)\n\
-    sleep 2\n\
-    mkdir -p /srv/app && echo \"member $(hostname) $VERSION\" > /srv/app/index.html\n\
-    if [ \"$BROKEN\" = 1 ]; then body=' return 500;'; else body=' root /srv/app;'; fi\n\
-    printf 'server {\\n listen 8080;\\n%s\\n}\\n' \"$body\" > /etc/nginx/sites-enabled/app\n\
-    nginx -t && nginx -s reload";
+/// version — or, when BROKEN is set, 500 on every path. Like a real app's deploy, the
+/// step ends only once the new version serves: `nginx -s reload` returns as soon as the
+/// master is signalled, while the old workers still accept for a moment, and a member
+/// admitted on one good probe in that moment would answer the edge with the old 503.
+const SWITCH: &str = r#"reload() {
+    old=" $(pgrep -f 'nginx: worker process$' | tr '\n' ' ') "
+    nginx -t || return 1
+    nginx -s reload 2>/dev/null || { nginx; return; }
+    for _ in $(seq 400); do
+        now=$(pgrep -f 'nginx: worker process$' | tr '\n' ' ')
+        fresh=1
+        for p in $now; do case "$old" in *" $p "*) fresh=0;; esac; done
+        [ -n "$now" ] && [ $fresh = 1 ] && return 0
+        sleep 0.05
+    done
+    echo "nginx kept its old workers for 20 s" >&2
+    return 1
+}
+printf 'server {\n listen 8080;\n return 503;\n}\n' > /etc/nginx/sites-enabled/app
+reload
+sleep 2
+mkdir -p /srv/app && echo "member $(hostname) $VERSION" > /srv/app/index.html
+if [ "$BROKEN" = 1 ]; then body=' return 500;'; else body=' root /srv/app;'; fi
+printf 'server {\n listen 8080;\n%s\n}\n' "$body" > /etc/nginx/sites-enabled/app
+reload"#;
 
 fn definition(version: &str, broken: bool) -> Value {
     slow_definition(version, broken, 0)

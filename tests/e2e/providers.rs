@@ -2471,6 +2471,13 @@ async fn providers_and_dns_in_the_panel() {
     .await;
     b.click("#provider-form button[type=submit]").await;
     b.until("the Cloudflare toast", "document.querySelector('#toasts').textContent.includes('Cloudflare credentials checked and saved')").await;
+    // The toast comes before the page reloads its list and redraws the form: values set
+    // in between would go with the old form.
+    b.until(
+        "Cloudflare configured in the table",
+        "[...document.querySelectorAll('#provider-table tr')].some(r => r.textContent.includes('Cloudflare') && r.textContent.includes('Remove'))",
+    )
+    .await;
     b.js(&set("digitalocean", DO_TOKEN, format!("{}/v2", dig.base)))
         .await;
     b.click("#provider-form button[type=submit]").await;
