@@ -567,6 +567,22 @@ async fn the_audit_log_filters_and_says_why_things_failed() {
         .is_some_and(|e| e.starts_with("outcome:")));
     let r = admin.get("/api/audit?actor=nobody").await;
     assert_eq!(r.body["total"], 0, "{}", r.body);
+    // The documented bound (maxLength 300) counts characters, as JSON Schema does: 300
+    // two-byte characters are a filter, 301 are refused.
+    let r = admin
+        .get(&format!("/api/audit?actor={}", "%C3%A9".repeat(300)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["total"], 0, "{}", r.body);
+    let r = admin
+        .get(&format!("/api/audit?action={}", "%C3%A9".repeat(301)))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.error().starts_with("action: longer than 300"),
+        "{}",
+        r.body
+    );
 }
 
 /// Logging in again and again with the right password is never throttled (each success

@@ -209,9 +209,9 @@ async fn list(State(state): State<AppState>, Query(q): Query<PageQuery>) -> ApiR
         }
     }
     for (name, v) in [("actor", &q.actor), ("action", &q.action)] {
-        if v.as_ref().is_some_and(|v| v.len() > 300) {
+        if v.as_ref().is_some_and(|v| v.chars().count() > 300) {
             return Err(ApiError::BadRequest(format!(
-                "{name}: longer than 300 bytes"
+                "{name}: longer than 300 characters"
             )));
         }
     }

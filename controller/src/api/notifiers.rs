@@ -83,7 +83,7 @@ async fn create(State(state): State<AppState>, Json(b): Json<CreateBody>) -> Api
         }
     }
     if let Some(s) = &b.secret {
-        if s.len() < 16 || s.len() > 256 {
+        if !(16..=256).contains(&s.chars().count()) {
             return Err(bad("secret: 16 to 256 characters".into()));
         }
         if b.kind != "webhook" {

@@ -196,8 +196,10 @@ fn ssh_login(
             let p = password.filter(|p| !p.is_empty()).ok_or_else(|| {
                 ApiError::BadRequest("password: required when auth_type is \"password\"".into())
             })?;
-            if p.len() > 4096 {
-                return Err(ApiError::BadRequest("password: too long".into()));
+            if p.chars().count() > 4096 {
+                return Err(ApiError::BadRequest(
+                    "password: at most 4096 characters".into(),
+                ));
             }
             SshAuth::Password(p.to_owned())
         }

@@ -98,7 +98,7 @@ impl Smtp {
         }
         for (field, v) in [("username", &self.username), ("password", &self.password)] {
             if let Some(v) = v {
-                if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                if v.is_empty() || v.chars().count() > 256 || v.chars().any(char::is_control) {
                     return Err(format!(
                         "smtp.{field}: 1 to 256 characters, no control characters"
                     ));

@@ -214,8 +214,8 @@ impl NewInstance {
             b.insert("rootPassword".into(), json!(p));
         }
         if let Some(u) = &self.user_data {
-            if u.len() > 64 * 1024 {
-                return Err(invalid("userData", "at most 64 KiB"));
+            if u.chars().count() > 64 * 1024 {
+                return Err(invalid("userData", "at most 65536 characters"));
             }
             b.insert("userData".into(), json!(u));
         }
@@ -266,7 +266,7 @@ pub struct SecretPatch {
 }
 
 fn secret_value(v: &str) -> Result<()> {
-    if v.chars().count() < 8 || v.len() > 4096 {
+    if !(8..=4096).contains(&v.chars().count()) {
         return Err(invalid("value", "8 to 4096 characters"));
     }
     Ok(())

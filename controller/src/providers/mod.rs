@@ -469,7 +469,10 @@ impl Credentials {
             printable("username", self.username.as_deref())?;
             // A password may hold spaces; it goes in a form body, never a header.
             match self.password.as_deref() {
-                Some(p) if !p.is_empty() && p.len() <= 512 && !p.chars().any(char::is_control) => {}
+                Some(p)
+                    if !p.is_empty()
+                        && p.chars().count() <= 512
+                        && !p.chars().any(char::is_control) => {}
                 _ => {
                     return Err(ProviderError::Invalid(
                         "password: 1–512 characters, no control characters".into(),
