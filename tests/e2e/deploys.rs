@@ -152,7 +152,7 @@ async fn a_manual_run_streams_stores_and_replays_every_line() {
         json!({
             "env": { "GREETING": "hello" },
             "steps": [
-                { "name": "say", "uses": "shell", "with": { "script": "echo \"$GREETING from $MZ_TRIGGER\"; for i in 1 2 3; do echo line-$i; done; echo oops >&2" } },
+                { "name": "say", "uses": "shell", "with": { "script": "echo \"$GREETING from $MZ_TRIGGER\"; printf 'bin\\0ary\\n'; for i in 1 2 3; do echo line-$i; done; echo oops >&2" } },
                 { "name": "fail", "uses": "shell", "with": { "script": "echo about to fail; exit 3" } },
                 { "name": "never", "uses": "shell", "with": { "script": "echo unreachable" } },
             ],
@@ -179,6 +179,8 @@ async fn a_manual_run_streams_stores_and_replays_every_line() {
         lines,
         [
             "hello from manual",
+            // NUL is stored (on PostgreSQL too) as U+FFFD, like bytes that are not UTF-8.
+            "bin\u{FFFD}ary",
             "line-1",
             "line-2",
             "line-3",
@@ -267,6 +269,23 @@ async fn a_manual_run_streams_stores_and_replays_every_line() {
         .post("/api/workflows", json!({ "name": "HELLO", "server_id": server, "definition": { "steps": [{ "name": "a", "uses": "shell", "with": { "script": "true" } }] } }))
         .await;
     assert_eq!(dup.status, 409, "{}", dup.body);
+    // No field holds a NUL (PostgreSQL's text cannot): refused on every engine, in the
+    // body and in the query, while the text "\u0000" is an ordinary script.
+    let nul = admin
+        .post("/api/workflows", json!({ "name": "n\u{0}l", "server_id": server, "definition": { "steps": [{ "name": "a", "uses": "shell", "with": { "script": "true" } }] } }))
+        .await;
+    assert_eq!(nul.status, 400, "{}", nul.body);
+    assert!(nul.error().starts_with("body: NUL"), "{}", nul.body);
+    let nul = admin.get("/api/audit?actor=a%00b").await;
+    assert_eq!(nul.status, 400, "{}", nul.body);
+    assert!(nul.error().starts_with("query: NUL"), "{}", nul.body);
+    let nul = admin.get("/api/workflows/1%00").await;
+    assert_eq!(nul.status, 400, "{}", nul.body);
+    assert!(nul.error().starts_with("path: NUL"), "{}", nul.body);
+    let text = admin
+        .post("/api/workflows", json!({ "name": "escapes", "server_id": server, "definition": { "steps": [{ "name": "a", "uses": "shell", "with": { "script": "printf '\\u0000'" } }] } }))
+        .await;
+    assert_eq!(text.status, 201, "{}", text.body);
     let mut viewer = ctl.user(&mut admin, "watcher", "viewer").await;
     assert_eq!(
         viewer

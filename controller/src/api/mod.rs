@@ -424,8 +424,23 @@ async fn json_errors(req: Request, next: Next) -> Response {
 
 /// Every request body of the API is a JSON object. serde would also read a struct from a
 /// JSON array (`[]` filled every defaulted field), so the shape is checked here, once,
-/// before any extractor sees the body.
+/// before any extractor sees the body. NUL characters are refused here too, in the path,
+/// the query and the body alike: PostgreSQL's text cannot hold one (a NUL that reached it
+/// failed the statement, a 500), no field of the API has a use for one, and refusing
+/// them on both engines keeps SQLite's behaviour the same. Webhook payloads are the CI
+/// system's and keep their NULs: the handler reads only a few fields from them, and
+/// drops a NUL-holding one.
 async fn object_bodies(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    // `%00` is the only way a URI carries a NUL (a raw one is not a URI byte).
+    if uri.path().contains("%00") {
+        return ApiError::BadRequest("path: NUL characters are not accepted".into())
+            .into_response();
+    }
+    if uri.query().is_some_and(|q| q.contains("%00")) {
+        return ApiError::BadRequest("query: NUL characters are not accepted".into())
+            .into_response();
+    }
     if is_safe(req.method()) {
         return next.run(req).await;
     }
@@ -444,8 +459,38 @@ async fn object_bodies(State(state): State<AppState>, req: Request, next: Next) 
     if first.is_some_and(|b| *b != b'{') {
         return ApiError::BadRequest("body: expected a JSON object".into()).into_response();
     }
+    if json_has_nul(&bytes) && !parts.uri.path().starts_with("/api/webhooks/") {
+        return ApiError::BadRequest("body: NUL characters (\\u0000) are not accepted".into())
+            .into_response();
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Whether JSON text holds a NUL inside a string: the escape `\u0000` (JSON has no other
+/// way to write one), and not an escaped backslash followed by the letters `u0000`. Text
+/// that is not JSON may answer either way: the extractor refuses it after.
+fn json_has_nul(text: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if text.get(i + 1) == Some(&b'u')
+                    && text.get(i + 2..i + 6).is_some_and(|h| h == b"0000")
+                {
+                    return true;
+                }
+                // Skips the escaped character, so `\\` and `\"` are never read as
+                // the start of another escape or the end of the string.
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// For optional body fields: absent is `None` (with `#[serde(default)]`), but an explicit
@@ -613,4 +658,22 @@ pub fn ok(fields: Value) -> Json<Value> {
         out.extend(extra);
     }
     Json(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_has_nul;
+
+    #[test]
+    fn a_nul_escape_is_found_inside_strings_only() {
+        assert!(json_has_nul(br#"{"name":"a\u0000b"}"#));
+        assert!(json_has_nul(br#"{"a\u0000":1}"#));
+        assert!(json_has_nul(br#"{"a":"\\\u0000"}"#));
+        // An escaped backslash before `u0000` is the text "\u0000", not a NUL.
+        assert!(!json_has_nul(br#"{"script":"printf '\\u0000'"}"#));
+        assert!(!json_has_nul(br#"{"q":"say \"\\u0000\" please"}"#));
+        assert!(!json_has_nul(br#"{"a":"\u0001","b":"\u1000"}"#));
+        assert!(!json_has_nul(br#"{"name":"u0000","n":0}"#));
+        assert!(!json_has_nul(b""));
+    }
 }

@@ -223,7 +223,7 @@ pub fn document(routes: &[RouteInfo]) -> Value {
         "info": {
             "title": "Mezzanine API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Every route of the controller. Mutations need `Content-Type: application/json`; `x-mezzanine-role` names the least role a route needs."
+            "description": "Every route of the controller. Mutations need `Content-Type: application/json`; `x-mezzanine-role` names the least role a route needs. Lengths (`maxLength`) count characters. No string may hold NUL (U+0000), in the path, the query or the body: 400 (webhook payloads excepted)."
         },
         "paths": paths,
         "components": {

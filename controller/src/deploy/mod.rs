@@ -675,7 +675,10 @@ impl Recorder {
             return Ok(());
         }
         self.agent_seq = seq;
-        let text = String::from_utf8_lossy(data);
+        // Bytes that are not UTF-8 become U+FFFD, and so does NUL: PostgreSQL's text
+        // cannot hold it, and a step that prints one (binary output) must not fail its
+        // run on one engine only.
+        let text = String::from_utf8_lossy(data).replace('\0', "\u{FFFD}");
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let mut events = Vec::new();
         let mut stored = Vec::new();

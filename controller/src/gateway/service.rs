@@ -76,16 +76,20 @@ fn identity<T>(req: &Request<T>) -> Result<(i64, String), Status> {
         .ok_or_else(|| Status::unauthenticated("client certificate carries no Mezzanine identity"))
 }
 
+/// The facts an agent reports, as stored and shown. A NUL becomes U+FFFD, as in run
+/// output: the panel has no use for one, and JSON text holding `\u0000` is refused by
+/// PostgreSQL's JSON operators.
 fn facts_json(f: &Facts) -> Value {
+    let t = |s: &str| s.replace('\0', "\u{FFFD}");
     json!({
-        "hostname": f.hostname,
-        "os": f.os,
-        "kernel": f.kernel,
-        "arch": f.arch,
+        "hostname": t(&f.hostname),
+        "os": t(&f.os),
+        "kernel": t(&f.kernel),
+        "arch": t(&f.arch),
         "cpus": f.cpus,
         "memory_bytes": f.memory_bytes,
         "disk_bytes": f.disk_bytes,
-        "docker_version": (!f.docker_version.is_empty()).then_some(&f.docker_version),
+        "docker_version": (!f.docker_version.is_empty()).then(|| t(&f.docker_version)),
     })
 }
 
