@@ -83,6 +83,13 @@ pub fn username(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Text from outside (a step's output, an agent's facts or error, an installer's output)
+/// made storable: NUL becomes U+FFFD, as bytes that are not UTF-8 already do. PostgreSQL's
+/// text cannot hold a NUL, and such text must not fail a write on one engine only.
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
 /// A string an agent sent (its version, say), made safe to log and show: control
 /// characters and anything outside printable ASCII are escaped (`\n`, `\u{1b}`), so a
 /// forged value cannot start a new log line or colour a terminal, and it is cut at `max`

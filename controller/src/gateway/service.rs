@@ -80,7 +80,7 @@ fn identity<T>(req: &Request<T>) -> Result<(i64, String), Status> {
 /// output: the panel has no use for one, and JSON text holding `\u0000` is refused by
 /// PostgreSQL's JSON operators.
 fn facts_json(f: &Facts) -> Value {
-    let t = |s: &str| s.replace('\0', "\u{FFFD}");
+    let t = crate::validate::storable;
     json!({
         "hostname": t(&f.hostname),
         "os": t(&f.os),
