@@ -143,11 +143,12 @@ impl Output {
     /// The last `lines` non-empty lines, joined: what an adoption error says (and the
     /// server's status detail stores, so a NUL becomes U+FFFD as in run output).
     fn tail(&self, lines: usize) -> String {
-        let text = crate::validate::storable(&format!(
+        let text = format!(
             "{}{}",
             String::from_utf8_lossy(&self.stdout),
             String::from_utf8_lossy(&self.stderr)
-        ));
+        );
+        let text = crate::validate::storable(&text);
         let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         all[all.len().saturating_sub(lines)..].join(" | ")
     }

@@ -85,9 +85,14 @@ pub fn username(value: &str) -> Result<(), String> {
 
 /// Text from outside (a step's output, an agent's facts or error, an installer's output)
 /// made storable: NUL becomes U+FFFD, as bytes that are not UTF-8 already do. PostgreSQL's
-/// text cannot hold a NUL, and such text must not fail a write on one engine only.
-pub fn storable(text: &str) -> String {
-    text.replace('\0', "\u{FFFD}")
+/// text cannot hold a NUL, and such text must not fail a write on one engine only. Text
+/// without one (nearly all of it: this is on the run output path) is not copied.
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
 }
 
 /// A string an agent sent (its version, say), made safe to log and show: control
@@ -113,6 +118,15 @@ pub fn agent_text(raw: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storable_text_has_no_nul_and_is_copied_only_when_it_had_one() {
+        assert_eq!(storable("bin\0ary\0"), "bin\u{FFFD}ary\u{FFFD}");
+        assert!(matches!(
+            storable("plain ✓"),
+            std::borrow::Cow::Borrowed("plain ✓")
+        ));
+    }
 
     #[test]
     fn hosts() {

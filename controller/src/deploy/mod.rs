@@ -678,7 +678,8 @@ impl Recorder {
         // Bytes that are not UTF-8 become U+FFFD, and so does NUL: PostgreSQL's text
         // cannot hold it, and a step that prints one (binary output) must not fail its
         // run on one engine only.
-        let text = crate::validate::storable(&String::from_utf8_lossy(data));
+        let lossy = String::from_utf8_lossy(data);
+        let text = crate::validate::storable(&lossy);
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let mut events = Vec::new();
         let mut stored = Vec::new();
@@ -1500,16 +1501,16 @@ async fn run_step(
                 } else if r.timed_out {
                     StepEnd::TimedOut
                 } else if r.exit_code < 0 && !r.error.is_empty() {
-                    StepEnd::Error(crate::validate::storable(&r.error))
+                    StepEnd::Error(crate::validate::storable(&r.error).into_owned())
                 } else {
                     StepEnd::Exited(r.exit_code)
                 };
             }
             Ok(Some(reply::Body::Error(e))) if resuming => {
-                return lost(crate::validate::storable(&e.message))
+                return lost(crate::validate::storable(&e.message).into_owned())
             }
             Ok(Some(reply::Body::Error(e))) => {
-                return StepEnd::Error(crate::validate::storable(&e.message))
+                return StepEnd::Error(crate::validate::storable(&e.message).into_owned())
             }
             Ok(Some(_)) => return StepEnd::Error("the agent sent an unexpected answer".into()),
         }

@@ -77,10 +77,10 @@ fn identity<T>(req: &Request<T>) -> Result<(i64, String), Status> {
 }
 
 /// The facts an agent reports, as stored and shown. A NUL becomes U+FFFD, as in run
-/// output: the panel has no use for one, and JSON text holding `\u0000` is refused by
-/// PostgreSQL's JSON operators.
+/// output: the panel has no use for one, and what is stored stays the same on both
+/// engines (PostgreSQL's JSON functions refuse a `\u0000`).
 fn facts_json(f: &Facts) -> Value {
-    let t = crate::validate::storable;
+    let t = |s: &str| crate::validate::storable(s).into_owned();
     json!({
         "hostname": t(&f.hostname),
         "os": t(&f.os),
